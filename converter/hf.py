@@ -1,0 +1,151 @@
+"""Reading Hugging Face checkpoint folders (config.json, model.safetensors, vocab.txt / tokenizer.json).
+
+No TensorFlow here: this module is imported on cache hits and by the evaluators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from litegate.errors import ModelLoadError
+
+SUPPORTED_BERT_TYPES = ("bert",)
+SUPPORTED_ACTS = ("gelu", "gelu_new", "relu")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """The subset of a Hugging Face ``BertConfig`` that decides the graph."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int = 2
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    num_labels: int = 2
+    id2label: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_json_file(cls, path: Path) -> BertConfig:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: cannot read config: {exc}") from None
+        model_type = raw.get("model_type", "bert")
+        if model_type not in SUPPORTED_BERT_TYPES:
+            raise ModelLoadError(
+                f"{path}: model_type {model_type!r} is not supported by the hf-bert source "
+                f"(supported: {', '.join(SUPPORTED_BERT_TYPES)})"
+            )
+        act = raw.get("hidden_act", "gelu")
+        if act not in SUPPORTED_ACTS:
+            raise ModelLoadError(f"{path}: hidden_act {act!r} is not supported (supported: {', '.join(SUPPORTED_ACTS)})")
+        try:
+            id2label = {str(k): str(v) for k, v in (raw.get("id2label") or {}).items()}
+            cfg = cls(
+                vocab_size=int(raw["vocab_size"]),
+                hidden_size=int(raw["hidden_size"]),
+                num_hidden_layers=int(raw["num_hidden_layers"]),
+                num_attention_heads=int(raw["num_attention_heads"]),
+                intermediate_size=int(raw["intermediate_size"]),
+                max_position_embeddings=int(raw["max_position_embeddings"]),
+                type_vocab_size=int(raw.get("type_vocab_size", 2)),
+                hidden_act=act,
+                layer_norm_eps=float(raw.get("layer_norm_eps", 1e-12)),
+                num_labels=int(raw.get("num_labels", len(id2label) or 2)),
+                id2label=id2label,
+            )
+        except KeyError as exc:
+            raise ModelLoadError(f"{path}: missing key {exc.args[0]!r}") from None
+        if cfg.hidden_size % cfg.num_attention_heads:
+            raise ModelLoadError(f"{path}: hidden_size {cfg.hidden_size} is not divisible by num_attention_heads")
+        return cfg
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model_type"] = "bert"
+        d["architectures"] = ["BertForSequenceClassification"]
+        d["id2label"] = dict(self.id2label)
+        d["label2id"] = {v: int(k) for k, v in self.id2label.items()}
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A Hugging Face checkpoint folder, read."""
+
+    root: Path
+    config: BertConfig
+    tensors: Mapping[str, np.ndarray]
+    prefix: str  # "bert." for *ForSequenceClassification checkpoints, "" for bare encoders
+
+    def tensor(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """The tensor ``name`` (without the prefix), checked against the expected shape."""
+        full = self.prefix + name if not name.startswith("classifier.") else name
+        candidates = [full]
+        if full.endswith(".weight") and "LayerNorm" in full:
+            candidates.append(full[: -len("weight")] + "gamma")
+        if full.endswith(".bias") and "LayerNorm" in full:
+            candidates.append(full[: -len("bias")] + "beta")
+        for c in candidates:
+            if c in self.tensors:
+                arr = self.tensors[c]
+                if tuple(arr.shape) != tuple(shape):
+                    raise ModelLoadError(
+                        f"{self.root}: tensor {c!r} has shape {tuple(arr.shape)}, expected {tuple(shape)}"
+                    )
+                return np.asarray(arr, dtype=np.float32)
+        raise ModelLoadError(f"{self.root}: checkpoint is missing tensor {full!r}")
+
+    def has(self, name: str) -> bool:
+        full = self.prefix + name if not name.startswith("classifier.") else name
+        return full in self.tensors
+
+
+def tokenizer_file(root: Path) -> Path:
+    for name in ("tokenizer.json", "vocab.txt"):
+        if (root / name).is_file():
+            return root / name
+    raise ModelLoadError(f"{root}: no tokenizer.json or vocab.txt next to the checkpoint")
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a Hugging Face BERT checkpoint folder.
+
+    Raises:
+        ModelLoadError: the folder, config or weights are missing or unreadable.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise ModelLoadError(f"{root}: no such file or directory")
+    if not root.is_dir():
+        raise ModelLoadError(f"{root}: an hf-bert source must be a checkpoint folder")
+    cfg_path = root / "config.json"
+    if not cfg_path.is_file():
+        raise ModelLoadError(f"{root}: not a Hugging Face checkpoint (no config.json)")
+    config = BertConfig.from_json_file(cfg_path)
+    weights = root / "model.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(f"{root}: no model.safetensors (only safetensors checkpoints are read)")
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelLoadError(f"{weights}: cannot read safetensors: {exc}") from None
+    prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
+    return Checkpoint(root=root, config=config, tensors=tensors, prefix=prefix)

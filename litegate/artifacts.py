@@ -1,0 +1,166 @@
+"""Content hashes, atomic writes and the step cache.
+
+A step's output is cached under a hash of (input hash, step name, step config, tool versions).
+A cache entry is verified by re-hashing before it is used; a corrupted entry is discarded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from litegate.types import Artifact
+
+_TOOLS = ("litegate", "tensorflow", "tf-keras", "ai-edge-litert", "numpy", "tokenizers")
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the libraries that decide a step's output (read from metadata, no imports)."""
+    versions = {}
+    for name in _TOOLS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_tree(path: str | os.PathLike[str]) -> str:
+    """Hash of a file, or of a directory's files (relative names and contents, sorted)."""
+    root = Path(path)
+    if root.is_file():
+        return sha256_file(root)
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of a JSON-serialisable object with sorted keys."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path in the final file's directory; on success fsync and rename it into place.
+
+    On any exception the temp file is removed and the final path is left untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(final: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(final: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(final, text.encode("utf-8"))
+
+
+def atomic_copy(src: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
+    with atomic_path(final) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def make_artifact(
+    path: str | os.PathLike[str],
+    *,
+    parent_sha256: str | None,
+    produced_by: str,
+    step_config: Mapping[str, Any],
+    versions: Mapping[str, str] | None = None,
+) -> Artifact:
+    p = Path(path)
+    return Artifact(
+        path=str(p),
+        sha256=sha256_file(p),
+        size_bytes=p.stat().st_size,
+        parent_sha256=parent_sha256,
+        produced_by=produced_by,
+        step_config=dict(step_config),
+        tool_versions=dict(versions if versions is not None else tool_versions()),
+    )
+
+
+class StepCache:
+    """A directory of step outputs keyed by the hash of everything that decides them.
+
+    Layout: ``<root>/<key>/output.tflite`` and ``<root>/<key>/artifact.json``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    @staticmethod
+    def key(parent_sha256: str | None, step: str, config: Mapping[str, Any], versions: Mapping[str, str]) -> str:
+        return stable_hash({"parent": parent_sha256, "step": step, "config": config, "versions": versions})
+
+    def _entry(self, key: str) -> Path:
+        return self.root / key[:2] / key
+
+    def get(self, key: str) -> Artifact | None:
+        """The cached artifact for ``key``, verified by hash; None if absent or corrupted."""
+        entry = self._entry(key)
+        meta = entry / "artifact.json"
+        out = entry / "output.tflite"
+        if not meta.is_file() or not out.is_file():
+            return None
+        try:
+            art = Artifact.from_dict(json.loads(meta.read_text()))
+            ok = sha256_file(out) == art.sha256
+        except (ValueError, KeyError, TypeError, OSError):
+            ok = False
+        if not ok:
+            shutil.rmtree(entry, ignore_errors=True)
+            return None
+        return dataclass_replace_path(art, out)
+
+    def put(self, key: str, file: str | os.PathLike[str], artifact: Artifact) -> Artifact:
+        """Store ``file`` under ``key`` (atomically) and return the artifact pointing into the cache."""
+        entry = self._entry(key)
+        entry.mkdir(parents=True, exist_ok=True)
+        out = entry / "output.tflite"
+        atomic_copy(file, out)
+        stored = dataclass_replace_path(artifact, out)
+        atomic_write_text(entry / "artifact.json", json.dumps(stored.to_dict(), indent=2, sort_keys=True))
+        return stored
+
+
+def dataclass_replace_path(art: Artifact, path: Path) -> Artifact:
+    return dataclasses.replace(art, path=str(path))

@@ -1,0 +1,268 @@
+"""The ``litegate`` command line. Parsing and printing only: every command calls one library function.
+
+Exit codes: 0 pass, 1 gate failed, 2 usage/config error, 3 model load, 4 data, 5 conversion,
+6 quantization, 7 delegate, 8 benchmark, 9 isolated child failed, 10 internal, 11 output busy,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from litegate import __version__
+from litegate.errors import LitegateError
+
+_T0 = time.monotonic()
+
+
+def _progress(msg: str) -> None:
+    click.echo(f"[{time.monotonic() - _T0:6.1f}s] {msg}", err=True)
+
+
+# Shared options, defined once and stacked on commands.
+verbose_option = click.option("-v", "--verbose", is_flag=True, help="Show tracebacks on errors.")
+seq_len_option = click.option("--seq-len", type=click.IntRange(1, 4096), default=128, show_default=True,
+                              help="Static sequence length of the exported model.")
+source_options = [
+    click.option("--from", "kind", type=click.Choice(["hf-bert"]), default="hf-bert", show_default=True,
+                 help="Kind of the input model."),
+    click.option("--task", type=click.Choice(["text-classification", "sentence-embedding"]),
+                 default="text-classification", show_default=True),
+    click.option("--head", type=click.Choice(["classification", "mean", "cls"]), default=None,
+                 help="BERT output head (default: classification for text-classification, mean for embeddings)."),
+]
+
+
+def _stack(options: list[Any]) -> Any:
+    def deco(f: Any) -> Any:
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="litegate")
+def cli() -> None:
+    """litegate: take a TensorFlow BERT or text model to a phone, with measured numbers.
+
+    \b
+    Example:
+      litegate run examples/demo/release.toml
+      litegate doctor
+    """
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Override output.dir.")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), help="Override data.eval (a sentence<TAB>label file).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@verbose_option
+def run(config: Path, output: Path | None, data: Path | None, quiet: bool, verbose: bool) -> None:
+    """Run the release pipeline of CONFIG: convert, quantize, measure, report, gate.
+
+    Exits 0 when the gate passes, 1 when it fails.
+
+    \b
+    Example:
+      litegate run examples/demo/release.toml --output reports/demo
+      litegate run examples/demo/release.toml --data ../shared/data/sst2/dev.tsv
+    """
+    from litegate.config import load
+    from litegate.pipeline import run_release
+
+    cfg = load(config).with_overrides(output=output, data=data)
+    rep = run_release(cfg, progress=None if quiet else _progress)
+    click.echo((cfg.output_dir / "report.md").read_text().splitlines()[0].lstrip("# "))
+    click.echo(f"report: {cfg.output_dir / 'report.json'}")
+    if not rep.passed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .tflite.")
+@_stack(source_options)
+@seq_len_option
+@verbose_option
+def convert(path: Path, output: Path, kind: str, task: str, head: str | None, seq_len: int, verbose: bool) -> None:
+    """Convert the model at PATH to a float32 .tflite (with a tokenizer sidecar).
+
+    \b
+    Example:
+      litegate convert --from hf-bert examples/demo/model -o demo.tflite --seq-len 64
+    """
+    _convert(path, output, kind, task, head, seq_len, "fp32", None, 0)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .tflite.")
+@click.option("--recipe", required=True, help="Built-in recipe name (fp32, fp16, dynamic-int8, int8, int16x8) or a .json path.")
+@click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path), help="Calibration text (for int8/int16x8).")
+@click.option("--samples", type=click.IntRange(1), default=200, show_default=True, help="Calibration samples.")
+@_stack(source_options)
+@seq_len_option
+@verbose_option
+def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, samples: int, kind: str, task: str,
+             head: str | None, seq_len: int, verbose: bool) -> None:
+    """Convert and quantize the model at PATH with a recipe.
+
+    \b
+    Example:
+      litegate quantize examples/demo/model --recipe int8 \\
+          --calibration examples/demo/calibration.txt -o demo-int8.tflite --seq-len 64
+    """
+    _convert(path, output, kind, task, head, seq_len, recipe, calibration, samples)
+
+
+def _convert(path: Path, output: Path, kind: str, task: str, head: str | None, seq_len: int, recipe: str,
+             calibration: Path | None, samples: int) -> None:
+    from litegate.api import convert_model
+    from litegate.types import ModelSource
+
+    head = head or ("classification" if task == "text-classification" else "mean")
+    src = ModelSource(kind=kind, path=str(path), task=task, options={"head": head})
+    info = convert_model(src, output, seq_len=seq_len, recipe=recipe, calibration=calibration, samples=samples or 200)
+    click.echo(f"wrote {info['path']} ({info['recipe']}, {info['bytes'] / 1e6:.2f} MB, gzip {info['gzip_bytes'] / 1e6:.2f} MB)")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--text", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Real task text for the inputs (one sentence per line, or sentence<TAB>label).")
+@click.option("--backend", "backends", default="xnnpack", show_default=True, help="Comma-separated backends.")
+@click.option("--threads", default="1", show_default=True, help="Comma-separated thread counts.")
+@click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="tokenizer.json (default: sidecar).")
+@click.option("--min-runs", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--min-seconds", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@verbose_option
+def bench(model: Path, text: Path, backends: str, threads: str, tokenizer: Path | None, min_runs: int,
+          min_seconds: float, as_json: bool, verbose: bool) -> None:
+    """Measure latency and memory of MODEL on each backend and thread count.
+
+    \b
+    Example:
+      litegate bench reports/demo/int8.tflite --text examples/demo/eval.tsv --threads 1,2
+    """
+    from litegate.api import bench_model
+    from litegate.delegates.runtime import KNOWN
+
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    for b in names:
+        if b not in KNOWN:
+            raise click.BadParameter(f"unknown backend {b!r} (known: {', '.join(KNOWN)})", param_hint="--backend")
+    try:
+        counts = [int(t) for t in threads.split(",")]
+        assert all(c >= 1 for c in counts)
+    except (ValueError, AssertionError):
+        raise click.BadParameter(f"{threads!r} is not a comma-separated list of positive integers",
+                                 param_hint="--threads") from None
+    results = bench_model(model, text=text, backends=names, threads=counts, tokenizer=tokenizer,
+                          protocol={"min_runs": min_runs, "min_seconds": min_seconds})
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        return
+    click.echo(f"{'backend':10} {'threads':>7} {'init ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'n':>6} {'RSS MB':>8}")
+    for r in results:
+        if r.latency is None:
+            click.echo(f"{r.backend:10} {r.threads:>7} {r.status.value}: {r.reason}")
+        else:
+            lat = r.latency
+            click.echo(f"{r.backend:10} {r.threads:>7} {r.init_ms:9.2f} {lat.p50:9.3f} {lat.p90:9.3f} {lat.p99:9.3f} "
+                       f"{lat.n:6d} {r.peak_rss_mb:8.1f}")
+
+
+@cli.command()
+@click.argument("report_json", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
+@verbose_option
+def report(report_json: Path, fmt: str, output: Path | None, verbose: bool) -> None:
+    """Render a report.json as Markdown (or re-emit validated JSON).
+
+    \b
+    Example:
+      litegate report reports/demo/report.json > comment.md
+    """
+    from litegate import report as rpt
+    from litegate.artifacts import atomic_write_text
+
+    rep = rpt.load(report_json)
+    text = rpt.to_markdown(rep) if fmt == "md" else rpt.to_json(rep)
+    if output:
+        atomic_write_text(output, text)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@verbose_option
+def doctor(as_json: bool, verbose: bool) -> None:
+    """List every runtime and backend, whether it can run here, and what would fix it.
+
+    \b
+    Example:
+      litegate doctor
+    """
+    from litegate.doctor import check
+
+    rows = check()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        mark = "ok  " if r["ok"] else "no  "
+        fix = f"  -> {r['fix']}" if r["fix"] else ""
+        click.echo(f"{mark}{r['name']:22} {r['detail']}{fix}")
+
+
+def _sigterm(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and turn litegate errors into one line and an exit code."""
+    signal.signal(signal.SIGTERM, _sigterm)
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in args or "--verbose" in args
+    try:
+        cli.main(args=args, prog_name="litegate", standalone_mode=False)
+    except LitegateError as exc:
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"litegate: error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("litegate: interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("litegate: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - an internal error still gets one line and a code
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"litegate: internal error: {type(exc).__name__}: {exc} (rerun with -v for the traceback)", err=True)
+        sys.exit(10)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

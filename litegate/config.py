@@ -1,0 +1,346 @@
+"""``release.toml``: the release config, loaded into validated frozen dataclasses.
+
+Paths inside the file are relative to the file's folder. Every mistake (unknown key, wrong
+type, missing file, bad value) is a :class:`ConfigError` that names the file and the key.
+
+Example::
+
+    name = "demo"
+    [model]
+    source = "hf-bert"            # hf-bert | tflite
+    path = "model"
+    task = "text-classification"
+    head = "classification"
+    seq_len = 64
+    [data]
+    eval = "eval.tsv"
+    calibration = "calibration.txt"
+    calibration_samples = 150
+    [output]
+    dir = "../../reports/demo"
+    [[variants]]                  # or: variants = ["fp32", "int8"]
+    name = "int8"
+    recipe = "int8"               # a built-in recipe name or a path to a recipe .json
+    [bench]
+    backends = ["xnnpack"]
+    threads = [1, 2]
+    [budgets]                     # defaults for every variant
+    max_accuracy_drop = 2.0
+    [budgets.int8]                # overrides for one variant
+    max_accuracy_drop = 3.0
+    [gate]
+    require = "all"               # all: every variant meets its budgets; any: at least one does
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from litegate.errors import ConfigError
+from litegate.quantize import recipes
+from litegate.types import ModelSource, Recipe, SourceKind, Task
+
+BUDGET_KEYS = ("max_size_mb", "max_gzip_mb", "max_latency_p50_ms", "max_latency_p90_ms", "max_accuracy_drop",
+               "min_accuracy", "max_peak_rss_mb")
+_TYPES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a table"}
+
+
+class _Table:
+    """A TOML table that hands out typed keys and complains about the ones nobody took."""
+
+    def __init__(self, data: Mapping[str, Any], where: str, file: Path) -> None:
+        self.data, self.where, self.file, self.taken = dict(data), where, file, set()
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str, typ: type, default: Any = dataclasses.MISSING) -> Any:
+        self.taken.add(key)
+        if key not in self.data:
+            if default is dataclasses.MISSING:
+                raise ConfigError(f"{self.file}: missing required key '{self._name(key)}'")
+            return default
+        value = self.data[key]
+        ok = isinstance(value, typ) and not (typ in (int, float) and isinstance(value, bool))
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise ConfigError(f"{self.file}: '{self._name(key)}' must be {_TYPES.get(typ, typ.__name__)}, "
+                              f"got {type(value).__name__} {value!r}")
+        return value
+
+    def table(self, key: str) -> _Table:
+        return _Table(self.get(key, dict, {}), self._name(key), self.file)
+
+    def done(self) -> None:
+        extra = sorted(set(self.data) - self.taken)
+        if extra:
+            raise ConfigError(f"{self.file}: unknown key '{self._name(extra[0])}'")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    source: ModelSource
+    seq_len: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    eval: Path | None
+    calibration: Path | None
+    calibration_samples: int = 200
+    max_eval_samples: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantConfig:
+    name: str
+    recipe: Recipe
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    backends: tuple[str, ...] = ("xnnpack",)
+    threads: tuple[int, ...] = (1, 2)
+    warmup_runs: int = 10
+    min_runs: int = 50
+    min_seconds: float = 1.0
+    max_runs: int = 2000
+    timeout_s: float = 300.0
+    eval_backend: str = "xnnpack"
+    eval_threads: int = 2
+
+    def protocol(self) -> dict[str, Any]:
+        return {"warmup_runs": self.warmup_runs, "min_runs": self.min_runs, "min_seconds": self.min_seconds,
+                "max_runs": self.max_runs}
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    max_size_mb: float | None = None
+    max_gzip_mb: float | None = None
+    max_latency_p50_ms: float | None = None
+    max_latency_p90_ms: float | None = None
+    max_accuracy_drop: float | None = None
+    min_accuracy: float | None = None
+    max_peak_rss_mb: float | None = None
+
+    def merged(self, override: Mapping[str, float]) -> Budget:
+        return dataclasses.replace(self, **override)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleaseConfig:
+    """A whole release config."""
+
+    path: Path
+    name: str
+    model: ModelConfig
+    data: DataConfig
+    variants: tuple[VariantConfig, ...]
+    bench: BenchConfig
+    budget: Budget
+    variant_budgets: Mapping[str, Budget]
+    output_dir: Path
+    cache_dir: Path
+    reference: str = "fp32"
+    require: str = "all"
+    convert_timeout_s: float = 900.0
+    mem_mb: int | None = None
+
+    def budget_for(self, variant: str) -> Budget:
+        return self.variant_budgets.get(variant, self.budget)
+
+    def with_overrides(self, *, output: Path | None = None, data: Path | None = None) -> ReleaseConfig:
+        cfg = self
+        if output is not None:
+            cfg = dataclasses.replace(cfg, output_dir=output.resolve())
+        if data is not None:
+            if not data.is_file():
+                raise ConfigError(f"--data {data}: file not found")
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval=data.resolve()))
+        return cfg
+
+
+def _path(base: Path, value: str, key: str, file: Path, *, must_exist: bool = True) -> Path:
+    p = (base / value).resolve() if not Path(value).is_absolute() else Path(value)
+    if must_exist and not p.exists():
+        raise ConfigError(f"{file}: '{key}' = {value!r}: {p} does not exist")
+    return p
+
+
+def _budget(t: _Table) -> dict[str, float]:
+    out = {}
+    for key in BUDGET_KEYS:
+        if key in t.data:
+            v = t.get(key, float)
+            if v < 0:
+                raise ConfigError(f"{t.file}: '{t._name(key)}' must be >= 0")
+            out[key] = v
+    return out
+
+
+def load(path: str | Path) -> ReleaseConfig:
+    """Load and validate a release config.
+
+    Raises:
+        ConfigError: the file is missing or invalid; the message names the key.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{file}: config file not found")
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    base = file.resolve().parent
+    top = _Table(raw, "", file)
+    name = top.get("name", str, file.parent.name or "release")
+
+    m = top.table("model")
+    kind = m.get("source", str)
+    try:
+        source_kind = SourceKind(kind)
+    except ValueError:
+        raise ConfigError(f"{file}: 'model.source' = {kind!r} is not one of "
+                          f"{', '.join(k.value for k in SourceKind)}") from None
+    task_name = m.get("task", str, Task.TEXT_CLASSIFICATION.value)
+    try:
+        task = Task(task_name)
+    except ValueError:
+        raise ConfigError(f"{file}: 'model.task' = {task_name!r} is not one of {', '.join(t.value for t in Task)}") from None
+    model_path = _path(base, m.get("path", str), "model.path", file)
+    head = m.get("head", str, "classification" if task is Task.TEXT_CLASSIFICATION else "mean")
+    seq_len = m.get("seq_len", int, 128)
+    if not 1 <= seq_len <= 4096:
+        raise ConfigError(f"{file}: 'model.seq_len' must be between 1 and 4096, got {seq_len}")
+    tokenizer = m.get("tokenizer", str, "")
+    options: dict[str, Any] = {"head": head}
+    if tokenizer:
+        options["tokenizer"] = str(_path(base, tokenizer, "model.tokenizer", file))
+    m.done()
+    model = ModelConfig(ModelSource(kind=source_kind, path=str(model_path), task=task, options=options), seq_len)
+
+    d = top.table("data")
+    eval_path = d.get("eval", str, "")
+    calib_path = d.get("calibration", str, "")
+    n_cal = d.get("calibration_samples", int, 200)
+    max_eval = d.get("max_eval_samples", int, 0)
+    if n_cal < 1:
+        raise ConfigError(f"{file}: 'data.calibration_samples' must be >= 1, got {n_cal}")
+    d.done()
+    data = DataConfig(
+        eval=_path(base, eval_path, "data.eval", file) if eval_path else None,
+        calibration=_path(base, calib_path, "data.calibration", file) if calib_path else None,
+        calibration_samples=n_cal,
+        max_eval_samples=max_eval or None,
+    )
+
+    o = top.table("output")
+    output_dir = _path(base, o.get("dir", str, f"reports/{name}"), "output.dir", file, must_exist=False)
+    cache = o.get("cache_dir", str, "")
+    cache_dir = _path(base, cache, "output.cache_dir", file, must_exist=False) if cache else output_dir / ".cache"
+    o.done()
+
+    variants = _variants(top, base, file)
+    names = [v.name for v in variants]
+    if source_kind is SourceKind.TFLITE:
+        for v in variants:
+            if v.recipe.kind != "float":
+                raise ConfigError(f"{file}: variant {v.name!r}: a tflite source cannot be re-quantized "
+                                  f"(recipe kind {v.recipe.kind!r}); start from the TensorFlow model")
+
+    b = top.table("bench")
+    backends = tuple(b.get("backends", list, ["xnnpack"]))
+    threads = tuple(b.get("threads", list, [1, 2]))
+    from litegate.delegates.runtime import KNOWN
+
+    for be in backends:
+        if not isinstance(be, str) or be not in KNOWN:
+            raise ConfigError(f"{file}: 'bench.backends' has unknown backend {be!r} (known: {', '.join(KNOWN)})")
+    for t in threads:
+        if not isinstance(t, int) or isinstance(t, bool) or t < 1:
+            raise ConfigError(f"{file}: 'bench.threads' entries must be integers >= 1, got {t!r}")
+    bench = BenchConfig(
+        backends=backends, threads=threads,
+        warmup_runs=b.get("warmup_runs", int, 10), min_runs=b.get("min_runs", int, 50),
+        min_seconds=b.get("min_seconds", float, 1.0), max_runs=b.get("max_runs", int, 2000),
+        timeout_s=b.get("timeout_s", float, 300.0),
+        eval_backend=b.get("eval_backend", str, "xnnpack"), eval_threads=b.get("eval_threads", int, max(threads)),
+    )
+    if bench.min_runs < 1 or bench.max_runs < bench.min_runs:
+        raise ConfigError(f"{file}: 'bench.min_runs' must be >= 1 and <= 'bench.max_runs'")
+    b.done()
+
+    bt = top.table("budgets")
+    default = Budget(**_budget(bt))
+    per_variant = {}
+    for key in list(bt.data):
+        if key in BUDGET_KEYS:
+            continue
+        if key not in names:
+            if isinstance(bt.data[key], dict):
+                raise ConfigError(f"{file}: 'budgets.{key}' names no variant (variants: {', '.join(names)})")
+            raise ConfigError(f"{file}: unknown key 'budgets.{key}'")
+        vt = bt.table(key)
+        per_variant[key] = default.merged(_budget(vt))
+        vt.done()
+    bt.done()
+
+    g = top.table("gate")
+    reference = g.get("reference", str, "fp32")
+    require = g.get("require", str, "all")
+    if require not in ("all", "any"):
+        raise ConfigError(f"{file}: 'gate.require' must be 'all' or 'any', got {require!r}")
+    if reference not in names:
+        raise ConfigError(f"{file}: 'gate.reference' = {reference!r} is not a variant (variants: {', '.join(names)})")
+    g.done()
+
+    lim = top.table("limits")
+    convert_timeout = lim.get("convert_timeout_s", float, 900.0)
+    mem_mb = lim.get("memory_mb", int, 0)
+    lim.done()
+    top.done()
+    return ReleaseConfig(
+        path=file.resolve(), name=name, model=model, data=data, variants=variants, bench=bench, budget=default,
+        variant_budgets=per_variant, output_dir=output_dir, cache_dir=cache_dir, reference=reference,
+        require=require, convert_timeout_s=convert_timeout, mem_mb=mem_mb or None,
+    )
+
+
+def _variants(top: _Table, base: Path, file: Path) -> tuple[VariantConfig, ...]:
+    raw = top.get("variants", list, ["fp32"])
+    out: list[VariantConfig] = []
+    for i, item in enumerate(raw):
+        where = f"variants[{i}]"
+        if isinstance(item, str):
+            out.append(VariantConfig(item, _recipe(item, base, file, where)))
+        elif isinstance(item, dict):
+            t = _Table(item, where, file)
+            name = t.get("name", str)
+            recipe = t.get("recipe", str, name)
+            t.done()
+            out.append(VariantConfig(name, _recipe(recipe, base, file, where)))
+        else:
+            raise ConfigError(f"{file}: '{where}' must be a recipe name or a table with name and recipe")
+    if not out:
+        raise ConfigError(f"{file}: 'variants' is empty")
+    seen: set[str] = set()
+    for v in out:
+        if v.name in seen:
+            raise ConfigError(f"{file}: variant name {v.name!r} appears twice")
+        if not v.name.replace("-", "").replace("_", "").replace("+", "").isalnum():
+            raise ConfigError(f"{file}: variant name {v.name!r} may contain only letters, digits, '-', '_', '+'")
+        seen.add(v.name)
+    return tuple(out)
+
+
+def _recipe(name: str, base: Path, file: Path, where: str) -> Recipe:
+    try:
+        return recipes.load(name, base)
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: '{where}': {exc.message}") from None

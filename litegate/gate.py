@@ -1,0 +1,102 @@
+"""The release gate: budgets per variant turned into verdicts, and the pass/fail decision.
+
+Each budget key becomes one :class:`Verdict` per measurement it applies to. A cell that was
+``not run`` (a backend this machine cannot execute) is not judged; a cell that ``failed`` or
+timed out fails every latency budget that would have applied to it, because an unmeasured
+number cannot meet a budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from litegate.config import Budget, ReleaseConfig
+from litegate.types import Status, VariantResult, Verdict
+
+
+def _limit(check: str, variant: str, value: float, limit: float, unit: str, *, upper: bool = True,
+           backend: str | None = None, threads: int | None = None) -> Verdict:
+    value = value + 0.0  # no "-0"
+    passed = value <= limit if upper else value >= limit
+    op = ("<=" if passed else ">") if upper else (">=" if passed else "<")
+    where = f" on {backend}x{threads}" if backend else ""
+    return Verdict(check=check, variant=variant, passed=passed, value=round(value, 4), limit=limit,
+                   backend=backend, threads=threads,
+                   message=f"{variant}{where}: {check} {value:.4g}{unit} {op} {limit:g}{unit}")
+
+
+def variant_verdicts(v: VariantResult, budget: Budget) -> list[Verdict]:
+    """Every check of ``budget`` applied to the measurements of ``v``."""
+    if v.status is not Status.OK:
+        return [Verdict(check="built", variant=v.name, passed=False, message=f"{v.name}: not built: {v.reason}")]
+    out: list[Verdict] = []
+    if v.size is not None:
+        if budget.max_size_mb is not None:
+            out.append(_limit("size", v.name, v.size.bytes / 1e6, budget.max_size_mb, " MB"))
+        if budget.max_gzip_mb is not None:
+            out.append(_limit("gzip size", v.name, v.size.gzip_bytes / 1e6, budget.max_gzip_mb, " MB"))
+    for cell in v.bench:
+        if cell.status is Status.NOT_RUN:
+            continue
+        wanted = [(k, lim) for k, lim in (("latency p50", budget.max_latency_p50_ms), ("latency p90", budget.max_latency_p90_ms),
+                                          ("peak memory", budget.max_peak_rss_mb)) if lim is not None]
+        if cell.status is not Status.OK:
+            out.extend(Verdict(check=k, variant=v.name, passed=False, backend=cell.backend, threads=cell.threads, limit=lim,
+                               message=f"{v.name} on {cell.backend}x{cell.threads}: {k} not measured: {cell.reason}")
+                       for k, lim in wanted)
+            continue
+        assert cell.latency is not None
+        for k, lim in wanted:
+            value = {"latency p50": cell.latency.p50, "latency p90": cell.latency.p90,
+                     "peak memory": cell.peak_rss_mb or 0.0}[k]
+            unit = " MB" if k == "peak memory" else " ms"
+            out.append(_limit(k, v.name, value, lim, unit, backend=cell.backend, threads=cell.threads))
+    acc = v.primary_accuracy()
+    if acc is not None and (budget.max_accuracy_drop is not None or budget.min_accuracy is not None):
+        if acc.status is not Status.OK or acc.value is None:
+            out.append(Verdict(check="accuracy", variant=v.name, passed=acc.status is Status.NOT_RUN,
+                               message=f"{v.name}: accuracy {acc.status.value}: {acc.reason}"))
+        else:
+            if budget.max_accuracy_drop is not None and acc.delta is not None:
+                out.append(_limit("accuracy drop", v.name, 0.0 - acc.delta, budget.max_accuracy_drop, " pts"))
+            if budget.min_accuracy is not None:
+                out.append(_limit("accuracy", v.name, acc.value, budget.min_accuracy, "%", upper=False))
+    return out
+
+
+def evaluate(cfg: ReleaseConfig, variants: Sequence[VariantResult]) -> tuple[list[Verdict], dict[str, Any]]:
+    """All verdicts, and the gate decision (``require = all | any``) with a recommended variant."""
+    verdicts: list[Verdict] = []
+    passing: list[VariantResult] = []
+    for v in variants:
+        vs = variant_verdicts(v, cfg.budget_for(v.name))
+        verdicts.extend(vs)
+        if all(x.passed for x in vs):
+            passing.append(v)
+    if cfg.require == "all":
+        passed = len(passing) == len(variants)
+    else:
+        passed = bool(passing)
+    info = {
+        "require": cfg.require,
+        "passed": passed,
+        "passing_variants": [v.name for v in passing],
+        "failing_variants": [v.name for v in variants if v not in passing],
+        "recommended": recommend(passing, cfg),
+    }
+    return verdicts, info
+
+
+def recommend(passing: Sequence[VariantResult], cfg: ReleaseConfig) -> str | None:
+    """Among variants that meet their budgets: the fastest measured p50 at the most threads, then the smallest."""
+    backend = cfg.bench.backends[0] if cfg.bench.backends else "xnnpack"
+    threads = max(cfg.bench.threads) if cfg.bench.threads else 1
+
+    def key(v: VariantResult) -> tuple[float, float]:
+        cell = v.bench_cell(backend, threads)
+        p50 = cell.latency.p50 if cell and cell.latency else float("inf")
+        return (p50, float(v.size.bytes if v.size else float("inf")))
+
+    ranked = sorted(passing, key=key)
+    return ranked[0].name if ranked else None

@@ -1,0 +1,177 @@
+"""Run a library function in a child process group with a timeout and an optional memory cap.
+
+TensorFlow's converter and the TFLite interpreter can segfault, abort or hang on real graphs.
+Each such call runs here, in ``python -m litegate.isolation MODULE:FUNC IN.json OUT.json``,
+so that a crash becomes a classified :class:`IsolationError` (``crashed: SIGSEGV``,
+``timeout after 120 s``, ``out of memory``, ``exited 0 without a result``) instead of killing
+the run. A litegate error raised in the child is re-raised in the parent with its own class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from litegate import errors
+
+CRASH_HOOK_ENV = "LITEGATE_TEST_CRASH_IN"  # test hook: a target name whose child kills itself with SIGSEGV
+_STDERR_TAIL = 4000
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def _limit_memory(mem_mb: int | None) -> None:
+    os.setsid()
+    if mem_mb:
+        limit = int(mem_mb) * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def run_isolated(
+    target: str,
+    payload: Mapping[str, Any],
+    *,
+    timeout_s: float,
+    mem_mb: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Call ``target`` (``"package.module:function"``) with ``payload`` in a child process.
+
+    Args:
+        target: the function to call; it takes a dict and returns a JSON-serialisable dict.
+        payload: its argument (JSON-serialisable).
+        timeout_s: wall-clock limit; on expiry the whole child process group is killed.
+        mem_mb: optional address-space cap for the child.
+        env: extra environment variables for the child.
+
+    Returns:
+        The function's result.
+
+    Raises:
+        LitegateError: the child raised a litegate error (same class, same message).
+        IsolationError: the child crashed, hung, ran out of memory or returned nothing.
+    """
+    with tempfile.TemporaryDirectory(prefix="litegate-child-") as tmp:
+        in_path, out_path, err_path = (Path(tmp) / n for n in ("in.json", "out.json", "stderr.txt"))
+        in_path.write_text(json.dumps(dict(payload)))
+        child_env = dict(os.environ)
+        child_env.update(env or {})
+        child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        with open(err_path, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "litegate.isolation", target, str(in_path), str(out_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                env=child_env,
+                preexec_fn=lambda: _limit_memory(mem_mb),  # noqa: PLW1509 - setsid + rlimit before exec
+            )
+            started = time.monotonic()
+            try:
+                rc = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                raise errors.IsolationError(
+                    f"{target}: timeout after {timeout_s:g} s", kind="timeout", stderr=_tail(err_path)
+                ) from None
+            except BaseException:  # KeyboardInterrupt, SystemExit from a signal handler
+                _kill_group(proc)
+                raise
+            finally:
+                # grandchildren that outlived the child go too
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        elapsed = time.monotonic() - started
+        stderr = _tail(err_path)
+        if rc < 0:
+            name = _signal_name(-rc)
+            kind = "oom" if (mem_mb and name == "SIGKILL") else "crashed"
+            raise errors.IsolationError(f"{target}: crashed: {name} after {elapsed:.1f} s", kind=kind, stderr=stderr)
+        result: dict[str, Any] | None = None
+        if out_path.is_file():
+            with contextlib.suppress(ValueError):
+                result = json.loads(out_path.read_text())
+        if isinstance(result, dict) and "error" in result:
+            err_info = result["error"]
+            cls = getattr(errors, err_info.get("type", ""), None)
+            if isinstance(cls, type) and issubclass(cls, errors.LitegateError):
+                exc = cls(err_info["message"])
+                exc.child_traceback = err_info.get("traceback", "")  # type: ignore[attr-defined]
+                raise exc
+            kind = "oom" if err_info.get("type") == "MemoryError" else "failed"
+            raise errors.IsolationError(
+                f"{target}: {'out of memory' if kind == 'oom' else 'failed'}: {err_info['message']}",
+                kind=kind,
+                stderr=err_info.get("traceback", "") + stderr,
+            )
+        if rc != 0 or result is None:
+            how = f"exited {rc}" + (" without a result" if result is None else "")
+            raise errors.IsolationError(f"{target}: {how}", kind="no_result" if rc == 0 else "failed", stderr=stderr)
+        return result["result"]
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        proc.wait(timeout=10)
+
+
+def _tail(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    return data[-_STDERR_TAIL:].decode("utf-8", "replace")
+
+
+def _child_main(argv: list[str]) -> int:
+    target, in_path, out_path = argv
+    payload = json.loads(Path(in_path).read_text())
+    if os.environ.get(CRASH_HOOK_ENV) == target:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    module_name, func_name = target.split(":")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        out: dict[str, Any] = {"result": func(payload)}
+        code = 0
+    except errors.LitegateError as exc:
+        out = {"error": {"type": type(exc).__name__, "message": exc.message, "traceback": traceback.format_exc()}}
+        code = 3
+    except MemoryError:
+        out = {"error": {"type": "MemoryError", "message": "MemoryError", "traceback": traceback.format_exc()}}
+        code = 4
+    except Exception as exc:  # noqa: BLE001 - every failure must reach the parent classified
+        out = {"error": {"type": type(exc).__name__, "message": f"{type(exc).__name__}: {exc}",
+                         "traceback": traceback.format_exc()}}
+        code = 5
+    tmp = out_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(out, f)
+    os.replace(tmp, out_path)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+if __name__ == "__main__":
+    # Exit without running TensorFlow's atexit handlers, which can themselves crash.
+    code = _child_main(sys.argv[1:])
+    os._exit(code)

@@ -1,0 +1,163 @@
+"""Tasks: turning text into model inputs, reading labelled data, and scoring outputs.
+
+Nothing here imports TensorFlow: evaluation and cache-hit runs must not pay for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+
+from litegate.errors import DataError, ModelLoadError
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledText:
+    """Sentences with integer labels, read from ``path``."""
+
+    path: str
+    sentences: tuple[str, ...]
+    labels: tuple[int, ...]
+
+
+def _read_lines(path: str | Path, what: str) -> list[tuple[int, str]]:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: {what} file not found")
+    raw = p.read_bytes()
+    lines = raw.split(b"\n")
+    out = []
+    for no, line in enumerate(lines, start=1):
+        try:
+            text = line.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{p}:{no}: {what} is not valid UTF-8 (byte {exc.start})") from None
+        if text.strip():
+            out.append((no, text))
+    return out
+
+
+def read_labelled_tsv(path: str | Path, *, limit: int | None = None) -> LabelledText:
+    """Read ``sentence<TAB>label`` rows (a header row with ``label`` is skipped).
+
+    Raises:
+        DataError: missing file, invalid UTF-8, a malformed row, or no rows at all.
+    """
+    rows = _read_lines(path, "evaluation data")
+    if rows and rows[0][1].lower().split("\t")[-1].strip() == "label":
+        rows = rows[1:]
+    sentences, labels = [], []
+    for no, text in rows:
+        parts = text.split("\t")
+        if len(parts) < 2:
+            raise DataError(f"{path}:{no}: expected 'sentence<TAB>label'")
+        try:
+            label = int(parts[-1].strip())
+        except ValueError:
+            raise DataError(f"{path}:{no}: label {parts[-1].strip()!r} is not an integer") from None
+        sentences.append("\t".join(parts[:-1]).strip())
+        labels.append(label)
+        if limit and len(sentences) >= limit:
+            break
+    if not sentences:
+        raise DataError(f"{path}: evaluation data has no rows")
+    return LabelledText(str(path), tuple(sentences), tuple(labels))
+
+
+def read_texts(path: str | Path, *, limit: int | None = None) -> list[str]:
+    """Read calibration text: one sentence per line, or the sentence column of a TSV.
+
+    Raises:
+        DataError: missing file, invalid UTF-8 (file and line named) or no text.
+    """
+    rows = _read_lines(path, "calibration text")
+    if rows and "\t" in rows[0][1] and rows[0][1].lower().split("\t")[-1].strip() == "label":
+        rows = rows[1:]
+    texts = [t.split("\t")[0].strip() if "\t" in t else t.strip() for _, t in rows]
+    texts = [t for t in texts if t]
+    if limit:
+        texts = texts[:limit]
+    if not texts:
+        raise DataError(f"{path}: calibration text is empty")
+    return texts
+
+
+class TextEncoder:
+    """WordPiece/BPE tokenization (the ``tokenizers`` library) to fixed-length model inputs."""
+
+    def __init__(self, tokenizer_path: str | Path, seq_len: int) -> None:
+        from tokenizers import Tokenizer
+
+        p = Path(tokenizer_path)
+        try:
+            if p.suffix == ".json":
+                tok = Tokenizer.from_file(str(p))
+            else:
+                from tokenizers.implementations import BertWordPieceTokenizer
+
+                tok = BertWordPieceTokenizer(str(p), lowercase=True)
+        except Exception as exc:  # tokenizers raises plain Exceptions
+            raise ModelLoadError(f"{p}: cannot load tokenizer: {exc}") from None
+        tok.no_padding()
+        tok.no_truncation()
+        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        if cls_id is not None and sep_id is not None and tok.encode("a").ids[:1] != [cls_id]:
+            # A WordPiece vocab whose tokenizer.json lacks BERT's template (e.g. trained from an
+            # iterator): without [CLS] first, the pooler reads the first word instead.
+            from tokenizers.processors import BertProcessing
+
+            tok.post_processor = BertProcessing(("[SEP]", sep_id), ("[CLS]", cls_id))
+        tok.enable_truncation(max_length=seq_len)
+        pad_id = tok.token_to_id("[PAD]")
+        tok.enable_padding(length=seq_len, pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+        self.tokenizer = tok
+        self.seq_len = seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tokenizer.get_vocab_size())
+
+    def to_json(self) -> str:
+        return str(self.tokenizer.to_str())
+
+    def encode(self, texts: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
+        """``input_ids`` and ``attention_mask`` as int32 arrays of shape [N, seq_len]."""
+        encs = self.tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encs], dtype=np.int32).reshape(len(encs), self.seq_len)
+        mask = np.array([e.attention_mask for e in encs], dtype=np.int32).reshape(len(encs), self.seq_len)
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro F1 in percent."""
+    pred = np.argmax(logits, axis=-1)
+    labels = np.asarray(labels)
+    acc = float(np.mean(pred == labels) * 100.0)
+    f1s = []
+    for c in np.unique(np.concatenate([labels, pred])):
+        tp = float(np.sum((pred == c) & (labels == c)))
+        fp = float(np.sum((pred == c) & (labels != c)))
+        fn = float(np.sum((pred != c) & (labels == c)))
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": acc, "f1_macro": float(np.mean(f1s) * 100.0)}
+
+
+def agreement(logits: np.ndarray, reference: np.ndarray) -> float:
+    """Percent of samples whose argmax matches the reference's argmax."""
+    return float(np.mean(np.argmax(logits, -1) == np.argmax(reference, -1)) * 100.0)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two [N, D] arrays."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    num = np.sum(a * b, axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(den > 0, num / np.maximum(den, 1e-300), 0.0)
+
+
+def finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)

@@ -1,0 +1,292 @@
+"""The data that flows through the pipeline: frozen, self-validating dataclasses.
+
+Every type round-trips through ``to_dict()`` / ``from_dict()`` so that the JSON report is
+the single source of truth and can be re-read (``litegate report``, ``litegate compare``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class Task(str, enum.Enum):
+    """What a model does, which decides how text becomes inputs and how outputs are scored."""
+
+    TEXT_CLASSIFICATION = "text-classification"
+    SENTENCE_EMBEDDING = "sentence-embedding"
+    TEXT_GENERATION = "text-generation"
+
+
+class SourceKind(str, enum.Enum):
+    """Where an input model comes from."""
+
+    HF_BERT = "hf-bert"
+    TFLITE = "tflite"
+
+
+class Status(str, enum.Enum):
+    """Outcome of one measurement cell."""
+
+    OK = "ok"
+    NOT_RUN = "not_run"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class _Record:
+    """Mixin: ``to_dict`` for any frozen dataclass; ``from_dict`` for flat ones."""
+
+    def to_dict(self) -> dict[str, Any]:
+        result = _plain(self)
+        assert isinstance(result, dict)
+        return result
+
+    @classmethod
+    def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource(_Record):
+    """Where the input model comes from and what it does."""
+
+    kind: SourceKind
+    path: str
+    task: Task
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", SourceKind(self.kind))
+        object.__setattr__(self, "task", Task(self.task))
+        _check(bool(self.path), "model source path must not be empty")
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact(_Record):
+    """A file produced by a step, identified by content hash, with its lineage."""
+
+    path: str
+    sha256: str
+    size_bytes: int
+    parent_sha256: str | None
+    produced_by: str
+    step_config: Mapping[str, Any]
+    tool_versions: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        _check(len(self.sha256) == 64, f"artifact sha256 must be 64 hex digits, got {self.sha256!r}")
+        _check(self.size_bytes >= 0, "artifact size must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe(_Record):
+    """A quantization recipe: a name, a kind, converter parameters, and what it documents."""
+
+    name: str
+    kind: str
+    params: Mapping[str, Any]
+    description: str = ""
+
+    KINDS = ("float", "dynamic-range", "float16", "full-integer", "int16x8")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "recipe name must not be empty")
+        _check(self.kind in self.KINDS, f"recipe {self.name!r}: kind must be one of {self.KINDS}, got {self.kind!r}")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.kind in ("full-integer", "int16x8")
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyStats(_Record):
+    """Order statistics of a latency sample set, in milliseconds."""
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    std: float
+    min: float
+    max: float
+    n: int
+
+    def __post_init__(self) -> None:
+        _check(self.n > 0, "latency stats need at least one sample")
+        _check(self.min <= self.p50 <= self.p90 <= self.p99 <= self.max, "latency percentiles out of order")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchResult(_Record):
+    """One latency/memory cell: a variant on a backend with a thread count."""
+
+    artifact_sha256: str
+    variant: str
+    backend: str
+    threads: int
+    status: Status
+    reason: str = ""
+    init_ms: float | None = None
+    first_ms: float | None = None
+    latency: LatencyStats | None = None
+    peak_rss_mb: float | None = None
+    samples_ms: tuple[float, ...] = ()
+    protocol: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", Status(self.status))
+        if isinstance(self.latency, Mapping):
+            object.__setattr__(self, "latency", LatencyStats.from_dict(self.latency))
+        object.__setattr__(self, "samples_ms", tuple(self.samples_ms))
+        _check(self.threads >= 1, "threads must be >= 1")
+        if self.status is Status.OK:
+            _check(self.latency is not None, "an ok bench result needs latency")
+        else:
+            _check(bool(self.reason), f"a {self.status.value} bench result needs a reason")
+
+
+@dataclasses.dataclass(frozen=True)
+class AccuracyResult(_Record):
+    """The task metric of one variant on one backend, and its delta to the fp32 reference."""
+
+    task: Task
+    metric: str
+    value: float | None
+    backend: str
+    n_samples: int
+    status: Status = Status.OK
+    reason: str = ""
+    reference: float | None = None
+    delta: float | None = None
+    extra: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", Task(self.task))
+        object.__setattr__(self, "status", Status(self.status))
+        if self.status is Status.OK:
+            _check(self.value is not None and self.n_samples > 0, "an ok accuracy result needs a value and samples")
+        else:
+            _check(bool(self.reason), "a non-ok accuracy result needs a reason")
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeInfo(_Record):
+    """Size of a .tflite file."""
+
+    bytes: int
+    gzip_bytes: int
+
+    @property
+    def mb(self) -> float:
+        return self.bytes / 1e6
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantResult(_Record):
+    """Everything measured for one variant."""
+
+    name: str
+    recipe: Recipe
+    status: Status
+    reason: str = ""
+    artifact: Artifact | None = None
+    size: SizeInfo | None = None
+    bench: tuple[BenchResult, ...] = ()
+    accuracy: tuple[AccuracyResult, ...] = ()
+    cached: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VariantResult:
+        return cls(
+            name=data["name"],
+            recipe=Recipe.from_dict(data["recipe"]),
+            status=Status(data["status"]),
+            reason=data.get("reason", ""),
+            artifact=Artifact.from_dict(data["artifact"]) if data.get("artifact") else None,
+            size=SizeInfo.from_dict(data["size"]) if data.get("size") else None,
+            bench=tuple(BenchResult.from_dict(b) for b in data.get("bench", ())),
+            accuracy=tuple(AccuracyResult.from_dict(a) for a in data.get("accuracy", ())),
+            cached=bool(data.get("cached", False)),
+        )
+
+    def bench_cell(self, backend: str, threads: int) -> BenchResult | None:
+        for b in self.bench:
+            if b.backend == backend and b.threads == threads:
+                return b
+        return None
+
+    def primary_accuracy(self) -> AccuracyResult | None:
+        return self.accuracy[0] if self.accuracy else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict(_Record):
+    """One gate check: what was checked, the measured value, the limit, and the outcome."""
+
+    check: str
+    variant: str
+    passed: bool
+    message: str
+    value: float | None = None
+    limit: float | None = None
+    backend: str | None = None
+    threads: int | None = None
+
+
+SCHEMA_VERSION = "1.0"
+
+
+@dataclasses.dataclass(frozen=True)
+class Report(_Record):
+    """The run's single source of truth; Markdown and other formats are renderings of it."""
+
+    run: Mapping[str, Any]
+    model: Mapping[str, Any]
+    variants: tuple[VariantResult, ...]
+    verdicts: tuple[Verdict, ...]
+    passed: bool
+    schema_version: str = SCHEMA_VERSION
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Report:
+        version = data.get("schema_version")
+        _check(version == SCHEMA_VERSION, f"report schema_version {version!r} is not {SCHEMA_VERSION!r}")
+        return cls(
+            run=data["run"],
+            model=data["model"],
+            variants=tuple(VariantResult.from_dict(v) for v in data["variants"]),
+            verdicts=tuple(Verdict.from_dict(v) for v in data["verdicts"]),
+            passed=bool(data["passed"]),
+        )
+
+    def variant(self, name: str) -> VariantResult | None:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        return None

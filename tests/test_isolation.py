@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from litegate.errors import DataError, IsolationError
+from litegate.isolation import CRASH_HOOK_ENV, run_isolated
+
+ENV = {"PYTHONPATH": str(Path(__file__).parent)}
+
+
+def test_run_isolated_returns_child_result_from_another_process():
+    r = run_isolated("child_targets:echo", {"x": 21}, timeout_s=60, env=ENV)
+    assert r["got"] == 42 and r["pid"] != os.getpid()
+
+
+def test_litegate_error_in_child_is_reraised_with_its_class():
+    with pytest.raises(DataError, match="calibration.txt:3"):
+        run_isolated("child_targets:raise_data_error", {}, timeout_s=60, env=ENV)
+
+
+def test_other_exception_in_child_is_classified_failed():
+    with pytest.raises(IsolationError, match="ValueError: boom") as info:
+        run_isolated("child_targets:raise_value_error", {}, timeout_s=60, env=ENV)
+    assert info.value.kind == "failed" and "Traceback" in info.value.stderr
+
+
+@pytest.mark.parametrize("target,signame", [("segfault", "SIGSEGV"), ("abort", "SIGABRT")])
+def test_crashing_child_is_classified_with_its_signal(target, signame):
+    with pytest.raises(IsolationError, match=f"crashed: {signame}") as info:
+        run_isolated(f"child_targets:{target}", {}, timeout_s=60, env=ENV)
+    assert info.value.kind == "crashed"
+
+
+def test_crash_hook_injects_segfault_into_a_named_target():
+    with pytest.raises(IsolationError, match="crashed: SIGSEGV"):
+        run_isolated("child_targets:echo", {"x": 1}, timeout_s=60, env={**ENV, CRASH_HOOK_ENV: "child_targets:echo"})
+
+
+def test_hanging_child_and_its_grandchildren_are_killed_at_timeout():
+    t0 = time.monotonic()
+    with pytest.raises(IsolationError, match=r"timeout after 2 s") as info:
+        run_isolated("child_targets:hang", {}, timeout_s=2, env=ENV)
+    assert info.value.kind == "timeout"
+    assert time.monotonic() - t0 < 30
+
+
+def test_child_exiting_zero_without_result_is_a_failure():
+    with pytest.raises(IsolationError, match="exited 0 without a result") as info:
+        run_isolated("child_targets:exit_zero_without_result", {}, timeout_s=60, env=ENV)
+    assert info.value.kind == "no_result"
+
+
+def test_memory_cap_is_classified_as_oom():
+    with pytest.raises(IsolationError) as info:
+        run_isolated("child_targets:allocate", {"mb": 2048}, timeout_s=60, mem_mb=600, env=ENV)
+    assert info.value.kind == "oom"
