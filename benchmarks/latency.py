@@ -92,13 +92,13 @@ def bench_job(payload: dict[str, Any]) -> dict[str, Any]:
 
 def eval_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child-process entry: run every sample of ``inputs_npz`` and save outputs to ``out_npz``."""
-    from litegate.artifacts import atomic_path
     from litegate.delegates.runtime import Runner
+
+    from litegate.artifacts import save_npz
 
     with np.load(payload["inputs_npz"]) as data:
         arrays = {k: data[k] for k in data.files}
     runner = Runner(payload["path"], backend=payload["backend"], threads=int(payload["threads"]))
     outs = runner.run_batch(arrays)
-    with atomic_path(payload["out_npz"]) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **outs)
+    save_npz(payload["out_npz"], outs)
     return {"outputs": sorted(outs), "n": len(next(iter(arrays.values())))}

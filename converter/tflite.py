@@ -27,7 +27,6 @@ _FLEX_HINT = "set allow_select_tf_ops = true in the recipe to allow them (the ap
 def build_serving_function(source: ModelSource, seq_len: int) -> tuple[Any, Any]:
     """Build the TF model for ``source`` and its static-shape serving function (batch 1)."""
     import tensorflow as tf
-
     from litegate.converter.bert import build_bert, load_weights
     from litegate.converter.hf import read_checkpoint
 

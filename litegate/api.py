@@ -7,17 +7,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from litegate.artifacts import atomic_copy, atomic_write_text
-from litegate.benchmarks.latency import DEFAULT_PROTOCOL, summarize
+from litegate.artifacts import atomic_copy, atomic_write_text, save_npz
+from litegate.benchmarks.latency import DEFAULT_PROTOCOL
+from litegate.benchmarks.matrix import run_cell
 from litegate.benchmarks.size import measure_size
-from litegate.delegates.runtime import Runner, verify_tflite_header, why_not_runnable
-from litegate.errors import ConversionError, IsolationError, LitegateError, ModelLoadError
+from litegate.delegates.runtime import Runner, verify_tflite_header
+from litegate.errors import ConversionError, ModelLoadError, QuantizationError
 from litegate.isolation import run_isolated
 from litegate.quantize import recipes
 from litegate.tasks import TextEncoder, read_texts
-from litegate.types import BenchResult, ModelSource, SourceKind, Status
+from litegate.types import BenchResult, ModelSource, SourceKind
 
 
 def convert_model(source: ModelSource, out: Path, *, seq_len: int, recipe: str = "fp32",
@@ -46,9 +45,9 @@ def convert_model(source: ModelSource, out: Path, *, seq_len: int, recipe: str =
         calib_npz = None
         if rec.needs_calibration:
             if calibration is None:
-                raise ConversionError(f"recipe {rec.name!r} needs --calibration text")
+                raise QuantizationError(f"recipe {rec.name!r} needs calibration text")
             calib_npz = Path(tmp) / "calibration.npz"
-            np.savez(calib_npz, **encoder.encode(read_texts(calibration, limit=samples)))
+            save_npz(calib_npz, encoder.encode(read_texts(calibration, limit=samples)))
         tmp_out = Path(tmp) / "model.tflite"
         payload = {"source": source.to_dict(), "seq_len": seq_len,
                    "variants": [{"name": rec.name, "recipe": rec.to_dict(), "out": str(tmp_out)}],
@@ -93,25 +92,9 @@ def bench_model(model: Path, *, text: Path, backends: list[str], threads: list[i
     out = []
     with tempfile.TemporaryDirectory(prefix="litegate-bench-") as tmp:
         npz = Path(tmp) / "inputs.npz"
-        np.savez(npz, **encoder.encode(read_texts(text, limit=32)))
+        save_npz(npz, encoder.encode(read_texts(text, limit=32)))
         for backend in backends:
             for t in threads:
-                base = {"artifact_sha256": sha, "variant": model.stem, "backend": backend, "threads": t}
-                reason = why_not_runnable(backend)
-                if reason:
-                    out.append(BenchResult(**base, status=Status.NOT_RUN, reason=reason))
-                    continue
-                try:
-                    r = run_isolated("litegate.benchmarks.latency:bench_job",
-                                     {"path": str(model), "backend": backend, "threads": t, "inputs_npz": str(npz),
-                                      "protocol": proto}, timeout_s=timeout_s)
-                except IsolationError as exc:
-                    st = Status.TIMEOUT if exc.kind == "timeout" else Status.FAILED
-                    out.append(BenchResult(**base, status=st, reason=exc.message))
-                    continue
-                except LitegateError as exc:
-                    out.append(BenchResult(**base, status=Status.FAILED, reason=exc.message))
-                    continue
-                out.append(BenchResult(**base, status=Status.OK, init_ms=r["init_ms"], first_ms=r["first_ms"],
-                                       latency=summarize(r["samples_ms"]), peak_rss_mb=r["peak_rss_mb"], protocol=proto))
+                out.append(run_cell(path=model, sha256=sha, variant=model.stem, backend=backend, threads=t,
+                                    inputs_npz=npz, protocol=proto, timeout_s=timeout_s))
     return out

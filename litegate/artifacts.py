@@ -164,3 +164,11 @@ class StepCache:
 
 def dataclass_replace_path(art: Artifact, path: Path) -> Artifact:
     return dataclasses.replace(art, path=str(path))
+
+
+def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any]) -> None:
+    """Write named arrays to an .npz file atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **dict(arrays))  # type: ignore[arg-type]  # numpy's stub types **kwds as bool

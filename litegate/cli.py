@@ -123,16 +123,20 @@ def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, sa
       litegate quantize examples/demo/model --recipe int8 \\
           --calibration examples/demo/calibration.txt -o demo-int8.tflite --seq-len 64
     """
+    from litegate.quantize import recipes
+
+    if recipes.load(recipe).needs_calibration and calibration is None:
+        raise click.BadParameter(f"recipe {recipe!r} is calibrated: give --calibration TEXT", param_hint="--calibration")
     _convert(path, output, kind, task, head, seq_len, recipe, calibration, samples)
 
 
 def _convert(path: Path, output: Path, kind: str, task: str, head: str | None, seq_len: int, recipe: str,
              calibration: Path | None, samples: int) -> None:
     from litegate.api import convert_model
-    from litegate.types import ModelSource
+    from litegate.types import ModelSource, SourceKind, Task
 
     head = head or ("classification" if task == "text-classification" else "mean")
-    src = ModelSource(kind=kind, path=str(path), task=task, options={"head": head})
+    src = ModelSource(kind=SourceKind(kind), path=str(path), task=Task(task), options={"head": head})
     info = convert_model(src, output, seq_len=seq_len, recipe=recipe, calibration=calibration, samples=samples or 200)
     click.echo(f"wrote {info['path']} ({info['recipe']}, {info['bytes'] / 1e6:.2f} MB, gzip {info['gzip_bytes'] / 1e6:.2f} MB)")
 

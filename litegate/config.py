@@ -53,7 +53,8 @@ class _Table:
     """A TOML table that hands out typed keys and complains about the ones nobody took."""
 
     def __init__(self, data: Mapping[str, Any], where: str, file: Path) -> None:
-        self.data, self.where, self.file, self.taken = dict(data), where, file, set()
+        self.data, self.where, self.file = dict(data), where, file
+        self.taken: set[str] = set()
 
     def _name(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key

@@ -21,12 +21,28 @@ from typing import Any
 import numpy as np
 
 from litegate import __version__, gate, machine, report
-from litegate.artifacts import StepCache, atomic_copy, atomic_write_text, make_artifact, sha256_tree, tool_versions
+from litegate.artifacts import (
+    StepCache,
+    atomic_copy,
+    atomic_write_text,
+    make_artifact,
+    save_npz,
+    sha256_tree,
+    tool_versions,
+)
+from litegate.benchmarks.matrix import run_cell
 from litegate.config import ReleaseConfig
-from litegate.delegates.runtime import verify_tflite_header, why_not_runnable
+from litegate.delegates.runtime import verify_tflite_header
 from litegate.errors import DataError, IsolationError, LitegateError, ModelLoadError
 from litegate.isolation import run_isolated
-from litegate.tasks import LabelledText, TextEncoder, agreement, classification_metrics, read_labelled_tsv, read_texts
+from litegate.tasks import (
+    LabelledText,
+    TextEncoder,
+    agreement,
+    classification_metrics,
+    read_labelled_tsv,
+    read_texts,
+)
 from litegate.types import (
     AccuracyResult,
     BenchResult,
@@ -128,10 +144,10 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
             texts = list(eval_set.sentences) if eval_set else read_texts(cfg.data.calibration) if cfg.data.calibration else []
             if not texts:
                 raise DataError("no text to build benchmark inputs from: set data.eval or data.calibration")
-            np.savez(bench_npz, **encoder.encode(texts[:BENCH_INPUTS]))
+            save_npz(bench_npz, encoder.encode(texts[:BENCH_INPUTS]))
             eval_npz = work / "eval_inputs.npz"
             if eval_set is not None:
-                np.savez(eval_npz, **encoder.encode(eval_set.sentences))
+                save_npz(eval_npz, encoder.encode(eval_set.sentences))
             variants = []
             for v in published:
                 if v.status is Status.OK:
@@ -182,7 +198,7 @@ def _calibration(cfg: ReleaseConfig, encoder: TextEncoder, work: Path) -> tuple[
     texts = read_texts(cfg.data.calibration, limit=cfg.data.calibration_samples)
     arrays = encoder.encode(texts)
     path = work / "calibration.npz"
-    np.savez(path, **arrays)
+    save_npz(path, arrays)
     h = sha256_tree(cfg.data.calibration) + f":{len(texts)}"
     return path, h
 
@@ -258,29 +274,9 @@ def _bench_cells(cfg: ReleaseConfig, v: VariantResult, inputs_npz: Path) -> Iter
     assert v.artifact is not None
     for backend in cfg.bench.backends:
         for threads in cfg.bench.threads:
-            base = {"artifact_sha256": v.artifact.sha256, "variant": v.name, "backend": backend, "threads": threads}
-            reason = why_not_runnable(backend)
-            if reason:
-                yield BenchResult(**base, status=Status.NOT_RUN, reason=reason)
-                continue
-            payload = {"path": v.artifact.path, "backend": backend, "threads": threads,
-                       "inputs_npz": str(inputs_npz), "protocol": cfg.bench.protocol()}
-            try:
-                r = run_isolated("litegate.benchmarks.latency:bench_job", payload, timeout_s=cfg.bench.timeout_s,
-                                 mem_mb=cfg.mem_mb)
-            except IsolationError as exc:
-                status = Status.TIMEOUT if exc.kind == "timeout" else Status.FAILED
-                yield BenchResult(**base, status=status, reason=exc.message, protocol={"stderr_tail": exc.stderr[-1500:]})
-                continue
-            except LitegateError as exc:
-                yield BenchResult(**base, status=Status.FAILED, reason=exc.message)
-                continue
-            from litegate.benchmarks.latency import summarize
-
-            yield BenchResult(**base, status=Status.OK, init_ms=r["init_ms"], first_ms=r["first_ms"],
-                              latency=summarize(r["samples_ms"]), peak_rss_mb=r["peak_rss_mb"],
-                              samples_ms=tuple(round(s, 5) for s in r["samples_ms"]),
-                              protocol={**cfg.bench.protocol(), "n_inputs": r["n_inputs"]})
+            yield run_cell(path=v.artifact.path, sha256=v.artifact.sha256, variant=v.name, backend=backend,
+                           threads=threads, inputs_npz=inputs_npz, protocol=cfg.bench.protocol(),
+                           timeout_s=cfg.bench.timeout_s, mem_mb=cfg.mem_mb)
 
 
 def _accuracy(cfg: ReleaseConfig, variants: list[VariantResult], eval_set: LabelledText | None, eval_npz: Path,

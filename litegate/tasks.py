@@ -98,7 +98,7 @@ class TextEncoder:
             else:
                 from tokenizers.implementations import BertWordPieceTokenizer
 
-                tok = BertWordPieceTokenizer(str(p), lowercase=True)
+                tok = BertWordPieceTokenizer(str(p), lowercase=True)._tokenizer
         except Exception as exc:  # tokenizers raises plain Exceptions
             raise ModelLoadError(f"{p}: cannot load tokenizer: {exc}") from None
         tok.no_padding()

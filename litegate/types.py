@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-class Task(str, enum.Enum):
+class Task(enum.StrEnum):
     """What a model does, which decides how text becomes inputs and how outputs are scored."""
 
     TEXT_CLASSIFICATION = "text-classification"
@@ -23,14 +23,14 @@ class Task(str, enum.Enum):
     TEXT_GENERATION = "text-generation"
 
 
-class SourceKind(str, enum.Enum):
+class SourceKind(enum.StrEnum):
     """Where an input model comes from."""
 
     HF_BERT = "hf-bert"
     TFLITE = "tflite"
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """Outcome of one measurement cell."""
 
     OK = "ok"

@@ -37,7 +37,7 @@ def forward(tensors: dict, cfg: dict, ids: np.ndarray, mask: np.ndarray, head: s
     for i in range(cfg["num_hidden_layers"]):
         L = f"{p}encoder.layer.{i}."
 
-        def lin(z, name):
+        def lin(z, name, L=L):
             return z @ t[L + name + ".weight"].T + t[L + name + ".bias"]
 
         q, k, v = (lin(x, f"attention.self.{n}").reshape(B, S, nh, d).transpose(0, 2, 1, 3) for n in ("query", "key", "value"))

@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from litegate.artifacts import StepCache, atomic_path, atomic_write_bytes, make_artifact, sha256_file, sha256_tree
+from litegate.artifacts import (
+    StepCache,
+    atomic_path,
+    atomic_write_bytes,
+    make_artifact,
+    sha256_file,
+    sha256_tree,
+)
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

@@ -3,11 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import DEMO, write_config
 
 from litegate.config import load
 from litegate.errors import ConfigError
-
-from conftest import DEMO, write_config
 
 
 def test_load_demo_config_resolves_paths_relative_to_file():

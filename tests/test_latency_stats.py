@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from litegate.benchmarks.latency import measure, percentile, summarize
 
 

@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import DEMO
 
 from litegate.errors import DataError
 from litegate.tasks import TextEncoder, classification_metrics, cosine, read_labelled_tsv, read_texts
-
-from conftest import DEMO
 
 
 def test_shipped_eval_set_is_balanced_and_large_enough():

@@ -4,8 +4,18 @@ import json
 
 import pytest
 
-from litegate.types import (AccuracyResult, Artifact, BenchResult, LatencyStats, Recipe, Report, SizeInfo, Status,
-                            VariantResult, Verdict)
+from litegate.types import (
+    AccuracyResult,
+    Artifact,
+    BenchResult,
+    LatencyStats,
+    Recipe,
+    Report,
+    SizeInfo,
+    Status,
+    VariantResult,
+    Verdict,
+)
 
 
 def _report() -> Report:

@@ -1,0 +1,96 @@
+"""litegate's TF BERT and its TFLite conversion against an independent numpy forward pass."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import DEMO, make_checkpoint
+from litegate.converter.hf import read_checkpoint
+from numpy_bert import forward
+from safetensors.numpy import load_file, save_file
+
+from litegate.errors import ModelLoadError
+from litegate.tasks import TextEncoder
+
+pytestmark = pytest.mark.slow
+
+
+def _inputs(ckpt, seq_len=24, n=6):
+    texts = (DEMO / "eval.tsv").read_text().splitlines()[1 : n + 1]
+    return TextEncoder(ckpt / "tokenizer.json", seq_len).encode([t.split("\t")[0] for t in texts])
+
+
+@pytest.mark.parametrize("head,prefix", [("classification", "bert."), ("mean", "")])
+def test_tf_bert_matches_numpy_reference(tmp_path, head, prefix):
+    from litegate.converter.bert import build_bert, load_weights
+
+    ckpt_dir = make_checkpoint(tmp_path / "ck", seed=3, prefix=prefix, with_head=head == "classification")
+    ckpt = read_checkpoint(ckpt_dir)
+    assert ckpt.prefix == prefix
+    model = build_bert(ckpt.config, seq_len=24, head=head)
+    load_weights(model, ckpt, head)
+    x = _inputs(ckpt_dir)
+    ours = next(iter(model(x).values())).numpy()
+    ref = forward(load_file(str(ckpt_dir / "model.safetensors")), json.loads((ckpt_dir / "config.json").read_text()),
+                  x["input_ids"], x["attention_mask"], head=head)
+    assert np.max(np.abs(ours - ref)) < 1e-4
+
+
+def test_converted_fp32_tflite_matches_numpy_reference(tmp_path, tiny_checkpoint):
+    from litegate.delegates.runtime import Runner
+
+    from litegate.api import convert_model
+    from litegate.types import ModelSource
+
+    out = tmp_path / "m.tflite"
+    info = convert_model(ModelSource(kind="hf-bert", path=str(tiny_checkpoint), task="text-classification"), out,
+                         seq_len=24)
+    assert info["bytes"] == out.stat().st_size and out.with_suffix(".tokenizer.json").is_file()
+    x = _inputs(tiny_checkpoint)
+    runner = Runner(out, backend="xnnpack", threads=1)
+    assert set(runner.input_names()) == {"input_ids", "attention_mask"}
+    ours = runner.run_batch(x)["logits"]
+    ref = forward(load_file(str(tiny_checkpoint / "model.safetensors")),
+                  json.loads((tiny_checkpoint / "config.json").read_text()), x["input_ids"], x["attention_mask"])
+    assert np.max(np.abs(ours - ref)) < 1e-4
+    # the reference backend (no delegate) agrees too
+    assert np.max(np.abs(Runner(out, backend="cpu").run_batch(x)["logits"] - ref)) < 1e-4
+
+
+def test_checkpoint_with_missing_tensor_names_it(tmp_path):
+    ck = make_checkpoint(tmp_path / "ck")
+    t = load_file(str(ck / "model.safetensors"))
+    del t["bert.encoder.layer.1.attention.self.key.weight"]
+    save_file(t, str(ck / "model.safetensors"))
+    from litegate.converter.bert import build_bert, load_weights
+
+    c = read_checkpoint(ck)
+    with pytest.raises(ModelLoadError, match=r"missing tensor 'bert.encoder.layer.1.attention.self.key.weight'"):
+        load_weights(build_bert(c.config, seq_len=8), c, "classification")
+
+
+def test_checkpoint_with_wrong_shape_names_tensor_and_both_shapes(tmp_path):
+    ck = make_checkpoint(tmp_path / "ck")
+    t = load_file(str(ck / "model.safetensors"))
+    t["bert.encoder.layer.0.intermediate.dense.weight"] = np.zeros((63, 32), np.float32)
+    save_file(t, str(ck / "model.safetensors"))
+    from litegate.converter.bert import build_bert, load_weights
+
+    c = read_checkpoint(ck)
+    with pytest.raises(ModelLoadError, match=r"'bert.encoder.layer.0.intermediate.dense.weight' has shape \(63, 32\), expected \(64, 32\)"):
+        load_weights(build_bert(c.config, seq_len=8), c, "classification")
+
+
+def test_unsupported_model_type_and_long_seq_len_are_refused(tmp_path):
+    ck = make_checkpoint(tmp_path / "ck")
+    cfg = json.loads((ck / "config.json").read_text())
+    from litegate.converter.bert import build_bert
+
+    with pytest.raises(ModelLoadError, match="larger than the model's max_position_embeddings 64"):
+        build_bert(read_checkpoint(ck).config, seq_len=65)
+    cfg["model_type"] = "roberta"
+    (ck / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="model_type 'roberta' is not supported"):
+        read_checkpoint(ck)

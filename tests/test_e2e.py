@@ -1,0 +1,145 @@
+"""The real ``litegate`` CLI in a subprocess, on the embedded default and on tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import DEMO, ROOT, SHARED_DATA, run_cli, write_config
+
+from litegate.report import load as load_report
+
+pytestmark = pytest.mark.slow
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()} if folder.exists() else set()
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "reports"
+    first = run_cli("run", str(DEMO / "release.toml"), "--output", str(out))
+    rep1 = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
+    second = run_cli("run", str(DEMO / "release.toml"), "--output", str(out))
+    return out, first, rep1, second
+
+
+def test_run_on_embedded_default_reports_every_variant_measured(demo_runs):
+    out, first, rep, _ = demo_runs
+    assert first.returncode == 0, first.stderr
+    assert "litegate: PASS" in first.stdout
+    names = [v["name"] for v in rep["variants"]]
+    assert names == ["fp32", "dynamic-int8", "fp16", "int8"]
+    for v in rep["variants"]:
+        assert v["status"] == "ok"
+        assert (out / f"{v['name']}.tflite").stat().st_size == v["size"]["bytes"] > 100_000
+        cells = {(b["backend"], b["threads"]): b for b in v["bench"]}
+        assert set(cells) == {("xnnpack", 1), ("xnnpack", 2)}
+        for b in cells.values():
+            assert b["status"] == "ok" and b["latency"]["n"] >= 100 and 0 < b["latency"]["p50"] <= b["latency"]["p90"]
+            assert len(b["samples_ms"]) == b["latency"]["n"]
+        acc = v["accuracy"][0]
+        assert acc["status"] == "ok" and acc["n_samples"] == 220
+    fp32 = rep["variants"][0]["accuracy"][0]
+    assert fp32["value"] > 70.0
+    # smaller variants really are smaller
+    sizes = {v["name"]: v["size"]["bytes"] for v in rep["variants"]}
+    assert sizes["dynamic-int8"] < 0.4 * sizes["fp32"] and sizes["fp16"] < 0.6 * sizes["fp32"]
+    md = (out / "report.md").read_text()
+    assert md.startswith("## ✅ litegate: PASS")
+    for name in names:
+        assert f"| **{name}** |" in md
+    assert rep["schema_version"] == "1.0" and rep["run"]["machine"]["cores_available"] >= 1
+    load_report(out / "report.json")  # parses back into the typed report
+
+
+def test_second_run_reuses_cached_conversions(demo_runs):
+    out, _, rep1, second = demo_runs
+    assert second.returncode == 0, second.stderr
+    rep2 = json.loads((out / "report.json").read_text())
+    assert rep2["run"]["cache_hits"] == 4 and rep1["run"]["cache_hits"] == 0
+    assert [v["artifact"]["sha256"] for v in rep2["variants"]] == [v["artifact"]["sha256"] for v in rep1["variants"]]
+    assert "(cached)" in second.stderr and "child process" not in second.stderr
+
+
+def test_report_command_renders_markdown_from_json(demo_runs):
+    out = demo_runs[0]
+    r = run_cli("report", str(out / "report.json"))
+    assert r.returncode == 0 and r.stdout == (out / "report.md").read_text()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "sst2" / "dev.tsv").is_file(), reason="../shared/data/sst2 not present")
+def test_run_with_data_override_reports_sst2_dev_for_every_variant(tmp_path, tiny_checkpoint):
+    cfg = write_config(tmp_path, model=tiny_checkpoint, variants=("fp32", "dynamic-int8"))
+    cfg.write_text(cfg.read_text().replace("max_eval_samples = 40\n", ""))
+    r = run_cli("run", str(cfg), "--data", str(SHARED_DATA / "sst2" / "dev.tsv"), "-q")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["run"]["eval"]["data"] == str((SHARED_DATA / "sst2" / "dev.tsv").resolve())
+    assert [v["accuracy"][0]["n_samples"] for v in rep["variants"]] == [872, 872]
+
+
+def test_gate_failure_exits_1_with_report(tmp_path, tiny_checkpoint):
+    cfg = write_config(tmp_path, model=tiny_checkpoint, budgets="[budgets]\nmax_size_mb = 0.001\n")
+    r = run_cli("run", str(cfg), "-q")
+    assert r.returncode == 1, r.stderr
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["passed"] is False
+    assert (tmp_path / "out" / "report.md").read_text().startswith("## ❌ litegate: FAIL — fp32: size")
+
+
+def _assert_clean_failure(r, out: Path, code: int, pattern: str):
+    assert r.returncode == code, (r.returncode, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("litegate:")]
+    assert len(lines) == 1 and pattern in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not {"report.json", "report.md"} & _files(out)
+    assert not [n for n in _files(out) if n.endswith(".tmp")]
+
+
+def test_typoed_key_exits_2_with_one_line_and_no_report(tmp_path, tiny_checkpoint):
+    cfg = write_config(tmp_path, model=tiny_checkpoint)
+    cfg.write_text(cfg.read_text().replace("[bench]", "[bench]\nthreds = [1]"))
+    _assert_clean_failure(run_cli("run", str(cfg)), tmp_path / "out", 2, "unknown key 'bench.threds'")
+
+
+def test_missing_model_path_exits_2_with_one_line_and_no_report(tmp_path):
+    cfg = write_config(tmp_path, model=tmp_path / "no-such-model")
+    _assert_clean_failure(run_cli("run", str(cfg)), tmp_path / "out", 2, "no-such-model")
+
+
+def test_empty_eval_file_exits_4_with_one_line_and_no_report(tmp_path, tiny_checkpoint):
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("sentence\tlabel\n")
+    cfg = write_config(tmp_path, model=tiny_checkpoint, eval_path=empty)
+    _assert_clean_failure(run_cli("run", str(cfg)), tmp_path / "out", 4, "evaluation data has no rows")
+
+
+def test_cli_version_doctor_and_help_examples():
+    assert run_cli("--version").stdout.strip() == "litegate, version 0.1.0"
+    doc = run_cli("doctor", "--json")
+    rows = {r["name"]: r for r in json.loads(doc.stdout)}
+    assert rows["backend xnnpack"]["ok"] and not rows["backend hexagon"]["ok"] and rows["backend hexagon"]["fix"]
+    for cmd in ("run", "convert", "quantize", "bench", "report", "doctor"):
+        h = run_cli(cmd, "--help")
+        assert h.returncode == 0 and "Example:" in h.stdout, cmd
+
+
+def test_bench_command_measures_a_published_variant(demo_runs):
+    out = demo_runs[0]
+    r = run_cli("bench", str(out / "int8.tflite"), "--text", str(DEMO / "eval.tsv"), "--threads", "1",
+                "--backend", "xnnpack,hexagon", "--min-runs", "10", "--min-seconds", "0", "--json")
+    assert r.returncode == 0, r.stderr
+    cells = json.loads(r.stdout)
+    assert cells[0]["status"] == "ok" and cells[0]["latency"]["n"] >= 10
+    assert cells[1]["status"] == "not_run" and "Hexagon" in cells[1]["reason"]
+    bad = run_cli("bench", str(out / "int8.tflite"), "--text", str(DEMO / "eval.tsv"), "--backend", "tpu")
+    assert bad.returncode == 2 and "unknown backend 'tpu'" in bad.stderr
+
+
+def test_readme_and_ci_contract():
+    readme = (ROOT / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
