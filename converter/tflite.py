@@ -18,33 +18,15 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 from litegate.artifacts import atomic_write_bytes  # noqa: E402
-from litegate.errors import ConversionError, LitegateError, ModelLoadError, QuantizationError  # noqa: E402
-from litegate.types import ModelSource, Recipe, SourceKind  # noqa: E402
+from litegate.errors import ConversionError, LitegateError, QuantizationError  # noqa: E402
+from litegate.types import ModelSource, Recipe  # noqa: E402
 
 _FLEX_HINT = "set allow_select_tf_ops = true in the recipe to allow them (the app then needs the Flex delegate)"
 
 
-def build_serving_function(source: ModelSource, seq_len: int) -> tuple[Any, Any]:
-    """Build the TF model for ``source`` and its static-shape serving function (batch 1)."""
-    import tensorflow as tf
-    from litegate.converter.bert import build_bert, load_weights
-    from litegate.converter.hf import read_checkpoint
-
-    if source.kind is not SourceKind.HF_BERT:
-        raise ModelLoadError(f"source kind {source.kind.value!r} cannot be built as a TensorFlow model")
-    ckpt = read_checkpoint(source.path)
-    head = str(source.options.get("head", "classification"))
-    model = build_bert(ckpt.config, seq_len=seq_len, head=head, batch_size=1)
-    load_weights(model, ckpt, head)
-
-    spec = [tf.TensorSpec([1, seq_len], tf.int32, name="input_ids"),
-            tf.TensorSpec([1, seq_len], tf.int32, name="attention_mask")]
-
-    @tf.function(input_signature=spec)
-    def serve(input_ids: tf.Tensor, attention_mask: tf.Tensor) -> dict[str, tf.Tensor]:
-        return model({"input_ids": input_ids, "attention_mask": attention_mask})
-
-    return model, serve
+def input_names(serve: Any) -> list[str]:
+    """The keyword input names of a serving function's concrete signature."""
+    return list(serve.get_concrete_function().structured_input_signature[1])
 
 
 def _representative(samples: Mapping[str, np.ndarray]) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
@@ -55,6 +37,13 @@ def _representative(samples: Mapping[str, np.ndarray]) -> Callable[[], Iterator[
             yield {k: v[i : i + 1] for k, v in samples.items()}
 
     return gen
+
+
+def model_samples(serve: Any, samples: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Calibration samples (keyed by role) re-keyed to the serving function's input names."""
+    from litegate.tasks import feed_for
+
+    return feed_for(input_names(serve), dict(samples)) if samples else {}
 
 
 def check_calibration(serve: Any, samples: Mapping[str, np.ndarray]) -> None:
@@ -108,14 +97,16 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
     ``calibration_npz`` (optional path).
     """
     import tensorflow as tf
+    from litegate.converter.sources import load
 
     tf.keras.utils.set_random_seed(0)
     source = ModelSource.from_dict(payload["source"])
-    model, serve = build_serving_function(source, int(payload["seq_len"]))
+    loaded = load(source, int(payload["seq_len"]))
+    serve, model = loaded.serve, loaded.owner
     samples = None
     if payload.get("calibration_npz"):
         with np.load(payload["calibration_npz"]) as data:
-            samples = {k: data[k] for k in data.files}
+            samples = model_samples(serve, {k: data[k] for k in data.files})
     checked = False
     results: dict[str, Any] = {}
     for v in payload["variants"]:
@@ -129,4 +120,4 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
             results[v["name"]] = {"ok": True}
         except LitegateError as exc:
             results[v["name"]] = {"ok": False, "type": type(exc).__name__, "error": exc.message}
-    return {"variants": results}
+    return {"variants": results, "notes": loaded.notes, "inputs": input_names(serve)}

@@ -19,51 +19,93 @@ from litegate.tasks import TextEncoder, read_texts
 from litegate.types import BenchResult, ModelSource, SourceKind
 
 
+def source_tokenizer(source: ModelSource) -> Path | None:
+    """The tokenizer that travels with ``source``: an explicit option, or the checkpoint's own."""
+    from litegate.converter.hf import tokenizer_file
+
+    if source.options.get("tokenizer"):
+        return Path(str(source.options["tokenizer"]))
+    if source.kind is SourceKind.HF_BERT:
+        return tokenizer_file(Path(source.path))
+    if source.kind is SourceKind.TFLITE:
+        return find_tokenizer(Path(source.path))
+    return None
+
+
+def check_source(source: ModelSource, seq_len: int) -> dict[str, Any]:
+    """Cheap checks before any child process starts; returns what is known about the model."""
+    from litegate.converter.hf import BertConfig
+
+    path = Path(source.path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file or directory")
+    if source.kind is SourceKind.HF_BERT:
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path}: not a Hugging Face checkpoint folder (no config.json)")
+        bert = BertConfig.from_json_file(path / "config.json")
+        if seq_len > bert.max_position_embeddings:
+            raise ModelLoadError(f"{path}: seq_len {seq_len} is larger than the model's max_position_embeddings "
+                                 f"{bert.max_position_embeddings}")
+        return {"architecture": "bert", "layers": bert.num_hidden_layers, "hidden": bert.hidden_size,
+                "heads": bert.num_attention_heads, "intermediate": bert.intermediate_size,
+                "vocab_size": bert.vocab_size, "labels": dict(bert.id2label)}
+    if source.kind is SourceKind.SAVED_MODEL:
+        if not path.is_dir() or not (path / "saved_model.pb").is_file():
+            raise ModelLoadError(f"{path}: not a TensorFlow SavedModel folder (no saved_model.pb)")
+        return {"architecture": "saved_model"}
+    if source.kind is SourceKind.KERAS:
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: a keras source must be a .keras or .h5 file")
+        return {"architecture": "keras"}
+    verify_tflite_header(path)
+    return {"architecture": "tflite"}
+
+
 def convert_model(source: ModelSource, out: Path, *, seq_len: int, recipe: str = "fp32",
                   calibration: Path | None = None, samples: int = 200, timeout_s: float = 900.0) -> dict[str, Any]:
-    """Convert ``source`` with ``recipe`` into ``out`` (written atomically) plus a tokenizer sidecar.
+    """Convert ``source`` with ``recipe`` into ``out`` (written atomically) plus sidecars.
+
+    Sidecars: ``OUT.tokenizer.json`` (when the source has a tokenizer) and ``OUT.json`` (task,
+    seq_len, recipe, labels, input names, notes), so an app and ``litegate eval`` need nothing else.
 
     Raises:
         ModelLoadError, ConversionError, QuantizationError, DataError, IsolationError.
     """
-    from litegate.converter.hf import BertConfig, read_checkpoint, tokenizer_file  # noqa: F401
-
-    if source.kind is not SourceKind.HF_BERT:
-        raise ModelLoadError(f"convert --from {source.kind.value}: only hf-bert sources can be converted in this version")
-    path = Path(source.path)
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file or directory")
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{path}: not a Hugging Face checkpoint folder (no config.json)")
-    bert = BertConfig.from_json_file(path / "config.json")
-    if seq_len > bert.max_position_embeddings:
-        raise ModelLoadError(f"{path}: seq_len {seq_len} is larger than the model's max_position_embeddings "
-                             f"{bert.max_position_embeddings}")
+    if source.kind is SourceKind.TFLITE:
+        raise ModelLoadError(f"{source.path}: already a .tflite; use it directly (run, bench, check)")
+    info = check_source(source, seq_len)
     rec = recipes.load(recipe)
-    encoder = TextEncoder(tokenizer_file(path), seq_len)
+    tok = source_tokenizer(source)
+    encoder = TextEncoder(tok, seq_len) if tok else None
     with tempfile.TemporaryDirectory(prefix="litegate-convert-") as tmp:
         calib_npz = None
         if rec.needs_calibration:
             if calibration is None:
                 raise QuantizationError(f"recipe {rec.name!r} needs calibration text")
+            if encoder is None:
+                raise QuantizationError(f"recipe {rec.name!r} needs a tokenizer to encode calibration text")
             calib_npz = Path(tmp) / "calibration.npz"
             save_npz(calib_npz, encoder.encode(read_texts(calibration, limit=samples)))
         tmp_out = Path(tmp) / "model.tflite"
         payload = {"source": source.to_dict(), "seq_len": seq_len,
                    "variants": [{"name": rec.name, "recipe": rec.to_dict(), "out": str(tmp_out)}],
                    "calibration_npz": str(calib_npz) if calib_npz else None}
-        result = run_isolated("litegate.converter.tflite:convert_job", payload, timeout_s=timeout_s)["variants"][rec.name]
+        job = run_isolated("litegate.converter.tflite:convert_job", payload, timeout_s=timeout_s)
+        result = job["variants"][rec.name]
         if not result["ok"]:
             from litegate import errors
 
             cls = getattr(errors, result.get("type", ""), ConversionError)
             raise cls(result["error"])
         atomic_copy(tmp_out, out)
-    atomic_write_text(out.with_suffix(".tokenizer.json"), encoder.to_json())
-    atomic_write_text(out.with_suffix(".json"), json.dumps(
-        {"task": source.task.value, "seq_len": seq_len, "recipe": rec.name, "labels": dict(bert.id2label)}, indent=2) + "\n")
+    if encoder is not None:
+        atomic_write_text(out.with_suffix(".tokenizer.json"), encoder.to_json())
+    meta = {"task": source.task.value, "seq_len": seq_len, "recipe": rec.name, "labels": info.get("labels", {}),
+            "inputs": job.get("inputs", []), "notes": job.get("notes", []), "source": source.to_dict()}
+    atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     size = measure_size(out)
-    return {"path": str(out), "recipe": rec.name, "bytes": size.bytes, "gzip_bytes": size.gzip_bytes}
+    return {"path": str(out), "recipe": rec.name, "bytes": size.bytes, "gzip_bytes": size.gzip_bytes,
+            "notes": job.get("notes", [])}
 
 
 def model_seq_len(path: Path) -> int:

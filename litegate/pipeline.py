@@ -32,7 +32,6 @@ from litegate.artifacts import (
 )
 from litegate.benchmarks.matrix import run_cell
 from litegate.config import ReleaseConfig
-from litegate.delegates.runtime import verify_tflite_header
 from litegate.errors import DataError, IsolationError, LitegateError, ModelLoadError
 from litegate.isolation import run_isolated
 from litegate.tasks import (
@@ -90,31 +89,14 @@ class _Source:
 
 
 def resolve_source(cfg: ReleaseConfig) -> _Source:
-    src = cfg.model.source
-    path = Path(src.path)
-    tok_opt = src.options.get("tokenizer")
-    if src.kind is SourceKind.HF_BERT:
-        from litegate.converter.hf import BertConfig, tokenizer_file
+    from litegate.api import check_source, source_tokenizer
 
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path}: not a Hugging Face checkpoint folder (no config.json)")
-        bert = BertConfig.from_json_file(path / "config.json")
-        if cfg.model.seq_len > bert.max_position_embeddings:
-            raise ModelLoadError(f"{path}: seq_len {cfg.model.seq_len} is larger than the model's "
-                                 f"max_position_embeddings {bert.max_position_embeddings}")
-        tokenizer = Path(tok_opt) if tok_opt else tokenizer_file(path)
-        info = {"architecture": "bert", "layers": bert.num_hidden_layers, "hidden": bert.hidden_size,
-                "heads": bert.num_attention_heads, "intermediate": bert.intermediate_size,
-                "vocab_size": bert.vocab_size, "labels": dict(bert.id2label)}
-    else:
-        verify_tflite_header(path)
-        candidates = [Path(tok_opt)] if tok_opt else [path.with_suffix(".tokenizer.json"), path.parent / "tokenizer.json"]
-        found = [c for c in candidates if c.is_file()]
-        if not found:
-            raise ModelLoadError(f"{path}: no tokenizer found (set model.tokenizer, or put tokenizer.json next to it)")
-        tokenizer = found[0]
-        info = {"architecture": "tflite"}
-    return _Source(src.kind, path, sha256_tree(path), tokenizer, info)
+    src = cfg.model.source
+    info = check_source(src, cfg.model.seq_len)
+    tokenizer = source_tokenizer(src)
+    if tokenizer is None:
+        raise ModelLoadError(f"{src.path}: a {src.kind.value} source needs model.tokenizer (a tokenizer.json or vocab.txt)")
+    return _Source(src.kind, Path(src.path), sha256_tree(src.path), tokenizer, info)
 
 
 def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:

@@ -124,11 +124,51 @@ class TextEncoder:
         return str(self.tokenizer.to_str())
 
     def encode(self, texts: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
-        """``input_ids`` and ``attention_mask`` as int32 arrays of shape [N, seq_len]."""
+        """``input_ids``, ``attention_mask`` and ``token_type_ids`` as int32 arrays [N, seq_len]."""
         encs = self.tokenizer.encode_batch(list(texts))
         ids = np.array([e.ids for e in encs], dtype=np.int32).reshape(len(encs), self.seq_len)
         mask = np.array([e.attention_mask for e in encs], dtype=np.int32).reshape(len(encs), self.seq_len)
-        return {"input_ids": ids, "attention_mask": mask}
+        types = np.array([e.type_ids for e in encs], dtype=np.int32).reshape(len(encs), self.seq_len)
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+# Model input names seen in the wild, per role (HF, TF-Hub BERT, older TF BERT exports).
+INPUT_ROLES: dict[str, tuple[str, ...]] = {
+    "input_ids": ("input_ids", "input_word_ids", "word_ids", "token_ids", "ids"),
+    "attention_mask": ("attention_mask", "input_mask", "mask"),
+    "token_type_ids": ("token_type_ids", "input_type_ids", "segment_ids", "type_ids"),
+}
+
+
+def role_of(input_name: str) -> str | None:
+    """The role (``input_ids`` / ``attention_mask`` / ``token_type_ids``) of a model input name."""
+    name = input_name.lower()
+    for prefix in ("serving_default_",):
+        name = name.removeprefix(prefix)
+    name = name.split(":")[0]
+    for role, aliases in INPUT_ROLES.items():
+        if name in aliases:
+            return role
+    for role, aliases in INPUT_ROLES.items():  # e.g. "bert_input_word_ids"
+        if any(name.endswith(a) for a in aliases if len(a) > 3):
+            return role
+    return None
+
+
+def feed_for(input_names: list[str], encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Map encoded text onto a model's input names by role.
+
+    Raises:
+        ModelLoadError: an input whose role cannot be recognised.
+    """
+    feed = {}
+    for name in input_names:
+        role = name if name in encoded else role_of(name)
+        if role is None or role not in encoded:
+            raise ModelLoadError(f"model input {name!r} is not a recognised text input "
+                                 f"(expected one of {', '.join(a for v in INPUT_ROLES.values() for a in v)})")
+        feed[name] = encoded[role]
+    return feed
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:

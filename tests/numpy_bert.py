@@ -9,7 +9,13 @@ import math
 
 import numpy as np
 
-_erf = np.vectorize(math.erf)
+def _erf(x):
+    """Abramowitz & Stegun 7.1.26, |error| < 1.5e-7: exact enough for a 1e-4 oracle, and vectorized."""
+    sign = np.sign(x)
+    a = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return sign * (1.0 - poly * np.exp(-a * a))
 
 
 def _ln(x, g, b, eps):

@@ -1,0 +1,219 @@
+"""Model sources: every kind of TensorFlow model a mobile team holds, as one static-shape serving function.
+
+Each loader returns a :class:`Loaded`: a ``tf.function`` whose input signature is fixed
+(batch 1, ``seq_len`` for unknown sequence dims; dynamic only on request), the object that owns
+its variables (for the converter), and notes for the report. TensorFlow is imported here, so this
+module only runs inside the isolated conversion child.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import zipfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from litegate.errors import ModelLoadError  # noqa: E402
+from litegate.types import ModelSource, SourceKind  # noqa: E402
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A source model ready for the TFLite converter."""
+
+    serve: Any  # tf.function with a fixed input signature, returning a dict of outputs
+    owner: Any  # the trackable object holding the variables
+    notes: list[str] = dataclasses.field(default_factory=list)
+    prunable: bool = False  # a tf_keras model tfmot can wrap
+    keras_model: Any = None
+    dynamic: bool = False
+    _tmp: Any = None  # keeps a temporary export alive
+
+
+def load(source: ModelSource, seq_len: int) -> Loaded:
+    """Load ``source`` and give it a static input signature.
+
+    Raises:
+        ModelLoadError: missing path, unreadable model, refused Lambda layer, unknown signature.
+    """
+    path = Path(source.path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file or directory")
+    dynamic = bool(source.options.get("dynamic_shapes", False))
+    if source.kind is SourceKind.HF_BERT:
+        return _hf_bert(source, seq_len, dynamic)
+    if source.kind is SourceKind.SAVED_MODEL:
+        return _saved_model(path, str(source.options.get("signature", "serving_default")), seq_len, dynamic)
+    if source.kind is SourceKind.KERAS:
+        return _keras(path, seq_len, dynamic, bool(source.options.get("allow_lambda", False)))
+    raise ModelLoadError(f"source kind {source.kind.value!r} is not a TensorFlow model")
+
+
+def _fixed(spec: Any, seq_len: int, dynamic: bool) -> Any:
+    import tensorflow as tf
+
+    dims = list(spec.shape.as_list()) if spec.shape.rank is not None else [None, None]
+    if dynamic:
+        dims = [1 if (i == 0 and d is None) else d for i, d in enumerate(dims)]
+    else:
+        dims = [(1 if i == 0 else seq_len) if d is None else d for i, d in enumerate(dims)]
+    return tf.TensorSpec(dims, spec.dtype, name=spec.name)
+
+
+def _wrap(fn: Any, specs: dict[str, Any]) -> Any:
+    """A tf.function over keyword inputs whose concrete signature carries the input names."""
+    import tensorflow as tf
+
+    @tf.autograph.experimental.do_not_convert
+    def call(**kwargs: Any) -> Any:
+        out = fn(**kwargs)
+        if not isinstance(out, dict):
+            out = {"output_0": out} if not isinstance(out, list | tuple) else {f"output_{i}": o for i, o in enumerate(out)}
+        return out
+
+    f = tf.function(call)
+    cf = f.get_concrete_function(**{k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in specs.items()})
+    return _Concrete(cf)
+
+
+class _Concrete:
+    """Adapter: a concrete function that can also be called with keyword numpy inputs."""
+
+    def __init__(self, cf: Any) -> None:
+        self.cf = cf
+
+    def get_concrete_function(self) -> Any:
+        return self.cf
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return self.cf(**kwargs)
+
+
+def _hf_bert(source: ModelSource, seq_len: int, dynamic: bool) -> Loaded:
+    import tensorflow as tf
+    from litegate.converter.bert import build_bert, load_weights
+    from litegate.converter.hf import read_checkpoint
+
+    ckpt = read_checkpoint(source.path)
+    head = str(source.options.get("head", "classification"))
+    model = build_bert(ckpt.config, seq_len=None if dynamic else seq_len, head=head, batch_size=1)
+    load_weights(model, ckpt, head)
+    shape = [1, None] if dynamic else [1, seq_len]
+    specs = {"input_ids": tf.TensorSpec(shape, tf.int32), "attention_mask": tf.TensorSpec(shape, tf.int32)}
+    serve = _wrap(lambda **kw: model(kw), specs)
+    return Loaded(serve=serve, owner=model, prunable=True, keras_model=model, dynamic=dynamic)
+
+
+def _saved_model(path: Path, signature: str, seq_len: int, dynamic: bool) -> Loaded:
+    import tensorflow as tf
+
+    if not path.is_dir() or not ((path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()):
+        raise ModelLoadError(f"{path}: not a TensorFlow SavedModel folder (no saved_model.pb)")
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as exc:  # TF raises many types here
+        raise ModelLoadError(f"{path}: cannot load SavedModel: {str(exc).splitlines()[0]}") from None
+    sigs = getattr(loaded, "signatures", {})
+    if signature not in sigs:
+        raise ModelLoadError(f"{path}: no signature {signature!r} (has: {', '.join(sigs) or 'none'})")
+    sig = sigs[signature]
+    specs = {k: _fixed(v, seq_len, dynamic) for k, v in sig.structured_input_signature[1].items()}
+    return Loaded(serve=_wrap(lambda **kw: sig(**kw), specs), owner=loaded, dynamic=dynamic,
+                  notes=[f"SavedModel signature {signature!r}"])
+
+
+def keras_file_info(path: Path) -> dict[str, Any]:
+    """Read a Keras file's architecture config without deserialising any layer.
+
+    Returns ``{"format": "keras-zip" | "h5", "keras_version": str, "config": dict}``.
+    """
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if "config.json" not in names:
+                raise ModelLoadError(f"{path}: a .keras archive without config.json")
+            config = json.loads(z.read("config.json"))
+            meta = json.loads(z.read("metadata.json")) if "metadata.json" in names else {}
+        return {"format": "keras-zip", "keras_version": str(meta.get("keras_version", "")), "config": config}
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - h5py ships with TensorFlow
+        raise ModelLoadError(f"{path}: reading .h5 files needs h5py") from None
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+            version = f.attrs.get("keras_version", b"")
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: not a Keras .keras or .h5 file: {exc}") from None
+    if raw is None:
+        raise ModelLoadError(f"{path}: .h5 file has no model_config (weights-only files cannot be converted)")
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    v = version.decode() if isinstance(version, bytes) else str(version)
+    return {"format": "h5", "keras_version": v, "config": json.loads(text)}
+
+
+def _class_names(config: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(config, dict):
+        if "class_name" in config:
+            found.add(str(config["class_name"]))
+        for v in config.values():
+            found |= _class_names(v)
+    elif isinstance(config, list):
+        for v in config:
+            found |= _class_names(v)
+    return found
+
+
+def _keras(path: Path, seq_len: int, dynamic: bool, allow_lambda: bool) -> Loaded:
+    import tensorflow as tf
+
+    info = keras_file_info(path)
+    if "Lambda" in _class_names(info["config"]) and not allow_lambda:
+        raise ModelLoadError(f"{path}: the model contains a Lambda layer (arbitrary Python code); refused under "
+                             "safe mode. Re-export it without Lambda, or pass --unsafe-allow-lambda if you trust the file")
+    keras3 = info["format"] == "keras-zip" and info["keras_version"].startswith("3")
+    if keras3:
+        import keras
+
+        try:
+            model = keras.saving.load_model(str(path), safe_mode=not allow_lambda, compile=False)
+        except Exception as exc:  # noqa: BLE001 - Keras raises anything on a bad file
+            raise ModelLoadError(f"{path}: cannot load Keras 3 model: {str(exc).splitlines()[0]}") from None
+        tmp = tempfile.TemporaryDirectory(prefix="litegate-keras3-")
+        export = Path(tmp.name) / "saved_model"
+        try:
+            model.export(str(export), format="tf_saved_model", verbose=False)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"{path}: cannot export Keras 3 model: {str(exc).splitlines()[0]}") from None
+        loaded = _saved_model(export, "serving_default", seq_len, dynamic)
+        loaded.notes.append("Keras 3 model, converted through a SavedModel export; pruning is not available for "
+                            "Keras 3 models (tensorflow-model-optimization needs tf_keras)")
+        loaded._tmp = tmp
+        return loaded
+    import tf_keras
+
+    try:
+        model = tf_keras.models.load_model(str(path), compile=False, safe_mode=not allow_lambda)
+    except TypeError:  # .h5 loading takes no safe_mode; the Lambda check above already ran
+        model = tf_keras.models.load_model(str(path), compile=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: cannot load tf_keras model: {str(exc).splitlines()[0]}") from None
+    specs = {}
+    for t in model.inputs:
+        name = t.name.split(":")[0]
+        specs[name] = _fixed(tf.TensorSpec(t.shape, t.dtype, name=name), seq_len, dynamic)
+    names = [t.name.split(":")[0] for t in model.inputs]
+
+    def call(**kw: Any) -> Any:
+        args = [kw[n] for n in names]
+        return model(args if len(args) > 1 else args[0])
+
+    return Loaded(serve=_wrap(call, specs), owner=model, prunable=True, keras_model=model, dynamic=dynamic,
+                  notes=[f"tf_keras model ({info['format']})"])
