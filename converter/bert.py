@@ -28,7 +28,7 @@ from litegate.converter.hf import BertConfig, Checkpoint  # noqa: E402
 from litegate.errors import ModelLoadError  # noqa: E402
 
 MASK_PENALTY = 40.0
-HEADS = ("classification", "mean", "cls")
+HEADS = ("classification", "mean", "cls", "encoder")
 
 
 class LayerNorm(tf_keras.layers.Layer):
@@ -144,7 +144,8 @@ def build_bert(
         cfg: architecture.
         seq_len: static sequence length (None for variable length, e.g. training).
         head: ``classification`` (pooler + classifier -> ``logits``), ``mean`` (masked mean +
-            L2 norm -> ``embedding``) or ``cls`` (pooler output -> ``pooled``).
+            L2 norm -> ``embedding``), ``cls`` (pooler output -> ``pooled``) or ``encoder``
+            (TF-Hub style ``pooled_output`` and ``sequence_output``).
         batch_size: static batch (1 for conversion) or None.
         dropout: hidden dropout rate used in training.
     """
@@ -185,6 +186,8 @@ def build_bert(
         pooled = tf_keras.layers.Dense(H, activation="tanh", name="pooler")(cls_tok)
         if head == "cls":
             outputs = {"pooled": pooled}
+        elif head == "encoder":  # TF-Hub BERT encoder outputs
+            outputs = {"pooled_output": pooled, "sequence_output": x}
         else:
             if dropout:
                 pooled = tf_keras.layers.Dropout(dropout)(pooled)
@@ -210,7 +213,7 @@ def weight_map(cfg: BertConfig, head: str) -> Iterator[tuple[str, str, int, bool
         for hf, ours in (("attention.output.LayerNorm", "attn_ln"), ("output.LayerNorm", "ffn_ln")):
             yield p + hf + ".weight", f"l{i}_{ours}", 0, False
             yield p + hf + ".bias", f"l{i}_{ours}", 1, False
-    if head in ("classification", "cls"):
+    if head in ("classification", "cls", "encoder"):
         yield "pooler.dense.weight", "pooler", 0, True
         yield "pooler.dense.bias", "pooler", 1, False
     if head == "classification":

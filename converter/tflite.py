@@ -84,7 +84,7 @@ def convert(serve: Any, model: Any, recipe: Recipe, samples: Mapping[str, np.nda
     except Exception as exc:  # the converter raises ConverterError and plain exceptions
         text = str(exc)
         flex = sorted(set(re.findall(r"\btf\.([A-Z][A-Za-z0-9_]*)", text)))
-        if flex and "not supported" in text:
+        if flex and ("not supported" in text or "flex op" in text):
             raise ConversionError(f"the graph needs TF ops that TFLite builtins lack: {', '.join(flex)}; {_FLEX_HINT}") from None
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
         raise ConversionError(f"recipe {recipe.name!r}: conversion failed: {first}") from None
