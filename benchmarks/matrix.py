@@ -1,16 +1,23 @@
-"""One cell of the benchmark matrix (variant × backend × threads), measured in its own child process."""
+"""One cell of the benchmark matrix (variant × backend × threads), measured in its own child process.
+
+Local backends (``xnnpack``, ``cpu``, ``external:...``) run :func:`litegate.benchmarks.latency.bench_job`;
+``adb[:SERIAL]`` backends run :func:`litegate.delegates.adb.bench_job`, which drives ``benchmark_model``
+on the device. Both run under :func:`litegate.isolation.run_isolated` with the cell's timeout.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from litegate.benchmarks.latency import summarize
+from litegate.delegates import adb
 from litegate.delegates.runtime import why_not_runnable
 
 from litegate.errors import IsolationError, LitegateError
 from litegate.isolation import run_isolated
-from litegate.types import BenchResult, Status
+from litegate.types import BenchResult, LatencyStats, Status
 
 
 def run_cell(*, path: str | Path, sha256: str, variant: str, backend: str, threads: int, inputs_npz: str | Path,
@@ -20,6 +27,9 @@ def run_cell(*, path: str | Path, sha256: str, variant: str, backend: str, threa
         return BenchResult(artifact_sha256=sha256, variant=variant, backend=backend, threads=threads, status=status,
                            reason=reason, **kw)
 
+    if adb.is_adb_backend(backend):
+        return _adb_cell(path=path, sha256=sha256, backend=backend, threads=threads, protocol=protocol,
+                         timeout_s=timeout_s, mem_mb=mem_mb, result=result)
     reason = why_not_runnable(backend)
     if reason:
         return result(Status.NOT_RUN, reason)
@@ -35,3 +45,24 @@ def run_cell(*, path: str | Path, sha256: str, variant: str, backend: str, threa
     return result(Status.OK, "", init_ms=r["init_ms"], first_ms=r["first_ms"], latency=summarize(r["samples_ms"]),
                   peak_rss_mb=r["peak_rss_mb"], samples_ms=tuple(round(s, 5) for s in r["samples_ms"]),
                   protocol={**protocol, "n_inputs": r["n_inputs"]})
+
+
+def _adb_cell(*, path: str | Path, sha256: str, backend: str, threads: int, protocol: dict[str, Any],
+              timeout_s: float, mem_mb: int | None, result: Callable[..., BenchResult]) -> BenchResult:
+    """One cell on an Android device: host-side checks here, the device run in a child process."""
+    target, reason = adb.resolve(backend)
+    if target is None:
+        return result(Status.NOT_RUN, reason or "adb backend unavailable")
+    payload = {"adb": target.adb, "serial": target.serial, "binary": target.binary, "backend": backend,
+               "path": str(path), "sha256": sha256, "threads": threads, "protocol": protocol, "timeout_s": timeout_s}
+    try:
+        r = run_isolated("litegate.delegates.adb:bench_job", payload, timeout_s=timeout_s, mem_mb=mem_mb)
+    except IsolationError as exc:
+        status = Status.TIMEOUT if exc.kind == "timeout" else Status.FAILED
+        return result(status, exc.message, protocol={"source": "benchmark_model", "device": target.serial,
+                                                     "stderr_tail": exc.stderr[-1500:]})
+    except LitegateError as exc:
+        return result(Status.FAILED, exc.message, protocol={"source": "benchmark_model", "device": target.serial})
+    return result(Status.OK, r.get("note", ""), init_ms=r["init_ms"], first_ms=r["first_ms"],
+                  latency=LatencyStats.from_dict(r["latency"]), peak_rss_mb=r["peak_rss_mb"],
+                  protocol={**protocol, **r["protocol"]})

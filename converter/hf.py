@@ -149,3 +149,18 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise ModelLoadError(f"{weights}: cannot read safetensors: {exc}") from None
     prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
     return Checkpoint(root=root, config=config, tensors=tensors, prefix=prefix)
+
+
+def gpt2_config_dims(path: Path) -> dict[str, Any]:
+    """Architecture numbers of a GPT-2 config.json, checked without TensorFlow."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: cannot read config: {exc}") from None
+    if raw.get("model_type", "gpt2") != "gpt2":
+        raise ModelLoadError(f"{path}: model_type {raw.get('model_type')!r} is not supported by the hf-gpt2 source "
+                             "(supported: gpt2)")
+    try:
+        return {k: int(raw[k]) for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")}
+    except KeyError as exc:
+        raise ModelLoadError(f"{path}: missing key {exc.args[0]!r}") from None

@@ -20,19 +20,25 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from litegate.errors import ModelLoadError  # noqa: E402
-from litegate.types import ModelSource, SourceKind  # noqa: E402
+from litegate.types import ModelSource, SourceKind, Task  # noqa: E402
 
 
 @dataclasses.dataclass
 class Loaded:
-    """A source model ready for the TFLite converter."""
+    """A source model ready for the TFLite converter.
 
-    serve: Any  # tf.function with a fixed input signature, returning a dict of outputs
+    ``serve`` is the single serving function of classifiers and encoders; text generators set
+    ``signatures`` instead (``step``/``prefill`` or ``prefill``/``decode``), converted through a
+    SavedModel so each keeps its name in the .tflite.
+    """
+
+    serve: Any  # tf.function with a fixed input signature, returning a dict of outputs (or None)
     owner: Any  # the trackable object holding the variables
     notes: list[str] = dataclasses.field(default_factory=list)
     prunable: bool = False  # a tf_keras model tfmot can wrap
     keras_model: Any = None
     dynamic: bool = False
+    signatures: dict[str, Any] = dataclasses.field(default_factory=dict)  # name -> concrete function
     _tmp: Any = None  # keeps a temporary export alive
 
 
@@ -48,6 +54,10 @@ def load(source: ModelSource, seq_len: int) -> Loaded:
     dynamic = bool(source.options.get("dynamic_shapes", False))
     if source.kind is SourceKind.HF_BERT:
         return _hf_bert(source, seq_len, dynamic)
+    if source.kind is SourceKind.HF_GPT2:
+        return _hf_gpt2(source, seq_len)
+    if source.kind is SourceKind.KERAS and source.task is Task.TEXT_GENERATION:
+        return _keras_generator(path, seq_len)
     if source.kind is SourceKind.SAVED_MODEL:
         return _saved_model(path, str(source.options.get("signature", "serving_default")), seq_len, dynamic)
     if source.kind is SourceKind.KERAS:
@@ -108,6 +118,27 @@ def _hf_bert(source: ModelSource, seq_len: int, dynamic: bool) -> Loaded:
     specs = {"input_ids": tf.TensorSpec(shape, tf.int32), "attention_mask": tf.TensorSpec(shape, tf.int32)}
     serve = _wrap(lambda **kw: model(kw), specs)
     return Loaded(serve=serve, owner=model, prunable=True, keras_model=model, dynamic=dynamic)
+
+
+def _hf_gpt2(source: ModelSource, seq_len: int) -> Loaded:
+    from litegate.converter.gpt2 import load_gpt2, signatures
+
+    model = load_gpt2(source.path)
+    max_len = int(source.options.get("max_len", model.cfg.n_positions))
+    sigs = signatures(model, seq_len, max_len)
+    return Loaded(serve=None, owner=model, prunable=False, keras_model=model, signatures=sigs,
+                  notes=[f"GPT-2 with prefill (length {seq_len}) and decode signatures, KV cache of {max_len} positions"])
+
+
+def _keras_generator(path: Path, seq_len: int) -> Loaded:
+    from litegate.converter.textgen import load_keras_generator, rnn_signatures
+
+    info = keras_file_info(path)
+    if "Lambda" in _class_names(info["config"]):
+        raise ModelLoadError(f"{path}: the model contains a Lambda layer; refused under safe mode")
+    model = load_keras_generator(path)
+    return Loaded(serve=None, owner=model, prunable=True, keras_model=model, signatures=rnn_signatures(model, seq_len),
+                  notes=[f"recurrent generator with step and prefill (length {seq_len}) signatures, explicit state"])
 
 
 def _saved_model(path: Path, signature: str, seq_len: int, dynamic: bool) -> Loaded:

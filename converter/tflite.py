@@ -62,8 +62,29 @@ def convert(serve: Any, model: Any, recipe: Recipe, samples: Mapping[str, np.nda
     """Convert the serving function with ``recipe`` and return the flatbuffer bytes."""
     import tensorflow as tf
 
-    p = recipe.params
     conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
+    return _run_converter(conv, recipe, samples)
+
+
+def convert_signatures(signatures: Mapping[str, Any], owner: Any, recipe: Recipe, work: Path) -> bytes:
+    """Convert several named signatures (through a SavedModel, so the names survive)."""
+    import tensorflow as tf
+
+    if recipe.needs_calibration:
+        raise QuantizationError(f"recipe {recipe.name!r}: calibrated quantization of multi-signature text "
+                                "generators is not supported yet; use fp32, fp16 or dynamic-int8")
+    module = tf.Module()
+    module.owner = owner
+    export = work / "signatures_saved_model"
+    tf.saved_model.save(module, str(export), signatures=dict(signatures))
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(export), signature_keys=list(signatures))
+    return _run_converter(conv, recipe, None)
+
+
+def _run_converter(conv: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> bytes:
+    import tensorflow as tf
+
+    p = recipe.params
     if "DEFAULT" in p.get("optimizations", []):
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
     if p.get("supported_types"):
@@ -104,7 +125,7 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
     loaded = load(source, int(payload["seq_len"]))
     serve, model = loaded.serve, loaded.owner
     samples = None
-    if payload.get("calibration_npz"):
+    if payload.get("calibration_npz") and serve is not None:
         with np.load(payload["calibration_npz"]) as data:
             samples = model_samples(serve, {k: data[k] for k in data.files})
     checked = False
@@ -112,6 +133,14 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
     for v in payload["variants"]:
         recipe = Recipe.from_dict(v["recipe"])
         try:
+            if loaded.signatures:
+                import tempfile
+
+                with tempfile.TemporaryDirectory(prefix="litegate-sig-") as tmp:
+                    data = convert_signatures(loaded.signatures, model, recipe, Path(tmp))
+                atomic_write_bytes(Path(v["out"]), data)
+                results[v["name"]] = {"ok": True}
+                continue
             if recipe.needs_calibration and not checked:
                 check_calibration(serve, samples or {})
                 checked = True
@@ -120,4 +149,6 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
             results[v["name"]] = {"ok": True}
         except LitegateError as exc:
             results[v["name"]] = {"ok": False, "type": type(exc).__name__, "error": exc.message}
-    return {"variants": results, "notes": loaded.notes, "inputs": input_names(serve)}
+    inputs = input_names(serve) if serve is not None else {k: list(f.structured_input_signature[1])
+                                                           for k, f in loaded.signatures.items()}
+    return {"variants": results, "notes": loaded.notes, "inputs": inputs}

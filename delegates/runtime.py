@@ -2,17 +2,31 @@
 
 Backends that execute here:
 * ``xnnpack`` - the builtin kernels with LiteRT's default XNNPACK delegate, ``threads`` threads;
-* ``cpu`` - the builtin reference/optimized kernels without any delegate.
+* ``cpu`` - the builtin reference/optimized kernels without any delegate;
+* ``external:PATH.so[?key=value&key2=value2]`` - any TFLite delegate library (one that exports
+  ``tflite_plugin_create_delegate``, e.g. ``libedgetpu.so.1`` or a vendor's external delegate),
+  loaded with ``ai_edge_litert.interpreter.load_delegate(PATH, {key: value, ...})`` and given to the
+  interpreter as ``experimental_delegates=[...]``. The query string is the delegate's options,
+  percent-decoded (``external:/opt/vx/libvx_delegate.so?logging_level=1``). A PATH containing ``/``
+  must exist (relative paths are taken from the working directory; in ``release.toml`` from the
+  config's folder); a bare file name is left to the dynamic loader's search path. Nodes the
+  delegate does not claim run on the builtin kernels without LiteRT's default XNNPACK delegate, so
+  the delegate sees the whole graph.
 
-Backends that cannot execute on this machine get a ``not run`` reason from :func:`why_not_runnable`.
+``adb[:SERIAL][?options]`` backends run ``benchmark_model`` on an Android device instead of here
+(:mod:`litegate.delegates.adb`). Backends that cannot execute get a ``not run`` reason from
+:func:`why_not_runnable`.
 """
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import platform
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import numpy as np
 
@@ -20,12 +34,94 @@ from litegate.errors import DelegateError, ModelLoadError
 
 RUNNABLE = ("xnnpack", "cpu")
 KNOWN = ("xnnpack", "cpu", "gpu", "hexagon", "coreml")
+EXTERNAL_PREFIX = "external:"
+BACKEND_FORMS = (*KNOWN, "external:PATH.so[?key=value&...]", "adb[:SERIAL][?delegate=gpu|hexagon|nnapi|xnnpack|cpu]")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalSpec:
+    """A parsed ``external:PATH[?key=value&...]`` backend: the delegate library and its options."""
+
+    library: str
+    options: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def is_external_backend(backend: str) -> bool:
+    """True for ``external:...`` backends."""
+    return backend.startswith(EXTERNAL_PREFIX)
+
+
+def parse_external(backend: str) -> ExternalSpec:
+    """Parse ``external:PATH[?key=value&key2=value2]``.
+
+    Raises:
+        ValueError: not of that form; the message says what is wrong.
+    """
+    if not is_external_backend(backend):
+        raise ValueError(f"{backend!r} is not an external backend (external:/path/libdelegate.so?key=value)")
+    library, _, query = backend[len(EXTERNAL_PREFIX):].partition("?")
+    if not library:
+        raise ValueError(f"{backend!r}: no delegate library after 'external:'")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ValueError(f"{backend!r}: delegate options must be key=value pairs joined by '&'") from None
+    options: dict[str, str] = {}
+    for key, value in pairs:
+        if key in options:
+            raise ValueError(f"{backend!r}: delegate option {key!r} given twice")
+        options[key] = value
+    return ExternalSpec(library=library, options=options)
+
+
+def backend_relative_to(backend: str, base: Path) -> str:
+    """``backend`` with a relative ``external:`` library path (one containing ``/``) made absolute under ``base``."""
+    if not is_external_backend(backend):
+        return backend
+    library, sep, query = backend[len(EXTERNAL_PREFIX):].partition("?")
+    if "/" not in library or Path(library).is_absolute():
+        return backend
+    return f"{EXTERNAL_PREFIX}{(base / library).resolve()}{sep}{query}"
+
+
+def backend_syntax_error(backend: object) -> str | None:
+    """None if ``backend`` is a backend name litegate knows (it may still not run here), else why not."""
+    if not isinstance(backend, str):
+        return f"a backend must be a string, got {backend!r}"
+    if backend in KNOWN:
+        return None
+    try:
+        if is_external_backend(backend):
+            parse_external(backend)
+            return None
+        from litegate.delegates.adb import is_adb_backend, parse_backend
+
+        if is_adb_backend(backend):
+            parse_backend(backend)
+            return None
+    except ValueError as exc:
+        return str(exc)
+    return f"unknown backend {backend!r} (known: {', '.join(BACKEND_FORMS)})"
 
 
 def why_not_runnable(backend: str) -> str | None:
     """None if ``backend`` runs on this machine, else the reason it cannot."""
     if backend in RUNNABLE:
         return None
+    if is_external_backend(backend):
+        try:
+            spec = parse_external(backend)
+        except ValueError as exc:
+            return str(exc)
+        if "/" in spec.library and not Path(spec.library).is_file():
+            what = "is not a file" if Path(spec.library).exists() else "does not exist"
+            return f"delegate library {spec.library} {what}"
+        return None
+    from litegate.delegates.adb import is_adb_backend
+    from litegate.delegates.adb import why_not_runnable as adb_why_not
+
+    if is_adb_backend(backend):
+        return adb_why_not(backend)
     machine = f"{platform.system()} {platform.machine()}"
     if backend == "hexagon":
         return (f"the Hexagon DSP delegate needs a Qualcomm SoC with libhexagon_interface.so; this is {machine}")
@@ -49,19 +145,53 @@ def verify_tflite_header(path: str | Path) -> bytes:
     return data
 
 
+def load_external_delegate(backend: str) -> Any:
+    """Load the delegate of an ``external:`` backend.
+
+    Raises:
+        DelegateError: the library is missing, is not a TFLite delegate, or refused its options.
+    """
+    from ai_edge_litert.interpreter import load_delegate
+
+    reason = why_not_runnable(backend)
+    if reason:
+        raise DelegateError(reason)
+    spec = parse_external(backend)
+    try:
+        handle = ctypes.CDLL(spec.library)
+    except OSError as exc:  # dlopen failed: not found on the loader's path, wrong architecture, missing dependency
+        raise DelegateError(f"cannot load delegate {spec.library}: {exc}") from None
+    for symbol in ("tflite_plugin_create_delegate", "tflite_plugin_destroy_delegate"):
+        if not hasattr(handle, symbol):  # checked first: LiteRT's Delegate.__del__ trips over a library without them
+            raise DelegateError(f"cannot load delegate {spec.library}: it is not a TFLite external delegate "
+                                f"(no {symbol} symbol)")
+    try:
+        return load_delegate(spec.library, dict(spec.options))
+    except (ValueError, RuntimeError, OSError) as exc:  # ValueError: the delegate refused its options (NULL)
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise DelegateError(f"cannot load delegate {spec.library}: {detail}") from None
+
+
 class Runner:
     """A signature runner over one model, with int8/int16 I/O (de)quantization handled."""
 
     def __init__(self, path: str | Path, *, backend: str = "xnnpack", threads: int = 1, signature: str | None = None):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        if backend not in RUNNABLE:
+        if backend not in RUNNABLE and not is_external_backend(backend):
+            from litegate.delegates.adb import is_adb_backend
+
+            if is_adb_backend(backend):
+                raise DelegateError(f"{backend}: adb backends run benchmark_model on the device and cannot run "
+                                    "in-process (use them in bench.backends, not for evaluation)")
             raise DelegateError(why_not_runnable(backend) or backend)
         content = verify_tflite_header(path)
+        delegates = [load_external_delegate(backend)] if is_external_backend(backend) else []
         resolver = OpResolverType.AUTO if backend == "xnnpack" else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
             self.interpreter = Interpreter(model_content=content, num_threads=threads,
-                                           experimental_op_resolver_type=resolver)
+                                           experimental_op_resolver_type=resolver,
+                                           experimental_delegates=delegates or None)
             sigs = self.interpreter.get_signature_list()
             key = signature or (next(iter(sigs)) if sigs else None)
             if key is None:
@@ -80,10 +210,11 @@ class Runner:
 
     def prepare(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Cast/quantize a float or integer feed to each input's dtype."""
+        from litegate.tasks import feed_for
+
+        feed = feed_for(list(self.inputs), dict(feed))
         out = {}
         for name, det in self.inputs.items():
-            if name not in feed:
-                raise ModelLoadError(f"model input {name!r} is not provided (have {', '.join(feed)})")
             x = np.asarray(feed[name])
             dtype = det["dtype"]
             scale, zp = det.get("quantization", (0.0, 0))

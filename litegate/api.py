@@ -25,8 +25,10 @@ def source_tokenizer(source: ModelSource) -> Path | None:
 
     if source.options.get("tokenizer"):
         return Path(str(source.options["tokenizer"]))
-    if source.kind is SourceKind.HF_BERT:
+    if source.kind in (SourceKind.HF_BERT, SourceKind.HF_GPT2):
         return tokenizer_file(Path(source.path))
+    if source.kind is SourceKind.KERAS and (Path(source.path).parent / "tokenizer.json").is_file():
+        return Path(source.path).parent / "tokenizer.json"
     if source.kind is SourceKind.TFLITE:
         return find_tokenizer(Path(source.path))
     return None
@@ -49,6 +51,17 @@ def check_source(source: ModelSource, seq_len: int) -> dict[str, Any]:
         return {"architecture": "bert", "layers": bert.num_hidden_layers, "hidden": bert.hidden_size,
                 "heads": bert.num_attention_heads, "intermediate": bert.intermediate_size,
                 "vocab_size": bert.vocab_size, "labels": dict(bert.id2label)}
+    if source.kind is SourceKind.HF_GPT2:
+        from litegate.converter.hf import gpt2_config_dims
+
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path}: not a Hugging Face checkpoint folder (no config.json)")
+        dims = gpt2_config_dims(path / "config.json")
+        max_len = int(source.options.get("max_len", dims["n_positions"]))
+        if max_len > dims["n_positions"] or seq_len > max_len:
+            raise ModelLoadError(f"{path}: prefill length {seq_len} and cache length {max_len} must not exceed the "
+                                 f"model's n_positions {dims['n_positions']}")
+        return {"architecture": "gpt2", **dims}
     if source.kind is SourceKind.SAVED_MODEL:
         if not path.is_dir() or not (path / "saved_model.pb").is_file():
             raise ModelLoadError(f"{path}: not a TensorFlow SavedModel folder (no saved_model.pb)")

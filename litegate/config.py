@@ -7,7 +7,7 @@ Example::
 
     name = "demo"
     [model]
-    source = "hf-bert"            # hf-bert | tflite
+    source = "hf-bert"            # hf-bert | saved_model | keras | tflite
     path = "model"
     task = "text-classification"
     head = "classification"
@@ -223,6 +223,13 @@ def load(path: str | Path) -> ReleaseConfig:
     options: dict[str, Any] = {"head": head}
     if tokenizer:
         options["tokenizer"] = str(_path(base, tokenizer, "model.tokenizer", file))
+    signature = m.get("signature", str, "")
+    if signature:
+        options["signature"] = signature
+    if m.get("dynamic_shapes", bool, False):
+        options["dynamic_shapes"] = True
+    if m.get("allow_lambda", bool, False):
+        options["allow_lambda"] = True
     m.done()
     model = ModelConfig(ModelSource(kind=source_kind, path=str(model_path), task=task, options=options), seq_len)
 
@@ -258,11 +265,13 @@ def load(path: str | Path) -> ReleaseConfig:
     b = top.table("bench")
     backends = tuple(b.get("backends", list, ["xnnpack"]))
     threads = tuple(b.get("threads", list, [1, 2]))
-    from litegate.delegates.runtime import KNOWN
+    from litegate.delegates.runtime import backend_relative_to, backend_syntax_error
 
     for be in backends:
-        if not isinstance(be, str) or be not in KNOWN:
-            raise ConfigError(f"{file}: 'bench.backends' has unknown backend {be!r} (known: {', '.join(KNOWN)})")
+        problem = backend_syntax_error(be)
+        if problem:
+            raise ConfigError(f"{file}: 'bench.backends': {problem}")
+    backends = tuple(backend_relative_to(be, base) for be in backends)  # external:rel/lib.so -> this file's folder
     for t in threads:
         if not isinstance(t, int) or isinstance(t, bool) or t < 1:
             raise ConfigError(f"{file}: 'bench.threads' entries must be integers >= 1, got {t!r}")

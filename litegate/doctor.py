@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
+from litegate.delegates import adb
 from litegate.delegates.runtime import KNOWN, why_not_runnable
+from litegate.errors import DelegateError
+
+ADB_INSTALL = "install Android platform-tools (apt-get install adb, or sdkmanager 'platform-tools') and put adb on PATH"
+BINARY_FIX = (f"get an Android build of benchmark_model (TFLite's prebuilt android_aarch64_benchmark_model, or bazel "
+              f"build -c opt --config=android_arm64 //tensorflow/lite/tools/benchmark:benchmark_model) and export "
+              f"{adb.BINARY_ENV}=/path/to/benchmark_model")
 
 
 def _version(dist: str) -> str | None:
@@ -36,7 +45,7 @@ def check() -> list[dict[str, Any]]:
         ok = reason is None and runtime_ok
         fix = ""
         if backend == "hexagon":
-            fix = "run on a Snapdragon device (Hexagon 680-690) over adb, or pass the delegate .so"
+            fix = "use adb:SERIAL?delegate=hexagon on a Snapdragon device (Hexagon 680-690), or external:/path/libhexagon_delegate.so"
         elif backend == "coreml":
             fix = "run on an iPhone/iPad (A12 or newer) or a Mac"
         elif backend == "gpu":
@@ -45,4 +54,48 @@ def check() -> list[dict[str, Any]]:
             fix = "pip install ai-edge-litert"
         rows.append({"name": f"backend {backend}", "ok": ok, "detail": "can run here" if ok else (reason or "runtime missing"),
                      "fix": "" if ok else fix})
+    rows.append({"name": "backend external", "ok": runtime_ok,
+                 "detail": ("any TFLite delegate .so via load_delegate: bench.backends = "
+                            "[\"external:/path/libdelegate.so?key=value&key2=value2\"] (options go to the delegate)")
+                 if runtime_ok else "needs ai-edge-litert to load delegate libraries",
+                 "fix": "" if runtime_ok else "pip install ai-edge-litert"})
+    rows.extend(_adb_rows())
+    return rows
+
+
+def _adb_rows() -> list[dict[str, Any]]:
+    """adb itself, the attached devices, and the benchmark_model binary the adb backend pushes."""
+    rows: list[dict[str, Any]] = []
+    tool = adb.find_adb()
+    if tool is None:
+        rows.append({"name": "backend adb", "ok": False, "detail": "adb not found on PATH", "fix": ADB_INSTALL})
+    else:
+        try:
+            devices = adb.list_devices(tool)
+        except DelegateError as exc:
+            rows.append({"name": "backend adb", "ok": False, "detail": f"{tool}: {exc.message}",
+                         "fix": "run 'adb kill-server; adb start-server' and check 'adb devices'"})
+            devices = None
+        if devices is not None:
+            ready = [s for s, state in devices if state == "device"]
+            listed = ", ".join(f"{s} ({state})" for s, state in devices)
+            if ready:
+                rows.append({"name": "backend adb", "ok": True, "detail": f"{tool}; devices: {listed}; "
+                             f"use adb or adb:SERIAL[?delegate=gpu|hexagon|nnapi|xnnpack|cpu]", "fix": ""})
+            elif devices:
+                rows.append({"name": "backend adb", "ok": False, "detail": f"{tool}; no device ready: {listed}",
+                             "fix": "accept the USB debugging prompt on the device (unauthorized) or reconnect it (offline)"})
+            else:
+                rows.append({"name": "backend adb", "ok": False, "detail": f"{tool}; no device attached",
+                             "fix": "connect a device with USB debugging enabled, or 'adb connect HOST:PORT'"})
+    binary = os.environ.get(adb.BINARY_ENV, "")
+    if not binary:
+        rows.append({"name": "benchmark_model", "ok": False,
+                     "detail": f"{adb.BINARY_ENV} is not set (the adb backend pushes this binary to the device)",
+                     "fix": BINARY_FIX})
+    elif not Path(binary).is_file():
+        rows.append({"name": "benchmark_model", "ok": False, "detail": f"{adb.BINARY_ENV}={binary} does not exist",
+                     "fix": BINARY_FIX})
+    else:
+        rows.append({"name": "benchmark_model", "ok": True, "detail": f"{adb.BINARY_ENV}={binary}", "fix": ""})
     return rows

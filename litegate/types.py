@@ -27,6 +27,9 @@ class SourceKind(enum.StrEnum):
     """Where an input model comes from."""
 
     HF_BERT = "hf-bert"
+    HF_GPT2 = "hf-gpt2"
+    SAVED_MODEL = "saved_model"
+    KERAS = "keras"
     TFLITE = "tflite"
 
 
@@ -290,3 +293,99 @@ class Report(_Record):
             if v.name == name:
                 return v
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class OpCompat(_Record):
+    """One op's verdict for one delegate: supported or not and why, and whether it ends up delegated.
+
+    ``supported`` is the per-op verdict of the delegate's rules; ``delegated`` says whether the op
+    actually runs on the delegate once partitioning is applied (a supported op in a partition below
+    ``min_nodes_per_partition``, or beyond ``max_delegated_partitions``, falls back to the CPU, and
+    ``reason`` then says so). ``source`` names the delegate source file or doc the reason comes from.
+    """
+
+    index: int
+    op: str
+    version: int
+    delegate: str
+    supported: bool
+    reason: str = ""
+    delegated: bool = False
+    subgraph: int = 0
+    macs: int = 0
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        _check(self.index >= 0, "op index must be >= 0")
+        _check(bool(self.op), "op name must not be empty")
+        _check(self.supported or bool(self.reason), f"unsupported op {self.op}#{self.index} needs a reason")
+        _check(self.supported or not self.delegated, f"op {self.op}#{self.index} is delegated but not supported")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompatPartition(_Record):
+    """A contiguous run of supported ops (execution order) and whether the delegate takes it."""
+
+    subgraph: int
+    ops: tuple[int, ...]
+    delegated: bool
+    reason: str = ""
+    macs: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ops", tuple(self.ops))
+        _check(len(self.ops) > 0, "a partition needs at least one op")
+
+    @property
+    def size(self) -> int:
+        return len(self.ops)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompatReport(_Record):
+    """Static compatibility of one .tflite model with one delegate, from the flatbuffer alone.
+
+    ``delegated_fraction`` counts ops, ``delegated_mac_fraction`` weighs them by multiply-
+    accumulates (None when the model has no MAC-carrying op); ``fallback_ops`` maps each op name
+    that stays on the CPU to how many times it does; ``model_reason`` is set when the delegate
+    refuses the whole graph (e.g. dynamic shapes).
+    """
+
+    delegate: str
+    ops: tuple[OpCompat, ...]
+    partitions: tuple[CompatPartition, ...]
+    delegated_fraction: float
+    delegated_mac_fraction: float | None
+    fallback_ops: Mapping[str, int]
+    total_macs: int = 0
+    delegated_macs: int = 0
+    min_nodes_per_partition: int = 1
+    max_delegated_partitions: int | None = None
+    model_reason: str = ""
+    model: str = ""
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ops", tuple(OpCompat.from_dict(o) if isinstance(o, Mapping) else o
+                                              for o in self.ops))
+        object.__setattr__(self, "partitions", tuple(CompatPartition.from_dict(p) if isinstance(p, Mapping) else p
+                                                     for p in self.partitions))
+        object.__setattr__(self, "notes", tuple(self.notes))
+        _check(bool(self.delegate), "compat report needs a delegate name")
+        _check(0.0 <= self.delegated_fraction <= 1.0, "delegated_fraction must be within [0, 1]")
+        if self.delegated_mac_fraction is not None:
+            _check(0.0 <= self.delegated_mac_fraction <= 1.0, "delegated_mac_fraction must be within [0, 1]")
+        _check(self.min_nodes_per_partition >= 1, "min_nodes_per_partition must be >= 1")
+
+    @property
+    def total_ops(self) -> int:
+        return len(self.ops)
+
+    @property
+    def delegated_ops(self) -> int:
+        return sum(1 for o in self.ops if o.delegated)
+
+    @property
+    def fully_delegated(self) -> bool:
+        return bool(self.ops) and all(o.delegated for o in self.ops)

@@ -1,0 +1,264 @@
+"""litegate's GPT-2 in tf_keras, with the two signatures a phone app needs for streaming generation.
+
+* ``prefill(tokens [1, P])`` -> ``logits [1, P, V]`` and the KV cache filled for
+  positions < P (a prompt shorter than P is padded at the end: causal attention keeps the padding
+  out of earlier positions; the app reads ``logits[0, length - 1]`` and decodes from ``pos = length``);
+* ``decode(token [1, 1], pos [1], k_cache_i, v_cache_i ...)`` -> ``logits [1, V]`` and the caches
+  with position ``pos`` written.
+
+The cache is fixed-size (``[1, heads, max_len, head_size]`` per layer, one input per layer and
+kind, so no op has to slice a stacked cache) and is updated with a one-hot blend (MUL/ADD), which
+every delegate can run. Weights map one-to-one to Hugging Face ``GPT2Model`` / ``GPT2LMHeadModel``
+names (``Conv1D`` weights are ``[in, out]``, like a Dense kernel).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+from litegate.converter.bert import LayerNorm  # noqa: E402
+
+from litegate.errors import ModelLoadError  # noqa: E402
+
+MASK_PENALTY = 40.0
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    """The subset of a Hugging Face ``GPT2Config`` that decides the graph."""
+
+    vocab_size: int
+    n_positions: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    layer_norm_epsilon: float = 1e-5
+    activation_function: str = "gelu_new"
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_json_file(cls, path: Path) -> GPT2Config:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: cannot read config: {exc}") from None
+        if raw.get("model_type", "gpt2") != "gpt2":
+            raise ModelLoadError(f"{path}: model_type {raw.get('model_type')!r} is not supported by the hf-gpt2 "
+                                 "source (supported: gpt2)")
+        act = raw.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu", "relu"):
+            raise ModelLoadError(f"{path}: activation_function {act!r} is not supported")
+        try:
+            cfg = cls(vocab_size=int(raw["vocab_size"]), n_positions=int(raw["n_positions"]), n_embd=int(raw["n_embd"]),
+                      n_layer=int(raw["n_layer"]), n_head=int(raw["n_head"]),
+                      layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)), activation_function=act)
+        except KeyError as exc:
+            raise ModelLoadError(f"{path}: missing key {exc.args[0]!r}") from None
+        if cfg.n_embd % cfg.n_head:
+            raise ModelLoadError(f"{path}: n_embd {cfg.n_embd} is not divisible by n_head {cfg.n_head}")
+        return cfg
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}
+
+
+def _gelu(name: str) -> Any:
+    if name == "relu":
+        return tf.nn.relu
+    return lambda x: tf.nn.gelu(x, approximate=name == "gelu_new")
+
+
+class GPT2(tf_keras.Model):
+    """GPT-2 decoder with a tied LM head. ``call(tokens)`` is the full causal forward (training)."""
+
+    def __init__(self, cfg: GPT2Config, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cfg = cfg
+        E = cfg.n_embd
+        self.wte = self.add_weight(name="wte", shape=(cfg.vocab_size, E),
+                                   initializer=tf_keras.initializers.RandomNormal(stddev=0.02))
+        self.wpe = self.add_weight(name="wpe", shape=(cfg.n_positions, E),
+                                   initializer=tf_keras.initializers.RandomNormal(stddev=0.01))
+        act = _gelu(cfg.activation_function)
+        self.blocks = []
+        for i in range(cfg.n_layer):
+            self.blocks.append({
+                "ln_1": LayerNorm(cfg.layer_norm_epsilon, name=f"h{i}_ln_1"),
+                "c_attn": tf_keras.layers.Dense(3 * E, name=f"h{i}_c_attn"),
+                "c_proj": tf_keras.layers.Dense(E, name=f"h{i}_attn_c_proj"),
+                "ln_2": LayerNorm(cfg.layer_norm_epsilon, name=f"h{i}_ln_2"),
+                "c_fc": tf_keras.layers.Dense(4 * E, activation=act, name=f"h{i}_c_fc"),
+                "mlp_proj": tf_keras.layers.Dense(E, name=f"h{i}_mlp_c_proj"),
+            })
+            for layer in self.blocks[-1].values():
+                setattr(self, layer.name, layer)  # track the layer
+        self.ln_f = LayerNorm(cfg.layer_norm_epsilon, name="ln_f")
+
+    def _heads(self, t: tf.Tensor) -> tf.Tensor:
+        T = tf.shape(t)[1]
+        return tf.transpose(tf.reshape(t, [-1, T, self.cfg.n_head, self.cfg.head_size]), [0, 2, 1, 3])
+
+    def _merge(self, t: tf.Tensor) -> tf.Tensor:
+        T = tf.shape(t)[2]
+        return tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [-1, T, self.cfg.n_embd])
+
+    def _logits(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.matmul(self.ln_f(x), self.wte, transpose_b=True)
+
+    def _attend(self, b: dict[str, Any], x: tf.Tensor, bias: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        qkv = b["c_attn"](b["ln_1"](x))
+        q, k, v = tf.split(qkv, 3, axis=-1)
+        q, k, v = self._heads(q * (1.0 / float(np.sqrt(self.cfg.head_size)))), self._heads(k), self._heads(v)
+        return q, k, v
+
+    def _finish(self, b: dict[str, Any], x: tf.Tensor, ctx: tf.Tensor) -> tf.Tensor:
+        x = x + b["c_proj"](self._merge(ctx))
+        return x + b["mlp_proj"](b["c_fc"](b["ln_2"](x)))
+
+    def forward(self, tokens: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor], list[tf.Tensor]]:
+        """Causal forward over ``tokens`` [B, T]: logits [B, T, V] and per-layer k, v [B, H, T, D]."""
+        T = tf.shape(tokens)[1]
+        x = tf.gather(self.wte, tokens) + self.wpe[tf.newaxis, :T, :]
+        causal = tf.linalg.band_part(tf.ones([T, T]), -1, 0)
+        bias = ((causal - 1.0) * MASK_PENALTY)[tf.newaxis, tf.newaxis]
+        ks, vs = [], []
+        for b in self.blocks:
+            q, k, v = self._attend(b, x, bias)
+            probs = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) + bias, axis=-1)
+            x = self._finish(b, x, tf.matmul(probs, v))
+            ks.append(k)
+            vs.append(v)
+        return self._logits(x), ks, vs
+
+    def call(self, tokens: tf.Tensor) -> tf.Tensor:
+        return self.forward(tokens)[0]
+
+    def prefill(self, tokens: tf.Tensor, max_len: int) -> dict[str, tf.Tensor]:
+        logits, ks, vs = self.forward(tokens)
+        pad = max_len - int(tokens.shape[1])
+        out = {"logits": logits}
+        for i, (k, v) in enumerate(zip(ks, vs, strict=True)):
+            out[f"k_cache_{i}"] = tf.pad(k, [[0, 0], [0, 0], [0, pad], [0, 0]])
+            out[f"v_cache_{i}"] = tf.pad(v, [[0, 0], [0, 0], [0, pad], [0, 0]])
+        return out
+
+    def decode(self, token: tf.Tensor, pos: tf.Tensor, caches: dict[str, tf.Tensor], max_len: int) -> dict[str, tf.Tensor]:
+        x = tf.gather(self.wte, token) + tf.gather(self.wpe, pos)[:, tf.newaxis, :]  # [1, 1, E]
+        positions = tf.range(max_len, dtype=tf.int32)
+        hot = tf.cast(tf.equal(positions, pos[0]), tf.float32)[tf.newaxis, tf.newaxis, :, tf.newaxis]  # [1,1,T,1]
+        visible = tf.cast(positions <= pos[0], tf.float32)
+        bias = ((visible - 1.0) * MASK_PENALTY)[tf.newaxis, tf.newaxis, tf.newaxis, :]  # [1,1,1,T]
+        out: dict[str, tf.Tensor] = {}
+        for i, b in enumerate(self.blocks):
+            q, k, v = self._attend(b, x, bias)  # [1, H, 1, D]
+            K = caches[f"k_cache_{i}"] * (1.0 - hot) + k * hot
+            V = caches[f"v_cache_{i}"] * (1.0 - hot) + v * hot
+            probs = tf.nn.softmax(tf.matmul(q, K, transpose_b=True) + bias, axis=-1)
+            x = self._finish(b, x, tf.matmul(probs, V))
+            out[f"k_cache_{i}"], out[f"v_cache_{i}"] = K, V
+        out["logits"] = self._logits(x)[:, 0, :]
+        return out
+
+    def build_all(self) -> None:
+        self(tf.zeros([1, 2], tf.int32))
+
+
+def weight_map(cfg: GPT2Config) -> Iterator[tuple[str, str, int]]:
+    """(hf tensor name without prefix, keras attribute or layer name, weight index)."""
+    yield "wte.weight", "wte", -1
+    yield "wpe.weight", "wpe", -1
+    for i in range(cfg.n_layer):
+        p = f"h.{i}."
+        for hf, ours in (("ln_1", "ln_1"), ("ln_2", "ln_2"), ("attn.c_attn", "c_attn"), ("attn.c_proj", "attn_c_proj"),
+                         ("mlp.c_fc", "c_fc"), ("mlp.c_proj", "mlp_c_proj")):
+            yield p + hf + ".weight", f"h{i}_{ours}", 0
+            yield p + hf + ".bias", f"h{i}_{ours}", 1
+    yield "ln_f.weight", "ln_f", 0
+    yield "ln_f.bias", "ln_f", 1
+
+
+def _var(model: GPT2, name: str, idx: int) -> tf.Variable:
+    if idx < 0:
+        return getattr(model, name)
+    return getattr(model, name).weights[idx]
+
+
+def read_gpt2(path: str | Path) -> tuple[GPT2Config, dict[str, np.ndarray], str]:
+    """Read a Hugging Face GPT-2 checkpoint folder: config, tensors, name prefix."""
+    from safetensors.numpy import load_file
+
+    root = Path(path)
+    if not (root / "config.json").is_file():
+        raise ModelLoadError(f"{root}: not a Hugging Face checkpoint (no config.json)")
+    cfg = GPT2Config.from_json_file(root / "config.json")
+    if not (root / "model.safetensors").is_file():
+        raise ModelLoadError(f"{root}: no model.safetensors (only safetensors checkpoints are read)")
+    try:
+        tensors = load_file(str(root / "model.safetensors"))
+    except Exception as exc:  # safetensors raises its own types
+        raise ModelLoadError(f"{root}/model.safetensors: cannot read safetensors: {exc}") from None
+    prefix = "transformer." if any(k.startswith("transformer.") for k in tensors) else ""
+    return cfg, tensors, prefix
+
+
+def load_gpt2(path: str | Path) -> GPT2:
+    """Build :class:`GPT2` from a checkpoint folder, checking every tensor's presence and shape."""
+    cfg, tensors, prefix = read_gpt2(path)
+    model = GPT2(cfg)
+    model.build_all()
+    for hf, name, idx in weight_map(cfg):
+        var = _var(model, name, idx)
+        key = prefix + hf
+        if key not in tensors:
+            raise ModelLoadError(f"{path}: checkpoint is missing tensor {key!r}")
+        arr = tensors[key]
+        if tuple(arr.shape) != tuple(var.shape):
+            raise ModelLoadError(f"{path}: tensor {key!r} has shape {tuple(arr.shape)}, expected {tuple(var.shape)}")
+        var.assign(np.asarray(arr, np.float32))
+    return model
+
+
+def export_weights(model: GPT2, prefix: str = "transformer.") -> dict[str, np.ndarray]:
+    out = {prefix + hf: np.ascontiguousarray(_var(model, name, idx).numpy()).astype(np.float32)
+           for hf, name, idx in weight_map(model.cfg)}
+    out["lm_head.weight"] = out[prefix + "wte.weight"].copy()
+    return out
+
+
+def signatures(model: GPT2, prefill_len: int, max_len: int) -> dict[str, Any]:
+    """The ``prefill`` and ``decode`` tf.functions with static shapes."""
+    cfg = model.cfg
+    if max_len > cfg.n_positions:
+        raise ModelLoadError(f"max_len {max_len} is larger than the model's n_positions {cfg.n_positions}")
+    if prefill_len > max_len:
+        raise ModelLoadError(f"prefill length {prefill_len} is larger than the cache length {max_len}")
+    cache_spec = {f"{kind}_cache_{i}": tf.TensorSpec([1, cfg.n_head, max_len, cfg.head_size], tf.float32)
+                  for i in range(cfg.n_layer) for kind in ("k", "v")}
+
+    @tf.function
+    def prefill(**kw: tf.Tensor) -> dict[str, tf.Tensor]:
+        return model.prefill(kw["tokens"], max_len)
+
+    @tf.function
+    def decode(**kw: tf.Tensor) -> dict[str, tf.Tensor]:
+        return model.decode(kw["token"], kw["pos"], {k: kw[k] for k in cache_spec}, max_len)
+
+    decode_cf = decode.get_concrete_function(token=tf.TensorSpec([1, 1], tf.int32, name="token"),
+                                             pos=tf.TensorSpec([1], tf.int32, name="pos"),
+                                             **{k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in cache_spec.items()})
+    prefill_cf = prefill.get_concrete_function(tokens=tf.TensorSpec([1, prefill_len], tf.int32, name="tokens"))
+    return {"prefill": prefill_cf, "decode": decode_cf}

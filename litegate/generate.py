@@ -1,0 +1,157 @@
+"""Streaming text generation from a .tflite file alone (``litegate generate``).
+
+Works with the two signature layouts litegate exports:
+* recurrent generators: ``step(token, h_i[, c_i]...)``;
+* GPT-2: ``prefill(tokens)`` then ``decode(token, pos, k_cache_i, v_cache_i...)``.
+
+The loop is written against a ``call(signature, inputs) -> outputs`` function, so the same code
+drives the TFLite model and (in tests) the float TensorFlow model it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from litegate.errors import ModelLoadError
+
+Call = Callable[[str, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
+def load_tokenizer(path: Path) -> Any:
+    """A ``tokenizers`` Tokenizer from tokenizer.json, or GPT-2's vocab.json + merges.txt folder."""
+    from tokenizers import Tokenizer
+
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file():
+            path = path / "tokenizer.json"
+        elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            from tokenizers.implementations import ByteLevelBPETokenizer
+
+            return ByteLevelBPETokenizer(str(path / "vocab.json"), str(path / "merges.txt"))._tokenizer
+        else:
+            raise ModelLoadError(f"{path}: no tokenizer.json, or vocab.json + merges.txt")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exceptions
+        raise ModelLoadError(f"{path}: cannot load tokenizer: {exc}") from None
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def decode_ids(tok: Any, ids: list[int]) -> str:
+    """Text of ``ids``: char-level vocabularies join tokens verbatim, BPE uses its decoder."""
+    if tok.decoder is not None:
+        return str(tok.decode(ids))
+    return "".join(tok.id_to_token(i) or "" for i in ids)
+
+
+class Generator:
+    """Greedy or sampled generation over a signature-call function."""
+
+    def __init__(self, call: Call, signatures: Mapping[str, Mapping[str, Any]]) -> None:
+        """``signatures``: name -> {"inputs": {name: shape}, ...} (as from LiteRT's signature list)."""
+        self.call = call
+        self.sigs = signatures
+        if "decode" in signatures and "prefill" in signatures:
+            self.kind = "kv-cache"
+            self.prefill_len = int(signatures["prefill"]["inputs"]["tokens"][1])
+            self.cache_shapes = {k: v for k, v in signatures["decode"]["inputs"].items() if "_cache_" in k}
+            self.max_len = int(next(iter(self.cache_shapes.values()))[2])
+        elif "step" in signatures:
+            self.kind = "recurrent"
+            self.state_shapes = {k: v for k, v in signatures["step"]["inputs"].items() if k != "token"}
+        else:
+            raise ModelLoadError(f"not a litegate text generator: signatures {', '.join(signatures) or 'none'} "
+                                 "(expected step, or prefill + decode)")
+
+    def _pick(self, logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+        logits = np.asarray(logits, np.float64).reshape(-1)
+        if temperature <= 0:
+            return int(np.argmax(logits))
+        z = logits / temperature
+        p = np.exp(z - z.max())
+        return int(rng.choice(len(p), p=p / p.sum()))
+
+    def generate(self, prompt_ids: list[int], n_tokens: int, *, temperature: float = 0.0, seed: int = 0) -> list[int]:
+        """The ``n_tokens`` ids that follow ``prompt_ids`` (stops early when a KV cache is full)."""
+        if not prompt_ids:
+            raise ModelLoadError("the prompt encodes to no tokens")
+        rng = np.random.default_rng(seed)
+        out: list[int] = []
+        if self.kind == "recurrent":
+            state = {k: np.zeros(shape, np.float32) for k, shape in self.state_shapes.items()}
+            logits = None
+            for t in prompt_ids:
+                res = self.call("step", {"token": np.array([[t]], np.int32), **state})
+                state = {k: np.asarray(res[k]) for k in self.state_shapes}
+                logits = res["logits"]
+            for _ in range(n_tokens):
+                t = self._pick(np.asarray(logits), temperature, rng)
+                out.append(t)
+                res = self.call("step", {"token": np.array([[t]], np.int32), **state})
+                state = {k: np.asarray(res[k]) for k in self.state_shapes}
+                logits = res["logits"]
+            return out
+        first = prompt_ids[: self.prefill_len]
+        padded = np.zeros((1, self.prefill_len), np.int32)
+        padded[0, : len(first)] = first
+        res = self.call("prefill", {"tokens": padded})
+        caches = {k: np.asarray(res[k]) for k in self.cache_shapes}
+        logits = np.asarray(res["logits"])[0, len(first) - 1]
+        pos = len(first)
+        for t in prompt_ids[len(first):]:
+            logits, caches = self._decode(t, pos, caches)
+            pos += 1
+        for _ in range(n_tokens):
+            t = self._pick(logits, temperature, rng)
+            out.append(t)
+            if pos >= self.max_len:
+                break
+            logits, caches = self._decode(t, pos, caches)
+            pos += 1
+        return out
+
+    def _decode(self, token: int, pos: int, caches: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if pos >= self.max_len:
+            raise ModelLoadError(f"the prompt is longer than the KV cache ({self.max_len} positions)")
+        res = self.call("decode", {"token": np.array([[token]], np.int32), "pos": np.array([pos], np.int32), **caches})
+        return np.asarray(res["logits"])[0], {k: np.asarray(res[k]) for k in self.cache_shapes}
+
+
+def tflite_generator(model: Path, threads: int = 1) -> Generator:
+    """A :class:`Generator` over a .tflite file's signature runners."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from litegate.delegates.runtime import verify_tflite_header
+
+    content = verify_tflite_header(model)
+    try:
+        interp = Interpreter(model_content=content, num_threads=threads)
+    except (ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{model}: LiteRT cannot load the model: {exc}") from None
+    runners = {name: interp.get_signature_runner(name) for name in interp.get_signature_list()}
+    sigs = {name: {"inputs": {k: tuple(int(d) for d in v["shape"]) for k, v in r.get_input_details().items()}}
+            for name, r in runners.items()}
+
+    def call(name: str, inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        return runners[name](**inputs)
+
+    return Generator(call, sigs)
+
+
+def generate_text(model: Path, prompt: str, n_tokens: int, *, tokenizer: Path | None = None, temperature: float = 0.0,
+                  seed: int = 0) -> str:
+    """Generate ``n_tokens`` tokens after ``prompt`` with the .tflite ``model`` and its tokenizer sidecar."""
+    tok_path = tokenizer or next((p for p in (model.with_suffix(".tokenizer.json"), model.parent / "tokenizer.json")
+                                  if p.is_file()), None)
+    if tok_path is None:
+        raise ModelLoadError(f"{model}: no tokenizer sidecar ({model.with_suffix('.tokenizer.json').name}); pass --tokenizer")
+    tok = load_tokenizer(tok_path)
+    gen = tflite_generator(model)
+    ids = gen.generate(list(tok.encode(prompt).ids), n_tokens, temperature=temperature, seed=seed)
+    return decode_ids(tok, ids)
