@@ -32,11 +32,20 @@ verbose_option = click.option("-v", "--verbose", is_flag=True, help="Show traceb
 seq_len_option = click.option("--seq-len", type=click.IntRange(1, 4096), default=128, show_default=True,
                               help="Static sequence length of the exported model.")
 source_options = [
-    click.option("--from", "kind", type=click.Choice(["hf-bert"]), default="hf-bert", show_default=True,
-                 help="Kind of the input model."),
-    click.option("--task", type=click.Choice(["text-classification", "sentence-embedding"]),
+    click.option("--from", "kind", type=click.Choice(["hf-bert", "hf-gpt2", "saved_model", "keras"]), default="hf-bert",
+                 show_default=True, help="Kind of the input model."),
+    click.option("--max-len", type=click.IntRange(1), default=None,
+                 help="KV-cache length of a GPT-2 export (default: the model's n_positions)."),
+    click.option("--signature", default="serving_default", show_default=True, help="SavedModel signature to convert."),
+    click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False, path_type=Path),
+                 help="tokenizer.json / vocab.txt for sources that do not carry one (saved_model, keras)."),
+    click.option("--dynamic-shapes", is_flag=True,
+                 help="Keep the sequence dimension dynamic (GPU, Hexagon and Core ML delegates need static shapes)."),
+    click.option("--unsafe-allow-lambda", is_flag=True,
+                 help="Load Keras models with Lambda layers (runs code from the file: only for files you trust)."),
+    click.option("--task", type=click.Choice(["text-classification", "sentence-embedding", "text-generation"]),
                  default="text-classification", show_default=True),
-    click.option("--head", type=click.Choice(["classification", "mean", "cls"]), default=None,
+    click.option("--head", type=click.Choice(["classification", "mean", "cls", "encoder"]), default=None,
                  help="BERT output head (default: classification for text-classification, mean for embeddings)."),
 ]
 
@@ -95,14 +104,15 @@ def run(config: Path, output: Path | None, data: Path | None, quiet: bool, verbo
 @_stack(source_options)
 @seq_len_option
 @verbose_option
-def convert(path: Path, output: Path, kind: str, task: str, head: str | None, seq_len: int, verbose: bool) -> None:
-    """Convert the model at PATH to a float32 .tflite (with a tokenizer sidecar).
+def convert(path: Path, output: Path, seq_len: int, verbose: bool, **source: Any) -> None:
+    """Convert the model at PATH to a float32 .tflite (with tokenizer and metadata sidecars).
 
     \b
     Example:
       litegate convert --from hf-bert examples/demo/model -o demo.tflite --seq-len 64
+      litegate convert --from saved_model bert_savedmodel/ --tokenizer vocab.txt -o bert.tflite
     """
-    _convert(path, output, kind, task, head, seq_len, "fp32", None, 0)
+    _convert(path, output, source, seq_len, "fp32", None, 0)
 
 
 @cli.command()
@@ -114,8 +124,8 @@ def convert(path: Path, output: Path, kind: str, task: str, head: str | None, se
 @_stack(source_options)
 @seq_len_option
 @verbose_option
-def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, samples: int, kind: str, task: str,
-             head: str | None, seq_len: int, verbose: bool) -> None:
+def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, samples: int, seq_len: int,
+             verbose: bool, **source: Any) -> None:
     """Convert and quantize the model at PATH with a recipe.
 
     \b
@@ -127,18 +137,33 @@ def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, sa
 
     if recipes.load(recipe).needs_calibration and calibration is None:
         raise click.BadParameter(f"recipe {recipe!r} is calibrated: give --calibration TEXT", param_hint="--calibration")
-    _convert(path, output, kind, task, head, seq_len, recipe, calibration, samples)
+    _convert(path, output, source, seq_len, recipe, calibration, samples)
 
 
-def _convert(path: Path, output: Path, kind: str, task: str, head: str | None, seq_len: int, recipe: str,
+def _convert(path: Path, output: Path, source: dict[str, Any], seq_len: int, recipe: str,
              calibration: Path | None, samples: int) -> None:
     from litegate.api import convert_model
     from litegate.types import ModelSource, SourceKind, Task
 
-    head = head or ("classification" if task == "text-classification" else "mean")
-    src = ModelSource(kind=SourceKind(kind), path=str(path), task=Task(task), options={"head": head})
+    task = source["task"]
+    options: dict[str, Any] = {"head": source["head"] or ("classification" if task == "text-classification" else "mean")}
+    if source["kind"] == "saved_model":
+        options["signature"] = source["signature"]
+    if source["tokenizer_path"]:
+        options["tokenizer"] = str(source["tokenizer_path"])
+    if source["dynamic_shapes"]:
+        options["dynamic_shapes"] = True
+    if source["unsafe_allow_lambda"]:
+        options["allow_lambda"] = True
+    if source["max_len"]:
+        options["max_len"] = source["max_len"]
+    if source["kind"] == "hf-gpt2":
+        task = "text-generation"
+    src = ModelSource(kind=SourceKind(source["kind"]), path=str(path), task=Task(task), options=options)
     info = convert_model(src, output, seq_len=seq_len, recipe=recipe, calibration=calibration, samples=samples or 200)
     click.echo(f"wrote {info['path']} ({info['recipe']}, {info['bytes'] / 1e6:.2f} MB, gzip {info['gzip_bytes'] / 1e6:.2f} MB)")
+    for note in info.get("notes", []):
+        click.echo(f"note: {note}")
 
 
 @cli.command()
@@ -161,12 +186,13 @@ def bench(model: Path, text: Path, backends: str, threads: str, tokenizer: Path 
       litegate bench reports/demo/int8.tflite --text examples/demo/eval.tsv --threads 1,2
     """
     from litegate.api import bench_model
-    from litegate.delegates.runtime import KNOWN
+    from litegate.delegates.runtime import backend_syntax_error
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
     for b in names:
-        if b not in KNOWN:
-            raise click.BadParameter(f"unknown backend {b!r} (known: {', '.join(KNOWN)})", param_hint="--backend")
+        problem = backend_syntax_error(b)
+        if problem:
+            raise click.BadParameter(problem, param_hint="--backend")
     try:
         counts = [int(t) for t in threads.split(",")]
         assert all(c >= 1 for c in counts)
@@ -186,6 +212,28 @@ def bench(model: Path, text: Path, backends: str, threads: str, tokenizer: Path 
             lat = r.latency
             click.echo(f"{r.backend:10} {r.threads:>7} {r.init_ms:9.2f} {lat.p50:9.3f} {lat.p90:9.3f} {lat.p99:9.3f} "
                        f"{lat.n:6d} {r.peak_rss_mb:8.1f}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--tokens", type=click.IntRange(1), default=200, show_default=True, help="How many tokens to generate.")
+@click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="tokenizer.json (default: sidecar).")
+@verbose_option
+def generate(model: Path, prompt: str, tokens: int, temperature: float, seed: int, tokenizer: Path | None,
+             verbose: bool) -> None:
+    """Generate text from a .tflite text generator alone (step, or prefill + decode signatures).
+
+    \b
+    Example:
+      litegate generate char-gpt2.tflite --prompt "ROMEO:" --tokens 200
+    """
+    from litegate.generate import generate_text
+
+    text = generate_text(model, prompt, tokens, tokenizer=tokenizer, temperature=temperature, seed=seed)
+    click.echo(prompt + text)
 
 
 @cli.command()
@@ -232,6 +280,37 @@ def doctor(as_json: bool, verbose: bool) -> None:
         fix = f"  -> {r['fix']}" if r["fix"] else ""
         click.echo(f"{mark}{r['name']:22} {r['detail']}{fix}")
 
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--delegate", "delegates", default="gpu,hexagon,coreml,xnnpack", show_default=True,
+              help="Comma-separated delegates to check (gpu, hexagon, coreml, xnnpack).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@verbose_option
+def check(model: Path, delegates: str, fmt: str, verbose: bool) -> None:
+    """Check which ops of MODEL (.tflite) each delegate would run, from the flatbuffer alone.
+
+    Prints per delegate the delegated fraction by op count and by MACs, the partitions, and the
+    ops that fall back to the CPU with the delegate's reason. Nothing is executed.
+
+    \b
+    Example:
+      litegate check demo.tflite --delegate gpu,xnnpack
+      litegate check demo.tflite --format json > compat.json
+    """
+    from litegate.delegates.compat import DELEGATES, check_model, render_table
+
+    names = [d.strip() for d in delegates.split(",") if d.strip()]
+    if not names:
+        raise click.BadParameter("give at least one delegate", param_hint="--delegate")
+    for d in names:
+        if d not in DELEGATES:
+            raise click.BadParameter(f"unknown delegate {d!r} (known: {', '.join(DELEGATES)})", param_hint="--delegate")
+    reports = check_model(model, names)
+    if fmt == "json":
+        click.echo(json.dumps([r.to_dict() for r in reports], indent=2))
+    else:
+        click.echo(render_table(reports), nl=False)
 
 def _sigterm(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt

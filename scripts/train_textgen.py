@@ -24,7 +24,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
-
 from litegate.converter.textgen import build_char_rnn, char_tokenizer  # noqa: E402
 
 
@@ -57,9 +56,8 @@ def main() -> int:
     vocab = tok.get_vocab_size()
 
     if args.arch == "gpt2":
-        from safetensors.numpy import save_file
-
         from litegate.converter.gpt2 import GPT2, GPT2Config, export_weights
+        from safetensors.numpy import save_file
 
         cfg = GPT2Config(vocab_size=vocab, n_positions=256, n_embd=128, n_layer=4, n_head=4)
         model = GPT2(cfg)

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+
 def _erf(x):
     """Abramowitz & Stegun 7.1.26, |error| < 1.5e-7: exact enough for a 1e-4 oracle, and vectorized."""
     sign = np.sign(x)

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, run_cli
+from numpy_gpt2 import forward as gpt2_forward
 from safetensors.numpy import load_file, save_file
 
 from litegate.errors import ModelLoadError
 from litegate.generate import Generator, generate_text, load_tokenizer
-
-from conftest import ROOT, run_cli
-from numpy_gpt2 import forward as gpt2_forward
 
 pytestmark = pytest.mark.slow
 TEXTGEN = ROOT / "examples" / "textgen"
@@ -75,6 +74,7 @@ def test_tf_gpt2_matches_numpy_reference(tmp_path):
 
 def test_kv_cache_decode_reproduces_full_forward(tmp_path):
     from litegate.converter.sources import load
+
     from litegate.types import ModelSource
 
     ck = make_gpt2(tmp_path / "g")
@@ -91,6 +91,7 @@ def test_kv_cache_decode_reproduces_full_forward(tmp_path):
 
 def test_converted_gpt2_generates_same_tokens_as_tf(tmp_path):
     from litegate.converter.sources import load
+
     from litegate.generate import tflite_generator
     from litegate.types import ModelSource
 
@@ -121,6 +122,7 @@ def test_generate_refuses_a_classifier_and_a_too_long_prompt(tmp_path, tiny_chec
 @pytest.mark.parametrize("name,kind", [("char-gpt2", "hf-gpt2"), ("char-lstm", "keras"), ("char-gru", "keras")])
 def test_shipped_generator_tflite_agrees_with_tf_for_100_greedy_tokens(tmp_path, name, kind):
     from litegate.converter.sources import load
+
     from litegate.generate import tflite_generator
     from litegate.types import ModelSource
 
