@@ -6,11 +6,12 @@ SHARED ?= ../shared/data
 MODELS ?= models
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint typecheck fixtures models clean help
+.PHONY: install demo test test-fast lint typecheck fixtures models clean help gpu-sim
 
 help:
 	@echo "make demo       set up .venv and run the release pipeline on the embedded default"
 	@echo "make test       run the test suite (what CI runs)"
+	@echo "make gpu-sim    install Mesa's software Vulkan (lavapipe) so LiteRT's GPU delegate runs here (root)"
 	@echo "make lint | typecheck | fixtures | models | clean"
 
 $(STAMP): pyproject.toml
@@ -27,10 +28,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	-@$(MAKE) --no-print-directory models || echo "make models failed: the real-model tests will skip"
+	-@$(MAKE) --no-print-directory gpu-sim || echo "make gpu-sim failed: the GPU delegate tests will skip"
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
+
+## Mesa >= 24 lavapipe (software Vulkan) from bookworm-backports for LiteRT's GPU delegate; the apt mirror
+## comes from this machine's own apt sources. Idempotent; needs root and apt.
+gpu-sim:
+	sh scripts/gpu_sim.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check litegate converter quantize delegates benchmarks tests scripts

@@ -75,7 +75,8 @@ def bench_job(payload: dict[str, Any]) -> dict[str, Any]:
     with np.load(payload["inputs_npz"]) as data:
         arrays = {k: data[k] for k in data.files}
     t0 = time.perf_counter()
-    runner = Runner(payload["path"], backend=payload["backend"], threads=int(payload["threads"]))
+    runner = Runner(payload["path"], backend=payload["backend"], threads=int(payload["threads"]),
+                    signature=payload.get("signature"))
     init_ms = (time.perf_counter() - t0) * 1e3
     n = len(next(iter(arrays.values())))
     feeds = [runner.prepare({k: v[i : i + 1] for k, v in arrays.items()}) for i in range(n)]

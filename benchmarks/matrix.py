@@ -2,7 +2,12 @@
 
 Local backends (``xnnpack``, ``cpu``, ``external:...``) run :func:`litegate.benchmarks.latency.bench_job`;
 ``adb[:SERIAL]`` backends run :func:`litegate.delegates.adb.bench_job`, which drives ``benchmark_model``
-on the device. Both run under :func:`litegate.isolation.run_isolated` with the cell's timeout.
+on the device. ``gpu`` runs LiteRT's GPU delegate through ``CompiledModel``
+(:func:`litegate.delegates.gpu.run_gpu`): the cell's ``protocol`` records what the delegate took
+(``fully_accelerated``, ``ops_on_gpu``/``ops_on_cpu``, ``gpu_fallback`` ops with the delegate's
+reasons), and on a software Vulkan device (Mesa lavapipe) ``latency_emulated`` and the ``reason``
+say that the timings are not GPU latency. All run under :func:`litegate.isolation.run_isolated`
+with the cell's timeout.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from litegate.benchmarks.latency import summarize
-from litegate.delegates import adb
+from litegate.delegates import adb, gpu
 from litegate.delegates.runtime import why_not_runnable
 
 from litegate.errors import IsolationError, LitegateError
@@ -21,8 +26,12 @@ from litegate.types import BenchResult, LatencyStats, Status
 
 
 def run_cell(*, path: str | Path, sha256: str, variant: str, backend: str, threads: int, inputs_npz: str | Path,
-             protocol: dict[str, Any], timeout_s: float, mem_mb: int | None = None) -> BenchResult:
-    """Measure one cell; a backend that cannot run here, a crash or a hang becomes a non-ok result, never an exception."""
+             protocol: dict[str, Any], timeout_s: float, mem_mb: int | None = None,
+             signature: str | None = None) -> BenchResult:
+    """Measure one cell; a backend that cannot run here, a crash or a hang becomes a non-ok result, never an exception.
+
+    ``signature`` picks the signature to time (e.g. a generator's per-token ``decode``); default: the first.
+    """
     def result(status: Status, reason: str, **kw: Any) -> BenchResult:
         return BenchResult(artifact_sha256=sha256, variant=variant, backend=backend, threads=threads, status=status,
                            reason=reason, **kw)
@@ -33,8 +42,11 @@ def run_cell(*, path: str | Path, sha256: str, variant: str, backend: str, threa
     reason = why_not_runnable(backend)
     if reason:
         return result(Status.NOT_RUN, reason)
+    if backend == "gpu":
+        return _gpu_cell(path=path, inputs_npz=inputs_npz, threads=threads, protocol=protocol, timeout_s=timeout_s,
+                         mem_mb=mem_mb, signature=signature, result=result)
     payload = {"path": str(path), "backend": backend, "threads": threads, "inputs_npz": str(inputs_npz),
-               "protocol": protocol}
+               "protocol": protocol, "signature": signature}
     try:
         r = run_isolated("litegate.benchmarks.latency:bench_job", payload, timeout_s=timeout_s, mem_mb=mem_mb)
     except IsolationError as exc:
@@ -45,6 +57,30 @@ def run_cell(*, path: str | Path, sha256: str, variant: str, backend: str, threa
     return result(Status.OK, "", init_ms=r["init_ms"], first_ms=r["first_ms"], latency=summarize(r["samples_ms"]),
                   peak_rss_mb=r["peak_rss_mb"], samples_ms=tuple(round(s, 5) for s in r["samples_ms"]),
                   protocol={**protocol, "n_inputs": r["n_inputs"]})
+
+
+def _gpu_cell(*, path: str | Path, inputs_npz: str | Path, threads: int, protocol: dict[str, Any], timeout_s: float,
+              mem_mb: int | None, signature: str | None, result: Callable[..., BenchResult]) -> BenchResult:
+    """One cell on LiteRT's GPU delegate: coverage from the delegate's own log, latency marked when emulated."""
+    try:
+        run = gpu.run_gpu(path, inputs=inputs_npz, threads=threads, protocol=protocol, signature=signature,
+                          timeout_s=timeout_s, mem_mb=mem_mb)
+    except IsolationError as exc:
+        status = Status.TIMEOUT if exc.kind == "timeout" else Status.FAILED
+        log = gpu.parse_delegate_log(exc.stderr)
+        return result(status, exc.message, protocol={"source": gpu.SOURCE, "stderr_tail": exc.stderr[-1500:],
+                                                     "gpu_fallback": [f.to_dict() for f in log.fallbacks]})
+    except LitegateError as exc:
+        return result(Status.FAILED, exc.message, protocol={"source": gpu.SOURCE})
+    if run.log.shader_errors:
+        return result(Status.FAILED, "the GPU delegate's kernels failed WebGPU validation, so its outputs are invalid: "
+                      f"{run.log.shader_errors[0]}", protocol={**protocol, **run.protocol()})
+    if not run.samples_ms:
+        return result(Status.FAILED, "the GPU delegate run returned no timings", protocol={**protocol, **run.protocol()})
+    return result(Status.OK, gpu.emulation_note(run.adapter) if run.emulated else "", init_ms=run.init_ms,
+                  first_ms=run.first_ms, latency=summarize(run.samples_ms), peak_rss_mb=run.peak_rss_mb,
+                  samples_ms=tuple(round(s, 5) for s in run.samples_ms),
+                  protocol={**protocol, "n_inputs": run.n_inputs, **run.protocol()})
 
 
 def _adb_cell(*, path: str | Path, sha256: str, backend: str, threads: int, protocol: dict[str, Any],

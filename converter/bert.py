@@ -28,7 +28,7 @@ from litegate.converter.hf import BertConfig, Checkpoint  # noqa: E402
 from litegate.errors import ModelLoadError  # noqa: E402
 
 MASK_PENALTY = 40.0
-HEADS = ("classification", "mean", "cls", "encoder")
+HEADS = ("classification", "mean", "cls", "encoder", "mean-classification")
 
 
 class LayerNorm(tf_keras.layers.Layer):
@@ -145,7 +145,8 @@ def build_bert(
         seq_len: static sequence length (None for variable length, e.g. training).
         head: ``classification`` (pooler + classifier -> ``logits``), ``mean`` (masked mean +
             L2 norm -> ``embedding``), ``cls`` (pooler output -> ``pooled``) or ``encoder``
-            (TF-Hub style ``pooled_output`` and ``sequence_output``).
+            (TF-Hub style ``pooled_output`` and ``sequence_output``) or ``mean-classification``
+            (a linear classifier on the mean-pooled, L2-normalised embedding -> ``logits``).
         batch_size: static batch (1 for conversion) or None.
         dropout: hidden dropout rate used in training.
     """
@@ -181,6 +182,9 @@ def build_bert(
     if head == "mean":
         out = MeanPool(name="embedding")(x, mask)
         outputs = {"embedding": out}
+    elif head == "mean-classification":  # sentence-transformers embedding + linear classifier
+        emb = MeanPool(name="embedding")(x, mask)
+        outputs = {"logits": tf_keras.layers.Dense(cfg.num_labels, name="classifier")(emb)}
     else:
         cls_tok = x[:, 0, :]
         pooled = tf_keras.layers.Dense(H, activation="tanh", name="pooler")(cls_tok)
@@ -216,7 +220,7 @@ def weight_map(cfg: BertConfig, head: str) -> Iterator[tuple[str, str, int, bool
     if head in ("classification", "cls", "encoder"):
         yield "pooler.dense.weight", "pooler", 0, True
         yield "pooler.dense.bias", "pooler", 1, False
-    if head == "classification":
+    if head in ("classification", "mean-classification"):
         yield "classifier.weight", "classifier", 0, True
         yield "classifier.bias", "classifier", 1, False
 

@@ -123,8 +123,11 @@ def tokenizer_file(root: Path) -> Path:
     raise ModelLoadError(f"{root}: no tokenizer.json or vocab.txt next to the checkpoint")
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a Hugging Face BERT checkpoint folder.
+def read_checkpoint(path: str | Path, extra_weights: str | Path | None = None) -> Checkpoint:
+    """Read a Hugging Face BERT checkpoint folder, optionally with extra tensors (e.g. a trained head).
+
+    ``extra_weights`` is a safetensors file whose tensors are added to (never replace) the
+    checkpoint's; a ``classifier.weight`` there sets ``num_labels``.
 
     Raises:
         ModelLoadError: the folder, config or weights are missing or unreadable.
@@ -148,6 +151,20 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     except Exception as exc:  # safetensors raises its own error types
         raise ModelLoadError(f"{weights}: cannot read safetensors: {exc}") from None
     prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
+    if extra_weights:
+        extra_path = Path(extra_weights)
+        try:
+            extra = load_file(str(extra_path))
+        except Exception as exc:  # missing file or bad safetensors
+            raise ModelLoadError(f"{extra_path}: cannot read extra weights: {exc}") from None
+        clash = sorted(set(extra) & set(tensors))
+        if clash:
+            raise ModelLoadError(f"{extra_path}: tensor {clash[0]!r} is already in the checkpoint")
+        tensors = {**tensors, **extra}
+        if "classifier.weight" in extra:
+            import dataclasses as _dc
+
+            config = _dc.replace(config, num_labels=int(extra["classifier.weight"].shape[0]))
     return Checkpoint(root=root, config=config, tensors=tensors, prefix=prefix)
 
 

@@ -110,7 +110,7 @@ def _hf_bert(source: ModelSource, seq_len: int, dynamic: bool) -> Loaded:
     from litegate.converter.bert import build_bert, load_weights
     from litegate.converter.hf import read_checkpoint
 
-    ckpt = read_checkpoint(source.path)
+    ckpt = read_checkpoint(source.path, source.options.get("extra_weights"))
     head = str(source.options.get("head", "classification"))
     model = build_bert(ckpt.config, seq_len=None if dynamic else seq_len, head=head, batch_size=1)
     load_weights(model, ckpt, head)

@@ -58,12 +58,31 @@ def check_calibration(serve: Any, samples: Mapping[str, np.ndarray]) -> None:
                 raise QuantizationError(f"calibration sample {i} gives non-finite values in output {name!r}")
 
 
-def convert(serve: Any, model: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> bytes:
-    """Convert the serving function with ``recipe`` and return the flatbuffer bytes."""
+def convert(serve: Any, model: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None,
+            notes: list[str] | None = None) -> bytes:
+    """Convert the serving function with ``recipe`` and return the flatbuffer bytes.
+
+    An int16x8 conversion that hits an op without a 16x8 kernel (e.g. CAST) is retried with float
+    builtins allowed for those ops; the fallback is appended to ``notes``.
+    """
     import tensorflow as tf
 
     conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
-    return _run_converter(conv, recipe, samples)
+    try:
+        return _run_converter(conv, recipe, samples)
+    except ConversionError as exc:
+        missing = re.findall(r"not yet supported for op: '([A-Z_0-9]+)'", exc.message)
+        if recipe.kind != "int16x8" or not missing:
+            raise
+    ops = list(recipe.params.get("supported_ops", [])) + ["TFLITE_BUILTINS"]
+    fallback = Recipe(name=recipe.name, kind=recipe.kind, params={**recipe.params, "supported_ops": ops},
+                      description=recipe.description)
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
+    data = _run_converter(conv, fallback, samples)
+    if notes is not None:
+        notes.append(f"int16x8 has no 16x8 kernel for {', '.join(sorted(set(missing)))}: those ops run in float "
+                     "(converted with TFLITE_BUILTINS allowed)")
+    return data
 
 
 def convert_signatures(signatures: Mapping[str, Any], owner: Any, recipe: Recipe, work: Path) -> bytes:
@@ -130,25 +149,101 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
             samples = model_samples(serve, {k: data[k] for k in data.files})
     checked = False
     results: dict[str, Any] = {}
+    calibrated: bytes | None = None
     for v in payload["variants"]:
         recipe = Recipe.from_dict(v["recipe"])
         try:
+            extra: dict[str, Any] = {}
             if loaded.signatures:
                 import tempfile
 
                 with tempfile.TemporaryDirectory(prefix="litegate-sig-") as tmp:
                     data = convert_signatures(loaded.signatures, model, recipe, Path(tmp))
-                atomic_write_bytes(Path(v["out"]), data)
-                results[v["name"]] = {"ok": True}
-                continue
-            if recipe.needs_calibration and not checked:
-                check_calibration(serve, samples or {})
-                checked = True
-            data = convert(serve, model, recipe, samples)
+            else:
+                if recipe.needs_calibration and not checked:
+                    check_calibration(serve, samples or {})
+                    checked = True
+                selective = recipe.kind == "auto" or bool(recipe.params.get("denylisted_ops") or
+                                                          recipe.params.get("denylisted_nodes"))
+                if selective or (payload.get("debug") and recipe.kind == "full-integer"):
+                    from litegate.quantize import ptq
+
+                    if calibrated is None:
+                        calibrated = ptq.calibrate(serve, model, samples or {})
+                if payload.get("debug") and recipe.kind in ("full-integer", "auto"):
+                    from litegate.quantize import ptq
+
+                    assert calibrated is not None
+                    rows = ptq.layer_statistics(calibrated, samples or {})
+                    if payload.get("debug_dir"):
+                        ptq.write_layer_csv(rows, str(Path(payload["debug_dir"]) / f"{v['name']}.layers.csv"))
+                    extra["layer_stats"] = rows[:25]
+                    extra["layer_stats_total"] = len(rows)
+                if recipe.kind == "auto":
+                    assert calibrated is not None
+                    data, extra["auto"] = _auto(serve, calibrated, samples or {}, recipe, payload.get("auto_eval") or {})
+                elif selective:
+                    from litegate.quantize import ptq
+
+                    assert calibrated is not None
+                    data = ptq.quantize_calibrated(
+                        calibrated, denylisted_ops=recipe.params.get("denylisted_ops", ()),
+                        denylisted_nodes=recipe.params.get("denylisted_nodes", ()),
+                        output_type=str(recipe.params.get("inference_output_type", "float32")))
+                else:
+                    notes: list[str] = []
+                    data = convert(serve, model, recipe, samples, notes)
+                    if notes:
+                        extra["fallback"] = notes
             atomic_write_bytes(Path(v["out"]), data)
-            results[v["name"]] = {"ok": True}
+            results[v["name"]] = {"ok": True, "extra": extra}
         except LitegateError as exc:
             results[v["name"]] = {"ok": False, "type": type(exc).__name__, "error": exc.message}
     inputs = input_names(serve) if serve is not None else {k: list(f.structured_input_signature[1])
                                                            for k, f in loaded.signatures.items()}
     return {"variants": results, "notes": loaded.notes, "inputs": inputs}
+
+
+def _auto(serve: Any, calibrated: bytes, samples: Mapping[str, np.ndarray], recipe: Recipe,
+          auto_eval: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """The ``auto`` recipe: float islands for the most sensitive layers until the budget is met."""
+    import tempfile
+
+    from litegate.delegates.runtime import Runner
+    from litegate.quantize import ptq
+
+    from litegate.tasks import classification_metrics, cosine
+
+    if not auto_eval.get("npz"):
+        raise QuantizationError("recipe 'auto' needs evaluation data (data.eval) to score its candidates")
+    with np.load(auto_eval["npz"]) as data:
+        inputs = {k: data[k] for k in data.files}
+    names = input_names(serve)
+    feeds = model_samples(serve, inputs)
+    n = len(next(iter(feeds.values())))
+    ref = np.stack([next(iter(serve(**{k: feeds[k][i : i + 1] for k in names}).values())).numpy()[0] for i in range(n)])
+    labels = auto_eval.get("labels")
+    budget = float(recipe.params.get("budget", auto_eval.get("budget", 1.0)))
+    if labels is not None:
+        labels_arr = np.asarray(labels)
+        metric, ref_score = "accuracy", classification_metrics(ref, labels_arr)["accuracy"]
+        target = ref_score - budget
+    else:
+        metric, ref_score, target = "cosine", 1.0, float(recipe.params.get("min_cosine", 0.99))
+
+    def score(model: bytes) -> float:
+        with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
+            f.write(model)
+            f.flush()
+            out = next(iter(Runner(f.name, threads=2).run_batch(inputs).values()))
+        if labels is not None:
+            return classification_metrics(out, labels_arr)["accuracy"]
+        return float(np.mean(cosine(out, ref)))
+
+    rows = ptq.layer_statistics(calibrated, samples)
+    ranked = [r["tensor_name"] for r in rows if r["rmse/scale"] == r["rmse/scale"]]
+    found = ptq.auto_search(calibrated, ranked, score, target=target, max_steps=int(recipe.params.get("max_steps", 8)))
+    info = {k: v for k, v in found.items() if k != "model"}
+    info.update({"metric": metric, "float_reference": ref_score, "target": target, "budget": budget,
+                 "selected_on": auto_eval.get("name", "evaluation data"), "ranked_layers": len(ranked)})
+    return found["model"], info

@@ -13,6 +13,10 @@ Backends that execute here:
   delegate does not claim run on the builtin kernels without LiteRT's default XNNPACK delegate, so
   the delegate sees the whole graph.
 
+``gpu`` runs LiteRT's GPU delegate (ML Drift over WebGPU/Vulkan) through ``CompiledModel`` in a child
+process (:mod:`litegate.delegates.gpu`); on a machine without a GPU, Mesa's lavapipe (``make gpu-sim``)
+gives it a software Vulkan device whose coverage and fp16 numerics are real and whose latency is not.
+
 ``adb[:SERIAL][?options]`` backends run ``benchmark_model`` on an Android device instead of here
 (:mod:`litegate.delegates.adb`). Backends that cannot execute get a ``not run`` reason from
 :func:`why_not_runnable`.
@@ -128,7 +132,9 @@ def why_not_runnable(backend: str) -> str | None:
     if backend == "coreml":
         return f"the Core ML delegate runs only on Apple devices (iOS/macOS); this is {machine}"
     if backend == "gpu":
-        return "the GPU backend is not available in this version of litegate's runner"
+        from litegate.delegates.gpu import why_not_runnable as gpu_why_not
+
+        return gpu_why_not()
     return f"unknown backend {backend!r}"
 
 
@@ -184,6 +190,10 @@ class Runner:
             if is_adb_backend(backend):
                 raise DelegateError(f"{backend}: adb backends run benchmark_model on the device and cannot run "
                                     "in-process (use them in bench.backends, not for evaluation)")
+            if backend == "gpu":
+                raise DelegateError(why_not_runnable(backend) or (
+                    "gpu: the GPU delegate runs through LiteRT's CompiledModel in its own process "
+                    "(litegate.delegates.gpu.run_gpu; use it in bench.backends, not as the in-process evaluation backend)"))
             raise DelegateError(why_not_runnable(backend) or backend)
         content = verify_tflite_header(path)
         delegates = [load_external_delegate(backend)] if is_external_backend(backend) else []

@@ -50,7 +50,9 @@ def check_source(source: ModelSource, seq_len: int) -> dict[str, Any]:
                                  f"{bert.max_position_embeddings}")
         return {"architecture": "bert", "layers": bert.num_hidden_layers, "hidden": bert.hidden_size,
                 "heads": bert.num_attention_heads, "intermediate": bert.intermediate_size,
-                "vocab_size": bert.vocab_size, "labels": dict(bert.id2label)}
+                "vocab_size": bert.vocab_size,
+                "labels": ({str(i): str(lab) for i, lab in enumerate(source.options["labels"])}
+                           if source.options.get("labels") else dict(bert.id2label))}
     if source.kind is SourceKind.HF_GPT2:
         from litegate.converter.hf import gpt2_config_dims
 

@@ -151,15 +151,28 @@ class StepCache:
             return None
         return dataclass_replace_path(art, out)
 
-    def put(self, key: str, file: str | os.PathLike[str], artifact: Artifact) -> Artifact:
-        """Store ``file`` under ``key`` (atomically) and return the artifact pointing into the cache."""
+    def put(self, key: str, file: str | os.PathLike[str], artifact: Artifact,
+            extra: Mapping[str, Any] | None = None) -> Artifact:
+        """Store ``file`` (and what the step reported about it) under ``key``; return the cached artifact.
+
+        ``artifact.json`` is written last: an entry without it is incomplete and never used.
+        """
         entry = self._entry(key)
         entry.mkdir(parents=True, exist_ok=True)
         out = entry / "output.tflite"
         atomic_copy(file, out)
         stored = dataclass_replace_path(artifact, out)
+        atomic_write_text(entry / "extra.json", json.dumps(dict(extra or {}), sort_keys=True, default=str))
         atomic_write_text(entry / "artifact.json", json.dumps(stored.to_dict(), indent=2, sort_keys=True))
         return stored
+
+    def extra(self, key: str) -> dict[str, Any]:
+        """What the step reported alongside its output (empty if nothing was stored)."""
+        try:
+            data = json.loads((self._entry(key) / "extra.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
 
 def dataclass_replace_path(art: Artifact, path: Path) -> Artifact:

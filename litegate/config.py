@@ -45,7 +45,7 @@ from litegate.quantize import recipes
 from litegate.types import ModelSource, Recipe, SourceKind, Task
 
 BUDGET_KEYS = ("max_size_mb", "max_gzip_mb", "max_latency_p50_ms", "max_latency_p90_ms", "max_accuracy_drop",
-               "min_accuracy", "max_peak_rss_mb")
+               "min_accuracy", "max_peak_rss_mb", "min_cosine", "max_perplexity_ratio", "min_agreement")
 _TYPES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a table"}
 
 
@@ -95,12 +95,17 @@ class DataConfig:
     calibration: Path | None
     calibration_samples: int = 200
     max_eval_samples: int | None = None
+    train: Path | None = None  # labelled text for pruning recovery (else distillation on calibration text)
+    train_samples: int = 2000
 
 
 @dataclasses.dataclass(frozen=True)
 class VariantConfig:
+    """A variant: an optional pruning recipe, then a quantization recipe (``pruned-50+int8``)."""
+
     name: str
     recipe: Recipe
+    prune: Recipe | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +134,9 @@ class Budget:
     max_accuracy_drop: float | None = None
     min_accuracy: float | None = None
     max_peak_rss_mb: float | None = None
+    min_cosine: float | None = None  # sentence-embedding: mean cosine to the reference variant
+    max_perplexity_ratio: float | None = None  # text-generation: perplexity / reference perplexity
+    min_agreement: float | None = None  # % of predictions (class, next token, nearest neighbour) equal to the reference
 
     def merged(self, override: Mapping[str, float]) -> Budget:
         return dataclasses.replace(self, **override)
@@ -150,6 +158,8 @@ class ReleaseConfig:
     cache_dir: Path
     reference: str = "fp32"
     require: str = "all"
+    delegates: tuple[str, ...] = ("gpu", "hexagon", "coreml", "xnnpack")
+    debug: bool = False
     convert_timeout_s: float = 900.0
     mem_mb: int | None = None
 
@@ -159,7 +169,10 @@ class ReleaseConfig:
     def with_overrides(self, *, output: Path | None = None, data: Path | None = None) -> ReleaseConfig:
         cfg = self
         if output is not None:
-            cfg = dataclasses.replace(cfg, output_dir=output.resolve())
+            out = output.resolve()
+            # the default cache follows the output; an explicit output.cache_dir stays
+            cache = out / ".cache" if self.cache_dir == self.output_dir / ".cache" else self.cache_dir
+            cfg = dataclasses.replace(cfg, output_dir=out, cache_dir=cache)
         if data is not None:
             if not data.is_file():
                 raise ConfigError(f"--data {data}: file not found")
@@ -223,6 +236,12 @@ def load(path: str | Path) -> ReleaseConfig:
     options: dict[str, Any] = {"head": head}
     if tokenizer:
         options["tokenizer"] = str(_path(base, tokenizer, "model.tokenizer", file))
+    extra_weights = m.get("extra_weights", str, "")
+    if extra_weights:
+        options["extra_weights"] = str(_path(base, extra_weights, "model.extra_weights", file))
+    labels = m.get("labels", list, [])
+    if labels:
+        options["labels"] = [str(x) for x in labels]
     signature = m.get("signature", str, "")
     if signature:
         options["signature"] = signature
@@ -238,6 +257,8 @@ def load(path: str | Path) -> ReleaseConfig:
     calib_path = d.get("calibration", str, "")
     n_cal = d.get("calibration_samples", int, 200)
     max_eval = d.get("max_eval_samples", int, 0)
+    train_path = d.get("train", str, "")
+    n_train = d.get("train_samples", int, 2000)
     if n_cal < 1:
         raise ConfigError(f"{file}: 'data.calibration_samples' must be >= 1, got {n_cal}")
     d.done()
@@ -246,6 +267,8 @@ def load(path: str | Path) -> ReleaseConfig:
         calibration=_path(base, calib_path, "data.calibration", file) if calib_path else None,
         calibration_samples=n_cal,
         max_eval_samples=max_eval or None,
+        train=_path(base, train_path, "data.train", file) if train_path else None,
+        train_samples=n_train,
     )
 
     o = top.table("output")
@@ -310,6 +333,19 @@ def load(path: str | Path) -> ReleaseConfig:
         raise ConfigError(f"{file}: 'gate.reference' = {reference!r} is not a variant (variants: {', '.join(names)})")
     g.done()
 
+    ct = top.table("check")
+    delegates = tuple(ct.get("delegates", list, ["gpu", "hexagon", "coreml", "xnnpack"]))
+    from litegate.delegates.compat import DELEGATES
+
+    for d in delegates:
+        if d not in DELEGATES:
+            raise ConfigError(f"{file}: 'check.delegates' has unknown delegate {d!r} (known: {', '.join(DELEGATES)})")
+    ct.done()
+
+    qt = top.table("quantize")
+    debug = qt.get("debug", bool, False)
+    qt.done()
+
     lim = top.table("limits")
     convert_timeout = lim.get("convert_timeout_s", float, 900.0)
     mem_mb = lim.get("memory_mb", int, 0)
@@ -318,7 +354,7 @@ def load(path: str | Path) -> ReleaseConfig:
     return ReleaseConfig(
         path=file.resolve(), name=name, model=model, data=data, variants=variants, bench=bench, budget=default,
         variant_budgets=per_variant, output_dir=output_dir, cache_dir=cache_dir, reference=reference,
-        require=require, convert_timeout_s=convert_timeout, mem_mb=mem_mb or None,
+        require=require, convert_timeout_s=convert_timeout, mem_mb=mem_mb or None, delegates=delegates, debug=debug,
     )
 
 
@@ -328,13 +364,14 @@ def _variants(top: _Table, base: Path, file: Path) -> tuple[VariantConfig, ...]:
     for i, item in enumerate(raw):
         where = f"variants[{i}]"
         if isinstance(item, str):
-            out.append(VariantConfig(item, _recipe(item, base, file, where)))
+            out.append(_variant(item, item, None, base, file, where))
         elif isinstance(item, dict):
             t = _Table(item, where, file)
             name = t.get("name", str)
             recipe = t.get("recipe", str, name)
+            prune = t.get("prune", str, "")
             t.done()
-            out.append(VariantConfig(name, _recipe(recipe, base, file, where)))
+            out.append(_variant(name, recipe, prune or None, base, file, where))
         else:
             raise ConfigError(f"{file}: '{where}' must be a recipe name or a table with name and recipe")
     if not out:
@@ -347,6 +384,21 @@ def _variants(top: _Table, base: Path, file: Path) -> tuple[VariantConfig, ...]:
             raise ConfigError(f"{file}: variant name {v.name!r} may contain only letters, digits, '-', '_', '+'")
         seen.add(v.name)
     return tuple(out)
+
+
+def _variant(name: str, recipe: str, prune: str | None, base: Path, file: Path, where: str) -> VariantConfig:
+    """``recipe`` may be ``PRUNE+QUANT`` (or a bare pruning recipe, then fp32)."""
+    if prune is None and "+" in recipe:
+        prune, _, recipe = recipe.partition("+")
+    first = _recipe(prune or recipe, base, file, where)
+    if prune is None and first.kind != "prune":
+        return VariantConfig(name, first)
+    if first.kind != "prune":
+        raise ConfigError(f"{file}: '{where}': {first.name!r} is not a pruning recipe (in {name!r})")
+    quant = _recipe(recipe if prune else "fp32", base, file, where)
+    if quant.kind == "prune":
+        raise ConfigError(f"{file}: '{where}': {quant.name!r} is a pruning recipe; after '+' comes a quantization recipe")
+    return VariantConfig(name, quant, first)
 
 
 def _recipe(name: str, base: Path, file: Path, where: str) -> Recipe:

@@ -49,7 +49,8 @@ def check() -> list[dict[str, Any]]:
         elif backend == "coreml":
             fix = "run on an iPhone/iPad (A12 or newer) or a Mac"
         elif backend == "gpu":
-            fix = "GPU execution through LiteRT's CompiledModel is planned; use static compatibility meanwhile"
+            rows.append(_gpu_row(reason, runtime_ok))
+            continue
         elif not runtime_ok:
             fix = "pip install ai-edge-litert"
         rows.append({"name": f"backend {backend}", "ok": ok, "detail": "can run here" if ok else (reason or "runtime missing"),
@@ -61,6 +62,27 @@ def check() -> list[dict[str, Any]]:
                  "fix": "" if runtime_ok else "pip install ai-edge-litert"})
     rows.extend(_adb_rows())
     return rows
+
+
+def _gpu_row(reason: str | None, runtime_ok: bool) -> dict[str, Any]:
+    """LiteRT's GPU delegate: can it run, on which Vulkan device, and what would fix it."""
+    from litegate.delegates import gpu
+
+    if reason is not None or not runtime_ok:
+        if not runtime_ok:
+            return {"name": "backend gpu", "ok": False, "detail": reason or "runtime missing",
+                    "fix": "pip install ai-edge-litert"}
+        detail, sep, fix = (reason or "").partition(": run `make gpu-sim`")
+        return {"name": "backend gpu", "ok": False, "detail": detail,
+                "fix": f"run `make gpu-sim`{fix}" if sep else "install ai-edge-litert >= 2 with its GPU accelerator"}
+    devices, _ = gpu.probe_vulkan()
+    device, _ = gpu.usable_device(devices)
+    where = device.describe() if device else "a Vulkan device"
+    detail = f"LiteRT GPU delegate (ML Drift over WebGPU/Vulkan) on {where}"
+    if device is not None and device.software:
+        detail += ("; a software Vulkan device: delegate coverage and fp16 numerics are real, latency is CPU "
+                   "emulation and means nothing as GPU latency")
+    return {"name": "backend gpu", "ok": True, "detail": detail, "fix": ""}
 
 
 def _adb_rows() -> list[dict[str, Any]]:

@@ -39,6 +39,10 @@ def variant_verdicts(v: VariantResult, budget: Budget) -> list[Verdict]:
     for cell in v.bench:
         if cell.status is Status.NOT_RUN:
             continue
+        if cell.status is Status.OK and cell.protocol.get("latency_emulated"):
+            # e.g. the GPU delegate on Mesa's software Vulkan: coverage and numerics are real,
+            # its timings are CPU emulation and say nothing about a phone's GPU
+            continue
         wanted = [(k, lim) for k, lim in (("latency p50", budget.max_latency_p50_ms), ("latency p90", budget.max_latency_p90_ms),
                                           ("peak memory", budget.max_peak_rss_mb)) if lim is not None]
         if cell.status is not Status.OK:
@@ -53,15 +57,27 @@ def variant_verdicts(v: VariantResult, budget: Budget) -> list[Verdict]:
             unit = " MB" if k == "peak memory" else " ms"
             out.append(_limit(k, v.name, value, lim, unit, backend=cell.backend, threads=cell.threads))
     acc = v.primary_accuracy()
-    if acc is not None and (budget.max_accuracy_drop is not None or budget.min_accuracy is not None):
+    quality = (budget.max_accuracy_drop, budget.min_accuracy, budget.min_cosine, budget.max_perplexity_ratio,
+               budget.min_agreement)
+    if acc is not None and any(q is not None for q in quality):
         if acc.status is not Status.OK or acc.value is None:
-            out.append(Verdict(check="accuracy", variant=v.name, passed=acc.status is Status.NOT_RUN,
-                               message=f"{v.name}: accuracy {acc.status.value}: {acc.reason}"))
-        else:
+            out.append(Verdict(check=acc.metric, variant=v.name, passed=acc.status is Status.NOT_RUN,
+                               message=f"{v.name}: {acc.metric} {acc.status.value}: {acc.reason}"))
+            return out
+        if acc.metric == "accuracy":
             if budget.max_accuracy_drop is not None and acc.delta is not None:
                 out.append(_limit("accuracy drop", v.name, 0.0 - acc.delta, budget.max_accuracy_drop, " pts"))
             if budget.min_accuracy is not None:
                 out.append(_limit("accuracy", v.name, acc.value, budget.min_accuracy, "%", upper=False))
+        if acc.metric == "cosine_to_reference" and budget.min_cosine is not None:
+            out.append(_limit("cosine to reference", v.name, acc.value, budget.min_cosine, "", upper=False))
+        if acc.metric == "perplexity" and budget.max_perplexity_ratio is not None and acc.reference:
+            out.append(_limit("perplexity ratio", v.name, acc.value / acc.reference, budget.max_perplexity_ratio, "×"))
+        if budget.min_agreement is not None:
+            agree = next((acc.extra[k] for k in ("agreement_with_reference", "top1_agreement", "nn_agreement")
+                          if k in acc.extra), None)
+            if agree is not None:
+                out.append(_limit("agreement with reference", v.name, agree, budget.min_agreement, "%", upper=False))
     return out
 
 

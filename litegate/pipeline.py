@@ -37,8 +37,6 @@ from litegate.isolation import run_isolated
 from litegate.tasks import (
     LabelledText,
     TextEncoder,
-    agreement,
-    classification_metrics,
     read_labelled_tsv,
     read_texts,
 )
@@ -96,7 +94,12 @@ def resolve_source(cfg: ReleaseConfig) -> _Source:
     tokenizer = source_tokenizer(src)
     if tokenizer is None:
         raise ModelLoadError(f"{src.path}: a {src.kind.value} source needs model.tokenizer (a tokenizer.json or vocab.txt)")
-    return _Source(src.kind, Path(src.path), sha256_tree(src.path), tokenizer, info)
+    digest = sha256_tree(src.path)
+    if src.options.get("extra_weights"):  # a trained head is part of the model's identity
+        from litegate.artifacts import stable_hash
+
+        digest = stable_hash([digest, sha256_tree(str(src.options["extra_weights"]))])
+    return _Source(src.kind, Path(src.path), digest, tokenizer, info)
 
 
 def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
@@ -113,30 +116,24 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
     t_start = time.monotonic()
     with output_lock(cfg.output_dir):
         source = resolve_source(cfg)
-        encoder = TextEncoder(source.tokenizer, cfg.model.seq_len)
-        eval_set = _read_eval(cfg)
+        generator = cfg.model.source.task is Task.TEXT_GENERATION
+        encoder = None if generator else TextEncoder(source.tokenizer, cfg.model.seq_len)
         versions = tool_versions()
         with tempfile.TemporaryDirectory(prefix="litegate-run-", dir=cfg.output_dir) as work_str:
             work = Path(work_str)
-            calib_npz, calib_hash = _calibration(cfg, encoder, work)
+            data = _eval_data(cfg, source, encoder, work)
+            calib_npz, calib_hash = _calibration(cfg, encoder, work) if encoder else (None, None)
             say(f"convert: {len(cfg.variants)} variants from {source.kind.value} {source.path}")
-            built = _build_variants(cfg, source, versions, calib_npz, calib_hash, work, say)
+            built = _build_variants(cfg, source, versions, calib_npz, calib_hash, work, say, data)
             published = _publish(cfg, source, encoder, built)
-            bench_npz = work / "bench_inputs.npz"
-            texts = list(eval_set.sentences) if eval_set else read_texts(cfg.data.calibration) if cfg.data.calibration else []
-            if not texts:
-                raise DataError("no text to build benchmark inputs from: set data.eval or data.calibration")
-            save_npz(bench_npz, encoder.encode(texts[:BENCH_INPUTS]))
-            eval_npz = work / "eval_inputs.npz"
-            if eval_set is not None:
-                save_npz(eval_npz, encoder.encode(eval_set.sentences))
             variants = []
             for v in published:
                 if v.status is Status.OK:
+                    v = inspect_variant(v, cfg.delegates)
                     say(f"bench: {v.name}")
-                    v = dataclasses.replace(v, bench=tuple(_bench_cells(cfg, v, bench_npz)))
+                    v = dataclasses.replace(v, bench=tuple(_bench_cells(cfg, v, data, work)))
                 variants.append(v)
-            variants = _accuracy(cfg, variants, eval_set, eval_npz, work, say)
+            variants = _accuracy(cfg, variants, data, work, say)
         wall_s = time.monotonic() - t_start
         run_info = {
             "name": cfg.name,
@@ -146,10 +143,10 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
             "litegate": __version__,
             "tool_versions": versions,
             "machine": machine.describe(),
-            "bench_protocol": {**cfg.bench.protocol(), "inputs": f"{min(len(texts), BENCH_INPUTS)} real sentences, cycled",
+            "bench_protocol": {**cfg.bench.protocol(), "inputs": data.bench_desc,
                                "isolation": "one child process per cell, cells run one at a time"},
-            "eval": {"data": str(cfg.data.eval) if cfg.data.eval else None,
-                     "backend": cfg.bench.eval_backend, "threads": cfg.bench.eval_threads},
+            "eval": {"data": str(cfg.data.eval) if cfg.data.eval else None, "task": cfg.model.source.task.value,
+                     "samples": data.n, "backend": cfg.bench.eval_backend, "threads": cfg.bench.eval_threads},
             "cache_hits": sum(1 for v in variants if v.cached),
         }
         model_info = {"source": cfg.model.source.to_dict(), "sha256": source.sha256, "seq_len": cfg.model.seq_len,
@@ -163,12 +160,64 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
         return rep
 
 
-def _read_eval(cfg: ReleaseConfig) -> LabelledText | None:
-    if cfg.data.eval is None:
-        return None
-    if cfg.model.source.task is not Task.TEXT_CLASSIFICATION:
-        raise DataError(f"task {cfg.model.source.task.value!r} evaluation is not supported by this pipeline yet")
-    return read_labelled_tsv(cfg.data.eval, limit=cfg.data.max_eval_samples)
+@dataclasses.dataclass
+class _EvalData:
+    """What a run measures with: evaluation inputs (and labels) and benchmark inputs."""
+
+    task: Task
+    n: int = 0
+    inputs_npz: Path | None = None  # classification/embedding: encoded inputs; generation: token windows
+    labels: np.ndarray | None = None
+    windows: np.ndarray | None = None
+    bench_npz: Path | None = None
+    bench_tokens: list[int] = dataclasses.field(default_factory=list)
+    bench_desc: str = ""
+    labelled: LabelledText | None = None
+    sha256: str | None = None
+
+
+def _eval_data(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | None, work: Path) -> _EvalData:
+    task = cfg.model.source.task
+    data = _EvalData(task=task)
+    if task is Task.TEXT_GENERATION:
+        from litegate.benchmarks.accuracy import lm_windows
+        from litegate.generate import load_tokenizer
+
+        if cfg.data.eval is None:
+            raise DataError("a text-generation run needs data.eval (a text file; its last 10% is the held-out part)")
+        text = "\n".join(read_texts(cfg.data.eval))
+        ids = list(load_tokenizer(source.tokenizer).encode(text).ids)
+        try:
+            data.windows = lm_windows(ids, cfg.model.seq_len, cfg.data.max_eval_samples or 32)
+        except ValueError as exc:
+            raise DataError(f"{cfg.data.eval}: {exc}") from None
+        data.inputs_npz = work / "windows.npz"
+        save_npz(data.inputs_npz, {"tokens": data.windows})
+        data.n = len(data.windows)
+        data.bench_tokens = ids[-BENCH_INPUTS:]
+        data.bench_desc = "one generated token per inference (decode/step signature) from held-out text, cycled"
+        data.sha256 = sha256_tree(cfg.data.eval)
+        return data
+    assert encoder is not None
+    texts: list[str] = []
+    if cfg.data.eval is not None:
+        if task is Task.TEXT_CLASSIFICATION:
+            data.labelled = read_labelled_tsv(cfg.data.eval, limit=cfg.data.max_eval_samples)
+            data.labels = np.array(data.labelled.labels)
+            texts = list(data.labelled.sentences)
+        else:
+            texts = read_texts(cfg.data.eval, limit=cfg.data.max_eval_samples)
+        data.inputs_npz = work / "eval_inputs.npz"
+        save_npz(data.inputs_npz, encoder.encode(texts))
+        data.n = len(texts)
+        data.sha256 = sha256_tree(cfg.data.eval)
+    bench_texts = texts or (read_texts(cfg.data.calibration) if cfg.data.calibration else [])
+    if not bench_texts:
+        raise DataError("no text to build benchmark inputs from: set data.eval or data.calibration")
+    data.bench_npz = work / "bench_inputs.npz"
+    save_npz(data.bench_npz, encoder.encode(bench_texts[:BENCH_INPUTS]))
+    data.bench_desc = f"{min(len(bench_texts), BENCH_INPUTS)} real sentences, cycled"
+    return data
 
 
 def _calibration(cfg: ReleaseConfig, encoder: TextEncoder, work: Path) -> tuple[Path | None, str | None]:
@@ -186,8 +235,17 @@ def _calibration(cfg: ReleaseConfig, encoder: TextEncoder, work: Path) -> tuple[
 
 
 def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str], calib_npz: Path | None,
-                    calib_hash: str | None, work: Path, say: Progress) -> list[VariantResult]:
+                    calib_hash: str | None, work: Path, say: Progress, data: _EvalData) -> list[VariantResult]:
     cache = StepCache(cfg.cache_dir)
+    prune_data = _prune_data(cfg, source, work) if any(v.prune for v in cfg.variants) else {}
+    auto_eval: dict[str, Any] = {}
+    auto = [v for v in cfg.variants if v.recipe.kind == "auto"]
+    if auto:
+        if data.inputs_npz is None or data.task is Task.TEXT_GENERATION:
+            raise DataError(f"variant {auto[0].name!r} (recipe auto) needs data.eval to score its candidates")
+        budget = cfg.budget_for(auto[0].name).max_accuracy_drop
+        auto_eval = {"npz": str(data.inputs_npz), "labels": None if data.labels is None else data.labels.tolist(),
+                     "name": str(cfg.data.eval), "budget": 1.0 if budget is None else budget, "sha256": data.sha256}
     results: dict[str, VariantResult] = {}
     todo = []
     for v in cfg.variants:
@@ -196,12 +254,19 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
             results[v.name] = VariantResult(v.name, v.recipe, Status.OK, artifact=art, cached=True)
             continue
         step_cfg = {"recipe": v.recipe.to_dict(), "seq_len": cfg.model.seq_len, "source": cfg.model.source.kind.value,
-                    "options": dict(cfg.model.source.options), "calibration": calib_hash if v.recipe.needs_calibration else None}
+                    "options": dict(cfg.model.source.options), "calibration": calib_hash if v.recipe.needs_calibration else None,
+                    "debug": cfg.debug and v.recipe.kind in ("full-integer", "auto")}
+        if v.recipe.kind == "auto":
+            step_cfg["auto_eval"] = {"data": auto_eval.get("sha256"), "budget": auto_eval.get("budget")}
+        if v.prune is not None:
+            step_cfg["prune"] = v.prune.to_dict()
+            step_cfg["prune_data"] = prune_data.get("sha256")
         key = cache.key(source.sha256, "convert", step_cfg, versions)
         hit = cache.get(key)
         if hit is not None:
             say(f"convert: {v.name} (cached)")
-            results[v.name] = VariantResult(v.name, v.recipe, Status.OK, artifact=hit, cached=True)
+            results[v.name] = VariantResult(v.name, v.recipe, Status.OK, artifact=hit, cached=True,
+                                            quant=cache.extra(key))
         else:
             todo.append((v, key, step_cfg))
     if todo:
@@ -209,9 +274,13 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
         payload = {
             "source": cfg.model.source.to_dict(),
             "seq_len": cfg.model.seq_len,
-            "variants": [{"name": v.name, "recipe": v.recipe.to_dict(), "out": str(work / f"{v.name}.tflite")}
-                         for v, _, _ in todo],
+            "variants": [{"name": v.name, "recipe": v.recipe.to_dict(), "out": str(work / f"{v.name}.tflite"),
+                          "prune": v.prune.to_dict() if v.prune else None} for v, _, _ in todo],
+            "prune_data": prune_data,
             "calibration_npz": str(calib_npz) if calib_npz else None,
+            "debug": cfg.debug,
+            "debug_dir": str(cfg.output_dir),
+            "auto_eval": auto_eval,
         }
         t0 = time.monotonic()
         try:
@@ -228,11 +297,31 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
             tmp = work / f"{v.name}.tflite"
             art = make_artifact(tmp, parent_sha256=source.sha256, produced_by="convert", step_config=step_cfg,
                                 versions=versions)
-            results[v.name] = VariantResult(v.name, v.recipe, Status.OK, artifact=cache.put(key, tmp, art))
+            extra = r.get("extra", {})
+            results[v.name] = VariantResult(v.name, v.recipe, Status.OK, artifact=cache.put(key, tmp, art, extra),
+                                            quant=extra)
     return [results[v.name] for v in cfg.variants]
 
 
-def _publish(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder, built: list[VariantResult]) -> list[VariantResult]:
+def _prune_data(cfg: ReleaseConfig, source: _Source, work: Path) -> dict[str, Any]:
+    """Recovery data for pruned variants: labelled ``data.train`` if given, else calibration text (distillation)."""
+    if cfg.model.source.task is Task.TEXT_GENERATION:
+        return {}
+    encoder = TextEncoder(source.tokenizer, cfg.model.seq_len)
+    npz = work / "prune_inputs.npz"
+    if cfg.data.train is not None:
+        train = read_labelled_tsv(cfg.data.train, limit=cfg.data.train_samples)
+        save_npz(npz, encoder.encode(train.sentences))
+        return {"npz": str(npz), "labels": list(train.labels), "sha256": sha256_tree(cfg.data.train) + f":{len(train.labels)}"}
+    if cfg.data.calibration is None:
+        raise DataError("pruned variants need recovery data: set data.train (labelled) or data.calibration (distillation)")
+    texts = read_texts(cfg.data.calibration, limit=cfg.data.train_samples)
+    save_npz(npz, encoder.encode(texts))
+    return {"npz": str(npz), "labels": None, "sha256": sha256_tree(cfg.data.calibration) + f":{len(texts)}"}
+
+
+def _publish(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | None,
+             built: list[VariantResult]) -> list[VariantResult]:
     """Copy each variant to ``<output>/<name>.tflite`` with the sidecars an app needs."""
     from litegate.benchmarks.size import measure_size
 
@@ -240,7 +329,13 @@ def _publish(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder, built: l
     meta = {"task": cfg.model.source.task.value, "seq_len": cfg.model.seq_len,
             "inputs": ["input_ids", "attention_mask"], "labels": source.info.get("labels", {}),
             "tokenizer": "tokenizer.json", "source_sha256": source.sha256}
-    atomic_write_text(cfg.output_dir / "tokenizer.json", encoder.to_json())
+    if encoder is not None:
+        atomic_write_text(cfg.output_dir / "tokenizer.json", encoder.to_json())
+    else:
+        from litegate.generate import load_tokenizer
+
+        atomic_write_text(cfg.output_dir / "tokenizer.json", str(load_tokenizer(source.tokenizer).to_str()))
+        meta["inputs"] = []
     atomic_write_text(cfg.output_dir / "model.json", json.dumps(meta, indent=2) + "\n")
     for v in built:
         if v.status is Status.OK and v.artifact is not None:
@@ -252,61 +347,89 @@ def _publish(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder, built: l
     return out
 
 
-def _bench_cells(cfg: ReleaseConfig, v: VariantResult, inputs_npz: Path) -> Iterator[BenchResult]:
+def inspect_variant(v: VariantResult, delegates: tuple[str, ...]) -> VariantResult:
+    """Read the published flatbuffer: graph summary and static compatibility per delegate (no TF, no run)."""
+    from collections import Counter
+
+    from litegate.delegates.compat import evaluate, load_rules
+    from litegate.delegates.flatbuffer import load_model
+
     assert v.artifact is not None
+    model = load_model(v.artifact.path)
+    inputs = model.subgraph_inputs[0] if model.subgraph_inputs else ()
+    tensors = model.subgraph_tensors[0] if model.subgraph_tensors else ()
+    graph = {
+        "ops": len(model.ops),
+        "subgraphs": list(model.subgraph_names),
+        "macs": model.total_macs,
+        "op_counts": dict(Counter(o.name for o in model.ops).most_common()),
+        "flex_ops": sorted({o.name for o in model.ops if o.is_flex}),
+        "custom_ops": sorted({o.name for o in model.ops if o.is_custom and not o.is_flex}),
+        "dynamic_inputs": [tensors[i].name for i in inputs if i < len(tensors) and tensors[i].dynamic],
+    }
+    graph["needs_flex_delegate"] = bool(graph["flex_ops"])
+    compat = tuple(evaluate(model, load_rules(d), model_name=v.name) for d in delegates)
+    return dataclasses.replace(v, graph=graph, compat=compat)
+
+
+def _bench_cells(cfg: ReleaseConfig, v: VariantResult, data: _EvalData, work: Path) -> Iterator[BenchResult]:
+    assert v.artifact is not None
+    inputs, signature = data.bench_npz, None
+    if data.task is Task.TEXT_GENERATION:
+        from litegate.benchmarks.accuracy import generator_bench_inputs
+
+        signature, feeds = generator_bench_inputs(Path(v.artifact.path), data.bench_tokens)
+        inputs = work / f"{v.name}.bench_inputs.npz"
+        save_npz(inputs, feeds)
+    assert inputs is not None
     for backend in cfg.bench.backends:
         for threads in cfg.bench.threads:
             yield run_cell(path=v.artifact.path, sha256=v.artifact.sha256, variant=v.name, backend=backend,
-                           threads=threads, inputs_npz=inputs_npz, protocol=cfg.bench.protocol(),
-                           timeout_s=cfg.bench.timeout_s, mem_mb=cfg.mem_mb)
+                           threads=threads, inputs_npz=inputs, protocol=cfg.bench.protocol(),
+                           timeout_s=cfg.bench.timeout_s, mem_mb=cfg.mem_mb, signature=signature)
 
 
-def _accuracy(cfg: ReleaseConfig, variants: list[VariantResult], eval_set: LabelledText | None, eval_npz: Path,
-              work: Path, say: Progress) -> list[VariantResult]:
+def _accuracy(cfg: ReleaseConfig, variants: list[VariantResult], data: _EvalData, work: Path,
+              say: Progress) -> list[VariantResult]:
+    from litegate.benchmarks.accuracy import summarize_task
+
     task = cfg.model.source.task
     backend, threads = cfg.bench.eval_backend, cfg.bench.eval_threads
-    if eval_set is None:
+    if data.inputs_npz is None:
         res = AccuracyResult(task=task, metric="accuracy", value=None, backend=backend, n_samples=0,
                              status=Status.NOT_RUN, reason="no evaluation data configured (data.eval)")
         return [dataclasses.replace(v, accuracy=(res,)) if v.status is Status.OK else v for v in variants]
-    labels = np.array(eval_set.labels)
-    logits: dict[str, np.ndarray] = {}
+    job = "lm_eval_job" if task is Task.TEXT_GENERATION else "eval_job"
+    module = "litegate.benchmarks.accuracy" if task is Task.TEXT_GENERATION else "litegate.benchmarks.latency"
+    outputs: dict[str, dict[str, np.ndarray]] = {}
     failures: dict[str, str] = {}
     for v in variants:
         if v.status is not Status.OK or v.artifact is None:
             continue
-        say(f"eval: {v.name} on {len(labels)} samples")
+        say(f"eval: {v.name} on {data.n} samples")
         out_npz = work / f"{v.name}.outputs.npz"
         try:
-            run_isolated("litegate.benchmarks.latency:eval_job",
+            run_isolated(f"{module}:{job}",
                          {"path": v.artifact.path, "backend": backend, "threads": threads,
-                          "inputs_npz": str(eval_npz), "out_npz": str(out_npz)},
+                          "inputs_npz": str(data.inputs_npz), "windows_npz": str(data.inputs_npz), "out_npz": str(out_npz)},
                          timeout_s=cfg.bench.timeout_s, mem_mb=cfg.mem_mb)
-            with np.load(out_npz) as data:
-                key = "logits" if "logits" in data.files else data.files[0]
-                logits[v.name] = data[key]
+            with np.load(out_npz) as arrays:
+                outputs[v.name] = {k: arrays[k] for k in arrays.files}
         except LitegateError as exc:
             failures[v.name] = exc.message
-    ref = logits.get(cfg.reference)
-    ref_metrics = classification_metrics(ref, labels) if ref is not None else None
+    ref = outputs.get(cfg.reference)
+    ref_value = summarize_task(task.value, ref, ref, data.labels, data.windows)[1] if ref is not None else None
     out = []
     for v in variants:
         if v.status is not Status.OK:
             out.append(v)
             continue
         if v.name in failures:
-            res = AccuracyResult(task=task, metric="accuracy", value=None, backend=backend, n_samples=len(labels),
+            res = AccuracyResult(task=task, metric="accuracy", value=None, backend=backend, n_samples=data.n,
                                  status=Status.FAILED, reason=failures[v.name])
         else:
-            m = classification_metrics(logits[v.name], labels)
-            extra = {"f1_macro": m["f1_macro"]}
-            if ref is not None:
-                extra["agreement_with_reference"] = agreement(logits[v.name], ref)
-                extra["max_abs_logit_diff"] = float(np.max(np.abs(logits[v.name] - ref)))
-            res = AccuracyResult(
-                task=task, metric="accuracy", value=m["accuracy"], backend=backend, n_samples=len(labels),
-                reference=ref_metrics["accuracy"] if ref_metrics else None,
-                delta=(m["accuracy"] - ref_metrics["accuracy"]) if ref_metrics else None, extra=extra,
-            )
+            metric, value, extra = summarize_task(task.value, outputs[v.name], ref, data.labels, data.windows)
+            res = AccuracyResult(task=task, metric=metric, value=value, backend=backend, n_samples=data.n,
+                                 reference=ref_value, delta=None if ref_value is None else value - ref_value, extra=extra)
         out.append(dataclasses.replace(v, accuracy=(res,)))
     return out

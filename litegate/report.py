@@ -51,18 +51,90 @@ def _cell_text(v: VariantResult, backend: str, threads: int) -> str:
     if cell is None:
         return "—"
     if cell.status is Status.OK and cell.latency is not None:
-        return f"{_ms(cell.latency.p50)} / {_ms(cell.latency.p90)}"
+        emulated = " (emulated)" if cell.protocol.get("latency_emulated") else ""
+        return f"{_ms(cell.latency.p50)} / {_ms(cell.latency.p90)}{emulated}"
     return "not run" if cell.status is Status.NOT_RUN else cell.status.value
 
 
-def _acc_text(v: VariantResult) -> tuple[str, str]:
+def _acc_text(v: VariantResult) -> tuple[str, str, str]:
+    """(task metric, delta to the reference, fidelity to the reference) as table cells."""
     acc = v.primary_accuracy()
     if acc is None:
-        return "—", "—"
+        return "—", "—", "—"
     if acc.status is not Status.OK or acc.value is None:
-        return ("not run" if acc.status is Status.NOT_RUN else acc.status.value), "—"
-    delta = "—" if acc.delta is None else f"{acc.delta:+.2f}"
-    return f"{acc.value:.2f}", delta
+        return ("not run" if acc.status is Status.NOT_RUN else acc.status.value), "—", "—"
+    digits = 4 if acc.metric == "cosine_to_reference" else 2
+    d = None if acc.delta is None else round(acc.delta, digits) + 0.0  # no "-0.00"
+    delta = "—" if d is None else (f"{d:+.4f}" if acc.metric == "cosine_to_reference" else f"{d:+.2f}")
+    e = acc.extra
+    if "agreement_with_reference" in e:
+        fid = f"{e['agreement_with_reference']:.1f}% agree"
+    elif "top1_agreement" in e:
+        fid = f"{e['top1_agreement']:.1f}% top-1 agree"
+    elif "cosine_min" in e:
+        fid = f"cos min {e['cosine_min']:.4f}"
+    else:
+        fid = "—"
+    value = f"{acc.value:.4f}" if acc.metric == "cosine_to_reference" else f"{acc.value:.2f}"
+    return value, delta, fid
+
+
+def _quant_details(rep: Report) -> list[str]:
+    """Recipe fallbacks, the auto recipe's search, and the most sensitive layers per quantized variant."""
+    lines: list[str] = []
+    for v in rep.variants:
+        q = v.quant
+        for note in q.get("fallback", []):
+            lines.append(f"- `{v.name}`: {note}")
+        a = q.get("auto")
+        if a:
+            kept = a.get("float_nodes", [])
+            verdict = "met" if a.get("met") else f"NOT met: {a.get('reason', '')}"
+            lines.append(f"- `{v.name}` (auto): {a.get('metric')} {a.get('score', float('nan')):.4g} vs target "
+                         f"{a.get('target', float('nan')):.4g} ({verdict}); {len(kept)} of {a.get('ranked_layers')} "
+                         f"layers kept in float" + (f": {', '.join(f'`{n}`' for n in kept[:8])}" +
+                                                  (" …" if len(kept) > 8 else "") if kept else "") +
+                         f"; {len(a.get('trials', []))} candidates tried, selected on `{Path(str(a.get('selected_on'))).name}`")
+    stats = [(v.name, v.quant["layer_stats"]) for v in rep.variants if v.quant.get("layer_stats")]
+    if stats:
+        lines += ["", "<details><summary>Most sensitive layers (QuantizationDebugger: RMSE / scale, in quantization steps; "
+                  "~0.29 is ideal rounding noise)</summary>", "", "| variant | op | tensor | rmse/scale |", "|---|---|---|---|"]
+        for name, rows in stats:
+            for r in rows[:5]:
+                lines.append(f"| {name} | {r['op_name']} | `{r['tensor_name'][:70]}` | {r['rmse/scale']:.2f} |")
+        lines += ["", "Full tables: `<variant>.layers.csv` next to the report.", "", "</details>", ""]
+    return lines
+
+
+def _compat_details(rep: Report, delegates: list[str]) -> list[str]:
+    """Per delegate: delegated fraction by ops and MACs per variant, and the top CPU-fallback ops with reasons."""
+    if not delegates:
+        return []
+    lines = ["", "<details><summary>Delegate compatibility (static, from the flatbuffer)</summary>", ""]
+    for d in delegates:
+        lines.append(f"**{d}**")
+        lines.append("")
+        for v in rep.variants:
+            c = v.compat_for(d)
+            if c is None:
+                continue
+            macs = "—" if c.delegated_mac_fraction is None else f"{c.delegated_mac_fraction * 100:.1f}%"
+            head = (f"- `{v.name}`: {c.delegated_ops}/{c.total_ops} ops ({c.delegated_fraction * 100:.0f}%), "
+                    f"{macs} of MACs, {len(c.partitions)} partition(s)")
+            if c.model_reason:
+                head += f" — refused: {c.model_reason}"
+            lines.append(head)
+            reasons: dict[str, str] = {}
+            for o in c.ops:
+                if not o.delegated and o.op not in reasons:
+                    reasons[o.op] = o.reason
+            top = sorted(c.fallback_ops.items(), key=lambda kv: -kv[1])[:5]
+            for op, n in top:
+                lines.append(f"  - {op} ×{n}: {reasons.get(op, '')[:160]}")
+        lines.append("")
+    lines.append("</details>")
+    lines.append("")
+    return lines
 
 
 def headline(rep: Report) -> str:
@@ -87,17 +159,27 @@ def to_markdown(rep: Report) -> str:
     lines.append(f"Model: `{src.get('kind')}` {Path(str(src.get('path', ''))).name} · task {src.get('task')} · "
                  f"seq_len {m.get('seq_len')} · sha256 `{str(m.get('sha256', ''))[:12]}`")
     lines.append("")
-    head = ["variant", "recipe", "size MB", "gzip MB"] + [f"{b}×{t} p50/p90 ms" for b, t in cells] + ["accuracy %", "Δ vs ref"]
+    delegates = [c.delegate for c in next((v.compat for v in rep.variants if v.compat), ())]
+    metric = next((a.metric for a in (v.primary_accuracy() for v in rep.variants) if a is not None), "accuracy")
+    label = {"accuracy": "accuracy %", "cosine_to_reference": "cosine to ref", "perplexity": "perplexity"}.get(metric, metric)
+    head = (["variant", "recipe", "size MB", "gzip MB"] + [f"{b}×{t} p50/p90 ms" for b, t in cells]
+            + [label, "Δ vs ref", "fidelity"])
+    if delegates:
+        head.append("delegated ops % (" + " / ".join(delegates) + ")")
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for v in rep.variants:
         if v.status is not Status.OK:
-            row = [f"**{v.name}**", v.recipe.name, f"failed: {v.reason[:120]}", "—"] + ["—"] * len(cells) + ["—", "—"]
+            row = [f"**{v.name}**", v.recipe.name, f"failed: {v.reason[:120]}", "—"] + ["—"] * len(cells) + ["—", "—", "—"]
+            row += ["—"] if delegates else []
         else:
             size = f"{v.size.bytes / 1e6:.2f}" if v.size else "—"
             gz = f"{v.size.gzip_bytes / 1e6:.2f}" if v.size else "—"
-            acc, delta = _acc_text(v)
-            row = [f"**{v.name}**", v.recipe.name, size, gz] + [_cell_text(v, b, t) for b, t in cells] + [acc, delta]
+            acc, delta, fid = _acc_text(v)
+            row = [f"**{v.name}**", v.recipe.name, size, gz] + [_cell_text(v, b, t) for b, t in cells] + [acc, delta, fid]
+            if delegates:
+                fr = [v.compat_for(d) for d in delegates]
+                row.append(" / ".join("—" if c is None else f"{c.delegated_fraction * 100:.0f}" for c in fr))
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     not_run = sorted({(b.backend, b.reason) for v in rep.variants for b in v.bench if b.status is Status.NOT_RUN})
@@ -108,6 +190,16 @@ def to_markdown(rep: Report) -> str:
         lines.append(f"- `{name}` on {b.backend}×{b.threads}: {b.status.value}: {b.reason}")
     if not_run or failures:
         lines.append("")
+    for v in rep.variants:
+        if v.graph.get("dynamic_inputs"):
+            refusing = [c.delegate for c in v.compat if c.model_reason]
+            lines.append(f"- ⚠️ `{v.name}` has dynamic input shapes ({', '.join(v.graph['dynamic_inputs'])}): "
+                         f"{', '.join(refusing) or 'static-shape delegates'} will refuse it")
+        if v.graph.get("needs_flex_delegate"):
+            lines.append(f"- ⚠️ `{v.name}` contains Select TF ops ({', '.join(v.graph['flex_ops'])}): the app must link "
+                         "the Flex delegate, and GPU/Hexagon/Core ML cannot run them")
+    lines.extend(_quant_details(rep))
+    lines.extend(_compat_details(rep, delegates))
     failed = [x for x in rep.verdicts if not x.passed]
     lines.append(f"<details><summary>Gate checks: {len(rep.verdicts) - len(failed)} passed, {len(failed)} failed "
                  f"(require: {rep.run.get('gate', {}).get('require', 'all')})</summary>")

@@ -116,7 +116,7 @@ class Recipe(_Record):
     params: Mapping[str, Any]
     description: str = ""
 
-    KINDS = ("float", "dynamic-range", "float16", "full-integer", "int16x8")
+    KINDS = ("float", "dynamic-range", "float16", "full-integer", "int16x8", "auto", "prune")
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "recipe name must not be empty")
@@ -124,7 +124,7 @@ class Recipe(_Record):
 
     @property
     def needs_calibration(self) -> bool:
-        return self.kind in ("full-integer", "int16x8")
+        return self.kind in ("full-integer", "int16x8", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +223,9 @@ class VariantResult(_Record):
     bench: tuple[BenchResult, ...] = ()
     accuracy: tuple[AccuracyResult, ...] = ()
     cached: bool = False
+    graph: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    compat: tuple[CompatReport, ...] = ()
+    quant: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VariantResult:
@@ -236,7 +239,16 @@ class VariantResult(_Record):
             bench=tuple(BenchResult.from_dict(b) for b in data.get("bench", ())),
             accuracy=tuple(AccuracyResult.from_dict(a) for a in data.get("accuracy", ())),
             cached=bool(data.get("cached", False)),
+            graph=dict(data.get("graph", {})),
+            compat=tuple(CompatReport.from_dict(c) for c in data.get("compat", ())),
+            quant=dict(data.get("quant", {})),
         )
+
+    def compat_for(self, delegate: str) -> CompatReport | None:
+        for c in self.compat:
+            if c.delegate == delegate:
+                return c
+        return None
 
     def bench_cell(self, backend: str, threads: int) -> BenchResult | None:
         for b in self.bench:

@@ -18,6 +18,11 @@ _ALLOWED_PARAMS = {
     "inference_input_type": str,
     "inference_output_type": str,
     "allow_select_tf_ops": bool,
+    "denylisted_ops": list,
+    "denylisted_nodes": list,
+    "budget": float,
+    "min_cosine": float,
+    "max_steps": int,
 }
 _ENUMS: dict[str, tuple[str, ...]] = {
     "optimizations": ("DEFAULT",),
@@ -40,10 +45,14 @@ def validate(data: Mapping[str, Any], where: str) -> Recipe:
     unknown = set(data) - {"name", "kind", "params", "description"}
     if unknown:
         raise ConfigError(f"{where}: unknown recipe key {sorted(unknown)[0]!r}")
+    if data.get("kind") == "prune":
+        return _prune_recipe(data, where)
     params = dict(data.get("params", {}))
     for key, value in params.items():
         if key not in _ALLOWED_PARAMS:
             raise ConfigError(f"{where}: unknown recipe parameter {key!r} (known: {', '.join(sorted(_ALLOWED_PARAMS))})")
+        if _ALLOWED_PARAMS[key] is float and isinstance(value, int) and not isinstance(value, bool):
+            value = params[key] = float(value)
         if not isinstance(value, _ALLOWED_PARAMS[key]):
             raise ConfigError(f"{where}: recipe parameter {key!r} must be a {_ALLOWED_PARAMS[key].__name__}")
         allowed = _ENUMS.get(key)
@@ -78,3 +87,111 @@ def load(name_or_path: str, base: Path | None = None) -> Recipe:
             raise ConfigError(f"{path}: cannot read recipe: {exc}") from None
         return validate(data, str(path))
     raise ConfigError(f"unknown recipe {name_or_path!r} (built-in: {', '.join(builtin_names())}; or a path to a .json file)")
+
+
+# Pruning recipes (kind "prune"): magnitude pruning with tensorflow-model-optimization, run by
+# litegate.quantize.prune. Their params are checked here, with no TensorFlow import.
+PRUNE_SCHEDULES = ("polynomial", "constant")
+RECOVERY_MODES = ("auto", "labels", "distill")
+_PRUNE_PARAMS: dict[str, tuple[type, ...]] = {
+    "target_sparsity": (int, float),
+    "schedule": (str,),
+    "begin_step": (int,),
+    "end_step": (int,),
+    "steps": (int,),  # alias of end_step
+    "frequency": (int,),
+    "block_size": (list,),
+    "structured_2_4": (bool,),
+    "recovery": (dict,),
+    "seed": (int,),
+}
+_RECOVERY_PARAMS: dict[str, tuple[type, ...]] = {
+    "steps": (int,),
+    "batch_size": (int,),
+    "learning_rate": (int, float),
+    "mode": (str,),
+}
+
+
+def _typed(where: str, key: str, value: Any, types: tuple[type, ...]) -> None:
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        names = " or ".join("number" if t is float else t.__name__ for t in types if not (t is int and float in types))
+        raise ConfigError(f"{where}: pruning parameter {key!r} must be a {names}, got {value!r}")
+
+
+def check_prune_params(params: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Check the params of a ``kind = "prune"`` recipe; return them with numbers normalised.
+
+    Known params (all optional; :mod:`litegate.quantize.prune` fills the defaults):
+    ``target_sparsity`` (0 < s < 1), ``schedule`` (``polynomial`` | ``constant``), ``begin_step``,
+    ``end_step`` (or its alias ``steps``: the training step at which the target sparsity is
+    reached), ``frequency`` (mask update interval; ``end_step - begin_step`` must be a multiple of
+    it so the last update lands on ``end_step``), ``block_size`` ([rows, cols] of rank-2 weights),
+    ``structured_2_4`` (2 zeros in every 4 consecutive input weights; excludes ``block_size`` and a
+    ``target_sparsity`` other than 0.5), ``recovery`` (``{steps, batch_size, learning_rate, mode}``
+    with mode ``auto`` | ``labels`` | ``distill``) and ``seed``.
+
+    Raises:
+        ConfigError: an unknown or mistyped parameter, a value out of range, or a contradiction.
+    """
+    out = dict(params)
+    for key, value in out.items():
+        if key not in _PRUNE_PARAMS:
+            raise ConfigError(f"{where}: unknown pruning parameter {key!r} (known: {', '.join(sorted(_PRUNE_PARAMS))})")
+        _typed(where, key, value, _PRUNE_PARAMS[key])
+    if "end_step" in out and "steps" in out:
+        raise ConfigError(f"{where}: give end_step or its alias steps, not both")
+    if "target_sparsity" in out:
+        out["target_sparsity"] = float(out["target_sparsity"])
+        if not 0.0 < out["target_sparsity"] < 1.0:
+            raise ConfigError(f"{where}: target_sparsity must be between 0 and 1 (exclusive), got {out['target_sparsity']}")
+    if out.get("schedule", "polynomial") not in PRUNE_SCHEDULES:
+        raise ConfigError(f"{where}: schedule {out['schedule']!r} is not one of {', '.join(PRUNE_SCHEDULES)}")
+    begin = out.get("begin_step", 0)
+    end = out.get("end_step", out.get("steps", 100))
+    freq = out.get("frequency", 10)
+    if begin < 0:
+        raise ConfigError(f"{where}: begin_step must be >= 0, got {begin}")
+    if freq < 1:
+        raise ConfigError(f"{where}: frequency must be >= 1, got {freq}")
+    if end <= begin:
+        raise ConfigError(f"{where}: end_step ({end}) must be larger than begin_step ({begin})")
+    if (end - begin) % freq:
+        raise ConfigError(f"{where}: end_step - begin_step ({end - begin}) must be a multiple of frequency ({freq}), "
+                          "or the last mask update falls short of target_sparsity")
+    block = out.get("block_size", [1, 1])
+    if len(block) != 2 or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block):
+        raise ConfigError(f"{where}: block_size must be two positive integers [rows, cols], got {block!r}")
+    if out.get("structured_2_4"):
+        if list(block) != [1, 1]:
+            raise ConfigError(f"{where}: structured_2_4 and block_size {block} cannot be combined")
+        if out.get("target_sparsity", 0.5) != 0.5:
+            raise ConfigError(f"{where}: structured_2_4 means 50% sparsity; target_sparsity "
+                              f"{out['target_sparsity']} contradicts it")
+    recovery = dict(out.get("recovery", {}))
+    for key, value in recovery.items():
+        if key not in _RECOVERY_PARAMS:
+            raise ConfigError(f"{where}: unknown recovery parameter {key!r} (known: {', '.join(sorted(_RECOVERY_PARAMS))})")
+        _typed(where, f"recovery.{key}", value, _RECOVERY_PARAMS[key])
+    if recovery.get("steps", 0) < 0:
+        raise ConfigError(f"{where}: recovery.steps must be >= 0, got {recovery['steps']}")
+    if recovery.get("batch_size", 1) < 1:
+        raise ConfigError(f"{where}: recovery.batch_size must be >= 1, got {recovery['batch_size']}")
+    if "learning_rate" in recovery:
+        recovery["learning_rate"] = float(recovery["learning_rate"])
+        if not recovery["learning_rate"] > 0:
+            raise ConfigError(f"{where}: recovery.learning_rate must be > 0, got {recovery['learning_rate']}")
+    if recovery.get("mode", "auto") not in RECOVERY_MODES:
+        raise ConfigError(f"{where}: recovery.mode {recovery['mode']!r} is not one of {', '.join(RECOVERY_MODES)}")
+    if "recovery" in out:
+        out["recovery"] = recovery
+    return out
+
+
+def _prune_recipe(data: Mapping[str, Any], where: str) -> Recipe:
+    params = check_prune_params(dict(data.get("params", {})), where)
+    try:
+        return Recipe(name=str(data.get("name", "")), kind="prune", params=params,
+                      description=str(data.get("description", "")))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None

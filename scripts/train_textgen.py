@@ -3,7 +3,8 @@
 The last 10% of the text is held out (perplexity and agreement are measured on it). Outputs:
 * ``--arch lstm|gru`` -> ``OUT/model.keras`` (tf_keras) + ``OUT/tokenizer.json``;
 * ``--arch gpt2`` -> a Hugging Face GPT-2 checkpoint folder (config.json, model.safetensors,
-  tokenizer.json), converted through the ``hf-gpt2`` source like any GPT-2 checkpoint.
+  tokenizer.json), converted through the ``hf-gpt2`` source like any GPT-2 checkpoint. Its context
+  (n_positions) is the training window ``--seq``, so no position embedding is left untrained.
 
     python scripts/train_textgen.py --arch lstm --out examples/textgen/char-lstm
 """
@@ -59,7 +60,8 @@ def main() -> int:
         from litegate.converter.gpt2 import GPT2, GPT2Config, export_weights
         from safetensors.numpy import save_file
 
-        cfg = GPT2Config(vocab_size=vocab, n_positions=256, n_embd=128, n_layer=4, n_head=4)
+        # Every position embedding must be trained: windows as long as the context (n_positions).
+        cfg = GPT2Config(vocab_size=vocab, n_positions=args.seq, n_embd=128, n_layer=4, n_head=4)
         model = GPT2(cfg)
         model.build_all()
     else:

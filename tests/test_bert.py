@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 def _inputs(ckpt, seq_len=24, n=6):
     texts = (DEMO / "eval.tsv").read_text().splitlines()[1 : n + 1]
-    return TextEncoder(ckpt / "tokenizer.json", seq_len).encode([t.split("\t")[0] for t in texts])
+    enc = TextEncoder(ckpt / "tokenizer.json", seq_len).encode([t.split("\t")[0] for t in texts])
+    return {k: enc[k] for k in ("input_ids", "attention_mask")}
 
 
 @pytest.mark.parametrize("head,prefix", [("classification", "bert."), ("mean", "")])

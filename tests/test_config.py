@@ -75,5 +75,6 @@ def test_overrides_replace_output_and_eval(tmp_path, tiny_checkpoint):
     other.write_text("a fine film\t1\n")
     new = cfg.with_overrides(output=tmp_path / "o2", data=other)
     assert new.output_dir == (tmp_path / "o2").resolve() and new.data.eval == other.resolve()
+    assert new.cache_dir == (tmp_path / "o2").resolve() / ".cache"
     with pytest.raises(ConfigError, match="--data"):
         cfg.with_overrides(data=tmp_path / "missing.tsv")
