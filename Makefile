@@ -6,7 +6,7 @@ SHARED ?= ../shared/data
 MODELS ?= models
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint typecheck fixtures models clean help gpu-sim
+.PHONY: install demo test test-fast lint typecheck fixtures models clean help gpu-sim browser release-check report compare perf
 
 help:
 	@echo "make demo       set up .venv and run the release pipeline on the embedded default"
@@ -29,6 +29,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	-@$(MAKE) --no-print-directory models || echo "make models failed: the real-model tests will skip"
 	-@$(MAKE) --no-print-directory gpu-sim || echo "make gpu-sim failed: the GPU delegate tests will skip"
+	-@$(MAKE) --no-print-directory browser || echo "make browser failed: the HTML rendering test will skip"
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)
@@ -61,3 +62,26 @@ $(MODELS)/all-MiniLM-L6-v2/config.json: $(STAMP)
 
 clean:
 	rm -rf reports .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+## Headless Chromium for the HTML report test (Debian's package).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }) ; } ; \
+	command -v chromium >/dev/null 2>&1 && echo "chromium: $$(command -v chromium)" || { echo "chromium not available"; exit 1; }
+
+# --- CI integration: targets a mobile team copies -------------------------------------------------
+CONFIG   ?= examples/demo/release.toml
+OUT      ?= reports/release
+BASELINE ?=
+
+## Gate a release: run the pipeline (against BASELINE if given); the exit code is the verdict.
+release-check: $(STAMP)
+	$(BIN)/litegate run $(CONFIG) --output $(OUT) $(if $(BASELINE),--baseline $(BASELINE),)
+
+## Re-render the Markdown for the PR comment from an existing report.json.
+report: $(STAMP)
+	$(BIN)/litegate report $(OUT)/report.json -o $(OUT)/comment.md
+
+## Compare two reports with the gate's noise-aware rules: make compare BASE=main.json NEW=reports/release/report.json
+compare: $(STAMP)
+	$(BIN)/litegate compare $(BASE) $(or $(NEW),$(OUT)/report.json)

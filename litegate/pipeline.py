@@ -152,6 +152,16 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
         model_info = {"source": cfg.model.source.to_dict(), "sha256": source.sha256, "seq_len": cfg.model.seq_len,
                       "tokenizer": str(source.tokenizer), **source.info}
         verdicts, gate_info = gate.evaluate(cfg, variants)
+        if cfg.baseline is not None:
+            from litegate.baseline import compare
+
+            base = report.load(cfg.baseline)
+            draft = Report(run=run_info, model=model_info, variants=tuple(variants), verdicts=(), passed=False)
+            base_verdicts, rows = compare(base, draft, cfg.compare)
+            verdicts = verdicts + base_verdicts
+            gate_info["passed"] = bool(gate_info["passed"]) and all(x.passed for x in base_verdicts)
+            run_info["baseline"] = {"path": str(cfg.baseline), "started_at": base.run.get("started_at"),
+                                    "config": dataclasses.asdict(cfg.compare), "rows": rows}
         run_info["gate"] = gate_info
         rep = Report(run=run_info, model=model_info, variants=tuple(variants), verdicts=tuple(verdicts),
                      passed=bool(gate_info["passed"]))

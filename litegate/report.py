@@ -37,9 +37,31 @@ def load(path: str | Path) -> Report:
 
 
 def write(rep: Report, out_dir: Path) -> None:
-    """Write report.json and report.md atomically (markdown first: the JSON marks completion)."""
-    atomic_write_text(out_dir / "report.md", to_markdown(rep))
+    """Write report.md, report.html, junit.xml and report.json atomically (the JSON last: it marks completion)."""
+    from litegate.html import to_html
+
+    md = to_markdown(rep)
+    atomic_write_text(out_dir / "report.md", md)
+    atomic_write_text(out_dir / "report.html", to_html(rep, md.splitlines()[0]))
+    atomic_write_text(out_dir / "junit.xml", to_junit(rep))
     atomic_write_text(out_dir / "report.json", to_json(rep))
+
+
+def to_junit(rep: Report) -> str:
+    """JUnit XML: one test case per gate check, so CI systems show failures natively."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    cases = []
+    for v in rep.verdicts:
+        where = f" [{v.backend}x{v.threads}]" if v.backend else ""
+        body = "" if v.passed else f"<failure message={quoteattr(v.message)}>{escape(v.message)}</failure>"
+        cases.append(f'  <testcase classname={quoteattr("litegate." + v.variant)} name={quoteattr(v.check + where)}>'
+                     f"{body}</testcase>")
+    failures = sum(1 for v in rep.verdicts if not v.passed)
+    name = quoteattr(f"litegate gate: {rep.run.get('name', '')}")
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuites tests="{len(cases)}" failures="{failures}">\n'
+            f'<testsuite name={name} tests="{len(cases)}" failures="{failures}" errors="0" skipped="0">\n'
+            + "\n".join(cases) + "\n</testsuite>\n</testsuites>\n")
 
 
 def _ms(x: float | None) -> str:

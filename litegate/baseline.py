@@ -1,0 +1,91 @@
+"""Comparing a run against a baseline report, noise-aware.
+
+Latency: for each (variant, backend, threads) cell measured in both reports, the ratio of median
+latencies new/base with a bootstrap confidence interval from the raw samples of both runs. A cell
+regresses only when the whole interval lies above ``1 + threshold``: a real 10% slowdown
+(ratio ~1.10, tight interval) fails at the default 5% threshold, while re-measuring the same model
+on a noisy machine (ratio ~1.0) passes. Size and task metric changes are exact and reported as is;
+size fails only beyond ``max_size_increase`` and accuracy beyond ``max_accuracy_regression``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from litegate.types import Report, Status, Verdict
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    threshold: float = 0.05  # relative latency increase the interval must exceed
+    confidence: float = 0.95
+    resamples: int = 2000
+    seed: int = 0
+    max_size_increase: float = 0.02  # relative
+    max_accuracy_regression: float = 1.0  # points
+
+
+def bootstrap_ratio(base: Sequence[float], new: Sequence[float], *, confidence: float = 0.95, resamples: int = 2000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """(median(new)/median(base), low, high) with a percentile bootstrap interval."""
+    b = np.asarray(base, np.float64)
+    n = np.asarray(new, np.float64)
+    if len(b) == 0 or len(n) == 0:
+        raise ValueError("bootstrap needs samples on both sides")
+    rng = np.random.default_rng(seed)
+    bi = rng.integers(0, len(b), size=(resamples, len(b)))
+    ni = rng.integers(0, len(n), size=(resamples, len(n)))
+    ratios = np.median(n[ni], axis=1) / np.median(b[bi], axis=1)
+    alpha = (1 - confidence) / 2
+    return float(np.median(n) / np.median(b)), float(np.quantile(ratios, alpha)), float(np.quantile(ratios, 1 - alpha))
+
+
+def compare(base: Report, new: Report, cfg: CompareConfig | None = None) -> tuple[list[Verdict], list[dict[str, Any]]]:
+    """Verdicts for ``new`` against ``base``, and a row per compared quantity for the report."""
+    cfg = cfg or CompareConfig()
+    verdicts: list[Verdict] = []
+    rows: list[dict[str, Any]] = []
+    for v in new.variants:
+        b = base.variant(v.name)
+        if b is None or v.status is not Status.OK or b.status is not Status.OK:
+            continue
+        if v.size and b.size:
+            rel = v.size.bytes / b.size.bytes - 1.0
+            ok = rel <= cfg.max_size_increase
+            rows.append({"variant": v.name, "what": "size", "base": b.size.bytes, "new": v.size.bytes, "change": rel})
+            verdicts.append(Verdict(check="size vs baseline", variant=v.name, passed=ok, value=round(rel * 100, 3),
+                                    limit=cfg.max_size_increase * 100,
+                                    message=f"{v.name}: size {rel * 100:+.2f}% vs baseline "
+                                            f"({'<=' if ok else '>'} {cfg.max_size_increase * 100:g}%)"))
+        for cell in v.bench:
+            bc = b.bench_cell(cell.backend, cell.threads)
+            if (cell.status is not Status.OK or bc is None or bc.status is not Status.OK or not cell.samples_ms
+                    or not bc.samples_ms or cell.protocol.get("latency_emulated")):
+                continue
+            ratio, lo, hi = bootstrap_ratio(bc.samples_ms, cell.samples_ms, confidence=cfg.confidence,
+                                            resamples=cfg.resamples, seed=cfg.seed)
+            regressed = lo > 1.0 + cfg.threshold
+            improved = hi < 1.0 - cfg.threshold
+            rows.append({"variant": v.name, "what": f"p50 {cell.backend}x{cell.threads}", "base": bc.latency.p50 if bc.latency else None,
+                         "new": cell.latency.p50 if cell.latency else None, "change": ratio - 1.0, "ci": [lo - 1.0, hi - 1.0],
+                         "verdict": "regressed" if regressed else "improved" if improved else "unchanged"})
+            verdicts.append(Verdict(
+                check="latency vs baseline", variant=v.name, passed=not regressed, value=round((ratio - 1) * 100, 2),
+                limit=cfg.threshold * 100, backend=cell.backend, threads=cell.threads,
+                message=(f"{v.name} on {cell.backend}x{cell.threads}: median latency {(ratio - 1) * 100:+.1f}% vs baseline "
+                         f"({cfg.confidence * 100:g}% CI {(lo - 1) * 100:+.1f}% .. {(hi - 1) * 100:+.1f}%; regression only if "
+                         f"the whole interval is above +{cfg.threshold * 100:g}%)")))
+        na, ba = v.primary_accuracy(), b.primary_accuracy()
+        if na and ba and na.value is not None and ba.value is not None and na.metric == ba.metric:
+            diff = na.value - ba.value
+            rows.append({"variant": v.name, "what": na.metric, "base": ba.value, "new": na.value, "change": diff})
+            if na.metric == "accuracy":
+                ok = -diff <= cfg.max_accuracy_regression
+                verdicts.append(Verdict(check="accuracy vs baseline", variant=v.name, passed=ok, value=round(diff, 4),
+                                        limit=-cfg.max_accuracy_regression,
+                                        message=f"{v.name}: accuracy {diff:+.2f} pts vs baseline"))
+    return verdicts, rows

@@ -1,0 +1,183 @@
+"""Report renderings (schema, Markdown bound, HTML in real Chromium, JUnit) and the noise-aware baseline gate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DEMO, ROOT, run_cli, write_config
+
+from litegate.baseline import CompareConfig, bootstrap_ratio, compare
+from litegate.html import pareto, to_html
+from litegate.report import MAX_MARKDOWN_CHARS, load, to_json, to_junit, to_markdown
+from litegate.types import (
+    AccuracyResult,
+    Artifact,
+    BenchResult,
+    CompatReport,
+    OpCompat,
+    Recipe,
+    Report,
+    SizeInfo,
+    Status,
+    VariantResult,
+    Verdict,
+)
+
+SCHEMA = json.loads((ROOT / "litegate" / "report.schema.json").read_text())
+
+
+def _lat(samples):
+    from litegate.benchmarks.latency import summarize
+
+    return summarize(samples)
+
+
+def _variant(name: str, samples, *, n_ops: int = 0, acc: float = 80.0, size: int = 1_000_000) -> VariantResult:
+    sha = "a" * 64
+    art = Artifact(path=f"/x/{name}.tflite", sha256=sha, size_bytes=size, parent_sha256=None, produced_by="convert",
+                   step_config={}, tool_versions={})
+    compat = tuple(CompatReport(delegate=d, ops=tuple(OpCompat(index=i, op=f"OP_{i % 97}", version=1, delegate=d,
+                                                               supported=False, reason=f"reason {i} " + "x" * 80)
+                                                      for i in range(n_ops)),
+                                partitions=(), delegated_fraction=0.0, delegated_mac_fraction=None,
+                                fallback_ops={f"OP_{k}": n_ops // 97 for k in range(97)})
+                   for d in ("gpu", "hexagon", "coreml", "xnnpack")) if n_ops else ()
+    return VariantResult(
+        name=name, recipe=Recipe(name, "float", {}), status=Status.OK, artifact=art, size=SizeInfo(size, size // 2),
+        bench=(BenchResult(artifact_sha256=sha, variant=name, backend="xnnpack", threads=1, status="ok",
+                           latency=_lat(samples), samples_ms=tuple(samples)),),
+        accuracy=(AccuracyResult(task="text-classification", metric="accuracy", value=acc, backend="xnnpack",
+                                 n_samples=100, reference=80.0, delta=acc - 80.0),),
+        compat=compat)
+
+
+def _report(variants, verdicts=()) -> Report:
+    run = {"name": "t", "started_at": "2026-11-21T00:00:00+00:00", "wall_s": 1.0, "litegate": "0.1.0",
+           "tool_versions": {"tensorflow": "2.21.0"}, "machine": {"os": "Linux", "arch": "x86_64", "cpu": "c",
+                                                                   "cores_available": 2},
+           "gate": {"require": "all", "passed": True, "passing_variants": [], "failing_variants": [], "recommended": None}}
+    return Report(run=run, model={"source": {}, "sha256": "b" * 64, "seq_len": 8}, variants=tuple(variants),
+                  verdicts=tuple(verdicts), passed=all(v.passed for v in verdicts))
+
+
+def test_bootstrap_flags_a_real_10pct_slowdown_but_not_noise():
+    rng = np.random.default_rng(1)
+    base = rng.gamma(50, 0.02, 400)  # ~1 ms with a right tail, like real timings
+    same = rng.gamma(50, 0.02, 400)
+    slower = rng.gamma(50, 0.022, 400)  # +10%
+    r, lo, hi = bootstrap_ratio(base, same)
+    assert lo < 1.05 and lo <= r <= hi
+    r, lo, hi = bootstrap_ratio(base, slower)
+    assert lo > 1.05 and r == pytest.approx(1.10, abs=0.03)
+
+
+def test_compare_verdicts_latency_size_and_accuracy():
+    rng = np.random.default_rng(2)
+    base = _report([_variant("fp32", list(rng.gamma(50, 0.02, 300)))])
+    same = _report([_variant("fp32", list(rng.gamma(50, 0.02, 300)))])
+    v, rows = compare(base, same)
+    assert all(x.passed for x in v) and {r["what"] for r in rows} == {"size", "p50 xnnpackx1", "accuracy"}
+    worse = _report([_variant("fp32", list(rng.gamma(50, 0.025, 300)), acc=77.0, size=1_100_000)])
+    v, _ = compare(base, worse, CompareConfig())
+    failed = {x.check for x in v if not x.passed}
+    assert failed == {"latency vs baseline", "size vs baseline", "accuracy vs baseline"}
+
+
+def test_markdown_stays_under_github_limit_for_500_op_models():
+    rep = _report([_variant(f"v{i}", [1.0, 1.1, 1.2], n_ops=600) for i in range(12)],
+                  [Verdict(check="size", variant=f"v{i}", passed=False, message="m" * 300) for i in range(400)])
+    md = to_markdown(rep)
+    assert len(md) < MAX_MARKDOWN_CHARS
+    assert md.startswith("## ❌ litegate: FAIL")
+
+
+def test_pareto_front_excludes_dominated_points():
+    pts = [("a", 1.0, 80.0, 10.0), ("b", 2.0, 79.0, 10.0), ("c", 0.5, 70.0, 5.0), ("d", 1.0, 80.0, 20.0)]
+    assert pareto(pts, higher_is_better=True) == {"a", "c"}
+
+
+def test_junit_has_a_case_per_check_and_failures():
+    rep = _report([_variant("fp32", [1.0, 1.1])], [Verdict(check="size", variant="fp32", passed=True, message="ok"),
+                                                    Verdict(check="latency p50", variant="fp32", passed=False,
+                                                            message="fp32: latency p50 3 ms > 2 ms", backend="xnnpack",
+                                                            threads=1)])
+    root = ET.fromstring(to_junit(rep))
+    suite = root.find("testsuite")
+    cases = suite.findall("testcase")
+    assert len(cases) == 2 and suite.get("failures") == "1"
+    assert cases[1].find("failure").get("message") == "fp32: latency p50 3 ms > 2 ms"
+    assert cases[1].get("name") == "latency p50 [xnnpackx1]"
+
+
+@pytest.mark.slow
+def test_demo_report_files_validate_and_render(tmp_path, tiny_checkpoint):
+    jsonschema = pytest.importorskip("jsonschema")
+    cfg = write_config(tmp_path, model=tiny_checkpoint, variants=("fp32", "int8"),
+                       budgets="[budgets]\nmax_size_mb = 10\n", extra="[quantize]\ndebug = true\n")
+    r = run_cli("run", str(cfg), "-q")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    data = json.loads((out / "report.json").read_text())
+    jsonschema.validate(data, SCHEMA)
+    rep = load(out / "report.json")
+    assert to_json(rep) == (out / "report.json").read_text()  # JSON round-trips exactly
+    assert (out / "report.md").read_text() == to_markdown(rep)
+    junit = ET.parse(out / "junit.xml").getroot()
+    assert int(junit.get("tests")) == len(data["verdicts"]) > 0
+    html = (out / "report.html").read_text()
+    assert html == to_html(rep, to_markdown(rep).splitlines()[0])
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
+    _chromium_check(out / "report.html", tmp_path)
+
+
+def _chromium_check(page: Path, tmp: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("headless Chromium not installed (apt-get install chromium; `make browser`)")
+    args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp / 'chromium'}", "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    dom = r.stdout
+    assert 'data-ready="yes"' in dom, "the page's script did not run"
+    assert 'data-charts="3"' in dom, "expected 3 SVG charts"
+    assert 'id="chart-tradeoff"' in dom and 'class="point"' in dom and 'class="bar"' in dom
+    assert 'id="chart-layers"' in dom and "<table class=\"compat\">" in dom
+    console_errors = [ln for ln in r.stderr.splitlines() if "CONSOLE" in ln and ("Uncaught" in ln or "Error" in ln)]
+    assert not console_errors, console_errors
+
+
+@pytest.mark.slow
+def test_gate_fails_a_25pct_slower_model_and_passes_five_identical_reruns(tmp_path):
+    base_cfg = write_config(tmp_path / "base", model=DEMO / "model", seq_len=64,
+                            extra="[gate]\nregression_threshold = 0.05\n")
+    for path in (base_cfg,):
+        text = path.read_text().replace("min_runs = 5", "min_runs = 300").replace("max_runs = 20", "max_runs = 2000")
+        path.write_text(text.replace("min_seconds = 0.0", "min_seconds = 1.0"))
+    r = run_cli("run", str(base_cfg), "-q")
+    assert r.returncode == 0, r.stderr
+    baseline = tmp_path / "base" / "out" / "report.json"
+    for i in range(5):  # the same model, measured again: never a regression
+        r = run_cli("run", str(base_cfg), "-q", "--output", str(tmp_path / f"rerun{i}"), "--baseline", str(baseline))
+        assert r.returncode == 0, (i, r.stdout, r.stderr)
+        rep = json.loads((tmp_path / f"rerun{i}" / "report.json").read_text())
+        assert any(v["check"] == "latency vs baseline" for v in rep["verdicts"])
+    slow_cfg = tmp_path / "slow" / "release.toml"
+    slow_cfg.parent.mkdir()
+    slow_cfg.write_text(base_cfg.read_text().replace("seq_len = 64", "seq_len = 96")
+                        .replace(str(tmp_path / "base" / "out"), str(tmp_path / "slow" / "out")))
+    r = run_cli("run", str(slow_cfg), "-q", "--baseline", str(baseline))
+    assert r.returncode == 1, r.stdout + r.stderr
+    rep = json.loads((tmp_path / "slow" / "out" / "report.json").read_text())
+    failed = [v for v in rep["verdicts"] if not v["passed"]]
+    assert failed and all(v["check"] == "latency vs baseline" for v in failed)
+    assert min(v["value"] for v in failed) > 20  # percent slower
+    c = run_cli("compare", str(baseline), str(tmp_path / "slow" / "out" / "report.json"))
+    assert c.returncode == 1 and "FAIL" in c.stdout
