@@ -21,10 +21,23 @@ from litegate import __version__
 from litegate.errors import LitegateError
 
 _T0 = time.monotonic()
+_LAST_STEP: list[str] = []
 
 
 def _progress(msg: str) -> None:
-    click.echo(f"[{time.monotonic() - _T0:6.1f}s] {msg}", err=True)
+    """Progress lines: on a terminal the current step's line is updated in place; in CI logs, one line each."""
+    line = f"[{time.monotonic() - _T0:6.1f}s] {msg}"
+    if not sys.stderr.isatty():
+        click.echo(line, err=True)
+        return
+    step = msg.split(":", 1)[0]
+    same = bool(_LAST_STEP) and _LAST_STEP[0] == step
+    prefix = "\r\033[K" if same else ("\n" if _LAST_STEP else "")
+    sys.stderr.write(prefix + click.style(line, fg="cyan" if step != "report" else "green"))
+    sys.stderr.flush()
+    _LAST_STEP[:] = [step]
+    if step == "report":
+        sys.stderr.write("\n")
 
 
 # Shared options, defined once and stacked on commands.
@@ -75,9 +88,11 @@ def cli() -> None:
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Override output.dir.")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), help="Override data.eval (a sentence<TAB>label file).")
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path),
+              help="A report.json to compare against (e.g. from main): regressions fail the gate.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 @verbose_option
-def run(config: Path, output: Path | None, data: Path | None, quiet: bool, verbose: bool) -> None:
+def run(config: Path, output: Path | None, data: Path | None, baseline: Path | None, quiet: bool, verbose: bool) -> None:
     """Run the release pipeline of CONFIG: convert, quantize, measure, report, gate.
 
     Exits 0 when the gate passes, 1 when it fails.
@@ -90,9 +105,9 @@ def run(config: Path, output: Path | None, data: Path | None, quiet: bool, verbo
     from litegate.config import load
     from litegate.pipeline import run_release
 
-    cfg = load(config).with_overrides(output=output, data=data)
+    cfg = load(config).with_overrides(output=output, data=data, baseline=baseline)
     rep = run_release(cfg, progress=None if quiet else _progress)
-    click.echo((cfg.output_dir / "report.md").read_text().splitlines()[0].lstrip("# "))
+    click.echo((cfg.output_dir / "report.md").read_text().splitlines()[0].lstrip("# ").replace("**", ""))
     click.echo(f"report: {cfg.output_dir / 'report.json'}")
     if not rep.passed:
         sys.exit(1)
@@ -143,6 +158,16 @@ def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, sa
 def _convert(path: Path, output: Path, source: dict[str, Any], seq_len: int, recipe: str,
              calibration: Path | None, samples: int) -> None:
     from litegate.api import convert_model
+
+    src = _model_source(path, source)
+    info = convert_model(src, output, seq_len=seq_len, recipe=recipe, calibration=calibration, samples=samples or 200)
+    click.echo(f"wrote {info['path']} ({info['recipe']}, {info['bytes'] / 1e6:.2f} MB, gzip {info['gzip_bytes'] / 1e6:.2f} MB)")
+    for note in info.get("notes", []):
+        click.echo(f"note: {note}")
+
+
+def _model_source(path: Path, source: dict[str, Any]) -> Any:
+    """The ModelSource described by the shared source options."""
     from litegate.types import ModelSource, SourceKind, Task
 
     task = source["task"]
@@ -159,9 +184,54 @@ def _convert(path: Path, output: Path, source: dict[str, Any], seq_len: int, rec
         options["max_len"] = source["max_len"]
     if source["kind"] == "hf-gpt2":
         task = "text-generation"
-    src = ModelSource(kind=SourceKind(source["kind"]), path=str(path), task=Task(task), options=options)
-    info = convert_model(src, output, seq_len=seq_len, recipe=recipe, calibration=calibration, samples=samples or 200)
-    click.echo(f"wrote {info['path']} ({info['recipe']}, {info['bytes'] / 1e6:.2f} MB, gzip {info['gzip_bytes'] / 1e6:.2f} MB)")
+    return ModelSource(kind=SourceKind(source["kind"]), path=str(path), task=Task(task), options=options)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .tflite.")
+@click.option("--recipe", required=True,
+              help="Pruning recipe: built-in name (pruned-50, pruned-50-1x4, pruned-2of4) or a .json path.")
+@click.option("--then", "then", default=None,
+              help="Quantization recipe applied after pruning (fp16, dynamic-int8, int8, ...). Default: fp32.")
+@click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path),
+              help="Recovery text (one sentence per line): distillation to the float model; also calibrates --then int8.")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
+              help="sentence<TAB>label file: recovery fine-tuning on the task labels (classifiers).")
+@click.option("--samples", type=click.IntRange(1), default=200, show_default=True,
+              help="Recovery (and calibration) samples.")
+@_stack(source_options)
+@seq_len_option
+@verbose_option
+def prune(path: Path, output: Path, recipe: str, then: str | None, calibration: Path | None, labels: Path | None,
+          samples: int, seq_len: int, verbose: bool, **source: Any) -> None:
+    """Prune the model at PATH (magnitude pruning + recovery fine-tuning), convert, optionally quantize.
+
+    Dense (and LSTM/GRU) kernels are pruned; embeddings and layer norms are kept. Prints the
+    sparsity of the pruned layers, of all weights and of the .tflite, and its raw and gzip size.
+
+    \b
+    Example:
+      litegate prune examples/demo/model --recipe pruned-50 \\
+          --calibration examples/demo/calibration.txt -o demo-pruned.tflite --seq-len 64
+      litegate prune examples/demo/model --recipe pruned-50 --then dynamic-int8 \\
+          --labels examples/demo/eval.tsv -o demo-pruned-int8.tflite --seq-len 64
+    """
+    from litegate.quantize.prune import prune_to_tflite
+
+    if calibration is None and labels is None:
+        raise click.BadParameter("pruning needs recovery text: give --calibration TEXT or --labels TSV",
+                                 param_hint="--calibration/--labels")
+    info = prune_to_tflite(_model_source(path, source), output, recipe=recipe, seq_len=seq_len, then=then,
+                           calibration=calibration, labels=labels, samples=samples)
+    p, t = info["pruning"], info["tflite"]
+    click.echo(f"wrote {info['path']} ({info['recipe']} then {info['then']}, {info['bytes'] / 1e6:.2f} MB, "
+               f"gzip {info['gzip_bytes'] / 1e6:.2f} MB)")
+    click.echo(f"sparsity: {p['pruned_sparsity']:.1%} of {len(p['layers'])} pruned layers' weights, "
+               f"{p['all_weights_sparsity']:.1%} of all weights; .tflite weight tensors {t['sparsity']:.1%} zeros")
+    first, last = p["loss_first"], p["loss_last"]
+    click.echo(f"recovery: {p['mode']}, {p['steps']} steps, loss {first:.4g} -> {last:.4g}"
+               if first is not None else f"recovery: {p['mode']}, no steps")
     for note in info.get("notes", []):
         click.echo(f"note: {note}")
 
@@ -257,6 +327,33 @@ def report(report_json: Path, fmt: str, output: Path | None, verbose: bool) -> N
         atomic_write_text(output, text)
     else:
         click.echo(text, nl=False)
+
+
+@cli.command()
+@click.argument("base", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("new", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--threshold", type=click.FloatRange(0), default=0.05, show_default=True,
+              help="Relative latency increase the confidence interval must exceed to count as a regression.")
+@click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True)
+@verbose_option
+def compare(base: Path, new: Path, threshold: float, confidence: float, verbose: bool) -> None:
+    """Compare two report.json files with the gate's noise-aware rules; exit 1 on a regression.
+
+    \b
+    Example:
+      litegate compare main/report.json reports/demo/report.json
+    """
+    from litegate import report as rpt
+    from litegate.baseline import CompareConfig
+    from litegate.baseline import compare as do_compare
+
+    verdicts, _ = do_compare(rpt.load(base), rpt.load(new), CompareConfig(threshold=threshold, confidence=confidence))
+    for v in verdicts:
+        click.echo(f"{'ok  ' if v.passed else 'FAIL'} {v.message}")
+    failed = [v for v in verdicts if not v.passed]
+    click.echo(f"{len(verdicts) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        sys.exit(1)
 
 
 @cli.command()

@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from litegate.baseline import CompareConfig
 from litegate.errors import ConfigError
 from litegate.quantize import recipes
 from litegate.types import ModelSource, Recipe, SourceKind, Task
@@ -160,14 +161,21 @@ class ReleaseConfig:
     require: str = "all"
     delegates: tuple[str, ...] = ("gpu", "hexagon", "coreml", "xnnpack")
     debug: bool = False
+    baseline: Path | None = None
+    compare: CompareConfig = dataclasses.field(default_factory=CompareConfig)
     convert_timeout_s: float = 900.0
     mem_mb: int | None = None
 
     def budget_for(self, variant: str) -> Budget:
         return self.variant_budgets.get(variant, self.budget)
 
-    def with_overrides(self, *, output: Path | None = None, data: Path | None = None) -> ReleaseConfig:
+    def with_overrides(self, *, output: Path | None = None, data: Path | None = None,
+                       baseline: Path | None = None) -> ReleaseConfig:
         cfg = self
+        if baseline is not None:
+            if not baseline.is_file():
+                raise ConfigError(f"--baseline {baseline}: file not found")
+            cfg = dataclasses.replace(cfg, baseline=baseline.resolve())
         if output is not None:
             out = output.resolve()
             # the default cache follows the output; an explicit output.cache_dir stays
@@ -329,6 +337,13 @@ def load(path: str | Path) -> ReleaseConfig:
     require = g.get("require", str, "all")
     if require not in ("all", "any"):
         raise ConfigError(f"{file}: 'gate.require' must be 'all' or 'any', got {require!r}")
+    baseline = g.get("baseline", str, "")
+    compare_cfg = CompareConfig(
+        threshold=g.get("regression_threshold", float, 0.05), confidence=g.get("confidence", float, 0.95),
+        max_size_increase=g.get("max_size_increase", float, 0.02),
+        max_accuracy_regression=g.get("max_accuracy_regression", float, 1.0))
+    if not 0.5 <= compare_cfg.confidence < 1.0:
+        raise ConfigError(f"{file}: 'gate.confidence' must be in [0.5, 1), got {compare_cfg.confidence}")
     if reference not in names:
         raise ConfigError(f"{file}: 'gate.reference' = {reference!r} is not a variant (variants: {', '.join(names)})")
     g.done()
@@ -355,6 +370,7 @@ def load(path: str | Path) -> ReleaseConfig:
         path=file.resolve(), name=name, model=model, data=data, variants=variants, bench=bench, budget=default,
         variant_budgets=per_variant, output_dir=output_dir, cache_dir=cache_dir, reference=reference,
         require=require, convert_timeout_s=convert_timeout, mem_mb=mem_mb or None, delegates=delegates, debug=debug,
+        baseline=_path(base, baseline, "gate.baseline", file) if baseline else None, compare=compare_cfg,
     )
 
 
