@@ -6,7 +6,7 @@ SHARED ?= ../shared/data
 MODELS ?= models
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint typecheck fixtures models clean help gpu-sim browser release-check report compare perf
+.PHONY: install demo test test-fast lint typecheck fixtures models clean help gpu-sim browser release-check report compare perf soak
 
 help:
 	@echo "make demo       set up .venv and run the release pipeline on the embedded default"
@@ -85,3 +85,7 @@ report: $(STAMP)
 ## Compare two reports with the gate's noise-aware rules: make compare BASE=main.json NEW=reports/release/report.json
 compare: $(STAMP)
 	$(BIN)/litegate compare $(BASE) $(or $(NEW),$(OUT)/report.json)
+
+## Soak (not in CI): 200 consecutive bench runs in child processes, then count leaked processes/fds/temp files.
+soak: $(STAMP)
+	$(BIN)/python scripts/soak.py --runs 200

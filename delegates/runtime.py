@@ -139,16 +139,14 @@ def why_not_runnable(backend: str) -> str | None:
 
 
 def verify_tflite_header(path: str | Path) -> bytes:
-    """Read a .tflite file and check that it is a TFLite flatbuffer before any interpreter sees it."""
-    p = Path(path)
-    if not p.is_file():
-        raise ModelLoadError(f"{p}: no such model file")
-    data = p.read_bytes()
-    if len(data) < 8:
-        raise ModelLoadError(f"{p}: not a TFLite model ({len(data)} bytes is too short for a flatbuffer)")
-    if data[4:8] != b"TFL3":
-        raise ModelLoadError(f"{p}: not a TFLite model (file identifier {data[4:8]!r}, expected b'TFL3')")
-    return data
+    """Read a .tflite file and verify it (structure and semantics) before any interpreter sees it.
+
+    See :mod:`litegate.delegates.verify`; the bytes returned are the ones verified (the
+    interpreter is given these bytes, never the path, so the file cannot change in between).
+    """
+    from litegate.delegates.verify import verify_tflite
+
+    return verify_tflite(path)
 
 
 def load_external_delegate(backend: str) -> Any:

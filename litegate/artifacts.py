@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -18,7 +19,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from litegate.errors import OutputError
 from litegate.types import Artifact
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 _TOOLS = ("litegate", "tensorflow", "tf-keras", "ai-edge-litert", "numpy", "tokenizers")
 
@@ -66,8 +70,11 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     On any exception the temp file is removed and the final path is left untouched.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as exc:
+        raise OutputError(f"{final}: cannot write: {exc.strerror or exc}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     umask = os.umask(0)
@@ -78,9 +85,12 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            raise OutputError(f"{final}: {exc.strerror or 'cannot write'}; nothing was written there "
+                              "(the previous file, if any, is intact)") from None
         raise
 
 

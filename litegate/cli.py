@@ -245,10 +245,12 @@ def prune(path: Path, output: Path, recipe: str, then: str | None, calibration: 
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="tokenizer.json (default: sidecar).")
 @click.option("--min-runs", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--min-seconds", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(1), default=300.0, show_default=True,
+              help="Seconds before a cell's child process is killed and the cell recorded as a timeout.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @verbose_option
 def bench(model: Path, text: Path, backends: str, threads: str, tokenizer: Path | None, min_runs: int,
-          min_seconds: float, as_json: bool, verbose: bool) -> None:
+          min_seconds: float, timeout_s: float, as_json: bool, verbose: bool) -> None:
     """Measure latency and memory of MODEL on each backend and thread count.
 
     \b
@@ -270,18 +272,33 @@ def bench(model: Path, text: Path, backends: str, threads: str, tokenizer: Path 
         raise click.BadParameter(f"{threads!r} is not a comma-separated list of positive integers",
                                  param_hint="--threads") from None
     results = bench_model(model, text=text, backends=names, threads=counts, tokenizer=tokenizer,
-                          protocol={"min_runs": min_runs, "min_seconds": min_seconds})
+                          protocol={"min_runs": min_runs, "min_seconds": min_seconds}, timeout_s=timeout_s)
+    from litegate.errors import BenchmarkError
+    from litegate.types import Status
+
+    failed = [r for r in results if r.status in (Status.FAILED, Status.TIMEOUT)]
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        if failed:
+            sys.exit(BenchmarkError.exit_code)
         return
-    click.echo(f"{'backend':10} {'threads':>7} {'init ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'n':>6} {'RSS MB':>8}")
+    width = max(10, *(len(r.backend) for r in results))
+
+    def num(x: float | None, spec: str) -> str:
+        return format(x, spec) if x is not None else format("—", spec.split(".")[0].rstrip("df") or ">9")
+
+    click.echo(f"{'backend':{width}} {'threads':>7} {'init ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'n':>6} "
+               f"{'RSS MB':>8}")
     for r in results:
         if r.latency is None:
-            click.echo(f"{r.backend:10} {r.threads:>7} {r.status.value}: {r.reason}")
+            click.echo(f"{r.backend:{width}} {r.threads:>7} {r.status.value}: {r.reason}")
         else:
             lat = r.latency
-            click.echo(f"{r.backend:10} {r.threads:>7} {r.init_ms:9.2f} {lat.p50:9.3f} {lat.p90:9.3f} {lat.p99:9.3f} "
-                       f"{lat.n:6d} {r.peak_rss_mb:8.1f}")
+            note = "  (emulated)" if r.protocol.get("latency_emulated") else ""
+            click.echo(f"{r.backend:{width}} {r.threads:>7} {num(r.init_ms, '>9.2f')} {lat.p50:9.3f} {lat.p90:9.3f} "
+                       f"{lat.p99:9.3f} {lat.n:6d} {num(r.peak_rss_mb, '>8.1f')}{note}")
+    if failed:
+        sys.exit(BenchmarkError.exit_code)
 
 
 @cli.command()

@@ -81,6 +81,12 @@ class IsolationError(LitegateError):
         self.stderr = stderr
 
 
+class OutputError(LitegateError):
+    """An output could not be written (disk full, read-only file system, permissions)."""
+
+    exit_code = 12
+
+
 EXIT_CODES: dict[str, int] = {
     "pass": 0,
     "GateFailed": GateFailed.exit_code,
@@ -93,5 +99,7 @@ EXIT_CODES: dict[str, int] = {
     "BenchmarkError": BenchmarkError.exit_code,
     "IsolationError": IsolationError.exit_code,
     "internal error": LitegateError.exit_code,
+    "OutputBusyError": 11,
+    "OutputError": OutputError.exit_code,
     "interrupted": 130,
 }

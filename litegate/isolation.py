@@ -102,8 +102,10 @@ def run_isolated(
         stderr = _tail(err_path)
         if rc < 0:
             name = _signal_name(-rc)
-            kind = "oom" if (mem_mb and name == "SIGKILL") else "crashed"
-            raise errors.IsolationError(f"{target}: crashed: {name} after {elapsed:.1f} s", kind=kind, stderr=stderr)
+            if mem_mb and (name == "SIGKILL" or _looks_oom(stderr)):
+                raise errors.IsolationError(f"{target}: out of memory: hit the {mem_mb} MB memory cap ({name} after "
+                                            f"{elapsed:.1f} s)", kind="oom", stderr=stderr)
+            raise errors.IsolationError(f"{target}: crashed: {name} after {elapsed:.1f} s", kind="crashed", stderr=stderr)
         result: dict[str, Any] | None = None
         if out_path.is_file():
             with contextlib.suppress(ValueError):
@@ -115,9 +117,11 @@ def run_isolated(
                 exc = cls(err_info["message"])
                 exc.child_traceback = err_info.get("traceback", "")  # type: ignore[attr-defined]
                 raise exc
-            kind = "oom" if err_info.get("type") == "MemoryError" else "failed"
+            oom = err_info.get("type") == "MemoryError" or bool(mem_mb and _looks_oom(err_info.get("message", "")))
+            kind = "oom" if oom else "failed"
+            cap = f" (memory cap {mem_mb} MB)" if mem_mb and oom else ""
             raise errors.IsolationError(
-                f"{target}: {'out of memory' if kind == 'oom' else 'failed'}: {err_info['message']}",
+                f"{target}: {'out of memory' + cap if oom else 'failed'}: {err_info['message'][:500]}",
                 kind=kind,
                 stderr=err_info.get("traceback", "") + stderr,
             )
@@ -125,6 +129,14 @@ def run_isolated(
             how = f"exited {rc}" + (" without a result" if result is None else "")
             raise errors.IsolationError(f"{target}: {how}", kind="no_result" if rc == 0 else "failed", stderr=stderr)
         return result["result"]
+
+
+_OOM_MARKERS = ("std::bad_alloc", "MemoryError", "Cannot allocate memory", "out of memory", "OOM",
+                "ResourceExhausted", "failed to allocate", "Resource temporarily unavailable")
+
+
+def _looks_oom(text: str) -> bool:
+    return any(m in text for m in _OOM_MARKERS)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
