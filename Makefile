@@ -89,3 +89,7 @@ compare: $(STAMP)
 ## Soak (not in CI): 200 consecutive bench runs in child processes, then count leaked processes/fds/temp files.
 soak: $(STAMP)
 	$(BIN)/python scripts/soak.py --runs 200
+
+## litegate's own performance (needs `make models` for MiniLM; ONNX Runtime peer with `pip install -e '.[peers]'`).
+perf: $(STAMP)
+	$(BIN)/python -m litegate.benchmarks.perf

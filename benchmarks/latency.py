@@ -78,6 +78,7 @@ def bench_job(payload: dict[str, Any]) -> dict[str, Any]:
     runner = Runner(payload["path"], backend=payload["backend"], threads=int(payload["threads"]),
                     signature=payload.get("signature"))
     init_ms = (time.perf_counter() - t0) * 1e3
+    rss_loaded = peak_rss_mb()
     n = len(next(iter(arrays.values())))
     feeds = [runner.prepare({k: v[i : i + 1] for k, v in arrays.items()}) for i in range(n)]
     first_ms, samples = measure(runner.invoke, feeds, payload.get("protocol", {}))
@@ -87,6 +88,7 @@ def bench_job(payload: dict[str, Any]) -> dict[str, Any]:
         "samples_ms": samples,
         "peak_rss_mb": peak_rss_mb(),
         "rss_before_mb": rss_before,
+        "rss_after_load_mb": rss_loaded,
         "n_inputs": n,
     }
 

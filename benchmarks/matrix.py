@@ -56,7 +56,10 @@ def run_cell(*, path: str | Path, sha256: str, variant: str, backend: str, threa
         return result(Status.FAILED, exc.message)
     return result(Status.OK, "", init_ms=r["init_ms"], first_ms=r["first_ms"], latency=summarize(r["samples_ms"]),
                   peak_rss_mb=r["peak_rss_mb"], samples_ms=tuple(round(s, 5) for s in r["samples_ms"]),
-                  protocol={**protocol, "n_inputs": r["n_inputs"]})
+                  protocol={**protocol, "n_inputs": r["n_inputs"],
+                            "rss_before_mb": round(r["rss_before_mb"], 1),
+                            "rss_model_load_mb": round(r["rss_after_load_mb"] - r["rss_before_mb"], 1),
+                            "rss_increase_mb": round(r["peak_rss_mb"] - r["rss_before_mb"], 1)})
 
 
 def _gpu_cell(*, path: str | Path, inputs_npz: str | Path, threads: int, protocol: dict[str, Any], timeout_s: float,

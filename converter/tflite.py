@@ -18,7 +18,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 from litegate.artifacts import atomic_write_bytes  # noqa: E402
-from litegate.errors import ConversionError, LitegateError, QuantizationError  # noqa: E402
+from litegate.errors import ConversionError, LitegateError, OutputError, QuantizationError  # noqa: E402
 from litegate.types import ModelSource, Recipe  # noqa: E402
 
 _FLEX_HINT = "set allow_select_tf_ops = true in the recipe to allow them (the app then needs the Flex delegate)"
@@ -197,6 +197,8 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
                         extra["fallback"] = notes
             atomic_write_bytes(Path(v["out"]), data)
             results[v["name"]] = {"ok": True, "extra": extra}
+        except OutputError:
+            raise  # a full disk stops the run; it is not a property of this variant
         except LitegateError as exc:
             results[v["name"]] = {"ok": False, "type": type(exc).__name__, "error": exc.message}
     inputs = input_names(serve) if serve is not None else {k: list(f.structured_input_signature[1])

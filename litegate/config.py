@@ -120,6 +120,7 @@ class BenchConfig:
     timeout_s: float = 300.0
     eval_backend: str = "xnnpack"
     eval_threads: int = 2
+    peak_probe: bool = True
 
     def protocol(self) -> dict[str, Any]:
         return {"warmup_runs": self.warmup_runs, "min_runs": self.min_runs, "min_seconds": self.min_seconds,
@@ -257,6 +258,16 @@ def load(path: str | Path) -> ReleaseConfig:
         options["dynamic_shapes"] = True
     if m.get("allow_lambda", bool, False):
         options["allow_lambda"] = True
+    # GPU-friendly graph (1-D embedding gathers, no shrink-mask slices): on by default when the release
+    # measures the GPU delegate (bench.backends has "gpu"); check.delegates alone (gpu is in its default)
+    # does not switch it on. Only hf-bert and hf-gpt2 sources have the rewrite.
+    bench_raw = raw.get("bench")
+    gpu_target = isinstance(bench_raw, dict) and "gpu" in (bench_raw.get("backends") or ())
+    rewritable = source_kind in (SourceKind.HF_BERT, SourceKind.HF_GPT2)
+    if m.get("gpu_friendly", bool, gpu_target and rewritable):
+        if not rewritable:
+            raise ConfigError(f"{file}: 'model.gpu_friendly' applies to hf-bert and hf-gpt2 sources, not {kind!r}")
+        options["gpu_friendly"] = True
     m.done()
     model = ModelConfig(ModelSource(kind=source_kind, path=str(model_path), task=task, options=options), seq_len)
 
@@ -312,6 +323,7 @@ def load(path: str | Path) -> ReleaseConfig:
         min_seconds=b.get("min_seconds", float, 1.0), max_runs=b.get("max_runs", int, 2000),
         timeout_s=b.get("timeout_s", float, 300.0),
         eval_backend=b.get("eval_backend", str, "xnnpack"), eval_threads=b.get("eval_threads", int, max(threads)),
+        peak_probe=b.get("peak_probe", bool, True),
     )
     if bench.min_runs < 1 or bench.max_runs < bench.min_runs:
         raise ConfigError(f"{file}: 'bench.min_runs' must be >= 1 and <= 'bench.max_runs'")

@@ -134,6 +134,13 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
                     v = dataclasses.replace(v, bench=tuple(_bench_cells(cfg, v, data, work)))
                 variants.append(v)
             variants = _accuracy(cfg, variants, data, work, say)
+            peak = None
+            if cfg.bench.peak_probe and any(b.status is Status.OK for v in variants for b in v.bench):
+                from litegate.benchmarks.peak import measure_peak
+
+                say("bench: machine peak (sgemm probe)")
+                peak = measure_peak(list(cfg.bench.threads))
+                variants = [_with_efficiency(v, peak) for v in variants]
         wall_s = time.monotonic() - t_start
         run_info = {
             "name": cfg.name,
@@ -148,6 +155,7 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
             "eval": {"data": str(cfg.data.eval) if cfg.data.eval else None, "task": cfg.model.source.task.value,
                      "samples": data.n, "backend": cfg.bench.eval_backend, "threads": cfg.bench.eval_threads},
             "cache_hits": sum(1 for v in variants if v.cached),
+            "machine_peak": peak,
         }
         model_info = {"source": cfg.model.source.to_dict(), "sha256": source.sha256, "seq_len": cfg.model.seq_len,
                       "tokenizer": str(source.tokenizer), **source.info}
@@ -378,8 +386,39 @@ def inspect_variant(v: VariantResult, delegates: tuple[str, ...]) -> VariantResu
         "dynamic_inputs": [tensors[i].name for i in inputs if i < len(tensors) and tensors[i].dynamic],
     }
     graph["needs_flex_delegate"] = bool(graph["flex_ops"])
+    params: dict[str, int] = {}
+    seen: set[tuple[str, tuple[int, ...]]] = set()
+    for sub in model.subgraph_tensors:
+        for t in sub:
+            if t.is_const and (t.name, t.shape) not in seen:
+                seen.add((t.name, t.shape))
+                params[t.type] = params.get(t.type, 0) + t.num_elements
+    graph["params_by_dtype"] = params
+    total = sum(params.values())
+    graph["bytes_per_param"] = round(model.size_bytes / total, 3) if total else None
     compat = tuple(evaluate(model, load_rules(d), model_name=v.name) for d in delegates)
     return dataclasses.replace(v, graph=graph, compat=compat)
+
+
+def _with_efficiency(v: VariantResult, peak: dict[str, Any]) -> VariantResult:
+    """Achieved GFLOP/s per measured cell (2 × MACs / p50) and its share of the measured sgemm peak."""
+    macs = int(v.graph.get("macs") or 0)
+    if not macs:
+        return v
+    cells = []
+    for b in v.bench:
+        if b.status is Status.OK and b.latency is not None and not b.protocol.get("latency_emulated"):
+            gflops = 2.0 * macs / (b.latency.p50 * 1e-3) / 1e9
+            eff = {"gflops": round(gflops, 2)}
+            ref = peak.get("gflops", {}).get(str(b.threads))
+            if ref:
+                eff["pct_of_sgemm_peak"] = round(100.0 * gflops / ref, 1)
+            theory = peak.get("theoretical_gflops", {}).get(str(b.threads))
+            if theory:
+                eff["pct_of_isa_peak"] = round(100.0 * gflops / theory, 1)
+            b = dataclasses.replace(b, protocol={**b.protocol, "efficiency": eff})
+        cells.append(b)
+    return dataclasses.replace(v, bench=tuple(cells))
 
 
 def _bench_cells(cfg: ReleaseConfig, v: VariantResult, data: _EvalData, work: Path) -> Iterator[BenchResult]:

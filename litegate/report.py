@@ -101,6 +101,31 @@ def _acc_text(v: VariantResult) -> tuple[str, str, str]:
     return value, delta, fid
 
 
+def _efficiency(rep: Report) -> list[str]:
+    """GFLOP/s per measured cell against the sgemm peak measured in the same run."""
+    peak = (rep.run.get("machine_peak") or {}).get("gflops") or {}
+    rows = []
+    for v in rep.variants:
+        for b in v.bench:
+            eff = b.protocol.get("efficiency") if b.protocol else None
+            if eff:
+                pct = f"{eff['pct_of_sgemm_peak']:.0f}%" if "pct_of_sgemm_peak" in eff else "—"
+                isa = f"{eff['pct_of_isa_peak']:.0f}%" if "pct_of_isa_peak" in eff else "—"
+                mem = b.protocol.get("rss_increase_mb")
+                rows.append(f"| {v.name} | {b.backend}×{b.threads} | {eff['gflops']:.1f} | {pct} | {isa} | "
+                            f"{'—' if mem is None else f'{mem:.0f}'} |")
+    if not rows:
+        return []
+    mp = rep.run.get("machine_peak") or {}
+    head = ", ".join(f"{t} thread(s): {g:.0f}" for t, g in sorted(peak.items())) or "not measured"
+    theory = ", ".join(f"{t}: {g:.0f}" for t, g in sorted((mp.get("theoretical_gflops") or {}).items())) or "unknown"
+    return ["", "<details><summary>Efficiency (effective fp32 GFLOP/s = 2 × MACs / p50)</summary>", "",
+            f"Peaks this run, GFLOP/s — sgemm probe: {head}; ISA FMA theory at the nominal {mp.get('cpu_mhz')} MHz: "
+            f"{theory}. Quantized variants do integer MACs: their figure is fp32-equivalent throughput.", "",
+            "| variant | cell | GFLOP/s | of sgemm | of ISA peak | RSS increase MB |", "|---|---|---|---|---|---|",
+            *rows, "", "</details>", ""]
+
+
 def _quant_details(rep: Report) -> list[str]:
     """Recipe fallbacks, the auto recipe's search, and the most sensitive layers per quantized variant."""
     lines: list[str] = []
@@ -220,6 +245,7 @@ def to_markdown(rep: Report) -> str:
         if v.graph.get("needs_flex_delegate"):
             lines.append(f"- ⚠️ `{v.name}` contains Select TF ops ({', '.join(v.graph['flex_ops'])}): the app must link "
                          "the Flex delegate, and GPU/Hexagon/Core ML cannot run them")
+    lines.extend(_efficiency(rep))
     lines.extend(_quant_details(rep))
     lines.extend(_compat_details(rep, delegates))
     failed = [x for x in rep.verdicts if not x.passed]

@@ -37,7 +37,7 @@ def isolation_processes() -> list[str]:
 
 
 def temp_entries() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith("litegate-")}
+    return {p.name for p in Path(tempfile.gettempdir()).iterdir()}
 
 
 def main() -> int:
@@ -45,6 +45,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--model", default=str(ROOT / "reports" / "soak" / "fp32.tflite"))
     args = ap.parse_args()
+
+    # A private temp dir: every child inherits it, so leftovers are ours alone (not other processes').
+    private = Path(tempfile.mkdtemp(prefix="soak-"))
+    os.environ["TMPDIR"] = str(private)
+    tempfile.tempdir = str(private)
 
     from litegate.api import bench_model
 
@@ -73,10 +78,12 @@ def main() -> int:
     print(f"runs: {args.runs} (child processes: {args.runs}), failed cells: {failed}")
     print(f"file descriptors: {fds_before} before, {fds_after} after")
     print(f"child processes still alive: {len(leaked_children)}; litegate.isolation processes leaked: {leaked_procs}")
-    print(f"litegate temp files/dirs leaked: {len(leaked_temps)} {leaked_temps[:5]}")
+    print(f"temp files/dirs leaked (private TMPDIR {private}): {len(leaked_temps)} {leaked_temps[:5]}")
     print(f"wall: {time.monotonic() - t0:.0f} s")
     ok = failed == 0 and fds_after <= fds_before and not leaked_children and leaked_procs <= 0 and not leaked_temps
     print("soak: PASS" if ok else "soak: FAIL")
+    if ok:
+        private.rmdir()
     return 0 if ok else 1
 
 
