@@ -77,7 +77,8 @@ def check_source(source: ModelSource, seq_len: int) -> dict[str, Any]:
 
 
 def convert_model(source: ModelSource, out: Path, *, seq_len: int, recipe: str = "fp32",
-                  calibration: Path | None = None, samples: int = 200, timeout_s: float = 900.0) -> dict[str, Any]:
+                  calibration: Path | None = None, samples: int = 200, timeout_s: float = 900.0,
+                  debug: bool = False) -> dict[str, Any]:
     """Convert ``source`` with ``recipe`` into ``out`` (written atomically) plus sidecars.
 
     Sidecars: ``OUT.tokenizer.json`` (when the source has a tokenizer) and ``OUT.json`` (task,
@@ -102,9 +103,13 @@ def convert_model(source: ModelSource, out: Path, *, seq_len: int, recipe: str =
             calib_npz = Path(tmp) / "calibration.npz"
             save_npz(calib_npz, encoder.encode(read_texts(calibration, limit=samples)))
         tmp_out = Path(tmp) / "model.tflite"
+        if debug and not rec.needs_calibration:
+            raise QuantizationError(f"--debug compares a calibrated quantized model to float; recipe {rec.name!r} "
+                                    "is not calibrated (use int8 or auto)")
         payload = {"source": source.to_dict(), "seq_len": seq_len,
                    "variants": [{"name": rec.name, "recipe": rec.to_dict(), "out": str(tmp_out)}],
-                   "calibration_npz": str(calib_npz) if calib_npz else None}
+                   "calibration_npz": str(calib_npz) if calib_npz else None,
+                   "debug": debug, "debug_dir": str(Path(tmp))}
         job = run_isolated("litegate.converter.tflite:convert_job", payload, timeout_s=timeout_s)
         result = job["variants"][rec.name]
         if not result["ok"]:
@@ -113,6 +118,9 @@ def convert_model(source: ModelSource, out: Path, *, seq_len: int, recipe: str =
             cls = getattr(errors, result.get("type", ""), ConversionError)
             raise cls(result["error"])
         atomic_copy(tmp_out, out)
+        layers_csv = Path(tmp) / f"{rec.name}.layers.csv"
+        if debug and layers_csv.is_file():
+            atomic_copy(layers_csv, out.with_suffix(".layers.csv"))
     if encoder is not None:
         atomic_write_text(out.with_suffix(".tokenizer.json"), encoder.to_json())
     meta = {"task": source.task.value, "seq_len": seq_len, "recipe": rec.name, "labels": info.get("labels", {}),
@@ -120,7 +128,7 @@ def convert_model(source: ModelSource, out: Path, *, seq_len: int, recipe: str =
     atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     size = measure_size(out)
     return {"path": str(out), "recipe": rec.name, "bytes": size.bytes, "gzip_bytes": size.gzip_bytes,
-            "notes": job.get("notes", [])}
+            "notes": job.get("notes", []), "extra": result.get("extra", {})}
 
 
 def model_seq_len(path: Path) -> int:

@@ -56,6 +56,9 @@ source_options = [
                  help="Keep the sequence dimension dynamic (GPU, Hexagon and Core ML delegates need static shapes)."),
     click.option("--unsafe-allow-lambda", is_flag=True,
                  help="Load Keras models with Lambda layers (runs code from the file: only for files you trust)."),
+    click.option("--gpu-friendly/--no-gpu-friendly", default=False, show_default=True,
+                 help="hf-bert / hf-gpt2: spell embedding lookups as 1-D gathers and slices without shrink masks so "
+                      "LiteRT's GPU delegate takes every op (same outputs)."),
     click.option("--task", type=click.Choice(["text-classification", "sentence-embedding", "text-generation"]),
                  default="text-classification", show_default=True),
     click.option("--head", type=click.Choice(["classification", "mean", "cls", "encoder"]), default=None,
@@ -136,10 +139,12 @@ def convert(path: Path, output: Path, seq_len: int, verbose: bool, **source: Any
 @click.option("--recipe", required=True, help="Built-in recipe name (fp32, fp16, dynamic-int8, int8, int16x8) or a .json path.")
 @click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path), help="Calibration text (for int8/int16x8).")
 @click.option("--samples", type=click.IntRange(1), default=200, show_default=True, help="Calibration samples.")
+@click.option("--debug", is_flag=True,
+              help="Run TensorFlow's QuantizationDebugger: per-layer error to OUT.layers.csv, most sensitive first.")
 @_stack(source_options)
 @seq_len_option
 @verbose_option
-def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, samples: int, seq_len: int,
+def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, samples: int, debug: bool, seq_len: int,
              verbose: bool, **source: Any) -> None:
     """Convert and quantize the model at PATH with a recipe.
 
@@ -152,18 +157,25 @@ def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, sa
 
     if recipes.load(recipe).needs_calibration and calibration is None:
         raise click.BadParameter(f"recipe {recipe!r} is calibrated: give --calibration TEXT", param_hint="--calibration")
-    _convert(path, output, source, seq_len, recipe, calibration, samples)
+    _convert(path, output, source, seq_len, recipe, calibration, samples, debug)
 
 
 def _convert(path: Path, output: Path, source: dict[str, Any], seq_len: int, recipe: str,
-             calibration: Path | None, samples: int) -> None:
+             calibration: Path | None, samples: int, debug: bool = False) -> None:
     from litegate.api import convert_model
 
     src = _model_source(path, source)
-    info = convert_model(src, output, seq_len=seq_len, recipe=recipe, calibration=calibration, samples=samples or 200)
+    info = convert_model(src, output, seq_len=seq_len, recipe=recipe, calibration=calibration, samples=samples or 200,
+                         debug=debug)
     click.echo(f"wrote {info['path']} ({info['recipe']}, {info['bytes'] / 1e6:.2f} MB, gzip {info['gzip_bytes'] / 1e6:.2f} MB)")
     for note in info.get("notes", []):
         click.echo(f"note: {note}")
+    rows = info.get("extra", {}).get("layer_stats", [])
+    if rows:
+        click.echo(f"most sensitive layers (RMSE/scale, in quantization steps; ~0.29 is ideal), of "
+                   f"{info['extra'].get('layer_stats_total', len(rows))}; all in {output.with_suffix('.layers.csv')}:")
+        for i, r in enumerate(rows[:10], start=1):
+            click.echo(f"  {i:2d}. {r['rmse/scale']:8.2f}  {r['op_name']:16} {r['tensor_name']}")
 
 
 def _model_source(path: Path, source: dict[str, Any]) -> Any:
@@ -182,6 +194,10 @@ def _model_source(path: Path, source: dict[str, Any]) -> Any:
         options["allow_lambda"] = True
     if source["max_len"]:
         options["max_len"] = source["max_len"]
+    if source.get("gpu_friendly"):
+        if source["kind"] not in ("hf-bert", "hf-gpt2"):
+            raise click.UsageError(f"--gpu-friendly applies to hf-bert and hf-gpt2 sources, not {source['kind']}")
+        options["gpu_friendly"] = True
     if source["kind"] == "hf-gpt2":
         task = "text-generation"
     return ModelSource(kind=SourceKind(source["kind"]), path=str(path), task=Task(task), options=options)
@@ -234,6 +250,12 @@ def prune(path: Path, output: Path, recipe: str, then: str | None, calibration: 
                if first is not None else f"recovery: {p['mode']}, no steps")
     for note in info.get("notes", []):
         click.echo(f"note: {note}")
+    rows = info.get("extra", {}).get("layer_stats", [])
+    if rows:
+        click.echo(f"most sensitive layers (RMSE/scale, in quantization steps; ~0.29 is ideal), of "
+                   f"{info['extra'].get('layer_stats_total', len(rows))}; all in {output.with_suffix('.layers.csv')}:")
+        for i, r in enumerate(rows[:10], start=1):
+            click.echo(f"  {i:2d}. {r['rmse/scale']:8.2f}  {r['op_name']:16} {r['tensor_name']}")
 
 
 @cli.command()
