@@ -32,8 +32,20 @@ def children(pid: int) -> list[int]:
 
 
 def isolation_processes() -> list[str]:
+    """litegate child processes started by this soak (they carry its private TMPDIR)."""
+    mine = f"TMPDIR={os.environ.get('TMPDIR', '')}".encode()
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [ln.strip() for ln in ps.splitlines() if "litegate.isolation" in ln]
+    out = []
+    for ln in ps.splitlines():
+        if "litegate.isolation" not in ln:
+            continue
+        try:
+            env = Path(f"/proc/{ln.split()[0]}/environ").read_bytes()
+        except OSError:
+            continue
+        if mine in env.split(b"\0"):
+            out.append(ln.strip())
+    return out
 
 
 def temp_entries() -> set[str]:
