@@ -1,0 +1,129 @@
+"""Quantization recipes: determinism, selective quantization, per-layer debugging, auto, fallbacks, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import DEMO, run_cli, write_config
+from litegate.quantize import recipes
+
+from litegate.errors import ConfigError, QuantizationError
+
+
+def test_builtin_recipes_load_and_document_their_settings():
+    names = recipes.builtin_names()
+    assert {"fp32", "fp16", "dynamic-int8", "int8", "int16x8", "auto"} <= set(names)
+    for n in names:
+        r = recipes.load(n)
+        assert r.name == n and r.description
+    assert recipes.load("int8").needs_calibration and not recipes.load("dynamic-int8").needs_calibration
+
+
+def test_recipe_validation_names_the_problem(tmp_path):
+    bad = tmp_path / "r.json"
+    bad.write_text(json.dumps({"name": "x", "kind": "full-integer", "params": {"supported_ops": ["TFLITE_INT3"]}}))
+    with pytest.raises(ConfigError, match="supported_ops value 'TFLITE_INT3'"):
+        recipes.load(str(bad))
+    bad.write_text(json.dumps({"name": "x", "kind": "full-integer", "params": {"denylisted_nodez": []}}))
+    with pytest.raises(ConfigError, match="unknown recipe parameter 'denylisted_nodez'"):
+        recipes.load(str(bad))
+    with pytest.raises(ConfigError, match="unknown recipe 'int3'"):
+        recipes.load("int3")
+
+
+@pytest.mark.slow
+def test_quantizing_twice_gives_identical_bytes(tmp_path, tiny_checkpoint):
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"q{i}.tflite"
+        r = run_cli("quantize", str(tiny_checkpoint), "--recipe", "int8", "--calibration", str(DEMO / "calibration.txt"),
+                    "--samples", "30", "--seq-len", "16", "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.slow
+def test_selective_quantization_keeps_denylisted_ops_in_float(tmp_path, tiny_checkpoint):
+    from litegate.delegates.flatbuffer import load_model
+
+    recipe = tmp_path / "sel.json"
+    recipe.write_text(json.dumps({"name": "int8-float-softmax", "kind": "full-integer",
+                                  "params": {"optimizations": ["DEFAULT"], "denylisted_ops": ["SOFTMAX"]}}))
+    out = tmp_path / "sel.tflite"
+    r = run_cli("quantize", str(tiny_checkpoint), "--recipe", str(recipe), "--calibration", str(DEMO / "calibration.txt"),
+                "--samples", "30", "--seq-len", "16", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    m = load_model(out)
+    softmax = [o for o in m.ops if o.op == "SOFTMAX"]
+    fcs = [o for o in m.ops if o.op == "FULLY_CONNECTED"]
+    assert softmax and all(o.inputs[0].type == "FLOAT32" for o in softmax)
+    assert fcs and all(o.inputs[0].type == "INT8" for o in fcs)
+
+
+@pytest.mark.slow
+def test_debug_ranks_layers_and_writes_csv(tmp_path, tiny_checkpoint):
+    out = tmp_path / "d.tflite"
+    r = run_cli("quantize", str(tiny_checkpoint), "--recipe", "int8", "--calibration", str(DEMO / "calibration.txt"),
+                "--samples", "30", "--seq-len", "16", "--debug", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "most sensitive layers" in r.stdout
+    rows = out.with_suffix(".layers.csv").read_text().splitlines()
+    assert rows[0].startswith("rank,op_name,tensor_name,rmse/scale") and len(rows) > 10
+    values = [float(x.split(",")[3]) for x in rows[1:] if x.split(",")[3] not in ("", "nan")]
+    assert values == sorted(values, reverse=True)
+    r = run_cli("quantize", str(tiny_checkpoint), "--recipe", "dynamic-int8", "--seq-len", "16", "--debug",
+                "-o", str(tmp_path / "x.tflite"))
+    assert r.returncode == 6 and "not calibrated" in r.stderr
+
+
+@pytest.mark.slow
+def test_auto_int16x8_and_debug_in_one_run(tmp_path):
+    cfg = write_config(tmp_path, model=DEMO / "model", seq_len=64, variants=("fp32", "int16x8", "auto"),
+                       extra="[quantize]\ndebug = true\n", budgets="[budgets]\nmax_accuracy_drop = 1.0\n")
+    cfg.write_text(cfg.read_text().replace("max_eval_samples = 40\n", "max_eval_samples = 120\n"))
+    r = run_cli("run", str(cfg), "-q")
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    v = {x["name"]: x for x in rep["variants"]}
+    # int16x8: the CAST of the attention mask has no 16x8 kernel -> float fallback, recorded, variant ok
+    assert v["int16x8"]["status"] == "ok", v["int16x8"]["reason"]
+    assert any("CAST" in n for n in v["int16x8"]["quant"]["fallback"])
+    auto = v["auto"]["quant"]["auto"]
+    assert auto["met"] is True and auto["metric"] == "accuracy"
+    assert auto["score"] >= auto["target"] == pytest.approx(auto["float_reference"] - 1.0)
+    assert v["auto"]["accuracy"][0]["delta"] >= -1.0
+    assert (tmp_path / "out" / "auto.layers.csv").is_file()
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow
+def test_auto_search_adds_float_islands_until_target(tmp_path, tiny_checkpoint):
+    """The search itself, on a calibrated tiny model, with a scorer that only accepts >= 2 float nodes."""
+    from litegate.converter.sources import load
+    from litegate.converter.tflite import model_samples
+    from litegate.quantize import ptq
+
+    from litegate.tasks import TextEncoder, read_texts
+    from litegate.types import ModelSource
+
+    loaded = load(ModelSource(kind="hf-bert", path=str(tiny_checkpoint), task="text-classification"), 16)
+    enc = TextEncoder(tiny_checkpoint / "tokenizer.json", 16).encode(read_texts(DEMO / "calibration.txt", limit=20))
+    samples = model_samples(loaded.serve, enc)
+    calibrated = ptq.calibrate(loaded.serve, loaded.owner, samples)
+    rows = ptq.layer_statistics(calibrated, samples)
+    ranked = [r["tensor_name"] for r in rows]
+    assert len(ranked) > 8
+    sizes = []
+
+    def score(model: bytes) -> float:
+        sizes.append(len(model))
+        return float(len(sizes) >= 3)  # full int8 and top-1 fail, top-2 passes
+
+    found = ptq.auto_search(calibrated, ranked, score, target=1.0)
+    assert found["met"] and found["float_nodes"] == ranked[:2]
+    assert [t["float_nodes"] for t in found["trials"]] == [0, 1, 2]
+    with pytest.raises(QuantizationError):
+        ptq.quantize_calibrated(b"not a model")
+    assert np.isfinite([r["rmse/scale"] for r in rows[:3]]).all()
