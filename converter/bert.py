@@ -8,6 +8,15 @@ The graph is written for mobile conversion:
 * layer norm is spelled with SUB/MUL/MEAN/RSQRT (no SQUARED_DIFFERENCE, which the int16x8
   kernels reject).
 
+``gpu_friendly=True`` (``ModelSource.options["gpu_friendly"]``) spells the two ops LiteRT's GPU
+delegate refuses in another way, with the same numbers:
+* the word-embedding lookup gathers with 1-D indices (ids reshaped to ``[-1]``, gathered along
+  axis 1 of the table seen as ``[1, V, H]``) instead of ``[1, S]`` indices (GPU delegate: "GATHER:
+  Only support 1D indices"), see :func:`gather_rows`;
+* the [CLS] token is sliced as ``x[:, 0:1, :]`` and reshaped to ``[B, H]`` instead of ``x[:, 0, :]``,
+  whose STRIDED_SLICE has a shrink mask ("Slice does not support shrink_axis_mask parameter.").
+Everything else in the graph already runs on the GPU delegate (CAST int32 -> float32 included).
+
 Weights map one-to-one to Hugging Face ``BertModel`` / ``BertForSequenceClassification`` names.
 """
 
@@ -54,13 +63,44 @@ class LayerNorm(tf_keras.layers.Layer):
         return {**super().get_config(), "eps": self.eps}
 
 
+def gather_rows(table: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
+    """``table[ids]`` spelled for LiteRT's GPU delegate: ``ids.shape + [table.shape[-1]]``, same values.
+
+    A GATHER with 1-D indices (the delegate refuses indices of rank > 1) along axis 1 of the table
+    viewed as ``[1, V, H]``, so the rows come out as ``[1, N, H]``; then a RESHAPE to the ids' shape
+    (a no-op for batch 1, dropped by the converter). Not ``[N, H]`` rows: measured on ai-edge-litert
+    2.3, the delegate adds a 2-D ``[N, H]`` tensor and a constant of the same shape wrongly (it lays
+    the runtime tensor out as N batches and the constant as one N-wide row), and the converter folds
+    a RESHAPE ``[N, H] -> [1, N, H]`` into the ADD of the position embeddings that follows.
+
+    Args:
+        table: ``[V, H]`` embedding rows.
+        ids: integer indices of any shape (``[B, T]`` tokens, ``[1]`` or ``[1, 1]`` for one step).
+    """
+    rows = tf.gather(table[tf.newaxis], tf.reshape(ids, [-1]), axis=1)
+    return tf.reshape(rows, tf.concat([tf.shape(ids), tf.shape(table)[-1:]], axis=0))
+
+
+def take_position(x: tf.Tensor, index: int, *, gpu_friendly: bool = False) -> tf.Tensor:
+    """``x[:, index, :]`` of a ``[B, T, H]`` tensor.
+
+    With ``gpu_friendly`` it is ``x[:, index:index + 1, :]`` reshaped to ``[B, H]``: a STRIDED_SLICE
+    without a shrink mask (which LiteRT's GPU delegate refuses) and a RESHAPE; same values.
+    """
+    if not gpu_friendly:
+        return x[:, index, :]
+    return tf.reshape(x[:, index:index + 1, :], [-1, x.shape[-1] if x.shape[-1] is not None else tf.shape(x)[-1]])
+
+
 class Embeddings(tf_keras.layers.Layer):
     """Word + position + token-type (type 0) embeddings."""
 
-    def __init__(self, vocab_size: int, max_positions: int, type_vocab_size: int, hidden: int, **kwargs: Any):
+    def __init__(self, vocab_size: int, max_positions: int, type_vocab_size: int, hidden: int,
+                 gpu_friendly: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
         self.vocab_size, self.max_positions = vocab_size, max_positions
         self.type_vocab_size, self.hidden = type_vocab_size, hidden
+        self.gpu_friendly = gpu_friendly
 
     def build(self, input_shape: Any) -> None:
         def init() -> tf_keras.initializers.Initializer:
@@ -73,12 +113,12 @@ class Embeddings(tf_keras.layers.Layer):
 
     def call(self, ids: tf.Tensor) -> tf.Tensor:
         seq = tf.shape(ids)[1]
-        x = tf.gather(self.word, ids)
+        x = gather_rows(self.word, ids) if self.gpu_friendly else tf.gather(self.word, ids)
         return x + self.position[tf.newaxis, :seq, :] + self.token_type[tf.newaxis, 0:1, :]
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "vocab_size": self.vocab_size, "max_positions": self.max_positions,
-                "type_vocab_size": self.type_vocab_size, "hidden": self.hidden}
+                "type_vocab_size": self.type_vocab_size, "hidden": self.hidden, "gpu_friendly": self.gpu_friendly}
 
 
 class AttentionCore(tf_keras.layers.Layer):
@@ -112,6 +152,20 @@ class MaskBias(tf_keras.layers.Layer):
         return ((m - 1.0) * MASK_PENALTY)[:, tf.newaxis, tf.newaxis, :]
 
 
+class ClsToken(tf_keras.layers.Layer):
+    """The first token's hidden state, ``x[:, 0, :]``, sliced without a shrink mask (see :func:`take_position`)."""
+
+    def __init__(self, gpu_friendly: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gpu_friendly = gpu_friendly
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        return take_position(x, 0, gpu_friendly=self.gpu_friendly)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "gpu_friendly": self.gpu_friendly}
+
+
 class MeanPool(tf_keras.layers.Layer):
     """Mask-aware mean over tokens followed by L2 normalisation (sentence-transformers pooling)."""
 
@@ -137,6 +191,7 @@ def build_bert(
     head: str = "classification",
     batch_size: int | None = None,
     dropout: float = 0.0,
+    gpu_friendly: bool = False,
 ) -> tf_keras.Model:
     """Build the functional tf_keras BERT.
 
@@ -149,6 +204,8 @@ def build_bert(
             (a linear classifier on the mean-pooled, L2-normalised embedding -> ``logits``).
         batch_size: static batch (1 for conversion) or None.
         dropout: hidden dropout rate used in training.
+        gpu_friendly: spell the embedding lookup and the [CLS] slice in ops LiteRT's GPU delegate
+            runs (see the module docstring); the outputs are the same.
     """
     if head not in HEADS:
         raise ModelLoadError(f"unknown BERT head {head!r} (choose from {', '.join(HEADS)})")
@@ -159,7 +216,8 @@ def build_bert(
     H, heads = cfg.hidden_size, cfg.num_attention_heads
     ids = tf_keras.Input((seq_len,), batch_size=batch_size, dtype=tf.int32, name="input_ids")
     mask = tf_keras.Input((seq_len,), batch_size=batch_size, dtype=tf.int32, name="attention_mask")
-    x = Embeddings(cfg.vocab_size, cfg.max_position_embeddings, cfg.type_vocab_size, H, name="embeddings")(ids)
+    x = Embeddings(cfg.vocab_size, cfg.max_position_embeddings, cfg.type_vocab_size, H, gpu_friendly=gpu_friendly,
+                   name="embeddings")(ids)
     x = LayerNorm(cfg.layer_norm_eps, name="embeddings_ln")(x)
     if dropout:
         x = tf_keras.layers.Dropout(dropout)(x)
@@ -186,7 +244,7 @@ def build_bert(
         emb = MeanPool(name="embedding")(x, mask)
         outputs = {"logits": tf_keras.layers.Dense(cfg.num_labels, name="classifier")(emb)}
     else:
-        cls_tok = x[:, 0, :]
+        cls_tok = ClsToken(gpu_friendly=gpu_friendly, name="cls_token")(x) if gpu_friendly else x[:, 0, :]
         pooled = tf_keras.layers.Dense(H, activation="tanh", name="pooler")(cls_tok)
         if head == "cls":
             outputs = {"pooled": pooled}

@@ -10,6 +10,14 @@ The cache is fixed-size (``[1, heads, max_len, head_size]`` per layer, one input
 kind, so no op has to slice a stacked cache) and is updated with a one-hot blend (MUL/ADD), which
 every delegate can run. Weights map one-to-one to Hugging Face ``GPT2Model`` / ``GPT2LMHeadModel``
 names (``Conv1D`` weights are ``[in, out]``, like a Dense kernel).
+
+``gpu_friendly=True`` (``ModelSource.options["gpu_friendly"]``) spells the ops LiteRT's GPU delegate
+refuses in another way, with the same numbers: the ``wte`` lookups gather with 1-D indices
+(``[1, T]`` tokens reshaped to ``[T]``, gathered along axis 1 of the table seen as ``[1, V, E]``:
+:func:`litegate.converter.bert.gather_rows`; the decode ``wpe`` row likewise), the decode position
+is compared as
+the ``[1]`` tensor it is instead of ``pos[0]`` (a STRIDED_SLICE with a shrink mask), and the decode
+logits are reshaped to ``[1, V]`` instead of sliced with ``[:, 0, :]``.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
-from litegate.converter.bert import LayerNorm  # noqa: E402
+from litegate.converter.bert import LayerNorm, gather_rows, take_position  # noqa: E402
 
 from litegate.errors import ModelLoadError  # noqa: E402
 
@@ -88,6 +96,7 @@ class GPT2(tf_keras.Model):
     def __init__(self, cfg: GPT2Config, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cfg = cfg
+        self.gpu_friendly = False  # set before tracing the signatures (see the module docstring)
         E = cfg.n_embd
         self.wte = self.add_weight(name="wte", shape=(cfg.vocab_size, E),
                                    initializer=tf_keras.initializers.RandomNormal(stddev=0.02))
@@ -132,7 +141,8 @@ class GPT2(tf_keras.Model):
     def forward(self, tokens: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor], list[tf.Tensor]]:
         """Causal forward over ``tokens`` [B, T]: logits [B, T, V] and per-layer k, v [B, H, T, D]."""
         T = tf.shape(tokens)[1]
-        x = tf.gather(self.wte, tokens) + self.wpe[tf.newaxis, :T, :]
+        x = gather_rows(self.wte, tokens) if self.gpu_friendly else tf.gather(self.wte, tokens)
+        x = x + self.wpe[tf.newaxis, :T, :]
         causal = tf.linalg.band_part(tf.ones([T, T]), -1, 0)
         bias = ((causal - 1.0) * MASK_PENALTY)[tf.newaxis, tf.newaxis]
         ks, vs = [], []
@@ -157,10 +167,15 @@ class GPT2(tf_keras.Model):
         return out
 
     def decode(self, token: tf.Tensor, pos: tf.Tensor, caches: dict[str, tf.Tensor], max_len: int) -> dict[str, tf.Tensor]:
-        x = tf.gather(self.wte, token) + tf.gather(self.wpe, pos)[:, tf.newaxis, :]  # [1, 1, E]
         positions = tf.range(max_len, dtype=tf.int32)
-        hot = tf.cast(tf.equal(positions, pos[0]), tf.float32)[tf.newaxis, tf.newaxis, :, tf.newaxis]  # [1,1,T,1]
-        visible = tf.cast(positions <= pos[0], tf.float32)
+        if self.gpu_friendly:  # 1-D gathers and reshapes, no shrink-mask slices (same values)
+            x = gather_rows(self.wte, token) + gather_rows(self.wpe, pos[:, tf.newaxis])  # [1, 1, E]
+            at = pos  # [1]: broadcasts against positions [T]
+        else:
+            x = tf.gather(self.wte, token) + tf.gather(self.wpe, pos)[:, tf.newaxis, :]  # [1, 1, E]
+            at = pos[0]
+        hot = tf.cast(tf.equal(positions, at), tf.float32)[tf.newaxis, tf.newaxis, :, tf.newaxis]  # [1,1,T,1]
+        visible = tf.cast(positions <= at, tf.float32)
         bias = ((visible - 1.0) * MASK_PENALTY)[tf.newaxis, tf.newaxis, tf.newaxis, :]  # [1,1,1,T]
         out: dict[str, tf.Tensor] = {}
         for i, b in enumerate(self.blocks):
@@ -170,7 +185,7 @@ class GPT2(tf_keras.Model):
             probs = tf.nn.softmax(tf.matmul(q, K, transpose_b=True) + bias, axis=-1)
             x = self._finish(b, x, tf.matmul(probs, V))
             out[f"k_cache_{i}"], out[f"v_cache_{i}"] = K, V
-        out["logits"] = self._logits(x)[:, 0, :]
+        out["logits"] = take_position(self._logits(x), 0, gpu_friendly=self.gpu_friendly)
         return out
 
     def build_all(self) -> None:
@@ -239,9 +254,17 @@ def export_weights(model: GPT2, prefix: str = "transformer.") -> dict[str, np.nd
     return out
 
 
-def signatures(model: GPT2, prefill_len: int, max_len: int) -> dict[str, Any]:
-    """The ``prefill`` and ``decode`` tf.functions with static shapes."""
+def signatures(model: GPT2, prefill_len: int, max_len: int, *, gpu_friendly: bool = False) -> dict[str, Any]:
+    """The ``prefill`` and ``decode`` tf.functions with static shapes.
+
+    Args:
+        model: the GPT-2.
+        prefill_len: tokens of the ``prefill`` signature.
+        max_len: positions of the KV cache.
+        gpu_friendly: trace the graphs LiteRT's GPU delegate takes whole (see the module docstring).
+    """
     cfg = model.cfg
+    model.gpu_friendly = gpu_friendly
     if max_len > cfg.n_positions:
         raise ModelLoadError(f"max_len {max_len} is larger than the model's n_positions {cfg.n_positions}")
     if prefill_len > max_len:

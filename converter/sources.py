@@ -22,6 +22,9 @@ from typing import Any  # noqa: E402
 from litegate.errors import ModelLoadError  # noqa: E402
 from litegate.types import ModelSource, SourceKind, Task  # noqa: E402
 
+GPU_FRIENDLY_NOTE = ("gpu_friendly: 1-D embedding gathers and slices without shrink masks, so LiteRT's GPU delegate "
+                     "can take every op (same outputs as the plain graph)")
+
 
 @dataclasses.dataclass
 class Loaded:
@@ -112,12 +115,15 @@ def _hf_bert(source: ModelSource, seq_len: int, dynamic: bool) -> Loaded:
 
     ckpt = read_checkpoint(source.path, source.options.get("extra_weights"))
     head = str(source.options.get("head", "classification"))
-    model = build_bert(ckpt.config, seq_len=None if dynamic else seq_len, head=head, batch_size=1)
+    gpu_friendly = bool(source.options.get("gpu_friendly", False))
+    model = build_bert(ckpt.config, seq_len=None if dynamic else seq_len, head=head, batch_size=1,
+                       gpu_friendly=gpu_friendly)
     load_weights(model, ckpt, head)
     shape = [1, None] if dynamic else [1, seq_len]
     specs = {"input_ids": tf.TensorSpec(shape, tf.int32), "attention_mask": tf.TensorSpec(shape, tf.int32)}
     serve = _wrap(lambda **kw: model(kw), specs)
-    return Loaded(serve=serve, owner=model, prunable=True, keras_model=model, dynamic=dynamic)
+    notes = [GPU_FRIENDLY_NOTE] if gpu_friendly else []
+    return Loaded(serve=serve, owner=model, prunable=True, keras_model=model, dynamic=dynamic, notes=notes)
 
 
 def _hf_gpt2(source: ModelSource, seq_len: int) -> Loaded:
@@ -125,9 +131,11 @@ def _hf_gpt2(source: ModelSource, seq_len: int) -> Loaded:
 
     model = load_gpt2(source.path)
     max_len = int(source.options.get("max_len", model.cfg.n_positions))
-    sigs = signatures(model, seq_len, max_len)
+    gpu_friendly = bool(source.options.get("gpu_friendly", False))
+    sigs = signatures(model, seq_len, max_len, gpu_friendly=gpu_friendly)
+    notes = [f"GPT-2 with prefill (length {seq_len}) and decode signatures, KV cache of {max_len} positions"]
     return Loaded(serve=None, owner=model, prunable=False, keras_model=model, signatures=sigs,
-                  notes=[f"GPT-2 with prefill (length {seq_len}) and decode signatures, KV cache of {max_len} positions"])
+                  notes=notes + ([GPU_FRIENDLY_NOTE] if gpu_friendly else []))
 
 
 def _keras_generator(path: Path, seq_len: int) -> Loaded:

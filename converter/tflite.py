@@ -104,6 +104,8 @@ def _run_converter(conv: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] 
     import tensorflow as tf
 
     p = recipe.params
+    if recipe.kind == "prune":
+        raise QuantizationError(f"recipe {recipe.name!r} is a pruning recipe, not a conversion recipe")
     if "DEFAULT" in p.get("optimizations", []):
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
     if p.get("supported_types"):
@@ -147,29 +149,37 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
     if payload.get("calibration_npz") and serve is not None:
         with np.load(payload["calibration_npz"]) as data:
             samples = model_samples(serve, {k: data[k] for k in data.files})
-    checked = False
+    checked: set[int] = set()  # models whose calibration data was checked for NaN
+    calibrations: dict[int, bytes] = {}  # calibrated model per source model (dense or pruned)
     results: dict[str, Any] = {}
-    calibrated: bytes | None = None
+    base_loaded = loaded
+    pruned: dict[str, tuple[Any, dict[str, Any]]] = {}  # one pruned model per prune recipe, shared by its variants
     for v in payload["variants"]:
         recipe = Recipe.from_dict(v["recipe"])
         try:
             extra: dict[str, Any] = {}
+            loaded = base_loaded
+            if v.get("prune"):
+                loaded, extra["pruning"] = _pruned(base_loaded, Recipe.from_dict(v["prune"]),
+                                                   payload.get("prune_data") or {}, pruned)
+            serve, model = loaded.serve, loaded.owner
+            calibrated = calibrations.get(id(loaded))
             if loaded.signatures:
                 import tempfile
 
                 with tempfile.TemporaryDirectory(prefix="litegate-sig-") as tmp:
                     data = convert_signatures(loaded.signatures, model, recipe, Path(tmp))
             else:
-                if recipe.needs_calibration and not checked:
+                if recipe.needs_calibration and id(loaded) not in checked:
                     check_calibration(serve, samples or {})
-                    checked = True
+                    checked.add(id(loaded))
                 selective = recipe.kind == "auto" or bool(recipe.params.get("denylisted_ops") or
                                                           recipe.params.get("denylisted_nodes"))
                 if selective or (payload.get("debug") and recipe.kind == "full-integer"):
                     from litegate.quantize import ptq
 
                     if calibrated is None:
-                        calibrated = ptq.calibrate(serve, model, samples or {})
+                        calibrated = calibrations[id(loaded)] = ptq.calibrate(serve, model, samples or {})
                 if payload.get("debug") and recipe.kind in ("full-integer", "auto"):
                     from litegate.quantize import ptq
 
@@ -195,6 +205,10 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
                     data = convert(serve, model, recipe, samples, notes)
                     if notes:
                         extra["fallback"] = notes
+            if v.get("prune"):
+                from litegate.quantize.prune import sparsity_report
+
+                extra["pruning"]["tflite"] = sparsity_report(data)
             atomic_write_bytes(Path(v["out"]), data)
             results[v["name"]] = {"ok": True, "extra": extra}
         except OutputError:
@@ -249,3 +263,24 @@ def _auto(serve: Any, calibrated: bytes, samples: Mapping[str, np.ndarray], reci
     info.update({"metric": metric, "float_reference": ref_score, "target": target, "budget": budget,
                  "selected_on": auto_eval.get("name", "evaluation data"), "ranked_layers": len(ranked)})
     return found["model"], info
+
+
+def _pruned(loaded: Any, prune: Recipe, data: Mapping[str, Any],
+            memo: dict[str, tuple[Any, dict[str, Any]]]) -> tuple[Any, dict[str, Any]]:
+    """Prune (with recovery) once per prune recipe; later variants reuse the pruned model."""
+    import json
+
+    from litegate.quantize.prune import apply_pruning
+
+    key = json.dumps(prune.to_dict(), sort_keys=True)
+    if key not in memo:
+        if not data.get("npz"):
+            raise QuantizationError(f"pruning recipe {prune.name!r} needs recovery data (data.train or data.calibration)")
+        with np.load(data["npz"]) as arrays:
+            inputs = {k: arrays[k] for k in arrays.files}
+        labels = np.asarray(data["labels"]) if data.get("labels") is not None else None
+        new, stats = apply_pruning(loaded, prune, texts_inputs=inputs, labels=labels)
+        stats = {k: v for k, v in stats.items() if k != "loss_curve"} | {"loss_curve": stats.get("loss_curve", [])[-20:]}
+        memo[key] = (new, stats)
+    new, stats = memo[key]
+    return new, dict(stats)

@@ -6,21 +6,27 @@ engine that applies them:
 
 1. per op: Flex and custom ops, ops the delegate does not list, op versions, then the rule's
    constraints in order (``before`` for every op, the op's own, ``after`` for every op); the first
-   failing constraint gives the reason;
-2. per subgraph: model-level requirements (static shapes), then partitions - contiguous runs of
-   supported ops in execution order - of which the delegate takes the ``max_delegated_partitions``
-   largest with at least ``min_nodes_per_partition`` ops (``GraphPartitionHelper::
-   GetFirstNLargestPartitions`` in TFLite); the rest fall back to the CPU. Delegates built on
-   ``FP16GraphPartitionHelper`` (GPU, Core ML) take a fully supported graph whole, and fold
-   DEQUANTIZE ops of fp16 constants into their consumers;
+   failing constraint gives the reason, so a rule lists its constraints in the order the
+   delegate's own checks run;
+2. per subgraph: model-level requirements (static shapes), then partitions of supported ops, of
+   which the delegate takes the ``max_delegated_partitions`` largest with at least
+   ``min_nodes_per_partition`` ops (``GraphPartitionHelper::GetFirstNLargestPartitions``); the
+   rest fall back to the CPU. Partitions are either TFLite's own (``"algorithm": "tflite"``:
+   ``PartitionGraphIntoIndependentNodeSubsets``, which groups supported ops greedily by data
+   dependencies, so ops on both sides of an unsupported one can share a partition) or contiguous
+   runs in execution order (a conservative count). Delegates built on ``FP16GraphPartitionHelper``
+   (GPU, Core ML) refuse DEQUANTIZE ops of fp16 constants, which then split partitions like any
+   refused op, unless every other op is supported: then the whole subgraph is delegated;
 3. the delegated fraction by op count and by multiply-accumulates, and the CPU fallback ops.
 
-TFLite's own partitioner groups supported nodes by data dependencies and can merge nodes that are
-not adjacent in execution order, so the partitions here are a conservative (never smaller) count.
+:func:`delegate_views` turns a report back into what such a delegate prints per subgraph: its
+sorted, de-duplicated ``OP: reason`` list and its ``N operations will run on the GPU, and the
+remaining M operations will run on the CPU`` split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,12 +39,23 @@ from litegate.delegates.flatbuffer import ModelInfo, OpInfo, TensorInfo, load_mo
 from litegate.errors import ConfigError
 from litegate.types import CompatPartition, CompatReport, OpCompat
 
-__all__ = ["DELEGATES", "check_model", "evaluate", "evaluate_op", "load_rules", "render_table", "validate_rules"]
+__all__ = [
+    "DELEGATES",
+    "DelegateView",
+    "check_model",
+    "delegate_views",
+    "evaluate",
+    "evaluate_op",
+    "load_rules",
+    "render_table",
+    "tflite_node_subsets",
+    "validate_rules",
+]
 
 DELEGATES = ("gpu", "hexagon", "coreml", "xnnpack")
 
 Constraint = Mapping[str, Any]
-_MODEL_CHECKS = ("static_shapes",)
+_MODEL_CHECKS = ("static_shapes", "no_variable_tensors")
 
 
 def load_rules(name_or_path: str | Path) -> dict[str, Any]:
@@ -411,6 +428,58 @@ def _check_tensor_types(view: _View, c: Constraint) -> dict[str, Any] | None:
     return None
 
 
+def _check_allowed_tensors(view: _View, c: Constraint) -> dict[str, Any] | None:
+    """ML Drift's ``IsAllAllowedTensors``: inputs then outputs, each tensor's rank, then its type.
+
+    The rank limit (``max_rank``, reason ``rank_reason``) applies to every tensor, constants too;
+    the type check (``reason``) only to tensors the runtime allocates in its arena: constants and
+    variable tensors are skipped. ``extra_inputs`` / ``extra_outputs`` add types per op.
+    """
+    name = view.op.op
+    max_rank = c.get("max_rank")
+    for side, tensors in (("inputs", view.inputs), ("outputs", view.outputs)):
+        allowed = set(c[side]) | set(c.get(f"extra_{side}", {}).get(name, ()))
+        for t in tensors:
+            if t is None:
+                continue
+            label = t.name or f"#{t.index}"
+            if max_rank is not None and t.rank > max_rank:
+                return {"tensor": label, "type": t.type, "value": t.rank, "rank": t.rank,
+                        "_reason": c.get("rank_reason", c["reason"])}
+            if not (t.is_const or t.is_variable) and t.type not in allowed:
+                return {"tensor": label, "type": t.type, "value": t.type}
+    return None
+
+
+def _check_param_rank(view: _View, c: Constraint) -> dict[str, Any] | None:
+    """A slice's begin/starts vector has one entry per input dimension (or one fewer: no batch).
+
+    ``missing_batch``: ``always`` (STRIDED_SLICE: rank or rank - 1 entries), ``rank4`` (SLICE: a
+    4-D input also takes 3 entries), ``never``.
+    """
+    data = view.tensors(c["tensor"])
+    params = view.tensors(c["params"])
+    if not data or not params or data[0] is None or params[0] is None:
+        return None
+    rank, n = data[0].rank, params[0].num_elements
+    mode = c.get("missing_batch", "never")
+    allowed = [rank]
+    if mode == "always" or (mode == "rank4" and rank == 4):
+        allowed.insert(0, rank - 1)
+    if n in allowed:
+        return None
+    return {"value": n, "rank": rank, "allowed": " or ".join(str(a) for a in allowed)}
+
+
+def _check_same_type(view: _View, c: Constraint) -> dict[str, Any] | None:
+    types = []
+    for ref in c["tensors"]:
+        found = view.tensors(ref)
+        if found and found[0] is not None:
+            types.append(found[0].type)
+    return None if len(set(types)) <= 1 else {"value": " vs ".join(types)}
+
+
 _CHECKS: dict[str, Callable[[_View, Constraint], dict[str, Any] | None]] = {
     "option": _check_option,
     "count": _check_count,
@@ -432,6 +501,9 @@ _CHECKS: dict[str, Callable[[_View, Constraint], dict[str, Any] | None]] = {
     "type_pairs": _check_type_pairs,
     "same_rank": _check_same_rank,
     "tensor_types": _check_tensor_types,
+    "allowed_tensors": _check_allowed_tensors,
+    "param_rank": _check_param_rank,
+    "same_type": _check_same_type,
 }
 
 
@@ -439,6 +511,9 @@ def _applies(c: Constraint, view: _View) -> bool:
     if "ops" in c and view.op.op not in c["ops"]:
         return False
     if "except_ops" in c and view.op.op in c["except_ops"]:
+        return False
+    if "when_runtime_inputs" in c and \
+            sum(1 for t in view.inputs if t is not None and not t.is_const) != c["when_runtime_inputs"]:
         return False
     return _when_holds(view, c.get("when", {}))
 
@@ -449,9 +524,10 @@ def _run(constraints: Iterable[Constraint], view: _View, rules: Mapping[str, Any
             continue
         bad = _CHECKS[c["check"]](view, c)
         if bad is not None:
-            values = {"op": view.op.name, "version": view.op.version, **{k: c[k] for k in ("min", "max", "equals")
-                                                                         if k in c}, **bad}
-            return _fmt(c["reason"], **values), _source(rules, c["source"])
+            template = bad.pop("_reason", c["reason"])
+            values = {"op": view.op.name, "version": view.op.version, "inputs": len(view.inputs),
+                      "outputs": len(view.outputs), **{k: c[k] for k in ("min", "max", "equals") if k in c}, **bad}
+            return _fmt(template, **values), _source(rules, c["source"])
     return None
 
 
@@ -554,12 +630,22 @@ def evaluate(model: ModelInfo, rules: Mapping[str, Any], *, model_name: str = ""
         for o in ops:
             if refused:
                 raw[o.index] = (False, refused[0], refused[1])
-            elif o.index in folded:
-                raw[o.index] = (True, "", "")
-            else:
+            elif o.index not in folded:
                 inputs = tuple(remap.get(t.index, t) if t is not None else None for t in o.inputs)
                 raw[o.index] = evaluate_op(o, rules, inputs=inputs, consumers=consumers)
-        sub_parts, delegated, why = _partition(ops, raw, set(folded), consumers, min_nodes, max_parts, rules)
+        if fp16.get("mode") == "partition_helper":
+            # FP16GraphPartitionHelper::IsNodeSupported refuses every fp16 constant DEQUANTIZE; when all
+            # the other ops are supported it still delegates the whole subgraph ("Scenario 1").
+            whole = not refused and all(raw[o.index][0] for o in ops if o.index not in folded)
+            fp16_verdict = (True, "", "") if whole else (False, fp16["reason"], _source(rules, fp16["source"]))
+            for k in folded:
+                raw[k] = raw.get(k, fp16_verdict) if refused else fp16_verdict
+            neutral: set[int] = set()
+        else:
+            for k in folded:
+                raw.setdefault(k, (True, "", ""))
+            neutral = set(folded)  # absorbed: neither joins nor splits a partition
+        sub_parts, delegated, why = _partition(ops, raw, neutral, consumers, min_nodes, max_parts, rules)
         partitions.extend(sub_parts)
         for o in ops:
             ok, reason, source = raw[o.index]
@@ -583,6 +669,12 @@ def evaluate(model: ModelInfo, rules: Mapping[str, Any], *, model_name: str = ""
 
 
 def _model_refusal(model: ModelInfo, subgraph: int, rules: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Why the delegate (or the runtime that hosts it) refuses every op of ``subgraph``, if it does.
+
+    ``static_shapes``: a tensor of this subgraph has a dynamic dimension. ``no_variable_tensors``:
+    some subgraph of the model has a variable tensor (LiteRT's CompiledModel does not load such a
+    model at all, so every subgraph is refused).
+    """
     for req in rules.get("model_requirements", ()):
         if req["check"] == "static_shapes":
             dynamic = model.dynamic_tensors(subgraph)
@@ -591,37 +683,44 @@ def _model_refusal(model: ModelInfo, subgraph: int, rules: Mapping[str, Any]) ->
                 more = f" and {len(dynamic) - 1} more" if len(dynamic) > 1 else ""
                 return (_fmt(req["reason"], tensor=t.name or f"#{t.index}", signature=list(t.shape_signature),
                              more=more), _source(rules, req["source"]))
+        elif req["check"] == "no_variable_tensors":
+            variables = [(k, t) for k, tensors in enumerate(model.subgraph_tensors) for t in tensors if t.is_variable]
+            if variables:
+                k, t = variables[0]
+                more = f" and {len(variables) - 1} more" if len(variables) > 1 else ""
+                where = model.subgraph_names[k] if k < len(model.subgraph_names) and model.subgraph_names[k] else k
+                return (_fmt(req["reason"], tensor=t.name or f"#{t.index}", subgraph=where, more=more),
+                        _source(rules, req["source"]))
     return None
 
 
-def _partition(ops: Sequence[OpInfo], raw: Mapping[int, tuple[bool, str, str]], folded: set[int],
+def _partition(ops: Sequence[OpInfo], raw: Mapping[int, tuple[bool, str, str]], neutral: set[int],
                consumers: Mapping[int, list[OpInfo]], min_nodes: int, max_parts: int | None,
                rules: Mapping[str, Any]) -> tuple[list[CompatPartition], dict[int, bool], dict[int, tuple[str, str]]]:
-    """Contiguous runs of supported ops; the delegate takes the largest ``max_parts`` of >= ``min_nodes`` ops."""
-    runs: list[list[OpInfo]] = []
-    current: list[OpInfo] = []
-    for o in ops:
-        if o.index in folded:
-            continue  # constant fp16 DEQUANTIZE: neither joins nor splits a partition
-        if raw[o.index][0]:
-            current.append(o)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
+    """Partitions of supported ops; the delegate takes the largest ``max_parts`` of >= ``min_nodes`` ops.
+
+    ``neutral`` ops (constant DEQUANTIZEs a delegate absorbs) neither join nor split a partition;
+    they are delegated when all their consumers are.
+    """
+    part = rules["partitioning"]
+    if part.get("algorithm") == "tflite":
+        supported = {o.index for o in ops if o.index not in neutral and raw[o.index][0]}
+        runs = [members for kind, members in tflite_node_subsets(ops, supported, skip=neutral) if kind]
+    else:
+        runs = _contiguous_runs(ops, raw, neutral)
     fp16 = rules.get("fp16_constant_dequantize", {})
     # FP16GraphPartitionHelper ("Scenario 1"): when every node but the fp16 constant DEQUANTIZEs is
     # supported, the whole graph is delegated without looking at partition sizes or counts.
-    whole = fp16.get("mode") == "partition_helper" and all(raw[o.index][0] for o in ops if o.index not in folded)
-    order = sorted(range(len(runs)), key=lambda k: -len(runs[k]))  # stable: ties keep execution order
+    whole = fp16.get("mode") == "partition_helper" and all(raw[o.index][0] for o in ops)
+    # GetFirstNLargestPartitions: std::sort by size, largest first (ties: execution order here; the
+    # delegate's sort is not stable, so equal-sized partitions may be taken in another order)
+    order = sorted(range(len(runs)), key=lambda k: -len(runs[k]))
     limit = len(runs) if max_parts is None else int(max_parts)
     chosen: set[int] = set(range(len(runs))) if whole else set()
     for rank, k in enumerate(order):
         if whole or rank >= limit or len(runs[k]) < min_nodes:
             break  # GetFirstNLargestPartitions stops at the first partition below the minimum
         chosen.add(k)
-    part = rules["partitioning"]
     src = _source(rules, part["source"])
     delegated: dict[int, bool] = {}
     why: dict[int, tuple[str, str]] = {}
@@ -643,19 +742,161 @@ def _partition(ops: Sequence[OpInfo], raw: Mapping[int, tuple[bool, str, str]], 
                 why[o.index] = (reason, src)
         result.append(CompatPartition(subgraph=s, ops=tuple(o.index for o in run), delegated=take, reason=reason,
                                       macs=sum(o.macs for o in run)))
-    if folded:
-        for o in ops:
-            if o.index not in folded:
-                continue
-            users = [u for t in o.outputs for u in consumers.get(t.index, [])]
-            if fp16.get("mode") == "absorbed":
-                take = bool(users) and all(delegated.get(u.index, False) for u in users)
-            else:  # FP16GraphPartitionHelper: delegated only when the whole graph is
-                take = whole
-            delegated[o.index] = take
-            if not take:
-                why[o.index] = (fp16["reason"], _source(rules, fp16["source"]))
+    for o in ops:
+        if o.index not in neutral:
+            continue
+        users = [u for t in o.outputs for u in consumers.get(t.index, [])]
+        take = bool(users) and all(delegated.get(u.index, False) for u in users)
+        delegated[o.index] = take
+        if not take:
+            why[o.index] = (fp16["reason"], _source(rules, fp16["source"]))
     return result, delegated, why
+
+
+def _contiguous_runs(ops: Sequence[OpInfo], raw: Mapping[int, tuple[bool, str, str]],
+                     neutral: set[int]) -> list[list[OpInfo]]:
+    runs: list[list[OpInfo]] = []
+    current: list[OpInfo] = []
+    for o in ops:
+        if o.index in neutral:
+            continue
+        if raw[o.index][0]:
+            current.append(o)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return runs
+
+
+_SIDE_EFFECT_OPS = frozenset({"IF", "WHILE", "CALL_ONCE"})
+
+
+def tflite_node_subsets(ops: Sequence[OpInfo], supported: set[int], *,
+                        skip: set[int] | None = None) -> list[tuple[bool, list[OpInfo]]]:
+    """TFLite's ``PartitionGraphIntoIndependentNodeSubsets`` (greedy, as delegates run it).
+
+    Epoch by epoch, the first ready op (all its inputs computed) fixes the epoch's kind (supported
+    or not); then every ready op of that kind joins, repeatedly, until none can. Ops with side
+    effects (resource tensors, IF/WHILE/CALL_ONCE) keep their relative order (control edges).
+
+    Args:
+        ops: one subgraph's ops in execution order.
+        supported: indices of the ops the delegate accepts.
+        skip: ops to leave out entirely (their outputs count as always available).
+
+    Returns:
+        (kind, ops) per epoch, in order: ``kind`` is True for a group of supported ops.
+    """
+    skip = skip or set()
+    nodes = [o for o in ops if o.index not in skip]
+    produced = {t.index for o in nodes for t in o.outputs}
+    side = [o.index for o in nodes if o.op in _SIDE_EFFECT_OPS or any(
+        t is not None and t.type == "RESOURCE" for t in (*o.inputs, *o.outputs))]
+    after = dict(zip(side[1:], side[:-1], strict=False))  # op -> the side-effect op that must run first
+    ready: set[int] = set()
+    done: set[int] = set()
+    subsets: list[tuple[bool, list[OpInfo]]] = []
+    while len(done) < len(nodes):
+        kind: bool | None = None
+        members: list[OpInfo] = []
+        progress = True
+        while progress:
+            progress = False
+            for o in nodes:
+                if o.index in done or (o.index in after and after[o.index] not in done):
+                    continue
+                if any(t is not None and t.index in produced and t.index not in ready for t in o.inputs):
+                    continue
+                this = o.index in supported
+                if kind is None:
+                    kind = this
+                if this != kind:
+                    continue
+                done.add(o.index)
+                members.append(o)
+                ready.update(t.index for t in o.outputs)
+                progress = True
+        if not members:  # a cycle: not a valid TFLite graph; keep the rest as one unsupported group
+            subsets.append((False, [o for o in nodes if o.index not in done]))
+            break
+        subsets.append((bool(kind), members))
+    return subsets
+
+
+@dataclasses.dataclass(frozen=True)
+class DelegateView:
+    """One subgraph as a TFLite-style delegate reports it (``GetOpsToReplace`` in the GPU delegate).
+
+    Attributes:
+        subgraph: the subgraph index.
+        name: its name (the signature key for converted signatures).
+        total_ops: ops in the subgraph (the delegate's ``num_total_nodes``).
+        on_delegate: ops the delegate takes.
+        on_cpu: ops left to the CPU.
+        unsupported: the refused ops as the delegate lists them: ``(op, reason)`` pairs, unique and in
+            the order of ``OP: reason`` strings (a ``std::set``); custom ops as ``CUSTOM <code>``.
+        refused: why the whole subgraph never reaches the delegate (e.g. the runtime refuses the model).
+    """
+
+    subgraph: int
+    name: str
+    total_ops: int
+    on_delegate: int
+    on_cpu: int
+    unsupported: tuple[tuple[str, str], ...]
+    refused: str = ""
+
+    @property
+    def prints_report(self) -> bool:
+        """The delegate prints its ``Following operations are not supported`` block for this subgraph."""
+        return not self.refused and bool(self.unsupported) and self.on_cpu > 0
+
+    @property
+    def fully_delegated(self) -> bool:
+        return not self.refused and self.on_cpu == 0 and self.total_ops > 0
+
+
+def delegate_views(report: CompatReport, model: ModelInfo, rules: Mapping[str, Any]) -> tuple[DelegateView, ...]:
+    """Per subgraph, what the delegate itself would print about ``model`` given the static ``report``.
+
+    Reasons are the rule file's reasons, except where the delegate prints another text than the one
+    shown to users (``log_reason`` of ``fp16_constant_dequantize`` - the GPU delegate lists fp16
+    DEQUANTIZEs with an empty reason - and of ``flex_ops``).
+
+    Args:
+        report: :func:`evaluate` of ``model`` with ``rules``.
+        model: the parsed model.
+        rules: the rule file the report was made with.
+    """
+    fp16 = rules.get("fp16_constant_dequantize", {})
+    fp16_types = fp16.get("input_types", ["FLOAT16"])
+    by_key = {(o.subgraph, o.index): o for o in model.ops}
+    views: list[DelegateView] = []
+    for s in sorted({v.subgraph for v in report.ops}):
+        verdicts = [v for v in report.ops if v.subgraph == s]
+        refused = _model_refusal(model, s, rules)
+        entries: set[tuple[str, str]] = set()
+        for v in verdicts:
+            if v.supported:
+                continue
+            op = by_key[(s, v.index)]
+            name = f"CUSTOM {op.custom_code}" if op.is_custom and op.custom_code else op.op
+            reason = v.reason
+            if op.op == "DEQUANTIZE" and op.inputs and op.inputs[0] is not None and op.inputs[0].is_const \
+                    and op.inputs[0].type in fp16_types and "log_reason" in fp16:
+                reason = fp16["log_reason"]
+            elif op.is_flex and "log_reason" in rules.get("flex_ops", {}):
+                reason = rules["flex_ops"]["log_reason"]
+            entries.add((name, reason.strip()))
+        taken = sum(1 for v in verdicts if v.delegated)
+        name = model.subgraph_names[s] if s < len(model.subgraph_names) else ""
+        views.append(DelegateView(subgraph=s, name=name, total_ops=len(verdicts), on_delegate=taken,
+                                  on_cpu=len(verdicts) - taken,
+                                  unsupported=() if refused else tuple(sorted(entries, key=lambda e: f"{e[0]}: {e[1]}")),
+                                  refused=refused[0] if refused else ""))
+    return tuple(views)
 
 
 def check_model(path: str | Path, delegates: Sequence[str] = DELEGATES) -> list[CompatReport]:

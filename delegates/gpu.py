@@ -17,6 +17,11 @@ The delegate says what it refuses on stderr, e.g.::
 ...`` wording of the TFLite GPU delegate). A fully delegated graph prints no such block; then every
 op of the main subgraph runs on the GPU.
 
+``CompiledModel`` applies the delegate to every subgraph of the model (every signature, whichever
+one is run), in subgraph order: each subgraph prints its own block (or none when fully delegated)
+and each subgraph the delegate takes ops from then logs ``Initializing WebGPU-based API from
+graph.`` once, so :attr:`DelegateLog.subgraphs` lists one report per subgraph.
+
 Every delegate run happens in a child process (:func:`litegate.isolation.run_isolated`) whose fds 1
 and 2 are re-pointed at a log file the parent chose, so the log survives a crash or a hang.
 The Vulkan probe behind :func:`why_not_runnable` runs in a child too: a broken driver cannot take
@@ -47,6 +52,7 @@ __all__ = [
     "DelegateLog",
     "Fallback",
     "GpuRun",
+    "SubgraphReport",
     "VulkanDevice",
     "emulation_note",
     "parse_delegate_log",
@@ -76,6 +82,7 @@ _SPLITS = (
      lambda m: (0, int(m[1]))),
 )
 _ADAPTER = re.compile(r"Selected adapter: (.+?)\s*$")
+_KERNEL = re.compile(r"Initializing [\w-]+-based API from graph")
 _ERROR = re.compile(r"^(?:ERROR: |E\d{4} \S+\s+\d+ \S+\] )")
 
 
@@ -91,6 +98,23 @@ class Fallback:
 
 
 @dataclasses.dataclass(frozen=True)
+class SubgraphReport:
+    """What the GPU delegate reported about one subgraph (one ``GetOpsToReplace`` call).
+
+    Attributes:
+        fallbacks: the refused op types with reasons, as listed (unique, sorted by the delegate).
+        ops_on_gpu: ops the delegate took (None for a fully delegated subgraph: its log gives no count).
+        ops_on_cpu: ops left to the CPU (0 for a fully delegated subgraph).
+        fully_delegated: the delegate took every op (it printed no block, only its kernel line).
+    """
+
+    fallbacks: tuple[Fallback, ...] = ()
+    ops_on_gpu: int | None = None
+    ops_on_cpu: int = 0
+    fully_delegated: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class DelegateLog:
     """What the GPU delegate reported about one model.
 
@@ -102,6 +126,9 @@ class DelegateLog:
         ops_on_cpu: ops left to the CPU, from the same line.
         adapter: the WebGPU adapter it selected (``llvmpipe (...), ..., adapterType=CPU / Software``).
         errors: other ``ERROR:`` lines (e.g. a compile failure), verbatim.
+        subgraphs: one report per subgraph the delegate was applied to, in subgraph order: a block
+            closed by its split line, or a fully delegated subgraph (a kernel line with no block
+            before it). Logs of delegates that print no kernel line only show the blocks.
     """
 
     fallbacks: tuple[Fallback, ...] = ()
@@ -109,6 +136,7 @@ class DelegateLog:
     ops_on_cpu: int | None = None
     adapter: str | None = None
     errors: tuple[str, ...] = ()
+    subgraphs: tuple[SubgraphReport, ...] = ()
 
     @property
     def unsupported_ops(self) -> frozenset[str]:
@@ -140,19 +168,24 @@ def parse_delegate_log(text: str) -> DelegateLog:
 
     Returns:
         The refused ops with reasons, the GPU/CPU op split, the adapter and any other error lines.
-        When the log has several reports (several compilations), the last split line wins and the
-        refused ops are the union, first listing first.
+        When the log has several reports (several subgraphs or compilations), the last split line
+        wins and the refused ops are the union, first listing first; :attr:`DelegateLog.subgraphs`
+        keeps them apart.
     """
     fallbacks: list[Fallback] = []
     seen: set[tuple[str, str]] = set()
     gpu = cpu = None
     adapter = None
     errors: list[str] = []
+    reports: list[SubgraphReport] = []
+    block: list[Fallback] = []
+    awaiting_kernel = False  # a block was closed by its split line; its kernel line comes next
     in_block = False
     for raw in text.splitlines():
         line = raw.rstrip()
         if _HEADER.search(line):
             in_block = True
+            block = []
             continue
         split = None
         for pattern, counts in _SPLITS:
@@ -163,11 +196,21 @@ def parse_delegate_log(text: str) -> DelegateLog:
         if split is not None:
             gpu, cpu = split
             in_block = False
+            reports.append(SubgraphReport(fallbacks=tuple(dict.fromkeys(block)), ops_on_gpu=gpu, ops_on_cpu=cpu))
+            block = []
+            awaiting_kernel = gpu > 0
+            continue
+        if _KERNEL.search(line):
+            if not awaiting_kernel:
+                reports.append(SubgraphReport(fully_delegated=True))
+            awaiting_kernel = False
+            in_block = False
             continue
         if in_block:
             m = _OP_LINE.fullmatch(line.strip())
             if m:
                 item = (m[1], (m[2] or "").strip())
+                block.append(Fallback(*item))
                 if item not in seen:
                     seen.add(item)
                     fallbacks.append(Fallback(*item))
@@ -182,7 +225,7 @@ def parse_delegate_log(text: str) -> DelegateLog:
         if m and "not supported by GPU delegate" not in line:
             errors.append(line)
     return DelegateLog(fallbacks=tuple(fallbacks), ops_on_gpu=gpu, ops_on_cpu=cpu, adapter=adapter,
-                       errors=tuple(errors[:50]))
+                       errors=tuple(errors[:50]), subgraphs=tuple(reports))
 
 
 def _strip_log_prefix(line: str) -> str:
@@ -398,7 +441,7 @@ class GpuRun:
     Attributes:
         fully_accelerated: ``CompiledModel.is_fully_accelerated()``.
         log: the delegate's coverage report (:func:`parse_delegate_log`).
-        ops_total: ops in the model's main subgraph.
+        ops_total: ops in the subgraph of the signature that ran (what that subgraph's report counts).
         init_ms: ``CompiledModel.from_file`` (the delegate's partitioning).
         first_ms: the first inference, which compiles the GPU kernels (shaders).
         samples_ms: timed inferences (write inputs, run, read outputs); emulated on a software adapter.
@@ -409,6 +452,7 @@ class GpuRun:
         adapter: the adapter the delegate selected (from its log, else from the Vulkan probe).
         emulated: the adapter is a CPU implementation (lavapipe): latency is not GPU latency.
         log_text: the end of the child's log.
+        subgraph: the subgraph index of the signature that ran.
     """
 
     fully_accelerated: bool
@@ -424,15 +468,28 @@ class GpuRun:
     adapter: str
     emulated: bool
     log_text: str
+    subgraph: int = 0
+
+    @property
+    def report(self) -> SubgraphReport | None:
+        """The delegate's report about the subgraph that ran, when the log has one per subgraph."""
+        subs = self.log.subgraphs
+        return subs[self.subgraph] if 0 <= self.subgraph < len(subs) else None
 
     @property
     def ops_on_gpu(self) -> int | None:
+        report = self.report
+        if report is not None:
+            return self.ops_total if report.fully_delegated else report.ops_on_gpu
         if self.log.ops_on_gpu is not None:
             return self.log.ops_on_gpu
         return self.ops_total if self.fully_accelerated else None
 
     @property
     def ops_on_cpu(self) -> int | None:
+        report = self.report
+        if report is not None:
+            return report.ops_on_cpu
         if self.log.ops_on_cpu is not None:
             return self.log.ops_on_cpu
         return 0 if self.fully_accelerated else self.ops_total
@@ -492,7 +549,7 @@ def _gpu_job(payload: dict[str, Any]) -> dict[str, Any]:
 
     path = str(payload["path"])
     threads = int(payload.get("threads", 1))
-    ops_total = _count_ops(verify_tflite_header(path))
+    content = verify_tflite_header(path)
     # the CPU reference kernels: I/O (de)quantization and role mapping as everywhere in litegate, and CPU outputs
     wanted = payload.get("signature")
     reference = Runner(path, backend="cpu", threads=threads, signature=wanted) if payload.get("inputs_npz") else None
@@ -511,6 +568,7 @@ def _gpu_job(payload: dict[str, Any]) -> dict[str, Any]:
     if wanted and wanted not in signatures:
         raise ModelLoadError(f"{path}: no signature {wanted!r} (has {', '.join(signatures)})")
     key = wanted or (reference.signature if reference and reference.signature in signatures else next(iter(signatures)))
+    subgraph, ops_total = _signature_subgraph(content, key)
     index = model.get_signature_index(key)
     in_names = list(signatures[key]["inputs"])
     out_names = list(signatures[key]["outputs"])
@@ -530,7 +588,8 @@ def _gpu_job(payload: dict[str, Any]) -> dict[str, Any]:
             got[name] = buf.read(int(np.prod(shape)), np.dtype(d["dtype"])).reshape(shape)
         return got
 
-    result: dict[str, Any] = {"fully_accelerated": bool(fully), "ops_total": ops_total, "init_ms": init_ms,
+    result: dict[str, Any] = {"fully_accelerated": bool(fully), "ops_total": ops_total, "subgraph": subgraph,
+                              "init_ms": init_ms,
                               "first_ms": None, "samples_ms": [], "signature": key, "n_inputs": 0,
                               "max_abs_diff_vs_cpu": {}}
     if reference is not None:
@@ -563,16 +622,26 @@ def _gpu_job(payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _count_ops(content: bytes) -> int | None:
-    """Ops in the main subgraph (what the delegate's ``N operations`` counts), or None if LiteRT cannot say."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+def _signature_subgraph(content: bytes, key: str) -> tuple[int, int | None]:
+    """(subgraph index, op count) of signature ``key``: what the delegate's report for it counts.
+
+    A model without signature defs (or a key it does not list) maps to subgraph 0.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from litegate.delegates.flatbuffer import read_model
 
     try:
-        interpreter = Interpreter(model_content=content,
-                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        return len(interpreter._get_ops_details())
-    except Exception:  # noqa: BLE001 - a private API; the count is optional
-        return None
+        model = read_model(content)
+        raw = schema.Model.GetRootAs(content, 0)
+        index = 0
+        for i in range(raw.SignatureDefsLength()):
+            sig = raw.SignatureDefs(i)
+            if (sig.SignatureKey() or b"").decode("utf-8", "replace") == key:
+                index = int(sig.SubgraphIndex())
+                break
+        return index, len(model.subgraph_ops(index))
+    except LitegateError:
+        return 0, None
 
 
 def _runtime_dir(tmp: Path) -> dict[str, str]:
@@ -663,7 +732,8 @@ def run_gpu(path: str | Path, *, inputs: Mapping[str, np.ndarray] | str | Path |
     log = parse_delegate_log(text)
     adapter = log.adapter or (device.describe() if device else "unknown adapter")
     emulated = log.software_adapter if log.adapter else bool(device and device.software)
-    return GpuRun(fully_accelerated=r["fully_accelerated"], log=log, ops_total=r["ops_total"], init_ms=r["init_ms"],
+    return GpuRun(fully_accelerated=r["fully_accelerated"], log=log, ops_total=r["ops_total"],
+                  subgraph=int(r.get("subgraph", 0)), init_ms=r["init_ms"],
                   first_ms=r["first_ms"], samples_ms=tuple(r["samples_ms"]), peak_rss_mb=r["peak_rss_mb"],
                   n_inputs=r["n_inputs"], outputs=outputs, cpu_max_abs_diff=r["max_abs_diff_vs_cpu"], adapter=adapter,
                   emulated=emulated, log_text=text)

@@ -12,7 +12,7 @@ from litegate.benchmarks.latency import DEFAULT_PROTOCOL
 from litegate.benchmarks.matrix import run_cell
 from litegate.benchmarks.size import measure_size
 from litegate.delegates.runtime import Runner, verify_tflite_header
-from litegate.errors import ConversionError, ModelLoadError, QuantizationError
+from litegate.errors import ConfigError, ConversionError, ModelLoadError, QuantizationError
 from litegate.isolation import run_isolated
 from litegate.quantize import recipes
 from litegate.tasks import TextEncoder, read_texts
@@ -91,6 +91,8 @@ def convert_model(source: ModelSource, out: Path, *, seq_len: int, recipe: str =
         raise ModelLoadError(f"{source.path}: already a .tflite; use it directly (run, bench, check)")
     info = check_source(source, seq_len)
     rec = recipes.load(recipe)
+    if rec.kind == "prune":
+        raise ConfigError(f"recipe {rec.name!r} prunes: use `litegate prune` (or a PRUNE+QUANT variant in a release config)")
     tok = source_tokenizer(source)
     encoder = TextEncoder(tok, seq_len) if tok else None
     with tempfile.TemporaryDirectory(prefix="litegate-convert-") as tmp:

@@ -133,6 +133,18 @@ def _quant_details(rep: Report) -> list[str]:
         q = v.quant
         for note in q.get("fallback", []):
             lines.append(f"- `{v.name}`: {note}")
+        pr = q.get("pruning")
+        if pr:
+            tfl = pr.get("tflite", {})
+            rname = pr.get("recipe")
+            rname = rname.get("name", "") if isinstance(rname, dict) else str(rname or "")
+            lines.append(f"- `{v.name}` (pruned, {rname}): "
+                         f"{pr.get('pruned_sparsity', 0) * 100:.1f}% zeros in the pruned layers, "
+                         f"{pr.get('all_weights_sparsity', 0) * 100:.1f}% of all weights; recovery "
+                         f"{pr.get('mode')} for {pr.get('steps')} steps (loss {pr.get('loss_first', float('nan')):.4g} → "
+                         f"{pr.get('loss_last', float('nan')):.4g})"
+                         + (f"; .tflite {tfl.get('bytes', 0) / 1e6:.2f} MB raw, {tfl.get('gzip_bytes', 0) / 1e6:.2f} MB gzip"
+                            if tfl else ""))
         a = q.get("auto")
         if a:
             kept = a.get("float_nodes", [])

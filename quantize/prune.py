@@ -1,0 +1,909 @@
+"""Magnitude pruning with tensorflow-model-optimization, recovery fine-tuning, and sparsity reports.
+
+What is pruned (decided here, measured in ``tests/test_prune.py``):
+
+* ``tf_keras`` ``Dense`` kernels, and the ``kernel`` / ``recurrent_kernel`` of ``LSTM``, ``GRU`` and
+  ``SimpleRNN`` layers (tfmot's registry supports them; 2:4 structured sparsity is applied to Dense
+  only). Biases are never pruned (tfmot's registry prunes kernels only).
+* Not pruned: embedding tables (``Embedding`` and litegate's BERT ``Embeddings``): a table lookup
+  (GATHER) gains nothing at run time, and zeroing half of the rows of a small-vocabulary model
+  hurts far more than it saves; layer norms and every custom or TF-op layer (tfmot cannot wrap
+  them). Their weights are copied through ``clone_model`` and checked to be bit-identical.
+
+Recovery fine-tunes only the pruned layers' weights (kernels and biases; everything else stays
+frozen, so unpruned weights leave the process exactly as they came in). Training runs
+``end_step`` steps while the mask grows to ``target_sparsity`` (tfmot's schedule; its step counter
+starts at 1), then ``recovery.steps`` more steps at the final mask. The loss is sparse categorical
+cross-entropy on the model's logits when task labels are given (``mode`` ``labels``, or ``auto``
+with labels), else label-free distillation to the float model's own outputs on the same inputs:
+KL divergence for outputs named ``*logits*``, mean squared error for any other output (embeddings,
+pooled or sequence outputs). Data order is a seeded permutation and every RNG is seeded, so a
+fixed ``seed`` gives the same weights and the same .tflite bytes.
+
+Model kinds: functional ``tf_keras`` models (litegate's BERT, Keras files, the char LSTM/GRU
+generators) are cloned with ``tf_keras.models.clone_model`` and a ``clone_function`` that wraps
+only prunable layers, then stripped with ``tfmot.sparsity.keras.strip_pruning``. litegate's
+subclassed GPT-2, which ``clone_model`` cannot copy, is rebuilt from its config, its weights are
+copied, and its Dense sublayers are wrapped and unwrapped in place.
+
+On TFLite CPU kernels a pruned model is as large and as fast as the dense one: zeros are stored
+and multiplied. The gain is the gzip (download) size; :func:`sparse_encoding_variants` converts
+with ``tf.lite.Optimize.EXPERIMENTAL_SPARSITY`` so a caller can measure what sparse encoding does.
+Measured (TF 2.21 / LiteRT on x86, a 4-layer hidden-256 BERT at seq 128, 1 thread): unstructured
+50% sparse-encodes float kernels plus DENSIFY ops (raw file -32%, same XNNPACK latency, +14 MB
+RSS); TFLite-layout 1x4 blocks (``block_size`` [4, 1]) stay sparse at run time (raw -44%) but
+XNNPACK leaves sparse FULLY_CONNECTED to the builtin kernel (19.8 ms vs 4.2 ms); with dynamic-range
+int8 the sparse file is larger than the dense one and XNNPACK fails to prepare it.
+
+TensorFlow is imported inside functions only: the parent process (CLI, pipeline) can import this
+module to call :func:`prune_to_tflite`, whose heavy work runs in an isolated child (:func:`prune_job`).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import gzip  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Callable, Iterator, Mapping  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+from litegate.converter.sources import Loaded  # noqa: E402
+from litegate.quantize import recipes  # noqa: E402
+
+from litegate.errors import ConfigError, DataError, QuantizationError  # noqa: E402
+from litegate.types import ModelSource, Recipe, SourceKind, Task  # noqa: E402
+
+__all__ = [
+    "PruneSettings",
+    "apply_pruning",
+    "prune_job",
+    "prune_to_tflite",
+    "sparse_encoding_variants",
+    "sparsity_report",
+]
+
+DEFAULTS: dict[str, Any] = {
+    "target_sparsity": 0.5,
+    "schedule": "polynomial",
+    "begin_step": 0,
+    "end_step": 100,
+    "frequency": 10,
+    "block_size": [1, 1],
+    "structured_2_4": False,
+    "recovery": {"steps": 100, "batch_size": 8, "learning_rate": 1e-4, "mode": "auto"},
+    "seed": 0,
+}
+PRUNABLE_TYPES = ("Dense", "LSTM", "GRU", "SimpleRNN")
+_CURVE_POINTS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneSettings:
+    """A pruning recipe's params with defaults filled in (see :func:`recipes.check_prune_params`)."""
+
+    target_sparsity: float
+    schedule: str
+    begin_step: int
+    end_step: int
+    frequency: int
+    block_size: tuple[int, int]
+    structured_2_4: bool
+    recovery_steps: int
+    batch_size: int
+    learning_rate: float
+    mode: str
+    seed: int
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> PruneSettings:
+        """Validate ``recipe`` as a pruning recipe and fill the defaults.
+
+        Raises:
+            QuantizationError: the recipe is not of kind ``prune``.
+            ConfigError: invalid params.
+        """
+        if recipe.kind != "prune":
+            raise QuantizationError(f"recipe {recipe.name!r} is a {recipe.kind!r} recipe, not a pruning recipe")
+        p = recipes.check_prune_params(recipe.params, f"recipe {recipe.name}")
+        rec = {**DEFAULTS["recovery"], **p.get("recovery", {})}
+        block = p.get("block_size", DEFAULTS["block_size"])
+        return cls(
+            target_sparsity=float(p.get("target_sparsity", DEFAULTS["target_sparsity"])),
+            schedule=str(p.get("schedule", DEFAULTS["schedule"])),
+            begin_step=int(p.get("begin_step", DEFAULTS["begin_step"])),
+            end_step=int(p.get("end_step", p.get("steps", DEFAULTS["end_step"]))),
+            frequency=int(p.get("frequency", DEFAULTS["frequency"])),
+            block_size=(int(block[0]), int(block[1])),
+            structured_2_4=bool(p.get("structured_2_4", False)),
+            recovery_steps=int(rec["steps"]),
+            batch_size=int(rec["batch_size"]),
+            learning_rate=float(rec["learning_rate"]),
+            mode=str(rec["mode"]),
+            seed=int(p.get("seed", DEFAULTS["seed"])),
+        )
+
+    @property
+    def total_steps(self) -> int:
+        """Training steps: the schedule up to ``end_step`` (tfmot counts from 1), then recovery."""
+        return self.end_step + self.recovery_steps
+
+
+# --------------------------------------------------------------------------------------------
+# apply_pruning: the TensorFlow part (runs in the conversion child)
+
+
+def _wrapper_kwargs(s: PruneSettings) -> dict[str, Any]:
+    import tensorflow_model_optimization as tfmot
+
+    sched = tfmot.sparsity.keras
+    if s.schedule == "constant":
+        schedule = sched.ConstantSparsity(s.target_sparsity, begin_step=s.begin_step, end_step=s.end_step,
+                                          frequency=s.frequency)
+    else:
+        schedule = sched.PolynomialDecay(initial_sparsity=0.0, final_sparsity=s.target_sparsity,
+                                         begin_step=s.begin_step, end_step=s.end_step, frequency=s.frequency)
+    return {"pruning_schedule": schedule, "block_size": s.block_size}
+
+
+def _is_prunable(layer: Any, s: PruneSettings) -> bool:
+    kind = type(layer).__name__
+    if not type(layer).__module__.startswith("tf_keras"):
+        return False
+    return kind == "Dense" if s.structured_2_4 else kind in PRUNABLE_TYPES
+
+
+def _block_misfit(layer: Any, s: PruneSettings) -> str | None:
+    """Why a block size cannot apply to ``layer``'s kernels (tfmot's block pooling fails then), or None."""
+    if s.block_size == (1, 1):
+        return None
+    for w in _prunable_weights(layer):
+        rows, cols = (int(d) for d in w.shape)
+        if rows % s.block_size[0] or cols % s.block_size[1]:
+            return (f"kernel {rows}x{cols} is not a whole number of {s.block_size[0]}x{s.block_size[1]} blocks; "
+                    "left dense")
+    return None
+
+
+def _wrap(layer: Any, s: PruneSettings) -> Any:
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
+
+    kw = _wrapper_kwargs(s)
+    if s.structured_2_4:
+        kw["sparsity_m_by_n"] = (2, 4)
+    return PruneLowMagnitude(layer, **kw)
+
+
+def _prunable_weights(layer: Any) -> list[Any]:
+    """The weights tfmot masks in a (stripped) prunable layer: kernels, not biases."""
+    if hasattr(layer, "cell"):
+        return [layer.cell.kernel, layer.cell.recurrent_kernel]
+    return [layer.kernel]
+
+
+def _sparsity_stats(model: Any, pruned: Mapping[str, Any]) -> dict[str, Any]:
+    per_layer: dict[str, float] = {}
+    zeros = total = 0
+    for name, layer in pruned.items():
+        arrays = [w.numpy() for w in _prunable_weights(layer)]
+        z = sum(int(np.count_nonzero(a == 0)) for a in arrays)
+        n = sum(a.size for a in arrays)
+        per_layer[name] = z / n if n else 0.0
+        zeros, total = zeros + z, total + n
+    all_arrays = [w.numpy() for w in model.weights]
+    all_zeros = sum(int(np.count_nonzero(a == 0)) for a in all_arrays)
+    all_total = sum(a.size for a in all_arrays)
+    return {"layers": per_layer, "pruned_sparsity": zeros / total if total else 0.0, "pruned_params": total,
+            "all_weights_sparsity": all_zeros / all_total if all_total else 0.0, "total_params": all_total}
+
+
+def _as_dict(out: Any, names: list[str]) -> dict[str, Any]:
+    if isinstance(out, Mapping):
+        return dict(out)
+    if isinstance(out, list | tuple):
+        return dict(zip(names, out, strict=True))
+    return {names[0]: out}
+
+
+def _call(model: Any, in_names: list[str], out_names: list[str], x: Mapping[str, Any],
+          training: bool = False) -> dict[str, Any]:
+    """Call a functional model with inputs by name, whatever its input structure; outputs by name."""
+    if isinstance(model.input, Mapping):
+        return _as_dict(model({n: x[n] for n in in_names}, training=training), out_names)
+    args = [x[n] for n in in_names]
+    return _as_dict(model(args[0] if len(args) == 1 else args, training=training), out_names)
+
+
+def _numpy(out: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _batched(fn: Callable[[dict[str, np.ndarray]], dict[str, Any]], x: Mapping[str, np.ndarray],
+             batch: int) -> dict[str, np.ndarray]:
+    n = len(next(iter(x.values())))
+    parts: dict[str, list[np.ndarray]] = {}
+    for i in range(0, n, batch):
+        out = fn({k: v[i : i + batch] for k, v in x.items()})
+        for k, v in out.items():
+            parts.setdefault(k, []).append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _fidelity(student: Mapping[str, np.ndarray], teacher: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    out = {}
+    for k, t in teacher.items():
+        s = student[k].reshape(len(t), -1).astype(np.float64)
+        r = t.reshape(len(t), -1).astype(np.float64)
+        cos = np.sum(s * r, axis=1) / np.maximum(np.linalg.norm(s, axis=1) * np.linalg.norm(r, axis=1), 1e-12)
+        out[k] = {"max_abs": float(np.max(np.abs(s - r))), "cosine_mean": float(np.mean(cos)),
+                  "cosine_min": float(np.min(cos))}
+        if "logits" in k:  # KL distillation matches probabilities; logits may drift by a constant
+            ps, pt = _softmax(student[k]), _softmax(t)
+            out[k]["top1_agreement"] = float(np.mean(np.argmax(student[k], -1) == np.argmax(t, -1)))
+            out[k]["prob_mean_abs"] = float(np.mean(np.abs(ps - pt)))
+            out[k]["prob_max_abs"] = float(np.max(np.abs(ps - pt)))
+    return out
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z.astype(np.float64) - np.max(z, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def _loss_fn(mode: str, label_key: str | None) -> Callable[[dict[str, Any], Any], Any]:
+    import tensorflow as tf
+
+    def loss(student: dict[str, Any], target: Any) -> Any:
+        if mode == "labels":
+            assert label_key is not None
+            ce = tf.keras.losses.sparse_categorical_crossentropy(target, student[label_key], from_logits=True)
+            return tf.reduce_mean(ce)
+        total = tf.constant(0.0)
+        for k, t in target.items():
+            s = student[k]
+            if "logits" in k:
+                p = tf.nn.softmax(t, axis=-1)
+                kl = tf.reduce_sum(p * (tf.nn.log_softmax(t, axis=-1) - tf.nn.log_softmax(s, axis=-1)), axis=-1)
+                total += tf.reduce_mean(kl)
+            else:
+                total += tf.reduce_mean(tf.square(s - t))
+        return total
+
+    return loss
+
+
+def _train(model: Any, wrappers: list[Any], s: PruneSettings, x: dict[str, np.ndarray], target: Any,
+           call: Callable[[Any, bool], dict[str, Any]], loss: Callable[[dict[str, Any], Any], Any]) -> list[float]:
+    """Fine-tune the wrapped layers for ``s.total_steps`` steps; return the loss of every step."""
+    import tensorflow as tf
+    import tf_keras
+
+    for w in wrappers:  # what UpdatePruningStep.on_train_begin does
+        w.pruning_step.assign(0)
+    variables = [v for w in wrappers for v in w.layer.trainable_weights]
+    opt = tf_keras.optimizers.Adam(learning_rate=s.learning_rate)
+    n = len(next(iter(x.values())))
+    bs = min(s.batch_size, n)
+
+    @tf.function
+    def step(xb: Any, tb: Any) -> Any:
+        with tf.GradientTape() as tape:
+            value = loss(call(xb, True), tb)
+        grads = tape.gradient(value, variables)
+        opt.apply_gradients(zip(grads, variables, strict=True))
+        return value
+
+    rng = np.random.default_rng(s.seed)
+    order = np.empty(0, dtype=np.int64)
+    losses: list[float] = []
+    for _ in range(s.total_steps):
+        if len(order) < bs:
+            order = np.concatenate([order, rng.permutation(n)])
+        idx, order = order[:bs], order[bs:]
+        xb = {k: tf.constant(v[idx]) for k, v in x.items()}
+        tb = ({k: tf.constant(v[idx]) for k, v in target.items()} if isinstance(target, Mapping)
+              else tf.constant(target[idx]))
+        losses.append(float(step(xb, tb)))
+    for w in wrappers:  # what UpdatePruningStep.on_epoch_end does: leave the weights masked
+        w.pruning_obj.weight_mask_op()
+    return losses
+
+
+def _curve(losses: list[float]) -> list[list[float]]:
+    if not losses:
+        return []
+    idx = sorted({int(round(i)) for i in np.linspace(0, len(losses) - 1, min(_CURVE_POINTS, len(losses)))})
+    return [[i + 1, losses[i]] for i in idx]
+
+
+def _serve_specs(loaded: Loaded) -> dict[str, Any]:
+    return dict(loaded.serve.get_concrete_function().structured_input_signature[1])
+
+
+def _model_feed(names: list[str], texts_inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from litegate.tasks import feed_for
+
+    try:
+        return feed_for(names, dict(texts_inputs))
+    except Exception as exc:  # ModelLoadError: an input the text cannot feed
+        raise QuantizationError(f"pruning recovery data does not fit the model: {exc}") from None
+
+
+def _resolve_mode(s: PruneSettings, labels: np.ndarray | None) -> str:
+    if s.mode == "labels" and labels is None:
+        raise QuantizationError("pruning recipe asks for recovery with labels (mode 'labels') and no labels were given")
+    if s.mode == "distill" or labels is None:
+        return "distill"
+    return "labels"
+
+
+def apply_pruning(loaded: Loaded, recipe: Recipe, *, texts_inputs: dict[str, np.ndarray],
+                  labels: np.ndarray | None = None) -> tuple[Loaded, dict[str, Any]]:
+    """Prune the prunable layers of ``loaded``'s tf_keras model, fine-tune, strip the wrappers.
+
+    Args:
+        loaded: a functional tf_keras model (``loaded.prunable`` and ``loaded.keras_model``), or
+            litegate's GPT-2. The input is not modified: the pruned model is a copy.
+        recipe: a ``kind = "prune"`` recipe.
+        texts_inputs: encoded recovery text keyed by input role or input name (``input_ids``,
+            ``attention_mask``, ``tokens`` ...), each ``[N, ...]``.
+        labels: optional task labels ``[N]`` (class ids for a classifier; next-token ids
+            ``[N, T]`` for a generator) for ``mode`` ``labels`` / ``auto``.
+
+    Returns:
+        A new :class:`Loaded` (same input names and static shapes; ``keras_model`` and ``owner``
+        the stripped model; generators get rebuilt ``signatures``), and stats: ``layers``
+        (pruned layer -> fraction of zeros in its kernels), ``pruned_sparsity``,
+        ``all_weights_sparsity``, ``pruned_params``, ``total_params``, ``mode``, ``steps``,
+        ``loss_first``, ``loss_last``, ``loss_curve`` ([step, loss] pairs), ``fidelity`` (per
+        output: max abs difference and cosine to the float model on the recovery inputs),
+        ``seed``, ``recipe``.
+
+    Raises:
+        QuantizationError: the model cannot be pruned, or the data does not fit it.
+    """
+    import tf_keras
+
+    s = PruneSettings.from_recipe(recipe)
+    model = loaded.keras_model
+    if model is None:
+        raise QuantizationError("pruning needs a tf_keras model; this source is a SavedModel or a Keras 3 model "
+                                "(tensorflow-model-optimization prunes tf_keras models only)")
+    if not texts_inputs or not len(next(iter(texts_inputs.values()))):
+        raise QuantizationError("pruning needs recovery text: no samples were given")
+    mode = _resolve_mode(s, labels)
+    if labels is not None and len(labels) != len(next(iter(texts_inputs.values()))):
+        raise QuantizationError(f"{len(labels)} labels for {len(next(iter(texts_inputs.values())))} recovery samples")
+    tf_keras.utils.set_random_seed(s.seed)
+    from litegate.converter.gpt2 import GPT2
+
+    if isinstance(model, GPT2):
+        pruned, stats = _prune_gpt2(loaded, s, texts_inputs, labels, mode)
+    elif not loaded.prunable or not getattr(model, "_is_graph_network", False):
+        raise QuantizationError(f"model {getattr(model, 'name', '?')!r} is not a functional tf_keras model: "
+                                "tensorflow-model-optimization cannot clone subclassed models")
+    else:
+        pruned, stats = _prune_functional(loaded, s, texts_inputs, labels, mode)
+    stats.update({"seed": s.seed, "recipe": recipe.name, "target_sparsity": 0.5 if s.structured_2_4 else s.target_sparsity,
+                  "structure": "2:4" if s.structured_2_4 else f"{s.block_size[0]}x{s.block_size[1]}"})
+    return pruned, stats
+
+
+def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[str, np.ndarray],
+                      labels: np.ndarray | None, mode: str) -> tuple[Loaded, dict[str, Any]]:
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+    from litegate.converter.sources import _wrap as wrap_serving
+
+    src = loaded.keras_model
+    in_names = [layer.name for layer in src._input_layers]
+    x = _model_feed(in_names, texts_inputs)
+    out_names = list(src.output_names)
+    static_batch = {n: layer._batch_input_shape[0] for n, layer in zip(in_names, src._input_layers, strict=True)}
+    teacher_batch = next((b for b in static_batch.values() if b), s.batch_size)
+
+    teacher = _batched(lambda xb: _numpy(_call(src, in_names, out_names, xb)), x, teacher_batch)
+
+    # Clone with a free batch dimension (a conversion-built model has batch 1) and fresh
+    # variables; prunable layers come back wrapped.
+    fresh: dict[str, Any] = {}
+    wrapped: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+
+    def clone_fn(layer: Any) -> Any:
+        copy = _fresh_copy(layer)
+        fresh[layer.name] = copy
+        if _is_prunable(layer, s):
+            misfit = _block_misfit(layer, s)
+            if misfit:
+                skipped[layer.name] = misfit
+                return copy
+            wrapped[layer.name] = _wrap(copy, s)
+            return wrapped[layer.name]
+        return copy
+
+    new_inputs = [tf_keras.Input(shape=layer._batch_input_shape[1:], dtype=layer.dtype, name=layer.name)
+                  for layer in src._input_layers]
+    try:
+        with _quiet_lambda_warning():
+            model = tf_keras.models.clone_model(src, input_tensors=new_inputs, clone_function=clone_fn)
+    except ValueError as exc:
+        raise QuantizationError(f"cannot wrap the model for pruning: {str(exc).splitlines()[0]}") from None
+    if not wrapped:
+        why = f" ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})" if skipped else ""
+        raise QuantizationError(f"model {src.name!r} has no prunable layer (supported: {', '.join(PRUNABLE_TYPES)}){why}")
+    for layer in src.layers:
+        if layer.weights and layer.name in fresh:
+            fresh[layer.name].set_weights(layer.get_weights())
+    _check_copied(src, fresh)
+
+    def call_new(xb: Any, training: bool) -> dict[str, Any]:
+        return _call(model, in_names, out_names, xb, training=training)
+
+    label_key = _label_key(out_names, teacher) if mode == "labels" else None
+    if label_key is not None:
+        _check_labels(labels, teacher[label_key].shape[-1])
+    target: Any = np.asarray(labels) if mode == "labels" else teacher
+    losses = _train(model, list(wrapped.values()), s, x, target, call_new, _loss_fn(mode, label_key))
+    with _quiet_lambda_warning():
+        stripped = tfmot.sparsity.keras.strip_pruning(model)
+    pruned_layers = {name: stripped.get_layer(name) for name in wrapped}
+    stats = _sparsity_stats(stripped, pruned_layers)
+    stats["skipped"] = skipped
+
+    after = _batched(lambda xb: _numpy(_call(stripped, in_names, out_names, xb)), x, s.batch_size)
+    stats["fidelity"] = _fidelity(after, teacher)
+    stats.update(_loss_stats(losses, mode, s))
+    note = (f"pruned {len(wrapped)} layers to {stats['pruned_sparsity']:.1%} zeros "
+            f"({stats['all_weights_sparsity']:.1%} of all weights), recovery by {mode}, {s.total_steps} steps")
+    result = Loaded(serve=None, owner=stripped, notes=[*loaded.notes, note], prunable=True, keras_model=stripped,
+                    dynamic=loaded.dynamic)
+    if loaded.signatures:
+        from litegate.converter.textgen import rnn_signatures
+
+        prefill = loaded.signatures["prefill"].structured_input_signature[1]["tokens"]
+        result.signatures = rnn_signatures(stripped, int(prefill.shape[1]))
+    else:
+        specs = _serve_specs(loaded)
+        # serving names -> model input names (the loaders use the same names, in the same order)
+        rename = {k: k for k in specs} if set(specs) == set(in_names) else dict(zip(specs, in_names, strict=True))
+
+        def serve_call(**kw: Any) -> Any:
+            return _call(stripped, in_names, out_names, {rename[k]: v for k, v in kw.items()})
+
+        result.serve = wrap_serving(serve_call, {k: tf.TensorSpec(v.shape, v.dtype) for k, v in specs.items()})
+    return result, stats
+
+
+@contextlib.contextmanager
+def _quiet_lambda_warning() -> Iterator[None]:
+    """Silence tf_keras' warning that a layer config holds a lambda (BERT's GELU) while cloning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The object being serialized includes a `lambda`")
+        yield
+
+
+def _fresh_copy(layer: Any) -> Any:
+    """A new, unbuilt layer like ``layer``; Python-callable activations (a lambda) carried over."""
+    config = layer.get_config()
+    try:
+        return layer.__class__.from_config(config)
+    except (TypeError, ValueError):
+        pass
+    owner = getattr(layer, "cell", layer)  # an RNN layer keeps its activations on its cell
+    fns = {k: getattr(owner, k) for k in ("activation", "recurrent_activation")
+           if k in config and callable(getattr(owner, k, None))}
+    try:
+        copy = layer.__class__.from_config({**config, **{k: "linear" for k in fns}})
+    except (TypeError, ValueError) as exc:
+        raise QuantizationError(f"cannot copy layer {layer.name!r} ({type(layer).__name__}) for pruning: "
+                                f"{str(exc).splitlines()[0]}") from None
+    for k, fn in fns.items():
+        setattr(getattr(copy, "cell", copy), k, fn)
+    return copy
+
+
+def _label_key(out_names: list[str], teacher: Mapping[str, np.ndarray]) -> str:
+    key = next((k for k in teacher if "logits" in k), None) or (next(iter(teacher)) if len(teacher) == 1 else None)
+    if key is None:
+        raise QuantizationError(f"recovery with labels needs a logits output; the model has {', '.join(out_names)}")
+    return key
+
+
+def _check_labels(labels: np.ndarray | None, classes: int) -> None:
+    a = np.asarray(labels)
+    if a.size and (not np.issubdtype(a.dtype, np.integer) or a.min() < 0 or a.max() >= classes):
+        raise QuantizationError(f"recovery labels must be class ids in [0, {classes}) for the model's {classes} "
+                                f"logits; got values from {a.min()} to {a.max()}")
+
+
+def _loss_stats(losses: list[float], mode: str, s: PruneSettings) -> dict[str, Any]:
+    return {"mode": mode, "steps": len(losses), "pruning_steps": s.end_step, "recovery_steps": s.recovery_steps,
+            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+            "loss_curve": _curve(losses)}
+
+
+def _check_copied(src: Any, fresh: Mapping[str, Any]) -> None:
+    """Every weight of the clone equals the source's, bit for bit, before pruning starts."""
+    for layer in src.layers:
+        if not layer.weights:
+            continue
+        copy = fresh.get(layer.name)
+        theirs = copy.get_weights() if copy is not None else []
+        ours = layer.get_weights()
+        if len(theirs) != len(ours) or not all(a.shape == b.shape and np.array_equal(a, b)
+                                                for a, b in zip(ours, theirs, strict=False)):
+            raise QuantizationError(f"cloning for pruning did not preserve the weights of layer {layer.name!r}")
+
+
+def _prune_gpt2(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[str, np.ndarray],
+                labels: np.ndarray | None, mode: str) -> tuple[Loaded, dict[str, Any]]:
+    """GPT-2 is subclassed: rebuild it, copy the weights, wrap its Dense sublayers in place."""
+    import tensorflow as tf
+    from litegate.converter.gpt2 import GPT2, signatures
+
+    src = loaded.keras_model
+    x = _model_feed(["tokens"], texts_inputs)
+    teacher = _batched(lambda xb: {"logits": src(tf.constant(xb["tokens"])).numpy()}, x, s.batch_size)
+    model = GPT2(src.cfg)
+    model.build_all()
+    if len(model.weights) != len(src.weights):
+        raise QuantizationError("cannot copy GPT-2 for pruning: the rebuilt model has different weights")
+    for ours, theirs in zip(model.weights, src.weights, strict=True):
+        ours.assign(theirs)
+    for ours, theirs in zip(model.weights, src.weights, strict=True):
+        if not np.array_equal(ours.numpy(), theirs.numpy()):
+            raise QuantizationError(f"copying GPT-2 for pruning did not preserve weight {theirs.name!r}")
+    keys = ("c_attn", "c_proj", "c_fc", "mlp_proj")
+    dense = {b[k].name: (b, k, b[k]) for b in model.blocks for k in keys}
+    skipped = {name: why for name, (_, _, layer) in dense.items() if (why := _block_misfit(layer, s))}
+    dense = {name: v for name, v in dense.items() if name not in skipped}
+    wrappers = {}
+    for name, (block, key, layer) in dense.items():
+        w = _wrap(layer, s)
+        w.build(tf.TensorShape([None, None, int(layer.kernel.shape[0])]))
+        block[key] = w
+        setattr(model, name, w)
+        wrappers[name] = w
+
+    def call(xb: Any, training: bool) -> dict[str, Any]:
+        return {"logits": model(xb["tokens"], training=training)}
+
+    if not wrappers:
+        raise QuantizationError(f"no GPT-2 layer can be pruned with this recipe: {'; '.join(skipped.values())}")
+    if mode == "labels":
+        _check_labels(labels, teacher["logits"].shape[-1])
+    target: Any = np.asarray(labels) if mode == "labels" else teacher
+    losses = _train(model, list(wrappers.values()), s, x, target, call, _loss_fn(mode, "logits"))
+    for name, (block, key, layer) in dense.items():  # strip: put the (masked) Dense layers back
+        block[key] = layer
+        setattr(model, name, layer)
+    stats = _sparsity_stats(model, {name: layer for name, (_, _, layer) in dense.items()})
+    stats["skipped"] = skipped
+    stats["fidelity"] = _fidelity(_batched(lambda xb: {"logits": model(tf.constant(xb["tokens"])).numpy()}, x,
+                                           s.batch_size), teacher)
+    stats.update(_loss_stats(losses, mode, s))
+    prefill = loaded.signatures["prefill"].structured_input_signature[1]["tokens"]
+    cache = loaded.signatures["decode"].structured_input_signature[1]["k_cache_0"]
+    sigs = signatures(model, int(prefill.shape[1]), int(cache.shape[2]))
+    note = (f"pruned {len(dense)} Dense sublayers of GPT-2 to {stats['pruned_sparsity']:.1%} zeros "
+            f"({stats['all_weights_sparsity']:.1%} of all weights; the tied embedding is not pruned), "
+            f"recovery by {mode}, {s.total_steps} steps")
+    return Loaded(serve=None, owner=model, notes=[*loaded.notes, note], prunable=False, keras_model=model,
+                  signatures=sigs), stats
+
+
+# --------------------------------------------------------------------------------------------
+# Reading sparsity back from the flatbuffer (no TensorFlow)
+
+_NP_TYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "FLOAT64": np.float64, "INT8": np.int8,
+             "UINT8": np.uint8, "INT16": np.int16}
+
+
+def sparsity_report(model: bytes | str | Path) -> dict[str, Any]:
+    """Fraction of zeros in every constant weight tensor of a .tflite, overall, and the file sizes.
+
+    Weight tensors are constant tensors of a float or 8/16-bit integer type (int32/int64
+    constants are shapes, axes and biases of quantized ops, and are left out); other float
+    constants (a mask pattern, a zero-initialised state buffer) count too. A quantized value
+    counts as zero when it equals its zero point. A tensor stored in TFLite's sparse format
+    (``EXPERIMENTAL_SPARSITY``) counts its dropped elements as zeros and is marked
+    ``sparse_encoded``. A buffer shared by several tensors counts once.
+
+    Returns:
+        ``bytes``, ``gzip_bytes`` (level 9, like ``benchmarks.size``), ``tensors`` ([{name, type,
+        shape, elements, zeros, sparsity, sparse_encoded}]), ``weight_elements``, ``zeros``,
+        ``sparsity`` (all weight tensors), ``matrix_sparsity`` (rank >= 2 only), ``sparse_encoded``
+        (how many tensors use the sparse format).
+
+    Raises:
+        ModelLoadError: not a valid TFLite flatbuffer.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from litegate.delegates.flatbuffer import TYPE_NAMES, read_model
+
+    data = bytes(model) if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
+    name = "<bytes>" if isinstance(model, bytes | bytearray) else str(model)
+    read_model(data, source=name)  # verifies the flatbuffer, bounds-checked, before we walk it
+    m = schema.Model.GetRootAs(data, 0)
+    seen: set[int] = set()
+    tensors = []
+    for si in range(m.SubgraphsLength()):
+        sg = m.Subgraphs(si)
+        for ti in range(sg.TensorsLength()):
+            t = sg.Tensors(ti)
+            b = int(t.Buffer())
+            type_name = TYPE_NAMES.get(int(t.Type()), "")
+            if b <= 0 or b in seen or type_name not in _NP_TYPES:
+                continue
+            buf = m.Buffers(b)
+            if buf.DataLength():
+                raw = buf.DataAsNumpy().tobytes()
+            elif buf.Offset() > 1 and buf.Size() > 0:
+                raw = data[buf.Offset() : buf.Offset() + buf.Size()]
+            else:
+                continue
+            seen.add(b)
+            values = np.frombuffer(raw, dtype=_NP_TYPES[type_name])
+            shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+            elements = int(np.prod(shape)) if shape else values.size
+            zero = _zero_points(t, values.size)
+            stored_zeros = int(np.count_nonzero(values == zero)) if zero is not None else 0
+            sparse = t.Sparsity() is not None
+            zeros = stored_zeros + (elements - values.size if sparse else 0)
+            tensors.append({"name": (t.Name() or b"").decode("utf-8", "replace"), "type": type_name, "shape": list(shape),
+                            "elements": elements, "zeros": zeros, "sparsity": zeros / elements if elements else 0.0,
+                            "sparse_encoded": sparse})
+    n = sum(t["elements"] for t in tensors)
+    z = sum(t["zeros"] for t in tensors)
+    mats = [t for t in tensors if len(t["shape"]) >= 2]
+    mn = sum(t["elements"] for t in mats)
+    return {"bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=9, mtime=0)), "tensors": tensors,
+            "weight_elements": n, "zeros": z, "sparsity": z / n if n else 0.0,
+            "matrix_sparsity": sum(t["zeros"] for t in mats) / mn if mn else 0.0,
+            "sparse_encoded": sum(1 for t in tensors if t["sparse_encoded"])}
+
+
+def _zero_points(t: Any, size: int) -> Any:
+    """What a stored zero looks like: 0 for floats, the zero point(s) for quantized integers."""
+    q = t.Quantization()
+    if q is None or not q.ZeroPointLength():
+        return 0
+    zp = q.ZeroPointAsNumpy()
+    if len(zp) == 1:
+        return zp[0]
+    if size % len(zp):
+        return None
+    dim = int(q.QuantizedDimension())
+    shape = [int(d) for d in t.ShapeAsNumpy()] if t.ShapeLength() else [size]
+    if t.Sparsity() is not None or int(np.prod(shape)) != size or dim >= len(shape):
+        return None  # a sparse per-channel tensor: its zero points cannot be lined up here
+    view = [1] * len(shape)
+    view[dim] = len(zp)
+    return np.broadcast_to(zp.reshape(view), shape).reshape(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion helpers (child)
+
+
+def _converter(loaded: Loaded, work: Path) -> Any:
+    import tensorflow as tf
+
+    if loaded.signatures:
+        module = tf.Module()
+        module.owner = loaded.owner
+        export = work / "signatures_saved_model"
+        tf.saved_model.save(module, str(export), signatures=dict(loaded.signatures))
+        return tf.lite.TFLiteConverter.from_saved_model(str(export), signature_keys=list(loaded.signatures))
+    return tf.lite.TFLiteConverter.from_concrete_functions([loaded.serve.get_concrete_function()], loaded.owner)
+
+
+def sparse_encoding_variants(loaded: Loaded) -> dict[str, bytes]:
+    """Convert the (pruned) model four ways, so a caller can measure what sparse encoding does.
+
+    Returns:
+        ``{"fp32": ..., "fp32+sparsity": ..., "dynamic-int8": ..., "dynamic-int8+sparsity": ...}``:
+        no optimization, ``[EXPERIMENTAL_SPARSITY]``, ``[DEFAULT]`` and ``[DEFAULT,
+        EXPERIMENTAL_SPARSITY]``. The converter decides per tensor whether the sparse format is
+        worth it; :func:`sparsity_report` counts the tensors it encoded. Measure before shipping
+        one: with TF 2.21 the ``dynamic-int8+sparsity`` file of a pruned BERT is larger than
+        ``dynamic-int8`` and LiteRT's XNNPACK delegate fails to prepare it ("failed to delegate
+        FULLY_CONNECTED node"); the builtin CPU kernels run it.
+
+    Raises:
+        ConversionError: a conversion failed.
+    """
+    import tensorflow as tf
+
+    from litegate.errors import ConversionError
+
+    options = {"fp32": [], "fp32+sparsity": [tf.lite.Optimize.EXPERIMENTAL_SPARSITY],
+               "dynamic-int8": [tf.lite.Optimize.DEFAULT],
+               "dynamic-int8+sparsity": [tf.lite.Optimize.DEFAULT, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]}
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="litegate-sparse-") as tmp:
+        for name, opts in options.items():
+            conv = _converter(loaded, Path(tmp) / name)
+            conv.optimizations = opts
+            try:
+                out[name] = bytes(conv.convert())
+            except Exception as exc:  # the converter raises ConverterError and plain exceptions
+                first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+                raise ConversionError(f"{name} conversion of the pruned model failed: {first}") from None
+    return out
+
+
+def _summary(stats: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
+    return {"pruning": dict(stats), "tflite": {k: v for k, v in report.items() if k != "tensors"}}
+
+
+def prune_job(payload: dict[str, Any]) -> dict[str, Any]:
+    """Child-process entry: load, prune, fine-tune, convert, write the .tflite atomically.
+
+    payload: ``source`` (ModelSource dict), ``seq_len``, ``recipe`` (prune Recipe dict),
+    ``then`` (a quantization Recipe dict or None), ``inputs_npz`` (recovery inputs by role or
+    name), ``labels_npz`` (optional, array ``labels``), ``calibration_npz`` (optional, for a
+    calibrated ``then``), ``out`` (path), ``sparse_variants`` (optional folder: also write the
+    four :func:`sparse_encoding_variants` there).
+    """
+    import tensorflow as tf
+    from litegate.converter.sources import load
+    from litegate.converter.tflite import check_calibration, convert, convert_signatures, model_samples
+
+    from litegate.artifacts import atomic_write_bytes
+
+    source = ModelSource.from_dict(payload["source"])
+    recipe = Recipe.from_dict(payload["recipe"])
+    then = Recipe.from_dict(payload["then"]) if payload.get("then") else recipes.load("fp32")
+    tf.keras.utils.set_random_seed(0)
+    loaded = load(source, int(payload["seq_len"]))
+    with np.load(payload["inputs_npz"]) as data:
+        inputs = {k: data[k] for k in data.files}
+    labels = None
+    if payload.get("labels_npz"):
+        with np.load(payload["labels_npz"]) as data:
+            labels = data["labels"]
+    pruned, stats = apply_pruning(loaded, recipe, texts_inputs=inputs, labels=labels)
+    with tempfile.TemporaryDirectory(prefix="litegate-prune-") as tmp:
+        if pruned.signatures:
+            blob = convert_signatures(pruned.signatures, pruned.owner, then, Path(tmp))
+        else:
+            samples = None
+            if payload.get("calibration_npz"):
+                with np.load(payload["calibration_npz"]) as data:
+                    samples = model_samples(pruned.serve, {k: data[k] for k in data.files})
+            if then.needs_calibration:
+                check_calibration(pruned.serve, samples or {})
+            blob = convert(pruned.serve, pruned.owner, then, samples)
+    atomic_write_bytes(Path(payload["out"]), blob)
+    report = sparsity_report(blob)
+    result = _summary(stats, report)
+    if payload.get("sparse_variants"):
+        folder = Path(payload["sparse_variants"])
+        result["sparse_variants"] = {}
+        for name, data_bytes in sparse_encoding_variants(pruned).items():
+            atomic_write_bytes(folder / f"{name}.tflite", data_bytes)
+            rep = sparsity_report(data_bytes)
+            result["sparse_variants"][name] = {k: v for k, v in rep.items() if k != "tensors"}
+    inputs_names = (list(pruned.serve.get_concrete_function().structured_input_signature[1]) if pruned.serve
+                    else {k: list(f.structured_input_signature[1]) for k, f in pruned.signatures.items()})
+    return {**result, "notes": pruned.notes, "inputs": inputs_names, "recipe": recipe.name, "then": then.name}
+
+
+# --------------------------------------------------------------------------------------------
+# The parent-side entry point (no TensorFlow import): `litegate prune`
+
+
+def generator_windows(tokenizer_path: Path, texts: list[str], seq_len: int, limit: int) -> dict[str, np.ndarray]:
+    """Token windows for a text generator: ``tokens`` [N, seq_len] and next-token ``labels``.
+
+    The texts are joined with newlines, tokenized once, and cut into non-overlapping windows of
+    ``seq_len + 1`` tokens (inputs are the first ``seq_len``, labels the last ``seq_len``).
+
+    Raises:
+        DataError: the text is shorter than one window.
+    """
+    from litegate.generate import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_path)
+    ids = np.asarray(tok.encode("\n".join(texts)).ids, dtype=np.int32)
+    n = min(len(ids) // (seq_len + 1), limit)
+    if n < 1:
+        raise DataError(f"recovery text has {len(ids)} tokens, fewer than one window of {seq_len + 1}")
+    windows = ids[: n * (seq_len + 1)].reshape(n, seq_len + 1)
+    return {"tokens": windows[:, :-1].copy(), "labels": windows[:, 1:].copy()}
+
+
+def prune_to_tflite(source: ModelSource, out: Path, *, recipe: str, seq_len: int, then: str | None = None,
+                    calibration: Path | None = None, labels: Path | None = None, samples: int = 200,
+                    timeout_s: float = 1800.0) -> dict[str, Any]:
+    """Prune ``source`` with a pruning recipe, optionally quantize, write ``out`` (+ sidecars).
+
+    Recovery text comes from ``labels`` (a ``sentence<TAB>label`` TSV: labels are used by
+    ``mode`` ``auto``/``labels``) or else ``calibration`` (plain text: distillation). A text
+    generator is fed windows of ``seq_len`` tokens of that text (its next-token labels are used
+    only with ``mode = "labels"``). ``then`` names a quantization recipe applied at conversion;
+    calibrated ones (int8, int16x8) are calibrated on ``calibration`` (or the TSV sentences).
+
+    Returns:
+        ``path``, ``recipe``, ``then``, ``bytes``, ``gzip_bytes``, ``pruning`` (the stats of
+        :func:`apply_pruning`), ``tflite`` (:func:`sparsity_report` without the tensor list),
+        ``notes``.
+
+    Raises:
+        ConfigError: unknown recipe, or a recipe of the wrong kind.
+        DataError: no or unreadable recovery text.
+        ModelLoadError, QuantizationError, ConversionError, IsolationError.
+    """
+    from litegate.api import check_source, source_tokenizer
+    from litegate.artifacts import atomic_write_text, save_npz
+    from litegate.isolation import run_isolated
+    from litegate.tasks import TextEncoder, read_labelled_tsv, read_texts
+
+    rec = recipes.load(recipe)
+    if rec.kind != "prune":
+        raise ConfigError(f"recipe {rec.name!r} is a {rec.kind!r} recipe; litegate prune needs a pruning recipe "
+                          f"(built-in: {', '.join(n for n in recipes.builtin_names() if n.startswith('pruned'))})")
+    settings = PruneSettings.from_recipe(rec)
+    then_rec = recipes.load(then) if then else None
+    if then_rec is not None and then_rec.kind == "prune":
+        raise ConfigError(f"--then {then_rec.name!r} is a pruning recipe; give a quantization recipe")
+    if source.kind is SourceKind.TFLITE:
+        raise QuantizationError(f"{source.path}: a .tflite cannot be pruned; start from the TensorFlow model")
+    info = check_source(source, seq_len)
+    tok = source_tokenizer(source)
+    if tok is None:
+        raise QuantizationError("pruning needs a tokenizer to encode the recovery text; pass --tokenizer")
+    if labels is None and calibration is None:
+        raise DataError("pruning needs recovery text: give --calibration TEXT or --labels TSV")
+    generator = source.task is Task.TEXT_GENERATION or source.kind is SourceKind.HF_GPT2
+    if generator and labels is not None:
+        raise DataError("--labels is a sentence<TAB>label file for classifiers; give a text generator --calibration TEXT")
+    if generator and then_rec is not None and then_rec.needs_calibration:
+        raise QuantizationError(f"--then {then_rec.name!r}: calibrated quantization of multi-signature text generators "
+                                "is not supported yet; use fp32, fp16 or dynamic-int8")
+    labelled = read_labelled_tsv(labels, limit=samples) if labels is not None else None
+    if settings.mode == "labels" and labelled is None and not generator:
+        raise DataError(f"recipe {rec.name!r} recovers with labels (mode 'labels'): give --labels TSV")
+    encoder = TextEncoder(tok, seq_len)
+    with tempfile.TemporaryDirectory(prefix="litegate-prune-") as tmp:
+        inputs_npz, labels_npz, calib_npz = (Path(tmp) / n for n in ("inputs.npz", "labels.npz", "calib.npz"))
+        label_array: np.ndarray | None = None
+        if generator:
+            windows = generator_windows(tok, read_texts(calibration), seq_len, samples)  # type: ignore[arg-type]
+            save_npz(inputs_npz, {"tokens": windows["tokens"]})
+            if settings.mode == "labels":
+                label_array = windows["labels"]
+        else:
+            texts = list(labelled.sentences) if labelled else read_texts(calibration, limit=samples)  # type: ignore[arg-type]
+            save_npz(inputs_npz, encoder.encode(texts))
+            if labelled is not None:
+                label_array = np.asarray(labelled.labels, dtype=np.int64)
+        if label_array is not None:
+            save_npz(labels_npz, {"labels": label_array})
+        if then_rec is not None and then_rec.needs_calibration and not generator:
+            calib_texts = read_texts(calibration, limit=samples) if calibration else texts
+            save_npz(calib_npz, encoder.encode(calib_texts))
+        payload = {"source": source.to_dict(), "seq_len": seq_len, "recipe": rec.to_dict(),
+                   "then": then_rec.to_dict() if then_rec else None, "inputs_npz": str(inputs_npz),
+                   "labels_npz": str(labels_npz) if label_array is not None else None,
+                   "calibration_npz": str(calib_npz) if calib_npz.is_file() else None, "out": str(out)}
+        job = run_isolated("litegate.quantize.prune:prune_job", payload, timeout_s=timeout_s)
+    atomic_write_text(out.with_suffix(".tokenizer.json"), encoder.to_json())
+    meta = {"task": source.task.value, "seq_len": seq_len, "recipe": job["then"], "pruning": rec.name,
+            "labels": info.get("labels", {}), "inputs": job.get("inputs", []), "notes": job.get("notes", []),
+            "source": source.to_dict()}
+    atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+    return {"path": str(out), "recipe": rec.name, "then": job["then"], "bytes": job["tflite"]["bytes"],
+            "gzip_bytes": job["tflite"]["gzip_bytes"], "pruning": job["pruning"], "tflite": job["tflite"],
+            "notes": job.get("notes", [])}
