@@ -53,6 +53,11 @@ def test_run_on_embedded_default_reports_every_variant_measured(demo_runs):
         assert f"| **{name}** |" in md
     assert rep["schema_version"] == "1.0" and rep["run"]["machine"]["cores_available"] >= 1
     load_report(out / "report.json")  # parses back into the typed report
+    for name in ("report.html", "junit.xml", "tokenizer.json", "model.json"):
+        assert (out / name).is_file(), name
+    compat = {c["delegate"]: c for c in rep["variants"][0]["compat"]}
+    assert set(compat) == {"gpu", "hexagon", "coreml", "xnnpack"}
+    assert compat["hexagon"]["delegated_fraction"] == 0.0  # float model: Hexagon runs 8-bit only
 
 
 def test_second_run_reuses_cached_conversions(demo_runs):
