@@ -480,5 +480,38 @@ def _accuracy(cfg: ReleaseConfig, variants: list[VariantResult], data: _EvalData
             metric, value, extra = summarize_task(task.value, outputs[v.name], ref, data.labels, data.windows)
             res = AccuracyResult(task=task, metric=metric, value=value, backend=backend, n_samples=data.n,
                                  reference=ref_value, delta=None if ref_value is None else value - ref_value, extra=extra)
-        out.append(dataclasses.replace(v, accuracy=(res,)))
+        out.append(dataclasses.replace(v, accuracy=(res,) + _gpu_accuracy(cfg, v, data, ref, ref_value, say)))
     return out
+
+
+def _gpu_accuracy(cfg: ReleaseConfig, v: VariantResult, data: _EvalData, ref: dict[str, np.ndarray] | None,
+                  ref_value: float | None, say: Progress) -> tuple[AccuracyResult, ...]:
+    """The task metric on LiteRT's GPU delegate (fp16 arithmetic), its own row, when ``gpu`` is benchmarked here."""
+    from litegate.benchmarks.accuracy import summarize_task
+    from litegate.delegates.runtime import why_not_runnable
+
+    task = cfg.model.source.task
+    if "gpu" not in cfg.bench.backends or task is Task.TEXT_GENERATION or v.artifact is None or data.inputs_npz is None:
+        return ()
+    reason = why_not_runnable("gpu")
+    if reason:
+        return (AccuracyResult(task=task, metric="accuracy", value=None, backend="gpu", n_samples=0,
+                               status=Status.NOT_RUN, reason=reason),)
+    from litegate.delegates.gpu import run_gpu
+
+    say(f"eval: {v.name} on the GPU delegate")
+    try:
+        run = run_gpu(v.artifact.path, inputs=data.inputs_npz, threads=cfg.bench.eval_threads,
+                      timeout_s=cfg.bench.timeout_s, mem_mb=cfg.mem_mb)
+    except LitegateError as exc:
+        return (AccuracyResult(task=task, metric="accuracy", value=None, backend="gpu", n_samples=data.n,
+                               status=Status.FAILED, reason=exc.message),)
+    if run.log.shader_errors:
+        return (AccuracyResult(task=task, metric="accuracy", value=None, backend="gpu", n_samples=data.n,
+                               status=Status.FAILED,
+                               reason=f"the GPU delegate failed to compile a shader: {run.log.shader_errors[0][:300]}"),)
+    outputs = {k: np.asarray(a) for k, a in run.outputs.items()}
+    metric, value, extra = summarize_task(task.value, outputs, ref, data.labels, data.windows)
+    extra = {**extra, "fully_accelerated": float(run.fully_accelerated)}
+    return (AccuracyResult(task=task, metric=metric, value=value, backend="gpu", n_samples=run.n_inputs,
+                           reference=ref_value, delta=None if ref_value is None else value - ref_value, extra=extra),)

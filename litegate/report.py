@@ -257,6 +257,20 @@ def to_markdown(rep: Report) -> str:
         if v.graph.get("needs_flex_delegate"):
             lines.append(f"- ⚠️ `{v.name}` contains Select TF ops ({', '.join(v.graph['flex_ops'])}): the app must link "
                          "the Flex delegate, and GPU/Hexagon/Core ML cannot run them")
+    gpu_rows = [(v.name, a) for v in rep.variants for a in v.accuracy[1:]]
+    if gpu_rows:
+        lines += ["", "| variant | backend | task metric | Δ vs fp32 CPU | fidelity | note |", "|---|---|---|---|---|---|"]
+        for name, a in gpu_rows:
+            if a.status is Status.OK and a.value is not None:
+                d = "—" if a.delta is None else f"{a.delta:+.3g}"
+                agree = (a.extra["agreement_with_reference"] if "agreement_with_reference" in a.extra
+                         else a.extra.get("cosine_min"))
+                full = "fully delegated" if a.extra.get("fully_accelerated") else "partly on CPU"
+                lines.append(f"| {name} | {a.backend} | {a.value:.4g} | {d} | {'—' if agree is None else f'{agree:.4g}'} "
+                             f"| {full} |")
+            else:
+                lines.append(f"| {name} | {a.backend} | {a.status.value} | — | — | {a.reason[:160]} |")
+        lines.append("")
     lines.extend(_efficiency(rep))
     lines.extend(_quant_details(rep))
     lines.extend(_compat_details(rep, delegates))
