@@ -209,6 +209,8 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
                 from litegate.quantize.prune import sparsity_report
 
                 extra["pruning"]["tflite"] = sparsity_report(data)
+            if payload.get("check_determinism") and not loaded.signatures and not v.get("prune"):
+                extra["determinism"] = _determinism(data, serve, model, recipe, samples)
             atomic_write_bytes(Path(v["out"]), data)
             results[v["name"]] = {"ok": True, "extra": extra}
         except OutputError:
@@ -284,3 +286,25 @@ def _pruned(loaded: Any, prune: Recipe, data: Mapping[str, Any],
         memo[key] = (new, stats)
     new, stats = memo[key]
     return new, dict(stats)
+
+
+def _determinism(data: bytes, serve: Any, model: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
+    """Convert again: identical bytes, or (when TensorFlow makes that impossible) how far the outputs differ."""
+    import hashlib
+    import tempfile
+
+    again = convert(serve, model, recipe, samples)
+    same = again == data
+    out: dict[str, Any] = {"identical_bytes": same, "sha256": [hashlib.sha256(data).hexdigest(),
+                                                              hashlib.sha256(again).hexdigest()]}
+    if not same and samples:
+        from litegate.delegates.runtime import Runner
+
+        outs = []
+        for blob in (data, again):
+            with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
+                f.write(blob)
+                f.flush()
+                outs.append(Runner(f.name, backend="cpu").run_batch({k: v[:16] for k, v in samples.items()}))
+        out["max_abs_output_diff"] = max(float(np.max(np.abs(outs[0][k] - outs[1][k]))) for k in outs[0])
+    return out

@@ -258,6 +258,8 @@ def load(path: str | Path) -> ReleaseConfig:
         options["dynamic_shapes"] = True
     if m.get("allow_lambda", bool, False):
         options["allow_lambda"] = True
+    if m.get("check_determinism", bool, False):
+        options["check_determinism"] = True
     # GPU-friendly graph (1-D embedding gathers, no shrink-mask slices): on by default when the release
     # measures the GPU delegate (bench.backends has "gpu"); check.delegates alone (gpu is in its default)
     # does not switch it on. Only hf-bert and hf-gpt2 sources have the rewrite.

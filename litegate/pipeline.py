@@ -297,6 +297,7 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
             "prune_data": prune_data,
             "calibration_npz": str(calib_npz) if calib_npz else None,
             "debug": cfg.debug,
+            "check_determinism": bool(cfg.model.source.options.get("check_determinism")),
             "debug_dir": str(cfg.output_dir),
             "auto_eval": auto_eval,
         }

@@ -131,6 +131,10 @@ def _quant_details(rep: Report) -> list[str]:
     lines: list[str] = []
     for v in rep.variants:
         q = v.quant
+        det = q.get("determinism")
+        if det and not det.get("identical_bytes"):
+            lines.append(f"- ⚠️ `{v.name}`: converting twice gave different bytes (TensorFlow is not deterministic "
+                         f"for this model); outputs differ by at most {det.get('max_abs_output_diff', float('nan')):.3g}")
         for note in q.get("fallback", []):
             lines.append(f"- `{v.name}`: {note}")
         pr = q.get("pruning")

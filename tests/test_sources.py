@@ -185,3 +185,16 @@ def test_conversion_is_deterministic(tmp_path, tiny_checkpoint):
     for out in (a, b):
         assert run_cli("convert", str(tiny_checkpoint), "--seq-len", str(SEQ), "-o", str(out)).returncode == 0
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_pipeline_determinism_check_records_identical_bytes(tmp_path, tiny_checkpoint):
+    from conftest import write_config
+
+    cfg = write_config(tmp_path, model=tiny_checkpoint, variants=("fp32", "int8"))
+    cfg.write_text(cfg.read_text().replace("seq_len = 32", "seq_len = 32\ncheck_determinism = true"))
+    r = run_cli("run", str(cfg), "-q")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    for v in rep["variants"]:
+        det = v["quant"]["determinism"]
+        assert det["identical_bytes"] is True and det["sha256"][0] == det["sha256"][1] == v["artifact"]["sha256"]
