@@ -346,9 +346,8 @@ def fake_adb(tmp_path, monkeypatch):
 
 @pytest.fixture
 def model(tmp_path) -> Path:
-    path = tmp_path / "m.tflite"
-    path.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(56))
-    return path
+    # a real (tiny) flatbuffer: every model is verified before it is pushed or loaded
+    return tiny_add_model(tmp_path / "m.tflite")
 
 
 def adb_cell(model: Path, backend: str, threads: int = 1, timeout_s: float = 60):
