@@ -43,7 +43,6 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 from litegate.delegates.benchmark_model import BenchmarkModelOutput, RunStats, parse
 
@@ -106,15 +105,9 @@ def parse_backend(backend: str) -> AdbSpec:
     serial = head[len("adb:"):] if head.startswith("adb:") else None
     if serial is not None and not _SERIAL.match(serial):
         raise ValueError(f"{backend!r}: device serial {serial!r} must be letters, digits, '.', ':', '-' or '_'")
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
-    except ValueError:
-        raise ValueError(f"{backend!r}: options must be key=value pairs joined by '&'") from None
-    opts: dict[str, str] = {}
-    for key, value in pairs:
-        if key in opts:
-            raise ValueError(f"{backend!r}: option {key!r} given twice")
-        opts[key] = value
+    from litegate.delegates.runtime import parse_options
+
+    opts = parse_options(backend, query)
     delegate = opts.pop("delegate", "xnnpack")
     if delegate not in DELEGATE_FLAGS:
         raise ValueError(f"{backend!r}: delegate={delegate!r} is not one of {', '.join(DELEGATE_FLAGS)}")

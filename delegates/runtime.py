@@ -66,16 +66,25 @@ def parse_external(backend: str) -> ExternalSpec:
     library, _, query = backend[len(EXTERNAL_PREFIX):].partition("?")
     if not library:
         raise ValueError(f"{backend!r}: no delegate library after 'external:'")
+    return ExternalSpec(library=library, options=parse_options(backend, query, "delegate option"))
+
+
+def parse_options(backend: str, query: str, what: str = "option") -> dict[str, str]:
+    """``key=value&key2=value2`` (percent-decoded) of a backend name, each key once.
+
+    Raises:
+        ValueError: malformed pairs or a repeated key; the message names the backend.
+    """
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
-        raise ValueError(f"{backend!r}: delegate options must be key=value pairs joined by '&'") from None
+        raise ValueError(f"{backend!r}: {what}s must be key=value pairs joined by '&'") from None
     options: dict[str, str] = {}
     for key, value in pairs:
         if key in options:
-            raise ValueError(f"{backend!r}: delegate option {key!r} given twice")
+            raise ValueError(f"{backend!r}: {what} {key!r} given twice")
         options[key] = value
-    return ExternalSpec(library=library, options=options)
+    return options
 
 
 def backend_relative_to(backend: str, base: Path) -> str:

@@ -160,14 +160,8 @@ def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, sa
     _convert(path, output, source, seq_len, recipe, calibration, samples, debug)
 
 
-def _convert(path: Path, output: Path, source: dict[str, Any], seq_len: int, recipe: str,
-             calibration: Path | None, samples: int, debug: bool = False) -> None:
-    from litegate.api import convert_model
-
-    src = _model_source(path, source)
-    info = convert_model(src, output, seq_len=seq_len, recipe=recipe, calibration=calibration, samples=samples or 200,
-                         debug=debug)
-    click.echo(f"wrote {info['path']} ({info['recipe']}, {info['bytes'] / 1e6:.2f} MB, gzip {info['gzip_bytes'] / 1e6:.2f} MB)")
+def _echo_notes_and_layers(info: dict[str, Any], output: Path) -> None:
+    """The converter's notes and, after --debug, the most sensitive layers."""
     for note in info.get("notes", []):
         click.echo(f"note: {note}")
     rows = info.get("extra", {}).get("layer_stats", [])
@@ -176,6 +170,17 @@ def _convert(path: Path, output: Path, source: dict[str, Any], seq_len: int, rec
                    f"{info['extra'].get('layer_stats_total', len(rows))}; all in {output.with_suffix('.layers.csv')}:")
         for i, r in enumerate(rows[:10], start=1):
             click.echo(f"  {i:2d}. {r['rmse/scale']:8.2f}  {r['op_name']:16} {r['tensor_name']}")
+
+
+def _convert(path: Path, output: Path, source: dict[str, Any], seq_len: int, recipe: str,
+             calibration: Path | None, samples: int, debug: bool = False) -> None:
+    from litegate.api import convert_model
+
+    src = _model_source(path, source)
+    info = convert_model(src, output, seq_len=seq_len, recipe=recipe, calibration=calibration, samples=samples or 200,
+                         debug=debug)
+    click.echo(f"wrote {info['path']} ({info['recipe']}, {info['bytes'] / 1e6:.2f} MB, gzip {info['gzip_bytes'] / 1e6:.2f} MB)")
+    _echo_notes_and_layers(info, output)
 
 
 def _model_source(path: Path, source: dict[str, Any]) -> Any:
@@ -248,14 +253,7 @@ def prune(path: Path, output: Path, recipe: str, then: str | None, calibration: 
     first, last = p["loss_first"], p["loss_last"]
     click.echo(f"recovery: {p['mode']}, {p['steps']} steps, loss {first:.4g} -> {last:.4g}"
                if first is not None else f"recovery: {p['mode']}, no steps")
-    for note in info.get("notes", []):
-        click.echo(f"note: {note}")
-    rows = info.get("extra", {}).get("layer_stats", [])
-    if rows:
-        click.echo(f"most sensitive layers (RMSE/scale, in quantization steps; ~0.29 is ideal), of "
-                   f"{info['extra'].get('layer_stats_total', len(rows))}; all in {output.with_suffix('.layers.csv')}:")
-        for i, r in enumerate(rows[:10], start=1):
-            click.echo(f"  {i:2d}. {r['rmse/scale']:8.2f}  {r['op_name']:16} {r['tensor_name']}")
+    _echo_notes_and_layers(info, output)
 
 
 @cli.command()
