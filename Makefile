@@ -90,6 +90,14 @@ compare: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python scripts/soak.py --runs 200
 
-## litegate's own performance (needs `make models` for MiniLM; ONNX Runtime peer with `pip install -e '.[peers]'`).
+## litegate's own performance (needs `make models` for MiniLM). The ONNX Runtime peer comes from the `peers`
+## extra, installed here when the registry has wheels for it; without them perf.json says "not run" for it.
+PEERS := $(VENV)/.peers-installed
+
+$(PEERS): pyproject.toml | $(STAMP)
+	@$(BIN)/pip install -q -e '.[peers]' && touch $@ || \
+	  echo "peers: could not install '.[peers]' (onnxruntime, onnx, sympy): the ONNX Runtime peer will not run"
+
 perf: $(STAMP)
+	-@$(MAKE) --no-print-directory $(PEERS)
 	$(BIN)/python -m litegate.benchmarks.perf

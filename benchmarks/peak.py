@@ -64,16 +64,21 @@ def cpu_mhz() -> float | None:
 def theoretical_flops_per_cycle() -> int | None:
     """fp32 FLOPs per cycle per core from the ISA: FMA units x vector lanes x 2.
 
-    Intel cores with AVX-512 have two 512-bit FMA ports (64); AMD Zen 4 executes AVX-512 as two
-    256-bit halves, so AMD and AVX2 cores get two 256-bit FMA units (32).
+    Intel cores with AVX-512 and AMD Zen 5 (family 0x1A) have two full-width 512-bit FMA pipes
+    (64); Zen 4 (family 0x19) executes AVX-512 as two 256-bit halves, and AVX2 cores have two
+    256-bit FMA units (32).
     """
     flags = cpu_flags()
-    vendor = ""
+    info = {}
     try:
-        vendor = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("vendor_id")), "")
+        for ln in open("/proc/cpuinfo"):
+            if ":" in ln:
+                k, v = ln.split(":", 1)
+                info.setdefault(k.strip(), v.strip())
     except OSError:
         pass
-    if "avx512f" in flags and vendor == "GenuineIntel":
+    vendor, family = info.get("vendor_id", ""), int(info.get("cpu family", "0") or 0)
+    if "avx512f" in flags and (vendor == "GenuineIntel" or (vendor == "AuthenticAMD" and family >= 0x1A)):
         return 2 * 16 * 2
     if "fma" in flags and ("avx2" in flags or "avx512f" in flags):
         return 2 * 8 * 2
