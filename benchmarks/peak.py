@@ -69,7 +69,7 @@ def theoretical_flops_per_cycle() -> int | None:
     256-bit FMA units (32).
     """
     flags = cpu_flags()
-    info = {}
+    info: dict[str, str] = {}
     try:
         for ln in open("/proc/cpuinfo"):
             if ":" in ln:
