@@ -60,6 +60,53 @@ def test_converted_fp32_tflite_matches_numpy_reference(tmp_path, tiny_checkpoint
     assert np.max(np.abs(Runner(out, backend="cpu").run_batch(x)["logits"] - ref)) < 1e-4
 
 
+# Ops the XNNPACK delegate runs in float (GATHER and CAST stay on the builtin kernels, negligible time).
+XNNPACK_FLOAT_OPS = {"ADD", "BATCH_MATMUL", "CAST", "DIV", "FULLY_CONNECTED", "GATHER", "GELU", "MAXIMUM", "MEAN",
+                     "MUL", "RESHAPE", "RSQRT", "SOFTMAX", "STRIDED_SLICE", "SUB", "SUM", "TANH", "TRANSPOSE"}
+
+
+@pytest.mark.parametrize("gpu_friendly", [False, True])
+def test_converted_graph_keeps_its_xnnpack_friendly_form(tmp_path, tiny_checkpoint, gpu_friendly):
+    """Guards the graph form measured in docs/performance.md (XNNPACK time is ~90% FULLY_CONNECTED there).
+
+    Per layer: 6 FULLY_CONNECTED with their bias fused (no bias ADD), the 1/sqrt(d) scale folded into the
+    query projection (no attention MUL), 2 BATCH_MATMUL without adj_x (XNNPACK refuses adj_x; K is read
+    through adj_y), 4 TRANSPOSE (q, k, v to heads-major and the context back), the builtin GELU; layer
+    norms as MEAN/SUB/MUL/RSQRT (no SQUARED_DIFFERENCE); nothing outside what XNNPACK takes but
+    GATHER/CAST. Outputs stay within 1e-4 of the numpy oracle.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+    from litegate.delegates.flatbuffer import load_model
+    from litegate.delegates.runtime import Runner
+
+    from litegate.api import convert_model
+    from litegate.types import ModelSource
+
+    out = tmp_path / "m.tflite"
+    convert_model(ModelSource(kind="hf-bert", path=str(tiny_checkpoint), task="text-classification",
+                              options={"gpu_friendly": True} if gpu_friendly else {}), out, seq_len=24)
+    cfg = json.loads((tiny_checkpoint / "config.json").read_text())
+    layers = cfg["num_hidden_layers"]
+    ops = Interpreter(model_path=str(out))._get_ops_details()
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+    assert set(counts) <= XNNPACK_FLOAT_OPS, sorted(set(counts) - XNNPACK_FLOAT_OPS)
+    assert counts["TRANSPOSE"] == 4 * layers
+    assert counts["BATCH_MATMUL"] == 2 * layers
+    bmm = [o.options for o in load_model(out).subgraph_ops(0) if o.name == "BATCH_MATMUL"]
+    assert not any(o["adj_x"] for o in bmm) and sum(o["adj_y"] for o in bmm) == layers
+    assert counts["GELU"] == layers
+    assert counts["FULLY_CONNECTED"] == 6 * layers + 2  # + pooler and classifier
+    assert all(op["inputs"][2] >= 0 for op in ops if op["op_name"] == "FULLY_CONNECTED")  # bias fused
+    norms = 2 * layers + 1
+    assert counts["MUL"] == 3 * norms + 1  # layer norms and the mask; no separate attention-scale MUL
+    assert counts["ADD"] == 2 * norms + 2 * layers + layers + 1  # norms, residuals, mask bias, embeddings
+    x = _inputs(tiny_checkpoint)
+    ref = forward(load_file(str(tiny_checkpoint / "model.safetensors")), cfg, x["input_ids"], x["attention_mask"])
+    assert np.max(np.abs(Runner(out, threads=1).run_batch(x)["logits"] - ref)) < 1e-4
+
+
 def test_checkpoint_with_missing_tensor_names_it(tmp_path):
     ck = make_checkpoint(tmp_path / "ck")
     t = load_file(str(ck / "model.safetensors"))
