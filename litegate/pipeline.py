@@ -346,15 +346,14 @@ def _publish(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | None,
 
     out = []
     meta = {"task": cfg.model.source.task.value, "seq_len": cfg.model.seq_len,
-            "inputs": ["input_ids", "attention_mask"], "labels": source.info.get("labels", {}),
-            "tokenizer": "tokenizer.json", "source_sha256": source.sha256}
+            "signatures": _signatures(next((v.artifact.path for v in built if v.artifact is not None), None)),
+            "labels": source.info.get("labels", {}), "tokenizer": "tokenizer.json", "source_sha256": source.sha256}
     if encoder is not None:
         atomic_write_text(cfg.output_dir / "tokenizer.json", encoder.to_json())
     else:
         from litegate.generate import load_tokenizer
 
         atomic_write_text(cfg.output_dir / "tokenizer.json", str(load_tokenizer(source.tokenizer).to_str()))
-        meta["inputs"] = []
     atomic_write_text(cfg.output_dir / "model.json", json.dumps(meta, indent=2) + "\n")
     for v in built:
         if v.status is Status.OK and v.artifact is not None:
@@ -364,6 +363,19 @@ def _publish(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | None,
             v = dataclasses.replace(v, artifact=art, size=measure_size(dest))
         out.append(v)
     return out
+
+
+def _signatures(path: str | None) -> dict[str, Any]:
+    """Signature name -> input and output names of a .tflite (what an app calls), {} if unreadable."""
+    if path is None:
+        return {}
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        return {k: {"inputs": list(v["inputs"]), "outputs": list(v["outputs"])}
+                for k, v in Interpreter(model_content=Path(path).read_bytes()).get_signature_list().items()}
+    except (ValueError, RuntimeError):
+        return {}
 
 
 def inspect_variant(v: VariantResult, delegates: tuple[str, ...]) -> VariantResult:
