@@ -55,6 +55,9 @@ def test_run_on_embedded_default_reports_every_variant_measured(demo_runs):
     load_report(out / "report.json")  # parses back into the typed report
     for name in ("report.html", "junit.xml", "tokenizer.json", "model.json"):
         assert (out / name).is_file(), name
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["signatures"]["serving_default"] == {"inputs": ["attention_mask", "input_ids"], "outputs": ["logits"]}
+    assert meta["labels"] == {"0": "negative", "1": "positive"}
     compat = {c["delegate"]: c for c in rep["variants"][0]["compat"]}
     assert set(compat) == {"gpu", "hexagon", "coreml", "xnnpack"}
     assert compat["hexagon"]["delegated_fraction"] == 0.0  # float model: Hexagon runs 8-bit only
