@@ -26,8 +26,6 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import dataclasses  # noqa: E402
-import json  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -36,50 +34,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 from litegate.converter.bert import MASK_PENALTY, LayerNorm, gather_rows, take_position  # noqa: E402
+from litegate.converter.hf import GPT2Config  # noqa: E402
 
 from litegate.errors import ModelLoadError  # noqa: E402
-
-
-@dataclasses.dataclass(frozen=True)
-class GPT2Config:
-    """The subset of a Hugging Face ``GPT2Config`` that decides the graph."""
-
-    vocab_size: int
-    n_positions: int
-    n_embd: int
-    n_layer: int
-    n_head: int
-    layer_norm_epsilon: float = 1e-5
-    activation_function: str = "gelu_new"
-
-    @property
-    def head_size(self) -> int:
-        return self.n_embd // self.n_head
-
-    @classmethod
-    def from_json_file(cls, path: Path) -> GPT2Config:
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{path}: cannot read config: {exc}") from None
-        if raw.get("model_type", "gpt2") != "gpt2":
-            raise ModelLoadError(f"{path}: model_type {raw.get('model_type')!r} is not supported by the hf-gpt2 "
-                                 "source (supported: gpt2)")
-        act = raw.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu", "relu"):
-            raise ModelLoadError(f"{path}: activation_function {act!r} is not supported")
-        try:
-            cfg = cls(vocab_size=int(raw["vocab_size"]), n_positions=int(raw["n_positions"]), n_embd=int(raw["n_embd"]),
-                      n_layer=int(raw["n_layer"]), n_head=int(raw["n_head"]),
-                      layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)), activation_function=act)
-        except KeyError as exc:
-            raise ModelLoadError(f"{path}: missing key {exc.args[0]!r}") from None
-        if cfg.n_embd % cfg.n_head:
-            raise ModelLoadError(f"{path}: n_embd {cfg.n_embd} is not divisible by n_head {cfg.n_head}")
-        return cfg
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}
 
 
 def _gelu(name: str) -> Any:

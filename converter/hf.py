@@ -19,6 +19,17 @@ SUPPORTED_BERT_TYPES = ("bert",)
 SUPPORTED_ACTS = ("gelu", "gelu_new", "relu")
 
 
+def read_config_json(path: Path) -> dict[str, Any]:
+    """A checkpoint's config.json as a dict, or a one-line ModelLoadError."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: cannot read config: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{path}: config is not a JSON object")
+    return raw
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     """The subset of a Hugging Face ``BertConfig`` that decides the graph."""
@@ -41,10 +52,7 @@ class BertConfig:
 
     @classmethod
     def from_json_file(cls, path: Path) -> BertConfig:
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{path}: cannot read config: {exc}") from None
+        raw = read_config_json(path)
         model_type = raw.get("model_type", "bert")
         if model_type not in SUPPORTED_BERT_TYPES:
             raise ModelLoadError(
@@ -168,16 +176,40 @@ def read_checkpoint(path: str | Path, extra_weights: str | Path | None = None) -
     return Checkpoint(root=root, config=config, tensors=tensors, prefix=prefix)
 
 
-def gpt2_config_dims(path: Path) -> dict[str, Any]:
-    """Architecture numbers of a GPT-2 config.json, checked without TensorFlow."""
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: cannot read config: {exc}") from None
-    if raw.get("model_type", "gpt2") != "gpt2":
-        raise ModelLoadError(f"{path}: model_type {raw.get('model_type')!r} is not supported by the hf-gpt2 source "
-                             "(supported: gpt2)")
-    try:
-        return {k: int(raw[k]) for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")}
-    except KeyError as exc:
-        raise ModelLoadError(f"{path}: missing key {exc.args[0]!r}") from None
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    """The subset of a Hugging Face ``GPT2Config`` that decides the graph."""
+
+    vocab_size: int
+    n_positions: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    layer_norm_epsilon: float = 1e-5
+    activation_function: str = "gelu_new"
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_json_file(cls, path: Path) -> GPT2Config:
+        raw = read_config_json(path)
+        if raw.get("model_type", "gpt2") != "gpt2":
+            raise ModelLoadError(f"{path}: model_type {raw.get('model_type')!r} is not supported by the hf-gpt2 "
+                                 "source (supported: gpt2)")
+        act = raw.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu", "relu"):
+            raise ModelLoadError(f"{path}: activation_function {act!r} is not supported")
+        try:
+            cfg = cls(vocab_size=int(raw["vocab_size"]), n_positions=int(raw["n_positions"]), n_embd=int(raw["n_embd"]),
+                      n_layer=int(raw["n_layer"]), n_head=int(raw["n_head"]),
+                      layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)), activation_function=act)
+        except KeyError as exc:
+            raise ModelLoadError(f"{path}: missing key {exc.args[0]!r}") from None
+        if cfg.n_embd % cfg.n_head:
+            raise ModelLoadError(f"{path}: n_embd {cfg.n_embd} is not divisible by n_head {cfg.n_head}")
+        return cfg
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}

@@ -655,11 +655,9 @@ def _runtime_dir(tmp: Path) -> dict[str, str]:
 
 
 def _read_tail(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return ""
-    return data[-_LOG_KEEP:].decode("utf-8", "replace")
+    from litegate.isolation import read_tail
+
+    return read_tail(path, _LOG_KEEP)
 
 
 def run_gpu(path: str | Path, *, inputs: Mapping[str, np.ndarray] | str | Path | None = None, threads: int = 1,

@@ -54,11 +54,13 @@ def check_source(source: ModelSource, seq_len: int) -> dict[str, Any]:
                 "labels": ({str(i): str(lab) for i, lab in enumerate(source.options["labels"])}
                            if source.options.get("labels") else dict(bert.id2label))}
     if source.kind is SourceKind.HF_GPT2:
-        from litegate.converter.hf import gpt2_config_dims
+        from litegate.converter.hf import GPT2Config
 
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path}: not a Hugging Face checkpoint folder (no config.json)")
-        dims = gpt2_config_dims(path / "config.json")
+        gpt2 = GPT2Config.from_json_file(path / "config.json")
+        dims = {"vocab_size": gpt2.vocab_size, "n_positions": gpt2.n_positions, "n_embd": gpt2.n_embd,
+                "n_layer": gpt2.n_layer, "n_head": gpt2.n_head}
         max_len = int(source.options.get("max_len", dims["n_positions"]))
         if max_len > dims["n_positions"] or seq_len > max_len:
             raise ModelLoadError(f"{path}: prefill length {seq_len} and cache length {max_len} must not exceed the "

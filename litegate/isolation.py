@@ -89,7 +89,7 @@ def run_isolated(
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
                 raise errors.IsolationError(
-                    f"{target}: timeout after {timeout_s:g} s", kind="timeout", stderr=_tail(err_path)
+                    f"{target}: timeout after {timeout_s:g} s", kind="timeout", stderr=read_tail(err_path)
                 ) from None
             except BaseException:  # KeyboardInterrupt, SystemExit from a signal handler
                 _kill_group(proc)
@@ -99,7 +99,7 @@ def run_isolated(
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
         elapsed = time.monotonic() - started
-        stderr = _tail(err_path)
+        stderr = read_tail(err_path)
         if rc < 0:
             name = _signal_name(-rc)
             if mem_mb and (name == "SIGKILL" or _looks_oom(stderr)):
@@ -146,12 +146,13 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-def _tail(path: Path) -> str:
+def read_tail(path: Path, limit: int = _STDERR_TAIL) -> str:
+    """The last ``limit`` bytes of a child's log as text ("" if it cannot be read)."""
     try:
         data = path.read_bytes()
     except OSError:
         return ""
-    return data[-_STDERR_TAIL:].decode("utf-8", "replace")
+    return data[-limit:].decode("utf-8", "replace")
 
 
 def _child_main(argv: list[str]) -> int:
