@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,26 +22,29 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 def make_checkpoint(folder: Path, *, seed: int = 0, layers: int = 2, hidden: int = 32, heads: int = 2,
                     intermediate: int = 64, max_pos: int = 64, prefix: str = "bert.", with_head: bool = True) -> Path:
-    """A random-weight BERT checkpoint in Hugging Face layout, with a WordPiece vocab trained on real text."""
+    """A random-weight BERT checkpoint in Hugging Face layout, with a WordPiece vocab built from real text."""
     from safetensors.numpy import save_file
     from tokenizers.implementations import BertWordPieceTokenizer
-    from tokenizers.processors import BertProcessing
 
     folder.mkdir(parents=True, exist_ok=True)
-    text = (DEMO / "calibration.txt").read_text().splitlines()
-    tok = BertWordPieceTokenizer(lowercase=True)
-    tok.train_from_iterator(text, vocab_size=400, min_frequency=1,
-                            special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    tok.post_processor = BertProcessing(("[SEP]", tok.token_to_id("[SEP]")), ("[CLS]", tok.token_to_id("[CLS]")))
+    # A deterministic WordPiece vocabulary (sorted words and characters of real text): the trainer of
+    # `tokenizers` breaks ties differently in every process, which made the "seeded" model vary.
+    text = (DEMO / "calibration.txt").read_text().lower()
+    words = sorted(set(re.findall(r"[a-z]+|[^\sa-z]", text)))
+    chars = sorted({c for w in words for c in w})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars),
+             *(w for w in words if len(w) > 1)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertWordPieceTokenizer(str(folder / "vocab.txt"), lowercase=True)
     tok.save(str(folder / "tokenizer.json"))
-    vocab = tok.get_vocab_size()
+    vocab_size = tok.get_vocab_size()
     rng = np.random.default_rng(seed)
 
     def w(*shape, scale=0.2):
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
     t = {
-        "embeddings.word_embeddings.weight": w(vocab, hidden, scale=1.0),
+        "embeddings.word_embeddings.weight": w(vocab_size, hidden, scale=1.0),
         "embeddings.position_embeddings.weight": w(max_pos, hidden, scale=0.5),
         "embeddings.token_type_embeddings.weight": w(2, hidden, scale=0.5),
         "embeddings.LayerNorm.weight": 1 + w(hidden, scale=0.1),
@@ -63,7 +67,7 @@ def make_checkpoint(folder: Path, *, seed: int = 0, layers: int = 2, hidden: int
         tensors["classifier.weight"] = w(2, hidden)
         tensors["classifier.bias"] = w(2, scale=0.05)
     save_file(tensors, str(folder / "model.safetensors"))
-    cfg = {"model_type": "bert", "vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers,
+    cfg = {"model_type": "bert", "vocab_size": vocab_size, "hidden_size": hidden, "num_hidden_layers": layers,
            "num_attention_heads": heads, "intermediate_size": intermediate, "max_position_embeddings": max_pos,
            "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
            "id2label": {"0": "negative", "1": "positive"}}

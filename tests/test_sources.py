@@ -15,6 +15,7 @@ from litegate.tasks import TextEncoder
 
 pytestmark = pytest.mark.slow
 SEQ = 16
+VOCAB = 4096  # larger than the test tokenizer's vocabulary
 
 
 def _feed(tok: Path, n: int = 5) -> dict[str, np.ndarray]:
@@ -102,7 +103,7 @@ def _keras3_model(path: Path) -> object:
 
     keras.utils.set_random_seed(1)
     ids = keras.Input((SEQ,), dtype="int32", name="input_ids")
-    x = keras.layers.Embedding(400, 16)(ids)
+    x = keras.layers.Embedding(VOCAB, 16)(ids)
     x = keras.layers.Dense(16, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling1D()(x)
     model = keras.Model(ids, keras.layers.Dense(2, name="logits")(x))
@@ -128,7 +129,7 @@ def _tf_keras_with_lambda(path: Path):
     import tf_keras
 
     ids = tf_keras.Input((SEQ,), dtype="int32", name="input_ids")
-    x = tf_keras.layers.Embedding(400, 8)(ids)
+    x = tf_keras.layers.Embedding(VOCAB, 8)(ids)
     x = tf_keras.layers.Lambda(lambda t: t * 2.0)(x)
     model = tf_keras.Model(ids, tf_keras.layers.Dense(2)(tf_keras.layers.GlobalAveragePooling1D()(x)))
     model.save(path)
