@@ -249,21 +249,32 @@ def _auto(serve: Any, calibrated: bytes, samples: Mapping[str, np.ndarray], reci
     else:
         metric, ref_score, target = "cosine", 1.0, float(recipe.params.get("min_cosine", 0.99))
 
-    def score(model: bytes) -> float:
+    def outputs(model: bytes, feed: Mapping[str, np.ndarray]) -> np.ndarray:
         with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
             f.write(model)
             f.flush()
-            out = next(iter(Runner(f.name, threads=2).run_batch(inputs).values()))
+            return next(iter(Runner(f.name, threads=2).run_batch(feed).values()))
+
+    def score(model: bytes) -> float:
+        out = outputs(model, inputs)
         if labels is not None:
             return classification_metrics(out, labels_arr)["accuracy"]
         return float(np.mean(cosine(out, ref)))
 
-    rows = ptq.layer_statistics(calibrated, samples)
-    ranked = [r["tensor_name"] for r in rows if r["rmse/scale"] == r["rmse/scale"]]
+    # Rank op groups by what quantizing each alone does to the outputs, on a subset of the data.
+    k = min(n, int(recipe.params.get("rank_samples", 64)))
+    subset = {name: arr[:k] for name, arr in inputs.items()}
+    groups = ptq.op_groups(calibrated)
+    impact = ptq.group_impact(calibrated, groups, lambda m: outputs(m, subset), ref[:k])
+    ranked = [(r["group"], groups[r["group"]]) for r in impact]
     found = ptq.auto_search(calibrated, ranked, score, target=target, max_steps=int(recipe.params.get("max_steps", 8)))
     info = {k: v for k, v in found.items() if k != "model"}
+    full = next((t for t in found["trials"] if t["float_groups"] == 0 and "bytes" in t), None)
     info.update({"metric": metric, "float_reference": ref_score, "target": target, "budget": budget,
-                 "selected_on": auto_eval.get("name", "evaluation data"), "ranked_layers": len(ranked)})
+                 "selected_on": auto_eval.get("name", "evaluation data"), "ranked_groups": len(ranked),
+                 "total_nodes": sum(len(v) for v in groups.values()), "ranked_on_samples": k,
+                 "group_impact": impact[:20], "full_int8_bytes": full["bytes"] if full else None,
+                 "bytes": len(found["model"])})
     return found["model"], info
 
 

@@ -151,13 +151,24 @@ def _quant_details(rep: Report) -> list[str]:
                             if tfl else ""))
         a = q.get("auto")
         if a:
-            kept = a.get("float_nodes", [])
+            groups = a.get("float_groups", [])
             verdict = "met" if a.get("met") else f"NOT met: {a.get('reason', '')}"
+            cost = ""
+            if a.get("full_int8_bytes") and a.get("bytes"):
+                cost = f"; {a['bytes'] / 1e6:.2f} MB vs {a['full_int8_bytes'] / 1e6:.2f} MB full int8"
             lines.append(f"- `{v.name}` (auto): {a.get('metric')} {a.get('score', float('nan')):.4g} vs target "
-                         f"{a.get('target', float('nan')):.4g} ({verdict}); {len(kept)} of {a.get('ranked_layers')} "
-                         f"layers kept in float" + (f": {', '.join(f'`{n}`' for n in kept[:8])}" +
-                                                  (" …" if len(kept) > 8 else "") if kept else "") +
-                         f"; {len(a.get('trials', []))} candidates tried, selected on `{Path(str(a.get('selected_on'))).name}`")
+                         f"{a.get('target', float('nan')):.4g} ({verdict}); {len(groups)} of {a.get('ranked_groups')} "
+                         f"op groups ({len(a.get('float_nodes', []))} of {a.get('total_nodes')} ops) kept in float"
+                         + (f": {', '.join(f'`{g}`' for g in groups[:10])}" + (" …" if len(groups) > 10 else "")
+                            if groups else "") + cost +
+                         f"; {len(a.get('trials', []))} candidates tried, selected on "
+                         f"`{Path(str(a.get('selected_on'))).name}`")
+            ranked = a.get("group_impact", [])
+            if ranked:
+                lines.append("  - groups ranked by the output error of quantizing each alone (NMSE to float on "
+                             f"{a.get('ranked_on_samples')} inputs): "
+                             + ", ".join(f"`{r['group']}` " + ("cannot be quantized" if r.get("impact") is None else f"{r['impact']:.2g}")
+                                         for r in ranked[:6]))
     stats = [(v.name, v.quant["layer_stats"]) for v in rep.variants if v.quant.get("layer_stats")]
     if stats:
         lines += ["", "<details><summary>Most sensitive layers (QuantizationDebugger: RMSE / scale, in quantization steps; "

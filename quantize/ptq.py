@@ -118,37 +118,122 @@ def write_layer_csv(rows: Sequence[Mapping[str, Any]], path: str) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def auto_search(calibrated: bytes, ranked_nodes: Sequence[str], score: Callable[[bytes], float], *,
-                target: float, max_steps: int = 8) -> dict[str, Any]:
-    """Keep the most sensitive layers in float until ``score(model) >= target``.
+def op_groups(model: bytes) -> dict[str, list[str]]:
+    """The model's ops grouped by type and layer scope with layer indices erased, in graph order.
 
-    Tries full int8 first, then denylists the top 1, 2, 4, 8 ... ranked nodes (doubling keeps the
-    number of trials logarithmic), then every ranked node. Returns the first model that reaches
-    the target, or the best one seen with ``met = False`` and the reason.
+    Each op is named by its first output tensor (the name ``denylisted_nodes`` takes). The group key
+    is ``"<OP> <scope>"`` where the scope is the op's name path without its last component and with
+    digits replaced by ``#``, so the six ``l0_ffn_out`` ... ``l5_ffn_out`` FULLY_CONNECTEDs of a BERT
+    form one group: ``FULLY_CONNECTED bert/l#_ffn_out``.
+    """
+    import re
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=model)
+    names = {t["index"]: t["name"] for t in it.get_tensor_details()}
+    groups: dict[str, list[str]] = {}
+    for op in it._get_ops_details():  # noqa: SLF001 - the public API has no op list
+        if len(op["outputs"]) == 0:
+            continue
+        node = names[int(op["outputs"][0])]
+        first = node.split(";")[0]
+        scope = first.rsplit("/", 1)[0] if "/" in first else first.split(":")[0]
+        groups.setdefault(f"{op['op_name']} {re.sub(r'[0-9]+', '#', scope)}", []).append(node)
+    return groups
+
+
+def nmse(out: np.ndarray, ref: np.ndarray) -> float:
+    """Squared error of ``out`` relative to the energy of ``ref`` (0 = identical)."""
+    ref = np.asarray(ref, np.float64)
+    return float(np.sum((np.asarray(out, np.float64) - ref) ** 2) / max(float(np.sum(ref**2)), 1e-30))
+
+
+def group_impact(calibrated: bytes, groups: Mapping[str, Sequence[str]], outputs: Callable[[bytes], np.ndarray],
+                 reference: np.ndarray) -> list[dict[str, Any]]:
+    """How much quantizing each group alone (everything else float) moves the model output.
+
+    One quantization and one run per group; ``impact`` is :func:`nmse` of the outputs to the float
+    ``reference``. Interactions are ignored, which is what keeps this linear in the number of
+    groups; the search that uses the ranking measures every candidate end to end. Most harmful
+    first; a group that cannot be quantized alone ranks first, with ``impact`` None and its reason.
+    """
+    every = [n for nodes in groups.values() for n in nodes]
+    rows = []
+    for i, (key, nodes) in enumerate(groups.items()):
+        own = set(nodes)
+        try:
+            model = quantize_calibrated(calibrated, denylisted_nodes=[n for n in every if n not in own])
+            rows.append({"group": key, "ops": len(nodes), "impact": nmse(outputs(model), reference), "order": i})
+        except QuantizationError as exc:
+            rows.append({"group": key, "ops": len(nodes), "impact": None, "order": i, "error": exc.message})
+    rows.sort(key=lambda r: (-(math.inf if r["impact"] is None else r["impact"]), r["order"]))
+    return rows
+
+
+def auto_search(calibrated: bytes, ranked: Sequence[tuple[str, Sequence[str]]], score: Callable[[bytes], float], *,
+                target: float, max_steps: int = 8, refine_steps: int = 5) -> dict[str, Any]:
+    """Keep the most harmful op groups in float until ``score(model) >= target``.
+
+    ``ranked`` holds ``(group, nodes)`` pairs, most harmful first (see :func:`group_impact`). Tries
+    full int8, then the top 1, 2, 4, 8 ... groups in float (doubling keeps the number of trials
+    logarithmic), then every group; once a prefix meets the target, bisects between it and the last
+    prefix that failed for the fewest float groups that still meet it. Returns that model, or the
+    best one seen with ``met = False`` and the reason.
     """
     trials: list[dict[str, Any]] = []
-    best: tuple[float, bytes, list[str]] | None = None
-    counts = [0]
-    k = 1
-    while k < len(ranked_nodes) and len(counts) < max_steps:
-        counts.append(k)
-        k *= 2
-    if len(ranked_nodes) not in counts:
-        counts.append(len(ranked_nodes))
-    for c in counts:
-        nodes = list(ranked_nodes[:c])
+    seen: dict[int, tuple[float, bytes] | None] = {}
+
+    def attempt(c: int) -> float | None:
+        if c in seen:
+            hit = seen[c]
+            return None if hit is None else hit[0]
+        nodes = [n for _, group in ranked[:c] for n in group]
         try:
             model = quantize_calibrated(calibrated, denylisted_nodes=nodes)
         except QuantizationError as exc:
-            trials.append({"float_nodes": c, "error": exc.message})
-            continue
+            trials.append({"float_groups": c, "float_nodes": len(nodes), "error": exc.message})
+            seen[c] = None
+            return None
         s = float(score(model))
-        trials.append({"float_nodes": c, "score": s, "bytes": len(model)})
-        if best is None or s > best[0]:
-            best = (s, model, nodes)
-        if s >= target:
-            return {"model": model, "float_nodes": nodes, "score": s, "met": True, "trials": trials}
-    if best is None:
+        trials.append({"float_groups": c, "float_nodes": len(nodes), "score": s, "bytes": len(model)})
+        seen[c] = (s, model)
+        return s
+
+    counts = [0]
+    k = 1
+    while k < len(ranked) and len(counts) < max_steps:
+        counts.append(k)
+        k *= 2
+    if len(ranked) not in counts:
+        counts.append(len(ranked))
+    met, failed = None, -1
+    for c in counts:
+        s = attempt(c)
+        if s is not None and s >= target:
+            met = c
+            break
+        failed = c
+    if met is not None:
+        for _ in range(refine_steps):
+            if met - failed <= 1:
+                break
+            mid = (met + failed) // 2
+            s = attempt(mid)
+            if s is not None and s >= target:
+                met = mid
+            else:
+                failed = mid
+        hit = seen[met]
+        assert hit is not None
+        return {"model": hit[1], "float_groups": [g for g, _ in ranked[:met]],
+                "float_nodes": [n for _, group in ranked[:met] for n in group], "score": hit[0], "met": True,
+                "trials": trials}
+    scored = [(v[0], c) for c, v in seen.items() if v is not None]
+    if not scored:
         raise QuantizationError("auto: no candidate could be quantized")
-    return {"model": best[1], "float_nodes": best[2], "score": best[0], "met": False, "trials": trials,
-            "reason": f"no candidate reached the target {target:g} (best {best[0]:.4g} with {len(best[2])} float nodes)"}
+    best_score, best_c = max(scored)
+    return {"model": seen[best_c][1], "float_groups": [g for g, _ in ranked[:best_c]],  # type: ignore[index]
+            "float_nodes": [n for _, group in ranked[:best_c] for n in group], "score": best_score, "met": False,
+            "trials": trials,
+            "reason": f"no candidate reached the target {target:g} (best {best_score:.4g} with {best_c} float groups)"}

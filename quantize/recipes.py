@@ -23,6 +23,7 @@ _ALLOWED_PARAMS = {
     "budget": float,
     "min_cosine": float,
     "max_steps": int,
+    "rank_samples": int,
 }
 _ENUMS: dict[str, tuple[str, ...]] = {
     "optimizations": ("DEFAULT",),

@@ -100,7 +100,7 @@ def test_auto_int16x8_and_debug_in_one_run(tmp_path):
 
 @pytest.mark.slow
 def test_auto_search_adds_float_islands_until_target(tmp_path, tiny_checkpoint):
-    """The search itself, on a calibrated tiny model, with a scorer that only accepts >= 2 float nodes."""
+    """Op groups, their impact ranking and the search, on a calibrated tiny model with scripted scorers."""
     from litegate.converter.sources import load
     from litegate.converter.tflite import model_samples
     from litegate.quantize import ptq
@@ -113,8 +113,28 @@ def test_auto_search_adds_float_islands_until_target(tmp_path, tiny_checkpoint):
     samples = model_samples(loaded.serve, enc)
     calibrated = ptq.calibrate(loaded.serve, loaded.owner, samples)
     rows = ptq.layer_statistics(calibrated, samples)
-    ranked = [r["tensor_name"] for r in rows]
-    assert len(ranked) > 8
+    groups = ptq.op_groups(calibrated)
+    # The encoder's per-layer ops share a group: l0_ffn_out and l1_ffn_out are one key.
+    assert any(k.startswith("FULLY_CONNECTED ") and k.endswith("l#_ffn_out") and len(v) == 2 for k, v in groups.items())
+    assert sum(len(v) for v in groups.values()) == len({n for v in groups.values() for n in v})
+
+    # Ranking: quantizing each group alone, measured on the outputs of the real model.
+    from litegate.delegates.runtime import Runner
+
+    feed = {k: v[:8] for k, v in enc.items()}
+    ref = np.concatenate([next(iter(loaded.serve(**{k: samples[k][i:i + 1] for k in samples}).values())).numpy()
+                          for i in range(8)])
+
+    def outputs(model: bytes) -> np.ndarray:
+        path = tmp_path / "cand.tflite"
+        path.write_bytes(model)
+        return next(iter(Runner(str(path), threads=1).run_batch(feed).values()))
+
+    impact = ptq.group_impact(calibrated, groups, outputs, ref)
+    assert [r["group"] for r in impact] != list(groups)  # sorted by impact, not graph order
+    assert impact[0]["impact"] > 0 and impact[0]["impact"] >= impact[-1]["impact"] >= 0
+    assert ptq.nmse(ref, ref) == 0.0
+    ranked = [(r["group"], groups[r["group"]]) for r in impact]
     sizes = []
 
     def score(model: bytes) -> float:
@@ -122,8 +142,20 @@ def test_auto_search_adds_float_islands_until_target(tmp_path, tiny_checkpoint):
         return float(len(sizes) >= 3)  # full int8 and top-1 fail, top-2 passes
 
     found = ptq.auto_search(calibrated, ranked, score, target=1.0)
-    assert found["met"] and found["float_nodes"] == ranked[:2]
-    assert [t["float_nodes"] for t in found["trials"]] == [0, 1, 2]
+    assert found["met"] and found["float_groups"] == [g for g, _ in ranked[:2]]
+    assert found["float_nodes"] == [n for _, nodes in ranked[:2] for n in nodes]
+    assert [t["float_groups"] for t in found["trials"]] == [0, 1, 2]
+
+    # Bisection: the target is met from 3 float groups on; doubling tries 0, 1, 2, 4, then 3.
+    def score3(model: bytes) -> float:
+        return float(model in wanted)
+
+    candidates = {c: ptq.quantize_calibrated(calibrated, denylisted_nodes=[n for _, nodes in ranked[:c] for n in nodes])
+                  for c in range(0, 5)}
+    wanted = {candidates[3], candidates[4]}
+    found = ptq.auto_search(calibrated, ranked, score3, target=1.0)
+    assert [t["float_groups"] for t in found["trials"]] == [0, 1, 2, 4, 3]
+    assert found["met"] and len(found["float_groups"]) == 3
     with pytest.raises(QuantizationError):
         ptq.quantize_calibrated(b"not a model")
     assert np.isfinite([r["rmse/scale"] for r in rows[:3]]).all()
