@@ -123,6 +123,10 @@ class Embeddings(tf_keras.layers.Layer):
         x = gather_rows(self.word, ids) if self.gpu_friendly else tf.gather(self.word, ids)
         return x + self.position[tf.newaxis, :seq, :] + self.token_type[tf.newaxis, 0:1, :]
 
+    def get_prunable_weights(self) -> list[Any]:
+        """The word table, for pruning recipes with ``prune_embeddings`` (tfmot's PrunableLayer API)."""
+        return [self.word]
+
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "vocab_size": self.vocab_size, "max_positions": self.max_positions,
                 "type_vocab_size": self.type_vocab_size, "hidden": self.hidden, "gpu_friendly": self.gpu_friendly}

@@ -5,10 +5,12 @@ What is pruned (decided here, measured in ``tests/test_prune.py``):
 * ``tf_keras`` ``Dense`` kernels, and the ``kernel`` / ``recurrent_kernel`` of ``LSTM``, ``GRU`` and
   ``SimpleRNN`` layers (tfmot's registry supports them; 2:4 structured sparsity is applied to Dense
   only). Biases are never pruned (tfmot's registry prunes kernels only).
-* Not pruned: embedding tables (``Embedding`` and litegate's BERT ``Embeddings``): a table lookup
-  (GATHER) gains nothing at run time, and zeroing half of the rows of a small-vocabulary model
-  hurts far more than it saves; layer norms and every custom or TF-op layer (tfmot cannot wrap
-  them). Their weights are copied through ``clone_model`` and checked to be bit-identical.
+* Embedding tables (``Embedding`` and the word table of litegate's BERT ``Embeddings``) only with
+  ``prune_embeddings``: a table lookup (GATHER) gains nothing at run time, only gzip size, which
+  in a small encoder is mostly the table (the embedded default: 0.5 M of its 0.94 M int8 weights).
+  Position and token-type tables are never pruned.
+* Not pruned: layer norms and every other custom or TF-op layer (tfmot cannot wrap them). Their
+  weights are copied through ``clone_model`` and checked to be bit-identical.
 
 Recovery fine-tunes only the pruned layers' weights (kernels and biases; everything else stays
 frozen, so unpruned weights leave the process exactly as they came in). Training runs
@@ -79,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "frequency": 10,
     "block_size": [1, 1],
     "structured_2_4": False,
+    "prune_embeddings": False,
     "recovery": {"steps": 100, "batch_size": 8, "learning_rate": 1e-4, "mode": "auto"},
     "seed": 0,
 }
@@ -97,6 +100,7 @@ class PruneSettings:
     frequency: int
     block_size: tuple[int, int]
     structured_2_4: bool
+    prune_embeddings: bool
     recovery_steps: int
     batch_size: int
     learning_rate: float
@@ -124,6 +128,7 @@ class PruneSettings:
             frequency=int(p.get("frequency", DEFAULTS["frequency"])),
             block_size=(int(block[0]), int(block[1])),
             structured_2_4=bool(p.get("structured_2_4", False)),
+            prune_embeddings=bool(p.get("prune_embeddings", False)),
             recovery_steps=int(rec["steps"]),
             batch_size=int(rec["batch_size"]),
             learning_rate=float(rec["learning_rate"]),
@@ -154,8 +159,16 @@ def _wrapper_kwargs(s: PruneSettings) -> dict[str, Any]:
     return {"pruning_schedule": schedule, "block_size": s.block_size}
 
 
+def _is_embedding(layer: Any) -> bool:
+    kind, module = type(layer).__name__, type(layer).__module__
+    return ((kind == "Embedding" and module.startswith("tf_keras"))
+            or (kind == "Embeddings" and module.startswith("litegate.") and hasattr(layer, "get_prunable_weights")))
+
+
 def _is_prunable(layer: Any, s: PruneSettings) -> bool:
     kind = type(layer).__name__
+    if s.prune_embeddings and not s.structured_2_4 and _is_embedding(layer):
+        return True
     if not type(layer).__module__.startswith("tf_keras"):
         return False
     return kind == "Dense" if s.structured_2_4 else kind in PRUNABLE_TYPES
@@ -177,13 +190,21 @@ def _wrap(layer: Any, s: PruneSettings) -> Any:
     from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
     kw = _wrapper_kwargs(s)
+    if hasattr(layer, "get_prunable_weights"):  # litegate's Embeddings: tfmot takes any PrunableLayer
+        from tensorflow_model_optimization.sparsity.keras import PrunableLayer
+
+        PrunableLayer.register(type(layer))
     if s.structured_2_4:
         kw["sparsity_m_by_n"] = (2, 4)
     return PruneLowMagnitude(layer, **kw)
 
 
 def _prunable_weights(layer: Any) -> list[Any]:
-    """The weights tfmot masks in a (stripped) prunable layer: kernels, not biases."""
+    """The weights tfmot masks in a (stripped) prunable layer: kernels, not biases; embedding tables."""
+    if hasattr(layer, "get_prunable_weights"):
+        return list(layer.get_prunable_weights())
+    if type(layer).__name__ == "Embedding":
+        return [layer.embeddings]
     if hasattr(layer, "cell"):
         return [layer.cell.kernel, layer.cell.recurrent_kernel]
     return [layer.kernel]
@@ -288,7 +309,9 @@ def _train(model: Any, wrappers: list[Any], s: PruneSettings, x: dict[str, np.nd
 
     for w in wrappers:  # what UpdatePruningStep.on_train_begin does
         w.pruning_step.assign(0)
-    variables = [v for w in wrappers for v in w.layer.trainable_weights]
+    # The wrapped layers' own weights; of an embeddings layer only the pruned table (positions stay).
+    variables = [v for w in wrappers for v in (w.layer.get_prunable_weights() if hasattr(w.layer, "get_prunable_weights")
+                                               else w.layer.trainable_weights)]
     opt = tf_keras.optimizers.Adam(learning_rate=s.learning_rate)
     n = len(next(iter(x.values())))
     bs = min(s.batch_size, n)

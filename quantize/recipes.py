@@ -103,6 +103,7 @@ _PRUNE_PARAMS: dict[str, tuple[type, ...]] = {
     "frequency": (int,),
     "block_size": (list,),
     "structured_2_4": (bool,),
+    "prune_embeddings": (bool,),
     "recovery": (dict,),
     "seed": (int,),
 }
@@ -129,7 +130,8 @@ def check_prune_params(params: Mapping[str, Any], where: str) -> dict[str, Any]:
     reached), ``frequency`` (mask update interval; ``end_step - begin_step`` must be a multiple of
     it so the last update lands on ``end_step``), ``block_size`` ([rows, cols] of rank-2 weights),
     ``structured_2_4`` (2 zeros in every 4 consecutive input weights; excludes ``block_size`` and a
-    ``target_sparsity`` other than 0.5), ``recovery`` (``{steps, batch_size, learning_rate, mode}``
+    ``target_sparsity`` other than 0.5), ``prune_embeddings`` (also prune the word-embedding
+    table: ``tf_keras`` ``Embedding`` and litegate's BERT ``Embeddings``), ``recovery`` (``{steps, batch_size, learning_rate, mode}``
     with mode ``auto`` | ``labels`` | ``distill``) and ``seed``.
 
     Raises:

@@ -123,6 +123,19 @@ def test_bert_unpruned_weights_are_identical_and_input_model_untouched(bert, pru
     assert new.get_layer("embeddings") is not src.get_layer("embeddings")
 
 
+def test_bert_prune_embeddings_prunes_the_word_table_only(bert, texts):
+    """prune_embeddings: the word table reaches the target, positions and token types stay bit-identical."""
+    from litegate.quantize.prune import apply_pruning
+
+    loaded, stats = apply_pruning(bert, _recipe(prune_embeddings=True), texts_inputs=texts)
+    assert "embeddings" in stats["layers"] and stats["layers"]["embeddings"] == pytest.approx(0.5, abs=0.02)
+    src, new = bert.keras_model.get_layer("embeddings"), loaded.keras_model.get_layer("embeddings")
+    assert np.mean(new.word.numpy() == 0) == pytest.approx(0.5, abs=0.02)
+    assert np.array_equal(src.position.numpy(), new.position.numpy())
+    assert np.array_equal(src.token_type.numpy(), new.token_type.numpy())
+    assert np.mean(src.word.numpy() == 0) == 0  # the float model was not pruned
+
+
 def test_bert_distillation_keeps_outputs_close_to_float(bert, pruned50, tiny_checkpoint):
     loaded, stats = pruned50
     held_out = TextEncoder(tiny_checkpoint / "tokenizer.json", SEQ).encode(
