@@ -139,7 +139,7 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
                 from litegate.benchmarks.peak import measure_peak
 
                 say("bench: machine peak (sgemm probe)")
-                peak = measure_peak(list(cfg.bench.threads))
+                peak = measure_peak(list(cfg.bench.threads), cache_dir=cfg.cache_dir)
                 variants = [_with_efficiency(v, peak) for v in variants]
         wall_s = time.monotonic() - t_start
         run_info = {

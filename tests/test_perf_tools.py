@@ -214,7 +214,47 @@ def test_fp32_efficiency_counts_macs_from_the_flatbuffer(tmp_path):
     assert out["macs_per_inference"] == macs
     assert out["x1"]["gflops"] == pytest.approx(2 * macs / 1e9 / 1e-3, rel=1e-3)
     assert out["x1"]["pct_of_sgemm_peak"] == pytest.approx(out["x1"]["gflops"], rel=1e-3)  # peak is 100
+    assert out["x1"]["met"] is (out["x1"]["pct_of_sgemm_peak"] >= 75.0)
+    if not out["x1"]["met"]:
+        assert out["x1"]["missed_by_points"] == pytest.approx(75.0 - out["x1"]["pct_of_sgemm_peak"], abs=0.11)
     assert "gflops" not in out["x2"]
+    summary = perf.summarize_targets("m", {"x1": {"not_run": "no peer"}}, out, [1])
+    assert summary[0] == "m, 1 thread(s): best variant vs ONNX Runtime not run: no peer"
+    assert "% of the sgemm peak (target 75.0%: " in summary[1]
+
+
+def test_fp32_efficiency_of_one_signature_counts_its_subgraph_only(tmp_path):
+    """A GPT-2 file holds prefill and decode: the prefill figure must not count decode's MACs."""
+    import tensorflow as tf
+
+    w = tf.constant(np.ones((64, 64), np.float32))
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([32, 64], tf.float32)])
+        def big(self, x):
+            return {"y": tf.matmul(x, w)}
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 64], tf.float32)])
+        def small(self, x):
+            return {"y": tf.matmul(x, w)}
+
+    m = M()
+    tf.saved_model.save(m, str(tmp_path / "sm"), signatures={"big": m.big, "small": m.small})
+    path = tmp_path / "two.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm"), signature_keys=["big", "small"]).convert())
+    assert perf.model_macs(path, "big") == 32 * 64 * 64
+    assert perf.model_macs(path, "small") == 64 * 64
+    assert perf.model_macs(path) == 33 * 64 * 64
+
+
+def test_peak_probe_xnnpack_gemm_is_measured_and_its_model_cached(tmp_path):
+    from litegate.benchmarks.peak import PROBE_SHAPE, measure_peak
+
+    peak = measure_peak([1], n=256, cache_dir=tmp_path)
+    m, k, n = PROBE_SHAPE
+    assert (tmp_path / "probe" / f"fc-{m}x{k}x{n}.tflite").is_file()
+    xnn, blas = peak["probes"]["xnnpack"]["1"], peak["probes"]["numpy"]["1"]
+    assert xnn > 1.0 and blas > 1.0 and peak["gflops"]["1"] == max(xnn, blas)
 
 
 # --- scripts/export_onnx.py -------------------------------------------------------------------------
