@@ -216,6 +216,8 @@ def peer_matrix_job(payload: dict[str, Any]) -> dict[str, Any]:
     cells: dict[str, tuple[Any, list[Any]]] = {}
     keep: list[Any] = []
     exp = export_module(payload.get("export_script"))
+    base = getattr(exp, "base", exp)  # export_onnx_gpt2.py reuses export_onnx.py's session and timing helpers
+    gpt2 = "tokens" in arrays and "input_ids" not in arrays
     for t in payload["threads"]:
         for name, path in payload["tflite"].items():
             runner = Runner(path, backend="xnnpack", threads=int(t), signature=payload.get("signature"))
@@ -223,10 +225,11 @@ def peer_matrix_job(payload: dict[str, Any]) -> dict[str, Any]:
             cells[f"tflite {name} x{t}"] = (runner.invoke, [runner.prepare({k: v[i : i + 1] for k, v in arrays.items()})
                                                            for i in range(n)])
         for name, path in payload.get("onnx", {}).items():
-            sess = exp.session(Path(path), int(t))
+            sess = base.session(Path(path), int(t))
             keep.append(sess)
-            cells[f"{name} x{t}"] = (exp.ort_runner(sess), exp.feeds_for(sess, arrays))
-    samples = exp.time_interleaved(cells, runs=int(payload.get("runs", 120)), block=int(payload.get("block", 10)),
+            # export_onnx.py feeds from the tokenized arrays, export_onnx_gpt2.py from the token windows
+            cells[f"{name} x{t}"] = (base.ort_runner(sess), exp.feeds_for(sess, arrays["tokens"] if gpt2 else arrays))
+    samples = base.time_interleaved(cells, runs=int(payload.get("runs", 120)), block=int(payload.get("block", 10)),
                                    warmup=int(payload.get("warmup", 2)))
     return {"samples_ms": samples}
 
