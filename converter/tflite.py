@@ -191,7 +191,10 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
                     extra["layer_stats_total"] = len(rows)
                 if recipe.kind == "auto":
                     assert calibrated is not None
-                    data, extra["auto"] = _auto(serve, calibrated, samples or {}, recipe, payload.get("auto_eval") or {})
+                    auto_eval = {**(payload.get("auto_eval") or {}), "budget": v.get("auto_budget")}
+                    # The budget is against the fp32 variant: a pruned model is scored against the unpruned one.
+                    data, extra["auto"] = _auto(serve, calibrated, samples or {}, recipe, auto_eval,
+                                                reference_serve=base_loaded.serve if v.get("prune") else None)
                 elif selective:
                     from litegate.quantize import ptq
 
@@ -223,8 +226,13 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _auto(serve: Any, calibrated: bytes, samples: Mapping[str, np.ndarray], recipe: Recipe,
-          auto_eval: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    """The ``auto`` recipe: float islands for the most sensitive layers until the budget is met."""
+          auto_eval: Mapping[str, Any], *, reference_serve: Any = None) -> tuple[bytes, dict[str, Any]]:
+    """The ``auto`` recipe: float islands for the most sensitive layers until the budget is met.
+
+    Op groups are ranked against the float outputs of ``serve`` (the model being quantized); the
+    target is set by ``reference_serve`` when given (the unpruned model of a ``PRUNE+auto``
+    variant, so pruning and quantization share the variant's budget), else by ``serve``.
+    """
     import tempfile
 
     from litegate.delegates.runtime import Runner
@@ -239,12 +247,17 @@ def _auto(serve: Any, calibrated: bytes, samples: Mapping[str, np.ndarray], reci
     names = input_names(serve)
     feeds = model_samples(serve, inputs)
     n = len(next(iter(feeds.values())))
-    ref = np.stack([next(iter(serve(**{k: feeds[k][i : i + 1] for k in names}).values())).numpy()[0] for i in range(n)])
+
+    def float_outputs(fn: Any) -> np.ndarray:
+        return np.stack([next(iter(fn(**{k: feeds[k][i : i + 1] for k in names}).values())).numpy()[0] for i in range(n)])
+
+    ref = float_outputs(serve)
+    target_ref = ref if reference_serve is None else float_outputs(reference_serve)
     labels = auto_eval.get("labels")
-    budget = float(recipe.params.get("budget", auto_eval.get("budget", 1.0)))
+    budget = float(recipe.params.get("budget", auto_eval.get("budget") or 1.0))
     if labels is not None:
         labels_arr = np.asarray(labels)
-        metric, ref_score = "accuracy", classification_metrics(ref, labels_arr)["accuracy"]
+        metric, ref_score = "accuracy", classification_metrics(target_ref, labels_arr)["accuracy"]
         target = ref_score - budget
     else:
         metric, ref_score, target = "cosine", 1.0, float(recipe.params.get("min_cosine", 0.99))
@@ -259,7 +272,7 @@ def _auto(serve: Any, calibrated: bytes, samples: Mapping[str, np.ndarray], reci
         out = outputs(model, inputs)
         if labels is not None:
             return classification_metrics(out, labels_arr)["accuracy"]
-        return float(np.mean(cosine(out, ref)))
+        return float(np.mean(cosine(out, target_ref)))
 
     # Rank op groups by what quantizing each alone does to the outputs, on a subset of the data.
     k = min(n, int(recipe.params.get("rank_samples", 64)))
@@ -274,6 +287,7 @@ def _auto(serve: Any, calibrated: bytes, samples: Mapping[str, np.ndarray], reci
                  "selected_on": auto_eval.get("name", "evaluation data"), "ranked_groups": len(ranked),
                  "total_nodes": sum(len(v) for v in groups.values()), "ranked_on_samples": k,
                  "group_impact": impact[:20], "full_int8_bytes": full["bytes"] if full else None,
+                 "scored_against": "the unpruned float model" if reference_serve is not None else "the float model",
                  "bytes": len(found["model"])})
     return found["model"], info
 

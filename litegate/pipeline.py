@@ -261,9 +261,13 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
     if auto:
         if data.inputs_npz is None or data.task is Task.TEXT_GENERATION:
             raise DataError(f"variant {auto[0].name!r} (recipe auto) needs data.eval to score its candidates")
-        budget = cfg.budget_for(auto[0].name).max_accuracy_drop
         auto_eval = {"npz": str(data.inputs_npz), "labels": None if data.labels is None else data.labels.tolist(),
-                     "name": str(cfg.data.eval), "budget": 1.0 if budget is None else budget, "sha256": data.sha256}
+                     "name": str(cfg.data.eval), "sha256": data.sha256}
+
+    def auto_budget(name: str) -> float:
+        budget = cfg.budget_for(name).max_accuracy_drop
+        return 1.0 if budget is None else float(budget)
+
     results: dict[str, VariantResult] = {}
     todo = []
     for v in cfg.variants:
@@ -275,7 +279,7 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
                     "options": dict(cfg.model.source.options), "calibration": calib_hash if v.recipe.needs_calibration else None,
                     "debug": cfg.debug and v.recipe.kind in ("full-integer", "auto")}
         if v.recipe.kind == "auto":
-            step_cfg["auto_eval"] = {"data": auto_eval.get("sha256"), "budget": auto_eval.get("budget")}
+            step_cfg["auto_eval"] = {"data": auto_eval.get("sha256"), "budget": auto_budget(v.name)}
         if v.prune is not None:
             step_cfg["prune"] = v.prune.to_dict()
             step_cfg["prune_data"] = prune_data.get("sha256")
@@ -293,7 +297,8 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
             "source": cfg.model.source.to_dict(),
             "seq_len": cfg.model.seq_len,
             "variants": [{"name": v.name, "recipe": v.recipe.to_dict(), "out": str(work / f"{v.name}.tflite"),
-                          "prune": v.prune.to_dict() if v.prune else None} for v, _, _ in todo],
+                          "prune": v.prune.to_dict() if v.prune else None,
+                          "auto_budget": auto_budget(v.name) if v.recipe.kind == "auto" else None} for v, _, _ in todo],
             "prune_data": prune_data,
             "calibration_npz": str(calib_npz) if calib_npz else None,
             "debug": cfg.debug,

@@ -81,8 +81,9 @@ def test_debug_ranks_layers_and_writes_csv(tmp_path, tiny_checkpoint):
 
 @pytest.mark.slow
 def test_auto_int16x8_and_debug_in_one_run(tmp_path):
-    cfg = write_config(tmp_path, model=DEMO / "model", seq_len=64, variants=("fp32", "int16x8", "auto"),
-                       extra="[quantize]\ndebug = true\n", budgets="[budgets]\nmax_accuracy_drop = 1.0\n")
+    cfg = write_config(tmp_path, model=DEMO / "model", seq_len=64, variants=("fp32", "int16x8", "auto", "pruned-50+auto"),
+                       extra="[quantize]\ndebug = true\n", budgets="[budgets]\nmax_accuracy_drop = 1.0\n"
+                       "[budgets.\"pruned-50+auto\"]\nmax_accuracy_drop = 2.0\n")
     cfg.write_text(cfg.read_text().replace("max_eval_samples = 40\n", "max_eval_samples = 120\n"))
     r = run_cli("run", str(cfg), "-q")
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -95,7 +96,19 @@ def test_auto_int16x8_and_debug_in_one_run(tmp_path):
     assert auto["score"] >= auto["target"] == pytest.approx(auto["float_reference"] - 1.0)
     assert v["auto"]["accuracy"][0]["delta"] >= -1.0
     assert (tmp_path / "out" / "auto.layers.csv").is_file()
-    assert r.returncode == 0, r.stderr
+    assert auto["scored_against"] == "the float model" and auto["ranked_groups"] >= len(auto["float_groups"])
+    # PRUNE+auto: the budget (2 points here) is against the unpruned fp32 model, shared with pruning.
+    fp32_acc = v["fp32"]["accuracy"][0]["value"]
+    pa = v["pruned-50+auto"]["quant"]["auto"]
+    assert pa["scored_against"] == "the unpruned float model" and pa["budget"] == 2.0
+    assert pa["float_reference"] == pytest.approx(fp32_acc, abs=1e-6)
+    assert pa["target"] == pytest.approx(fp32_acc - 2.0)
+    if pa["met"]:
+        assert v["pruned-50+auto"]["accuracy"][0]["delta"] >= -2.0
+        assert r.returncode == 0, r.stderr
+    else:  # pruning alone can spend the budget; the search says so and the gate fails that variant only
+        assert "no candidate reached the target" in pa["reason"]
+        assert r.returncode == 1 and "pruned-50+auto" in r.stdout, r.stdout
 
 
 @pytest.mark.slow
