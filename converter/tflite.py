@@ -29,7 +29,12 @@ def input_names(serve: Any) -> list[str]:
     return list(serve.get_concrete_function().structured_input_signature[1])
 
 
-def _representative(samples: Mapping[str, np.ndarray]) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
+def _representative(samples: Mapping[str, np.ndarray] | list[tuple[str, dict[str, np.ndarray]]]) -> Callable[[], Iterator[Any]]:
+    if isinstance(samples, list):  # multi-signature: (signature key, inputs) pairs, as recorded
+        def per_signature() -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+            yield from samples
+
+        return per_signature
     n = len(next(iter(samples.values())))
 
     def gen() -> Iterator[dict[str, np.ndarray]]:
@@ -85,22 +90,97 @@ def convert(serve: Any, model: Any, recipe: Recipe, samples: Mapping[str, np.nda
     return data
 
 
-def convert_signatures(signatures: Mapping[str, Any], owner: Any, recipe: Recipe, work: Path) -> bytes:
-    """Convert several named signatures (through a SavedModel, so the names survive)."""
+def generator_samples(signatures: Mapping[str, Any], windows: np.ndarray, prefill_len: int,
+                      ) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Calibration samples for every signature of a text generator, from the float model itself.
+
+    Per token window ``[prefill_len + k]``: ``prefill`` on the first ``prefill_len`` tokens (zero
+    initial state where it takes one), then ``k`` calls of ``decode`` (GPT-2: continuing from the
+    prefill's KV cache at ``pos = prefill_len``) or ``step`` (recurrent: from zero state, walking the
+    window's first ``k`` tokens). Each call's inputs are recorded as ``(signature, inputs)``, the
+    form the converter's representative dataset takes for multi-signature models.
+
+    Raises:
+        QuantizationError: no window, or signatures this rollout does not know.
+    """
     import tensorflow as tf
 
-    if recipe.needs_calibration:
-        raise QuantizationError(f"recipe {recipe.name!r}: calibrated quantization of multi-signature text "
-                                "generators is not supported yet; use fp32, fp16 or dynamic-int8")
+    if len(windows) == 0:
+        raise QuantizationError("calibration set is empty: a calibrated recipe needs at least one token window")
+    stepper = "decode" if "decode" in signatures else "step"
+    if "prefill" not in signatures or stepper not in signatures:
+        raise QuantizationError(f"cannot calibrate signatures {', '.join(signatures)} (expected prefill and decode/step)")
+
+    def specs(name: str) -> dict[str, Any]:
+        return dict(signatures[name].structured_input_signature[1])
+
+    pre_specs, step_specs = specs("prefill"), specs(stepper)
+    out: list[tuple[str, dict[str, np.ndarray]]] = []
+    for w in np.asarray(windows, np.int32):
+        if len(w) <= prefill_len:
+            raise QuantizationError(f"calibration windows of {len(w)} tokens leave none to decode after {prefill_len}")
+        zeros = {k: np.zeros(v.shape, v.dtype.as_numpy_dtype) for k, v in pre_specs.items() if k != "tokens"}
+        feed = {"tokens": w[None, :prefill_len], **zeros}
+        out.append(("prefill", feed))
+        res = signatures["prefill"](**{k: tf.constant(v) for k, v in feed.items()})
+        state_keys = [k for k in step_specs if k not in ("token", "pos")]
+        if "pos" in step_specs:  # KV cache: continue after the prompt
+            state = {k: res[k].numpy() for k in state_keys}
+            positions = range(prefill_len, len(w))
+        else:  # recurrent state: walk the window from the start
+            state = {k: np.zeros(step_specs[k].shape, step_specs[k].dtype.as_numpy_dtype) for k in state_keys}
+            positions = range(0, len(w) - prefill_len)
+        for j in positions:
+            feed = {"token": w[None, j : j + 1], **({"pos": np.array([j], np.int32)} if "pos" in step_specs else {}),
+                    **state}
+            out.append((stepper, feed))
+            res = signatures[stepper](**{k: tf.constant(v) for k, v in feed.items()})
+            state = {k: res[k].numpy() for k in state_keys}
+        for name, value in ((k, v) for _, f in out[-len(positions) - 1 :] for k, v in f.items()):
+            if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+                raise QuantizationError(f"calibration drives the float generator to non-finite values in {name!r}")
+    return out
+
+
+def convert_signatures(signatures: Mapping[str, Any], owner: Any, recipe: Recipe, work: Path,
+                       samples: list[tuple[str, dict[str, np.ndarray]]] | None = None,
+                       notes: list[str] | None = None) -> bytes:
+    """Convert several named signatures (through a SavedModel, so the names survive).
+
+    Calibrated recipes take ``samples`` from :func:`generator_samples`. An op without an integer
+    kernel for the recipe (e.g. 16x8 CAST) is retried with float builtins allowed for it, recorded
+    in ``notes``.
+    """
+    import tensorflow as tf
+
+    if recipe.needs_calibration and not samples:
+        raise QuantizationError(f"recipe {recipe.name!r} needs calibration windows (data.calibration) for a text generator")
     module = tf.Module()
     module.owner = owner
     export = work / "signatures_saved_model"
     tf.saved_model.save(module, str(export), signatures=dict(signatures))
-    conv = tf.lite.TFLiteConverter.from_saved_model(str(export), signature_keys=list(signatures))
-    return _run_converter(conv, recipe, None)
+
+    def run(r: Recipe) -> bytes:
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(export), signature_keys=list(signatures))
+        return _run_converter(conv, r, samples)
+
+    try:
+        return run(recipe)
+    except ConversionError as exc:
+        missing = re.findall(r"not yet supported for op: '([A-Z_0-9]+)'", exc.message)
+        if not recipe.needs_calibration or not missing:
+            raise
+    ops = list(recipe.params.get("supported_ops", [])) + ["TFLITE_BUILTINS"]
+    data = run(Recipe(name=recipe.name, kind=recipe.kind, params={**recipe.params, "supported_ops": ops},
+                      description=recipe.description))
+    if notes is not None:
+        notes.append(f"{recipe.name}: no {recipe.kind} kernel for {', '.join(sorted(set(missing)))}: those ops run in "
+                     "float (converted with TFLITE_BUILTINS allowed)")
+    return data
 
 
-def _run_converter(conv: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> bytes:
+def _run_converter(conv: Any, recipe: Recipe,
+                   samples: Mapping[str, np.ndarray] | list[tuple[str, dict[str, np.ndarray]]] | None) -> bytes:
     import tensorflow as tf
 
     p = recipe.params
@@ -167,8 +247,15 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
             if loaded.signatures:
                 import tempfile
 
+                gen_samples = None
+                if recipe.needs_calibration and payload.get("calibration_npz"):
+                    with np.load(payload["calibration_npz"]) as cal:
+                        gen_samples = generator_samples(loaded.signatures, cal["tokens"], int(payload["seq_len"]))
+                notes = []
                 with tempfile.TemporaryDirectory(prefix="litegate-sig-") as tmp:
-                    data = convert_signatures(loaded.signatures, model, recipe, Path(tmp))
+                    data = convert_signatures(loaded.signatures, model, recipe, Path(tmp), gen_samples, notes)
+                if notes:
+                    extra["fallback"] = notes
             else:
                 if recipe.needs_calibration and id(loaded) not in checked:
                     check_calibration(serve, samples or {})

@@ -122,7 +122,8 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
         with tempfile.TemporaryDirectory(prefix="litegate-run-", dir=cfg.output_dir) as work_str:
             work = Path(work_str)
             data = _eval_data(cfg, source, encoder, work)
-            calib_npz, calib_hash = _calibration(cfg, encoder, work) if encoder else (None, None)
+            calib_npz, calib_hash = (_calibration(cfg, encoder, work) if encoder
+                                     else _generator_calibration(cfg, source, work))
             say(f"convert: {len(cfg.variants)} variants from {source.kind.value} {source.path}")
             built = _build_variants(cfg, source, versions, calib_npz, calib_hash, work, say, data)
             published = _publish(cfg, source, encoder, built)
@@ -252,6 +253,30 @@ def _calibration(cfg: ReleaseConfig, encoder: TextEncoder, work: Path) -> tuple[
     return path, h
 
 
+GENERATOR_CALIBRATION_STEPS = 8  # decode/step calls recorded per window, after the prefill
+
+
+def _generator_calibration(cfg: ReleaseConfig, source: _Source, work: Path) -> tuple[Path | None, str | None]:
+    """Token windows for calibrating a text generator: ``tokens`` [N, seq_len + steps] from data.calibration.
+
+    The conversion child runs the float signatures over them (prefill, then decode/step) so every
+    signature is calibrated on the inputs it gets in an app (see ``converter.tflite.generator_samples``).
+    """
+    if not any(v.recipe.needs_calibration for v in cfg.variants):
+        return None, None
+    if cfg.data.calibration is None:
+        names = [v.name for v in cfg.variants if v.recipe.needs_calibration]
+        raise DataError(f"variants {', '.join(names)} need calibration text: set data.calibration")
+    from litegate.quantize.prune import generator_windows
+
+    texts = read_texts(cfg.data.calibration, limit=cfg.data.calibration_samples)
+    windows = generator_windows(source.tokenizer, texts, cfg.model.seq_len + GENERATOR_CALIBRATION_STEPS - 1,
+                                cfg.data.calibration_samples)
+    path = work / "calibration.npz"
+    save_npz(path, {"tokens": np.concatenate([windows["tokens"], windows["labels"][:, -1:]], axis=1)})
+    return path, sha256_tree(cfg.data.calibration) + f":{len(texts)}:gen{GENERATOR_CALIBRATION_STEPS}"
+
+
 def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str], calib_npz: Path | None,
                     calib_hash: str | None, work: Path, say: Progress, data: _EvalData) -> list[VariantResult]:
     cache = StepCache(cfg.cache_dir)
@@ -312,6 +337,17 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
                                timeout_s=cfg.convert_timeout_s, mem_mb=cfg.mem_mb)["variants"]
         except IsolationError as exc:
             out = {v.name: {"ok": False, "error": exc.message, "stderr": exc.stderr} for v, _, _ in todo}
+            if exc.kind in ("crashed", "oom") and len(todo) > 1:
+                # One variant can take the shared child down (e.g. a segfault in TensorFlow's calibrator):
+                # build each in a child of its own so only the culprit fails.
+                say(f"convert: the shared child {exc.kind}; building each variant in its own child")
+                for entry in payload["variants"]:
+                    try:
+                        out.update(run_isolated("litegate.converter.tflite:convert_job",
+                                                {**payload, "variants": [entry]}, timeout_s=cfg.convert_timeout_s,
+                                                mem_mb=cfg.mem_mb)["variants"])
+                    except IsolationError as one:
+                        out[entry["name"]] = {"ok": False, "error": one.message, "stderr": one.stderr}
         say(f"convert: done in {time.monotonic() - t0:.1f} s")
         for v, key, step_cfg in todo:
             r = out.get(v.name, {"ok": False, "error": "converter returned no result for this variant"})
