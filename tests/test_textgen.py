@@ -159,6 +159,7 @@ def test_generator_samples_calibrate_prefill_then_decode_from_its_cache(tmp_path
     """The calibration rollout feeds decode the KV cache the float prefill produced, at pos P, P+1, ..."""
     from litegate.converter.sources import load
     from litegate.converter.tflite import generator_samples
+
     from litegate.types import ModelSource
 
     ck = make_gpt2(tmp_path / "g", seed=1)
