@@ -668,10 +668,10 @@ def other_model(label: str, source: Any, seq: int, inputs: Path, work: Path, thr
     if have_ort:
         cmd = [sys.executable, str(script), "--model", str(source.path), "--out", str(work / "onnx"), "--inputs",
                str(inputs), "--seq-len", str(seq), "--runs", "0", "--json"]
-        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
         try:
-            ort = dict(json.loads(r.stdout.strip().splitlines()[-1])) if r.returncode == 0 else {
-                "onnxruntime": f"not run: export failed: {r.stderr.strip().splitlines()[-1:]}"}
+            ort = dict(json.loads(proc.stdout.strip().splitlines()[-1])) if proc.returncode == 0 else {
+                "onnxruntime": f"not run: export failed: {proc.stderr.strip().splitlines()[-1:]}"}
         except (ValueError, IndexError):
             ort = {"onnxruntime": f"not run: {script.name} printed no JSON line"}
         if not any(isinstance(v, str) and v.startswith("not run") for v in ort.values()):

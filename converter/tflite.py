@@ -251,11 +251,11 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
                 if recipe.needs_calibration and payload.get("calibration_npz"):
                     with np.load(payload["calibration_npz"]) as cal:
                         gen_samples = generator_samples(loaded.signatures, cal["tokens"], int(payload["seq_len"]))
-                notes = []
+                sig_notes: list[str] = []
                 with tempfile.TemporaryDirectory(prefix="litegate-sig-") as tmp:
-                    data = convert_signatures(loaded.signatures, model, recipe, Path(tmp), gen_samples, notes)
-                if notes:
-                    extra["fallback"] = notes
+                    data = convert_signatures(loaded.signatures, model, recipe, Path(tmp), gen_samples, sig_notes)
+                if sig_notes:
+                    extra["fallback"] = sig_notes
             else:
                 if recipe.needs_calibration and id(loaded) not in checked:
                     check_calibration(serve, samples or {})

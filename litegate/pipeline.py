@@ -341,7 +341,8 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
                 # One variant can take the shared child down (e.g. a segfault in TensorFlow's calibrator):
                 # build each in a child of its own so only the culprit fails.
                 say(f"convert: the shared child {exc.kind}; building each variant in its own child")
-                for entry in payload["variants"]:
+                entries: list[dict[str, Any]] = payload["variants"]  # type: ignore[assignment]
+                for entry in entries:
                     try:
                         out.update(run_isolated("litegate.converter.tflite:convert_job",
                                                 {**payload, "variants": [entry]}, timeout_s=cfg.convert_timeout_s,

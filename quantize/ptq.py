@@ -159,7 +159,7 @@ def group_impact(calibrated: bytes, groups: Mapping[str, Sequence[str]], outputs
     first; a group that cannot be quantized alone ranks first, with ``impact`` None and its reason.
     """
     every = [n for nodes in groups.values() for n in nodes]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, (key, nodes) in enumerate(groups.items()):
         own = set(nodes)
         try:
@@ -167,7 +167,7 @@ def group_impact(calibrated: bytes, groups: Mapping[str, Sequence[str]], outputs
             rows.append({"group": key, "ops": len(nodes), "impact": nmse(outputs(model), reference), "order": i})
         except QuantizationError as exc:
             rows.append({"group": key, "ops": len(nodes), "impact": None, "order": i, "error": exc.message})
-    rows.sort(key=lambda r: (-(math.inf if r["impact"] is None else r["impact"]), r["order"]))
+    rows.sort(key=lambda r: (-(math.inf if r["impact"] is None else float(r["impact"])), int(r["order"])))
     return rows
 
 
