@@ -121,6 +121,7 @@ class BenchConfig:
     eval_backend: str = "xnnpack"
     eval_threads: int = 2
     peak_probe: bool = True
+    profile_runs: int = 20  # per-op profile of the slowest variant (LiteRT's profiler); 0: none
 
     def protocol(self) -> dict[str, Any]:
         return {"warmup_runs": self.warmup_runs, "min_runs": self.min_runs, "min_seconds": self.min_seconds,
@@ -326,7 +327,10 @@ def load(path: str | Path) -> ReleaseConfig:
         timeout_s=b.get("timeout_s", float, 300.0),
         eval_backend=b.get("eval_backend", str, "xnnpack"), eval_threads=b.get("eval_threads", int, max(threads)),
         peak_probe=b.get("peak_probe", bool, True),
+        profile_runs=b.get("profile_runs", int, 20),
     )
+    if bench.profile_runs < 0:
+        raise ConfigError(f"{file}: 'bench.profile_runs' must be >= 0 (0: no per-op profile), got {bench.profile_runs}")
     if bench.min_runs < 1 or bench.max_runs < bench.min_runs:
         raise ConfigError(f"{file}: 'bench.min_runs' must be >= 1 and <= 'bench.max_runs'")
     b.done()

@@ -142,6 +142,7 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
                 say("bench: machine peak (sgemm probe)")
                 peak = measure_peak(list(cfg.bench.threads), cache_dir=cfg.cache_dir)
                 variants = [_with_efficiency(v, peak) for v in variants]
+            profile = _op_profile(cfg, variants, data, say)
         wall_s = time.monotonic() - t_start
         run_info = {
             "name": cfg.name,
@@ -157,6 +158,7 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
                      "samples": data.n, "backend": cfg.bench.eval_backend, "threads": cfg.bench.eval_threads},
             "cache_hits": sum(1 for v in variants if v.cached),
             "machine_peak": peak,
+            "op_profile": profile,
         }
         model_info = {"source": cfg.model.source.to_dict(), "sha256": source.sha256, "seq_len": cfg.model.seq_len,
                       "tokenizer": str(source.tokenizer), **source.info}
@@ -474,6 +476,36 @@ def _with_efficiency(v: VariantResult, peak: dict[str, Any]) -> VariantResult:
             b = dataclasses.replace(b, protocol={**b.protocol, "efficiency": eff})
         cells.append(b)
     return dataclasses.replace(v, bench=tuple(cells))
+
+
+def _op_profile(cfg: ReleaseConfig, variants: list[VariantResult], data: _EvalData, say: Progress) -> dict[str, Any]:
+    """Where the time goes in the slowest variant (median latency at its fewest threads): LiteRT's op profiler."""
+    if cfg.bench.profile_runs == 0:
+        return {"not_run": "bench.profile_runs = 0"}
+    if data.task is Task.TEXT_GENERATION:
+        return {"not_run": "the per-op profiler runs a model's default signature; generators are benchmarked per token"}
+    cpu = [b for v in variants for b in v.bench if b.status is Status.OK and b.latency and b.backend in ("xnnpack", "cpu")]
+    if not cpu or data.bench_npz is None:
+        return {"not_run": "no CPU latency was measured"}
+    fewest = min(b.threads for b in cpu)
+    slowest = max((b for b in cpu if b.threads == fewest), key=lambda b: b.latency.p50 if b.latency else 0.0)
+    v = next(x for x in variants if x.name == slowest.variant)
+    assert v.artifact is not None
+    say(f"bench: per-op profile of {v.name} (the slowest, {slowest.backend} x{fewest})")
+    from litegate.benchmarks.profile import run_profile
+
+    try:
+        prof = run_profile(v.artifact.path, threads=fewest, backend=slowest.backend, runs=cfg.bench.profile_runs,
+                           inputs_npz=data.bench_npz, timeout_s=cfg.bench.timeout_s)
+    except LitegateError as exc:
+        return {"variant": v.name, "not_run": exc.message}
+    return {"variant": v.name, "why": f"the slowest variant by median latency at {fewest} thread(s)",
+            "backend": slowest.backend, "threads": fewest, "runs": prof["runs"], "method": prof["method"],
+            "op_ms_per_run": round(prof["op_ms_per_run"], 4), "wall_ms_per_run": round(prof["wall_ms_per_run"], 4),
+            "by_type": [{"op": n, "count": c, "ms_per_run": round(ms / prof["runs"], 4), "pct": round(pct, 2)}
+                        for n, c, ms, pct in prof["by_type"]],
+            "top_ops": [{"op": n, "index": i, "ms_per_run": round(ms / prof["runs"], 4), "pct": round(pct, 2)}
+                        for n, i, ms, pct in sorted(prof["ops"], key=lambda r: -r[2])[:15]]}
 
 
 def _bench_cells(cfg: ReleaseConfig, v: VariantResult, data: _EvalData, work: Path) -> Iterator[BenchResult]:

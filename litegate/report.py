@@ -120,10 +120,24 @@ def _efficiency(rep: Report) -> list[str]:
     head = ", ".join(f"{t} thread(s): {g:.0f}" for t, g in sorted(peak.items())) or "not measured"
     theory = ", ".join(f"{t}: {g:.0f}" for t, g in sorted((mp.get("theoretical_gflops") or {}).items())) or "unknown"
     return ["", "<details><summary>Efficiency (effective fp32 GFLOP/s = 2 × MACs / p50)</summary>", "",
-            f"Peaks this run, GFLOP/s — sgemm probe: {head}; ISA FMA theory at the nominal {mp.get('cpu_mhz')} MHz: "
+            f"Peaks this run, GFLOP/s — sgemm probe (the better of numpy's BLAS and an XNNPACK GEMM): {head}; "
+            f"ISA FMA theory at the nominal {mp.get('cpu_mhz')} MHz: "
             f"{theory}. Quantized variants do integer MACs: their figure is fp32-equivalent throughput.", "",
             "| variant | cell | GFLOP/s | of sgemm | of ISA peak | RSS increase MB |", "|---|---|---|---|---|---|",
             *rows, "", "</details>", ""]
+
+
+def _profile_details(rep: Report) -> list[str]:
+    """Where the time goes in the slowest variant, by op type and by op (LiteRT's profiler)."""
+    prof = rep.run.get("op_profile") or {}
+    if not prof.get("by_type"):
+        return [f"- Per-op profile not run: {prof['not_run']}", ""] if prof.get("not_run") else []
+    rows = [f"| {r['op']} | {r['count']} | {r['ms_per_run']:.4g} | {r['pct']:.1f}% |" for r in prof["by_type"][:12]]
+    top = ", ".join(f"{o['op']} #{o['index']} {o['pct']:.1f}%" for o in prof.get("top_ops", [])[:5])
+    return ["", f"<details><summary>Where the time goes: `{prof['variant']}` ({prof['why']}; {prof['backend']}×"
+            f"{prof['threads']}, {prof['runs']} profiled runs, {prof['op_ms_per_run']:.4g} ms of ops per run)</summary>",
+            "", "| op type | ops | ms per run | share |", "|---|---|---|---|", *rows, "",
+            f"Slowest single ops: {top}. Method: {prof.get('method')}.", "", "</details>", ""]
 
 
 def _quant_details(rep: Report) -> list[str]:
@@ -287,6 +301,7 @@ def to_markdown(rep: Report) -> str:
                 lines.append(f"| {name} | {a.backend} | {a.status.value} | — | — | {a.reason[:160]} |")
         lines.append("")
     lines.extend(_efficiency(rep))
+    lines.extend(_profile_details(rep))
     lines.extend(_quant_details(rep))
     lines.extend(_compat_details(rep, delegates))
     failed = [x for x in rep.verdicts if not x.passed]

@@ -61,6 +61,15 @@ def test_run_on_embedded_default_reports_every_variant_measured(demo_runs):
     compat = {c["delegate"]: c for c in rep["variants"][0]["compat"]}
     assert set(compat) == {"gpu", "hexagon", "coreml", "xnnpack"}
     assert compat["hexagon"]["delegated_fraction"] == 0.0  # float model: Hexagon runs 8-bit only
+    # Where the time goes: the slowest variant at 1 thread, profiled op by op.
+    prof = rep["run"]["op_profile"]
+    slowest = max(rep["variants"], key=lambda v: next(b["latency"]["p50"] for b in v["bench"] if b["threads"] == 1))
+    assert prof["variant"] == slowest["name"] and prof["threads"] == 1 and prof["runs"] == 20
+    assert 99.0 <= sum(r["pct"] for r in prof["by_type"]) <= 101.0 and prof["by_type"][0]["ms_per_run"] > 0
+    assert [o["ms_per_run"] for o in prof["top_ops"]] == sorted((o["ms_per_run"] for o in prof["top_ops"]), reverse=True)
+    assert f"Where the time goes: `{slowest['name']}`" in md
+    peak = rep["run"]["machine_peak"]
+    assert set(peak["probes"]) == {"numpy", "xnnpack"} and peak["gflops"]["1"] > 0
 
 
 def test_second_run_reuses_cached_conversions(demo_runs):
