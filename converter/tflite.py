@@ -126,7 +126,8 @@ def generator_samples(signatures: Mapping[str, Any], windows: np.ndarray, prefil
         state_keys = [k for k in step_specs if k not in ("token", "pos")]
         if "pos" in step_specs:  # KV cache: continue after the prompt
             state = {k: res[k].numpy() for k in state_keys}
-            positions = range(prefill_len, len(w))
+            cache_len = min((int(step_specs[k].shape[2]) for k in state_keys), default=len(w))
+            positions = range(prefill_len, min(len(w), cache_len))  # a full cache leaves no position to decode
         else:  # recurrent state: walk the window from the start
             state = {k: np.zeros(step_specs[k].shape, step_specs[k].dtype.as_numpy_dtype) for k in state_keys}
             positions = range(0, len(w) - prefill_len)
