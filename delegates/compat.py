@@ -264,6 +264,12 @@ def _check_type(view: _View, c: Constraint) -> dict[str, Any] | None:
     return _each_tensor(view, c, test)
 
 
+def _check_zero_point(view: _View, c: Constraint) -> dict[str, Any] | None:
+    """A quantized tensor's (first) zero point; float and unquantized tensors pass."""
+    return _each_tensor(view, c, lambda t: None if t.zero_point is None or not t.quantized or _cmp(t.zero_point, c)
+                        else {"value": t.zero_point})
+
+
 def _check_const(view: _View, c: Constraint) -> dict[str, Any] | None:
     return _each_tensor(view, c, lambda t: None if t.is_const == c["is"] else {"value": t.is_const})
 
@@ -487,6 +493,7 @@ _CHECKS: dict[str, Callable[[_View, Constraint], dict[str, Any] | None]] = {
     "rank": _check_rank,
     "type": _check_type,
     "const": _check_const,
+    "zero_point": _check_zero_point,
     "shape": _check_shape,
     "dim": _check_dim,
     "numel": _check_numel,
@@ -515,6 +522,10 @@ def _applies(c: Constraint, view: _View) -> bool:
     if "when_runtime_inputs" in c and \
             sum(1 for t in view.inputs if t is not None and not t.is_const) != c["when_runtime_inputs"]:
         return False
+    for ref, types in c.get("when_types", {}).items():  # e.g. only for statically quantized ops
+        tensors = view.tensors(ref)
+        if not tensors or any(t is None or t.type not in types for t in tensors):
+            return False
     return _when_holds(view, c.get("when", {}))
 
 

@@ -79,6 +79,7 @@ class TensorInfo:
     quantized: bool = False
     per_channel: bool = False
     values: tuple[int, ...] | None = None
+    zero_point: int | None = None  # the first (per-tensor) zero point of a quantized tensor
 
     @property
     def rank(self) -> int:
@@ -288,13 +289,15 @@ class _Reader:
                 step = struct.calcsize(fmt)
                 values = tuple(struct.unpack_from(fmt, raw, k)[0] for k in range(0, len(raw) - step + 1, step))
         quant = tensor.Quantization()
-        n_scales = 0
+        n_scales, zero_point = 0, None
         if quant is not None:
             self.table(quant, f"quantization of tensor {t}")
             n_scales = self.count(quant.ScaleLength(), 4, "scales")
+            if n_scales and self.count(quant.ZeroPointLength(), 8, "zero points"):
+                zero_point = int(quant.ZeroPoint(0))
         return TensorInfo(index=t, name=self.string(tensor.Name()), type=type_name, shape=shape,
                           shape_signature=signature, is_const=is_const, is_variable=bool(tensor.IsVariable()),
-                          quantized=n_scales > 0, per_channel=n_scales > 1, values=values)
+                          quantized=n_scales > 0, per_channel=n_scales > 1, values=values, zero_point=zero_point)
 
     def operator(self, sg: Any, s: int, i: int, codes: Sequence[tuple[str, int, str | None]],
                  tensors: Sequence[TensorInfo]) -> OpInfo:

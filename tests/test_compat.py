@@ -570,3 +570,33 @@ def test_bert_gpu_verdict_flags_2d_embedding_gather_and_shrink_slices(tmp_path):
     assert 0.5 < gpu.delegated_fraction < 1.0
     assert gpu.delegated_mac_fraction is not None and gpu.delegated_mac_fraction > 0.9
     assert "GATHER" in xnnpack.fallback_ops and xnnpack.delegated_mac_fraction == 1.0
+
+
+def test_xnnpack_refuses_int8_batch_matmul_with_nonzero_rhs_zero_point_as_the_runtime_does(tmp_path):
+    """Static verdict against the runtime: the BATCH_MATMULs XNNPACK leaves to the builtin kernel (LiteRT's profiler)."""
+    from conftest import DEMO
+    from litegate.benchmarks.profile import run_profile
+
+    from litegate.api import convert_model
+    from litegate.types import ModelSource
+
+    ckpt = make_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "int8.tflite"
+    convert_model(ModelSource(kind="hf-bert", path=str(ckpt), task="text-classification"), out, seq_len=16,
+                  recipe="int8", calibration=DEMO / "calibration.txt", samples=20)
+    model = load_model(out)
+    (xnnpack,) = check_model(out, ["xnnpack"])
+    bmm = {o.index for o in model.ops if o.op == "BATCH_MATMUL"}
+    refused = {o.index for o in xnnpack.ops if o.index in bmm and not o.delegated}
+    rhs_zp = {o.index: o.inputs[1].zero_point for o in model.ops if o.index in bmm}
+    assert refused == {i for i, zp in rhs_zp.items() if zp != 0} and refused  # calibrated K/V are not centred
+    for o in xnnpack.ops:
+        if o.index in refused:
+            assert "non-zero zero point" in o.reason
+    prof = run_profile(out, threads=1, backend="xnnpack", runs=2)
+    builtin = {name: count for name, count, _, _ in prof["by_type"]}
+    assert builtin.get("BATCH_MATMUL", 0) == len(refused)
+    fp32 = tmp_path / "fp32.tflite"
+    convert_model(ModelSource(kind="hf-bert", path=str(ckpt), task="text-classification"), fp32, seq_len=16)
+    (fx,) = check_model(fp32, ["xnnpack"])
+    assert all(o.delegated for o in fx.ops if o.op == "BATCH_MATMUL")  # float: zero points do not apply
