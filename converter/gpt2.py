@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 from litegate.converter.bert import MASK_PENALTY, LayerNorm, gather_rows, take_position  # noqa: E402
-from litegate.converter.hf import GPT2Config  # noqa: E402
+from litegate.converter.hf import GPT2Config, read_gpt2  # noqa: E402
 
 from litegate.errors import ModelLoadError  # noqa: E402
 
@@ -165,24 +165,6 @@ def _var(model: GPT2, name: str, idx: int) -> tf.Variable:
     if idx < 0:
         return getattr(model, name)
     return getattr(model, name).weights[idx]
-
-
-def read_gpt2(path: str | Path) -> tuple[GPT2Config, dict[str, np.ndarray], str]:
-    """Read a Hugging Face GPT-2 checkpoint folder: config, tensors, name prefix."""
-    from safetensors.numpy import load_file
-
-    root = Path(path)
-    if not (root / "config.json").is_file():
-        raise ModelLoadError(f"{root}: not a Hugging Face checkpoint (no config.json)")
-    cfg = GPT2Config.from_json_file(root / "config.json")
-    if not (root / "model.safetensors").is_file():
-        raise ModelLoadError(f"{root}: no model.safetensors (only safetensors checkpoints are read)")
-    try:
-        tensors = load_file(str(root / "model.safetensors"))
-    except Exception as exc:  # safetensors raises its own types
-        raise ModelLoadError(f"{root}/model.safetensors: cannot read safetensors: {exc}") from None
-    prefix = "transformer." if any(k.startswith("transformer.") for k in tensors) else ""
-    return cfg, tensors, prefix
 
 
 def load_gpt2(path: str | Path) -> GPT2:

@@ -131,6 +131,26 @@ def tokenizer_file(root: Path) -> Path:
     raise ModelLoadError(f"{root}: no tokenizer.json or vocab.txt next to the checkpoint")
 
 
+def _config_path(root: Path) -> Path:
+    path = root / "config.json"
+    if not path.is_file():
+        raise ModelLoadError(f"{root}: not a Hugging Face checkpoint (no config.json)")
+    return path
+
+
+def _safetensors(root: Path) -> dict[str, np.ndarray]:
+    """The tensors of ``root/model.safetensors`` (the only checkpoint format read)."""
+    from safetensors.numpy import load_file
+
+    weights = root / "model.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(f"{root}: no model.safetensors (only safetensors checkpoints are read)")
+    try:
+        return load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelLoadError(f"{weights}: cannot read safetensors: {exc}") from None
+
+
 def read_checkpoint(path: str | Path, extra_weights: str | Path | None = None) -> Checkpoint:
     """Read a Hugging Face BERT checkpoint folder, optionally with extra tensors (e.g. a trained head).
 
@@ -145,21 +165,12 @@ def read_checkpoint(path: str | Path, extra_weights: str | Path | None = None) -
         raise ModelLoadError(f"{root}: no such file or directory")
     if not root.is_dir():
         raise ModelLoadError(f"{root}: an hf-bert source must be a checkpoint folder")
-    cfg_path = root / "config.json"
-    if not cfg_path.is_file():
-        raise ModelLoadError(f"{root}: not a Hugging Face checkpoint (no config.json)")
-    config = BertConfig.from_json_file(cfg_path)
-    weights = root / "model.safetensors"
-    if not weights.is_file():
-        raise ModelLoadError(f"{root}: no model.safetensors (only safetensors checkpoints are read)")
-    from safetensors.numpy import load_file
-
-    try:
-        tensors = load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own error types
-        raise ModelLoadError(f"{weights}: cannot read safetensors: {exc}") from None
+    config = BertConfig.from_json_file(_config_path(root))
+    tensors = _safetensors(root)
     prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
     if extra_weights:
+        from safetensors.numpy import load_file
+
         extra_path = Path(extra_weights)
         try:
             extra = load_file(str(extra_path))
@@ -213,3 +224,12 @@ class GPT2Config:
 
     def to_hf_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}
+
+
+def read_gpt2(path: str | Path) -> tuple[GPT2Config, dict[str, np.ndarray], str]:
+    """Read a Hugging Face GPT-2 checkpoint folder: config, tensors, name prefix (no TensorFlow needed)."""
+    root = Path(path)
+    cfg = GPT2Config.from_json_file(_config_path(root))
+    tensors = _safetensors(root)
+    prefix = "transformer." if any(k.startswith("transformer.") for k in tensors) else ""
+    return cfg, tensors, prefix

@@ -396,39 +396,60 @@ def _log(args: argparse.Namespace) -> Any:
     return log
 
 
-def table(result: Mapping[str, Any], threads: Sequence[int]) -> str:
-    """The result as a readable table: one row per variant, ms per thread count, cosines."""
-    head = ["variant", *(f"{t} thread{'s' if t > 1 else ''} ms" for t in threads), "cosine mean", "cosine min"]
+def table(result: Mapping[str, Any], threads: Sequence[int], *, top1: bool = False) -> str:
+    """The result as a readable table: one row per variant, ms per thread count, cosines (and top-1 agreement)."""
+    head = ["variant", *(f"{t} thread{'s' if t > 1 else ''} ms" for t in threads), "cosine mean", "cosine min",
+            *(["top1"] if top1 else [])]
     rows = [head]
+    nan = float("nan")
     for v in VARIANTS:
         cells = [result.get(f"{v} x{t}", "-") for t in threads]
         rows.append([v, *(f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells),
-                     f"{result.get(f'cosine {v}', float('nan')):.5f}", f"{result.get(f'cosine min {v}', float('nan')):.5f}"])
+                     f"{result.get(f'cosine {v}', nan):.5f}", f"{result.get(f'cosine min {v}', nan):.5f}",
+                     *([f"{result.get(f'top1 {v}', nan):.4f}"] if top1 else [])])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.append(f"max abs difference, onnxruntime fp32 vs TensorFlow: {result.get('max abs onnxruntime fp32 vs tf')}")
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--model", required=True, help="Hugging Face BERT checkpoint folder (config.json, model.safetensors)")
-    ap.add_argument("--out", required=True, help="folder for the .onnx files and export.json")
-    ap.add_argument("--inputs", required=True, help="npz with input_ids, attention_mask, token_type_ids [N, seq_len]")
-    ap.add_argument("--reference", help="npz with the TensorFlow fp32 'embeddings' [N, hidden] (else computed)")
-    ap.add_argument("--seq-len", type=int, default=0, help="default: the inputs' sequence length")
+ARG_HELP = {
+    "model": "Hugging Face BERT checkpoint folder (config.json, model.safetensors)",
+    "out": "folder for the .onnx files and export.json",
+    "inputs": "npz with input_ids, attention_mask, token_type_ids [N, seq_len]",
+    "reference": "npz with the TensorFlow fp32 'embeddings' [N, hidden] (else computed)",
+    "seq_len": "default: the inputs' sequence length",
+    "limit": "use only the first N sentences",
+    "tolerance": "max abs difference allowed, ONNX fp32 vs TF",
+}
+
+
+def parse_args(argv: Sequence[str] | None = None, *, doc: str | None = __doc__,
+               helps: Mapping[str, str] = ARG_HELP) -> argparse.Namespace:
+    """The export scripts' command line (``helps`` words the model-specific arguments)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    ap.add_argument("--model", required=True, help=helps["model"])
+    ap.add_argument("--out", required=True, help=helps["out"])
+    ap.add_argument("--inputs", required=True, help=helps["inputs"])
+    ap.add_argument("--reference", help=helps["reference"])
+    ap.add_argument("--seq-len", type=int, default=0, help=helps["seq_len"])
     ap.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     ap.add_argument("--runs", type=int, default=100, help="timed runs per variant and thread count (0: no timing)")
     ap.add_argument("--block", type=int, default=10, help="timed runs per interleaved block")
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs at the start of every block")
-    ap.add_argument("--limit", type=int, default=0, help="use only the first N sentences")
-    ap.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed, ONNX fp32 vs TF")
+    ap.add_argument("--limit", type=int, default=0, help=helps["limit"])
+    ap.add_argument("--tolerance", type=float, default=1e-4, help=helps["tolerance"])
     ap.add_argument("--json", action="store_true", help="print one JSON line (the last line of stdout)")
     return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    return cli(parse_args(argv), run, table)
+
+
+def cli(args: argparse.Namespace, run_fn: Callable[[argparse.Namespace], dict[str, Any]],
+        table_fn: Callable[[Mapping[str, Any], Sequence[int]], str]) -> int:
+    """Run an export script: its ``run``, then one JSON line (``--json``) or ``table``; 'not run' without ORT."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import onnx  # noqa: F401
@@ -440,11 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         print(reason, file=sys.stderr)
         return 2
-    result = run(args)
+    result = run_fn(args)
     if args.json:
         print(json.dumps(result))
     else:
-        print(table(result, args.threads))
+        print(table_fn(result, args.threads))
         print(f"wrote {Path(args.out) / 'export.json'}")
     return 0
 

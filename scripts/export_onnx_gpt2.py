@@ -94,33 +94,6 @@ REFERENCE_FILE = "reference_tf.npz"
 _INT64_MAX = np.iinfo(np.int64).max
 
 
-def read_checkpoint(model_dir: str | Path) -> tuple[Any, dict[str, np.ndarray], str]:
-    """``(GPT2Config, tensors, prefix)`` of a Hugging Face GPT-2 folder, as ``converter.gpt2.read_gpt2`` reads it.
-
-    Repeated here without TensorFlow (``converter/gpt2.py`` imports it at module level).
-
-    Raises:
-        litegate.errors.ModelLoadError: no config.json / model.safetensors, unreadable or unsupported.
-    """
-    from litegate.converter.hf import GPT2Config
-    from safetensors.numpy import load_file
-
-    from litegate.errors import ModelLoadError
-
-    root = Path(model_dir)
-    if not (root / "config.json").is_file():
-        raise ModelLoadError(f"{root}: not a Hugging Face checkpoint (no config.json)")
-    cfg = GPT2Config.from_json_file(root / "config.json")
-    if not (root / "model.safetensors").is_file():
-        raise ModelLoadError(f"{root}: no model.safetensors (only safetensors checkpoints are read)")
-    try:
-        tensors = load_file(str(root / "model.safetensors"))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own types
-        raise ModelLoadError(f"{root}/model.safetensors: cannot read safetensors: {exc}") from None
-    prefix = "transformer." if any(k.startswith("transformer.") for k in tensors) else ""
-    return cfg, tensors, prefix
-
-
 def build_onnx(model_dir: str | Path, seq_len: int, *, mask_penalty: float = MASK_PENALTY) -> Any:
     """litegate's GPT-2 prefill forward as an ONNX ``ModelProto`` (static batch 1, ``seq_len`` tokens).
 
@@ -131,11 +104,12 @@ def build_onnx(model_dir: str | Path, seq_len: int, *, mask_penalty: float = MAS
         litegate.errors.ModelLoadError: unreadable checkpoint, a missing or misshapen tensor, or
             ``seq_len`` above ``n_positions``.
     """
+    from litegate.converter.hf import read_gpt2
     from onnx import TensorProto, checker, helper
 
     from litegate.errors import ModelLoadError
 
-    cfg, tensors, prefix = read_checkpoint(model_dir)
+    cfg, tensors, prefix = read_gpt2(model_dir)
     if seq_len > cfg.n_positions:
         raise ModelLoadError(f"seq_len {seq_len} is larger than n_positions {cfg.n_positions}")
     E, heads, d, V = cfg.n_embd, cfg.n_head, cfg.head_size, cfg.vocab_size
@@ -335,6 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Export, optimize, quantize, check and time; returns the flat result dict (and writes export.json)."""
     import onnx
     import onnxruntime as ort
+    from litegate.converter.hf import read_gpt2
 
     from litegate.errors import DataError
 
@@ -350,7 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if seq_len > tokens.shape[1]:
         raise DataError(f"--seq-len {seq_len} is longer than the windows of {args.inputs} ({tokens.shape[1]} tokens)")
     tokens = np.ascontiguousarray(tokens[: args.limit or None, :seq_len])
-    cfg = read_checkpoint(args.model)[0]
+    cfg = read_gpt2(args.model)[0]
     if int(tokens.max()) >= cfg.vocab_size or int(tokens.min()) < 0:
         raise DataError(f"{args.inputs}: token ids outside the model's vocabulary of {cfg.vocab_size}")
     used = out / "tokens.npz"
@@ -425,58 +400,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(result: Mapping[str, Any], threads: Sequence[int]) -> str:
     """The result as a readable table: one row per variant, ms per thread count, cosines, top-1."""
-    head = ["variant", *(f"{t} thread{'s' if t > 1 else ''} ms" for t in threads), "cosine mean", "cosine min",
-            "top1"]
-    rows = [head]
-    nan = float("nan")
-    for v in VARIANTS:
-        cells = [result.get(f"{v} x{t}", "-") for t in threads]
-        rows.append([v, *(f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells),
-                     f"{result.get(f'cosine {v}', nan):.5f}", f"{result.get(f'cosine min {v}', nan):.5f}",
-                     f"{result.get(f'top1 {v}', nan):.4f}"])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.append(f"max abs difference, onnxruntime fp32 vs TensorFlow: {result.get('max abs onnxruntime fp32 vs tf')}")
-    return "\n".join(lines)
+    return base.table(result, threads, top1=True)
+
+
+ARG_HELP = {
+    "model": "Hugging Face GPT-2 checkpoint folder (config.json, model.safetensors)",
+    "out": "folder for the .onnx files, export.json and reference_tf.npz",
+    "inputs": "npz with 'tokens' int32 [N, P] (text windows)",
+    "reference": "npz with the TensorFlow fp32 'logits' [N, P, V] (else computed)",
+    "seq_len": "default: the inputs' window length P",
+    "limit": "use only the first N windows",
+    "tolerance": "max abs logits difference allowed, ONNX fp32 vs TF",
+}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--model", required=True, help="Hugging Face GPT-2 checkpoint folder (config.json, model.safetensors)")
-    ap.add_argument("--out", required=True, help="folder for the .onnx files, export.json and reference_tf.npz")
-    ap.add_argument("--inputs", required=True, help="npz with 'tokens' int32 [N, P] (text windows)")
-    ap.add_argument("--reference", help="npz with the TensorFlow fp32 'logits' [N, P, V] (else computed)")
-    ap.add_argument("--seq-len", type=int, default=0, help="default: the inputs' window length P")
-    ap.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
-    ap.add_argument("--runs", type=int, default=100, help="timed runs per variant and thread count (0: no timing)")
-    ap.add_argument("--block", type=int, default=10, help="timed runs per interleaved block")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed runs at the start of every block")
-    ap.add_argument("--limit", type=int, default=0, help="use only the first N windows")
-    ap.add_argument("--tolerance", type=float, default=1e-4, help="max abs logits difference allowed, ONNX fp32 vs TF")
-    ap.add_argument("--json", action="store_true", help="print one JSON line (the last line of stdout)")
-    return ap.parse_args(argv)
+    return base.parse_args(argv, doc=__doc__, helps=ARG_HELP)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        reason = f"not run: {exc.name} is not installed (pip install -e '.[peers]')"
-        if args.json:
-            print(json.dumps({"onnxruntime": reason}))
-            return 0
-        print(reason, file=sys.stderr)
-        return 2
-    result = run(args)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(table(result, args.threads))
-        print(f"wrote {Path(args.out) / 'export.json'}")
-    return 0
+    return int(base.cli(parse_args(argv), run, table))
 
 
 if __name__ == "__main__":
