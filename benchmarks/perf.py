@@ -188,18 +188,6 @@ def export_module(script: str | Path | None = None) -> ModuleType:
     return module
 
 
-def tflite_embeddings_job(payload: dict[str, Any]) -> dict[str, Any]:
-    """Child: a .tflite's first output for every sentence in ``inputs_npz`` (XNNPACK, 1 thread)."""
-    from litegate.delegates.runtime import Runner
-
-    with np.load(payload["inputs_npz"]) as data:
-        arrays = {k: data[k] for k in data.files}
-    runner = Runner(payload["path"], backend="xnnpack", threads=1)
-    outs = runner.run_batch(arrays)
-    name = "embedding" if "embedding" in outs else next(iter(outs))
-    return {"output": name, "embeddings": np.asarray(outs[name], np.float64).reshape(len(arrays["input_ids"]), -1).tolist()}
-
-
 def peer_matrix_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child: TFLite variants (XNNPACK) and ONNX Runtime sessions, every thread count, timed in interleaved blocks.
 
@@ -386,9 +374,10 @@ def embedding_accuracy(variants: Mapping[str, Path], model_dir: Path, seq: int, 
     mean: dict[str, float] = {}
     low: dict[str, float] = {}
     for name, path in variants.items():
-        res = run_isolated("litegate.benchmarks.perf:tflite_embeddings_job",
-                           {"path": str(path), "inputs_npz": str(inputs)}, timeout_s=600)
-        cos = cosine(np.asarray(res["embeddings"]), reference)
+        npy = reference_npz.parent / f"{name}.outputs.npy"
+        run_isolated("litegate.benchmarks.perf:tflite_outputs_job",
+                     {"path": str(path), "inputs_npz": str(inputs), "out_npy": str(npy)}, timeout_s=600)
+        cos = cosine(np.load(npy), reference)
         mean[f"tflite {name}"], low[f"tflite {name}"] = round(float(cos.mean()), 6), round(float(cos.min()), 6)
     return {"reference": "float TensorFlow model (litegate's BERT, mean head, tf.function)",
             "sentences": len(reference), "min_cosine_budget": MIN_COSINE, "cosine_mean": mean, "cosine_min": low}
@@ -465,12 +454,7 @@ def main() -> int:
     p50 = peers["p50_ms"]
     acc = report["accuracy"]
     if "cosine_mean" in acc:
-        ort = peers.get("onnxruntime_export", {})
-        for key, value in ort.items():
-            if key.startswith("cosine min "):
-                acc["cosine_min"][key.removeprefix("cosine min ")] = value
-            elif key.startswith("cosine "):
-                acc["cosine_mean"][key.removeprefix("cosine ")] = value
+        merge_peer_fidelity(peers.get("onnxruntime_export", {}), acc["cosine_mean"], acc["cosine_min"])
         report["best_vs_onnxruntime"] = best_vs_onnxruntime(p50, acc["cosine_mean"], acc["cosine_min"], threads,
                                                             p10=peers.get("p10_ms"))
     else:
@@ -555,26 +539,15 @@ def measure_peers(variants: Mapping[str, Path], model_dir: Path, inputs: Path, r
     if reference_npz is not None and reference_npz.is_file():
         print("peers: ONNX Runtime export, optimizer, dynamic int8 (scripts/export_onnx.py)", flush=True)
         ort = onnxruntime_peers(model_dir, inputs, reference_npz)
-        if not any(isinstance(v, str) and v.startswith("not run") for v in ort.values()):
-            exp = export_module()
-            onnx_files = {v: str(onnx_dir / f) for v, f in exp.FILES.items() if (onnx_dir / f).is_file()}
+        onnx_files = exported_files(ort, EXPORT_SCRIPT, onnx_dir)
     else:
         ort = {"onnxruntime": "not run: the ONNX export is litegate's MiniLM embedding model (needs `make models`)"}
 
     print("peers: TFLite variants and ONNX Runtime, interleaved in one process", flush=True)
     payload = {"tflite": {k: str(v) for k, v in variants.items()}, "onnx": onnx_files, "threads": threads,
                "inputs_npz": str(inputs), "runs": 120, "block": 10, "warmup": 2}
-    p50: dict[str, Any] = {}
     load_before = os.getloadavg()[0]
-    try:
-        res = run_isolated("litegate.benchmarks.perf:peer_matrix_job", payload, timeout_s=1800)
-        samples = res["samples_ms"]
-        p50 = {k: round(statistics.median(v), 3) for k, v in samples.items()}
-        p10 = {k: round(float(np.percentile(v, 10)), 3) for k, v in samples.items()}
-        n_runs = {k: len(v) for k, v in samples.items()}
-    except LitegateError as exc:
-        p50 = {"tflite": f"not run: {exc.message}"}
-        p10, n_runs = {}, {}
+    p50, p10, n_runs = timed_cells(payload, digits=3)
     load_after = os.getloadavg()[0]
     if not onnx_files:
         p50["onnxruntime"] = ort.get("onnxruntime", "not run: no ONNX models")
@@ -657,44 +630,14 @@ def other_model(label: str, source: Any, seq: int, inputs: Path, work: Path, thr
         cos_mean[f"tflite {name}"], cos_min[f"tflite {name}"] = round(float(c.mean()), 6), round(float(c.min()), 6)
         if gpt2:
             top1[f"tflite {name}"] = round(float(np.mean(r.argmax(-1) == rows["fp32"].argmax(-1))), 4)
-    onnx_files: dict[str, str] = {}
-    ort: dict[str, Any]
-    try:
-        import onnxruntime  # noqa: F401
-        have_ort = script.is_file()
-        why = f"{script.name} is missing"
-    except ImportError:
-        have_ort, why = False, "onnxruntime is not installed (pip install -e '.[peers]')"
-    if have_ort:
-        cmd = [sys.executable, str(script), "--model", str(source.path), "--out", str(work / "onnx"), "--inputs",
-               str(inputs), "--seq-len", str(seq), "--runs", "0", "--json"]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
-        try:
-            ort = dict(json.loads(proc.stdout.strip().splitlines()[-1])) if proc.returncode == 0 else {
-                "onnxruntime": f"not run: export failed: {proc.stderr.strip().splitlines()[-1:]}"}
-        except (ValueError, IndexError):
-            ort = {"onnxruntime": f"not run: {script.name} printed no JSON line"}
-        if not any(isinstance(v, str) and v.startswith("not run") for v in ort.values()):
-            files = export_module(script).FILES
-            onnx_files = {v: str(work / "onnx" / f) for v, f in files.items() if (work / "onnx" / f).is_file()}
-    else:
-        ort = {"onnxruntime": f"not run: {why}"}
-    for key, value in ort.items():
-        if key.startswith("cosine min "):
-            cos_min[key.removeprefix("cosine min ")] = value
-        elif key.startswith("cosine "):
-            cos_mean[key.removeprefix("cosine ")] = value
-        elif key.startswith("top1 "):
-            top1[key.removeprefix("top1 ")] = value
+    ort = onnxruntime_peers(Path(source.path), inputs, script=script, out_dir=work / "onnx",
+                            extra=["--seq-len", str(seq), "--runs", "0"])
+    onnx_files = exported_files(ort, script, work / "onnx")
+    merge_peer_fidelity(ort, cos_mean, cos_min, top1)
     payload = {"tflite": {k: str(v) for k, v in variants.items()}, "onnx": onnx_files, "threads": threads,
                "inputs_npz": str(inputs), "runs": 120, "block": 10, "warmup": 2, "signature": signature,
                "export_script": str(script)}
-    try:
-        res = run_isolated("litegate.benchmarks.perf:peer_matrix_job", payload, timeout_s=1800)
-        p50 = {k: round(statistics.median(v), 4) for k, v in res["samples_ms"].items()}
-        p10 = {k: round(float(np.percentile(v, 10)), 4) for k, v in res["samples_ms"].items()}
-    except LitegateError as exc:
-        p50, p10 = {"tflite": f"not run: {exc.message}"}, {}
+    p50, p10, _ = timed_cells(payload, digits=4)
     if not onnx_files:
         p50["onnxruntime"] = ort.get("onnxruntime", "not run: no ONNX models")
     out["accuracy"] = {"reference": "TFLite fp32 for the TFLite variants; the float TF model for ONNX Runtime",
@@ -706,6 +649,18 @@ def other_model(label: str, source: Any, seq: int, inputs: Path, work: Path, thr
     out["onnxruntime_export"] = {k: v for k, v in ort.items() if not k.startswith("cosine")}
     out["summary"] = summarize_targets(label, best, eff, threads)
     return out
+
+
+def merge_peer_fidelity(ort: Mapping[str, Any], cos_mean: dict[str, Any], cos_min: dict[str, Any],
+                        top1: dict[str, Any] | None = None) -> None:
+    """Add an export script's ``cosine <variant>`` / ``cosine min <variant>`` (/ ``top1 <variant>``) figures."""
+    for key, value in ort.items():
+        if key.startswith("cosine min "):
+            cos_min[key.removeprefix("cosine min ")] = value
+        elif key.startswith("cosine "):
+            cos_mean[key.removeprefix("cosine ")] = value
+        elif top1 is not None and key.startswith("top1 "):
+            top1[key.removeprefix("top1 ")] = value
 
 
 def summarize_targets(label: str, best: Mapping[str, Any], eff: Mapping[str, Any], threads: list[int]) -> list[str]:
@@ -729,29 +684,52 @@ def summarize_targets(label: str, best: Mapping[str, Any], eff: Mapping[str, Any
     return lines
 
 
-def onnxruntime_peers(model_dir: Path, inputs: Path, reference: Path | None = None) -> dict[str, Any]:
-    """ONNX Runtime on the same weights, when installed: ``scripts/export_onnx.py --json``'s last stdout line."""
+def onnxruntime_peers(model_dir: Path, inputs: Path, reference: Path | None = None, *,
+                      script: Path = EXPORT_SCRIPT, out_dir: Path | None = None,
+                      extra: list[str] | None = None) -> dict[str, Any]:
+    """ONNX Runtime on the same weights, when installed: the export ``script``'s ``--json`` last stdout line.
+
+    ``out_dir`` defaults to ``reports/perf/onnx``; ``extra`` adds arguments (e.g. ``--seq-len``, ``--runs 0``).
+    """
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return {"onnxruntime": "not run: onnxruntime is not installed (pip install -e '.[peers]')"}
-    onnx_dir = ROOT / "reports" / "perf" / "onnx"
-    if not EXPORT_SCRIPT.is_file():
-        return {"onnxruntime": "not run: scripts/export_onnx.py is missing"}
-    cmd = [sys.executable, str(EXPORT_SCRIPT), "--model", str(model_dir), "--out", str(onnx_dir), "--inputs", str(inputs),
-           "--json"]
+    onnx_dir = out_dir or ROOT / "reports" / "perf" / "onnx"
+    if not script.is_file():
+        return {"onnxruntime": f"not run: scripts/{script.name} is missing"}
+    cmd = [sys.executable, str(script), "--model", str(model_dir), "--out", str(onnx_dir), "--inputs", str(inputs),
+           "--json", *(extra or [])]
     if reference is not None:
         cmd += ["--reference", str(reference)]
     try:
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     except subprocess.TimeoutExpired:
-        return {"onnxruntime": "not run: export_onnx.py timed out after 1800 s"}
+        return {"onnxruntime": f"not run: {script.name} timed out after 1800 s"}
     if r.returncode:
         return {"onnxruntime": f"not run: export failed: {r.stderr.strip().splitlines()[-1:]}"}
     try:
         return dict(json.loads(r.stdout.strip().splitlines()[-1]))
     except (ValueError, IndexError):
-        return {"onnxruntime": f"not run: export_onnx.py printed no JSON line: {r.stdout[-300:]!r}"}
+        return {"onnxruntime": f"not run: {script.name} printed no JSON line: {r.stdout[-300:]!r}"}
+
+
+def exported_files(ort: Mapping[str, Any], script: Path, onnx_dir: Path) -> dict[str, str]:
+    """variant -> .onnx path of what the export wrote, or nothing when it did not run."""
+    if any(isinstance(v, str) and v.startswith("not run") for v in ort.values()):
+        return {}
+    return {v: str(onnx_dir / f) for v, f in export_module(script).FILES.items() if (onnx_dir / f).is_file()}
+
+
+def timed_cells(payload: dict[str, Any], *, digits: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
+    """:func:`peer_matrix_job` in a child: medians, 10th percentiles and run counts per cell (ms, rounded)."""
+    try:
+        samples = run_isolated("litegate.benchmarks.perf:peer_matrix_job", payload, timeout_s=1800)["samples_ms"]
+    except LitegateError as exc:
+        return {"tflite": f"not run: {exc.message}"}, {}, {}
+    return ({k: round(statistics.median(v), digits) for k, v in samples.items()},
+            {k: round(float(np.percentile(v, 10)), digits) for k, v in samples.items()},
+            {k: len(v) for k, v in samples.items()})
 
 
 if __name__ == "__main__":
