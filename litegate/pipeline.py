@@ -122,8 +122,7 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
         with tempfile.TemporaryDirectory(prefix="litegate-run-", dir=cfg.output_dir) as work_str:
             work = Path(work_str)
             data = _eval_data(cfg, source, encoder, work)
-            calib_npz, calib_hash = (_calibration(cfg, encoder, work) if encoder
-                                     else _generator_calibration(cfg, source, work))
+            calib_npz, calib_hash = _calibration(cfg, source, encoder, work)
             say(f"convert: {len(cfg.variants)} variants from {source.kind.value} {source.path}")
             built = _build_variants(cfg, source, versions, calib_npz, calib_hash, work, say, data)
             published = _publish(cfg, source, encoder, built)
@@ -241,42 +240,36 @@ def _eval_data(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | None,
     return data
 
 
-def _calibration(cfg: ReleaseConfig, encoder: TextEncoder, work: Path) -> tuple[Path | None, str | None]:
-    if not any(v.recipe.needs_calibration for v in cfg.variants):
-        return None, None
-    if cfg.data.calibration is None:
-        names = [v.name for v in cfg.variants if v.recipe.needs_calibration]
-        raise DataError(f"variants {', '.join(names)} need calibration text: set data.calibration")
-    texts = read_texts(cfg.data.calibration, limit=cfg.data.calibration_samples)
-    arrays = encoder.encode(texts)
-    path = work / "calibration.npz"
-    save_npz(path, arrays)
-    h = sha256_tree(cfg.data.calibration) + f":{len(texts)}"
-    return path, h
-
-
 GENERATOR_CALIBRATION_STEPS = 8  # decode/step calls recorded per window, after the prefill
 
 
-def _generator_calibration(cfg: ReleaseConfig, source: _Source, work: Path) -> tuple[Path | None, str | None]:
-    """Token windows for calibrating a text generator: ``tokens`` [N, seq_len + steps] from data.calibration.
+def _calibration(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | None,
+                 work: Path) -> tuple[Path | None, str | None]:
+    """``calibration.npz`` from data.calibration when a variant needs it, and its cache key.
 
-    The conversion child runs the float signatures over them (prefill, then decode/step) so every
-    signature is calibrated on the inputs it gets in an app (see ``converter.tflite.generator_samples``).
+    Classifiers and encoders: the tokenized texts. Text generators: token windows ``tokens``
+    [N, seq_len + steps]; the conversion child runs the float signatures over them (prefill, then
+    decode/step) so every signature is calibrated on the inputs it gets in an app (see
+    ``converter.tflite.generator_samples``).
     """
     if not any(v.recipe.needs_calibration for v in cfg.variants):
         return None, None
     if cfg.data.calibration is None:
         names = [v.name for v in cfg.variants if v.recipe.needs_calibration]
         raise DataError(f"variants {', '.join(names)} need calibration text: set data.calibration")
+    texts = read_texts(cfg.data.calibration, limit=cfg.data.calibration_samples)
+    key = sha256_tree(cfg.data.calibration) + f":{len(texts)}"
+    path = work / "calibration.npz"
+    if encoder is not None:
+        save_npz(path, encoder.encode(texts))
+        return path, key
     from litegate.quantize.prune import generator_windows
 
-    texts = read_texts(cfg.data.calibration, limit=cfg.data.calibration_samples)
+    # windows of seq_len + steps tokens: generator_windows cuts L + 1 tokens into inputs and next-token labels
     windows = generator_windows(source.tokenizer, texts, cfg.model.seq_len + GENERATOR_CALIBRATION_STEPS - 1,
                                 cfg.data.calibration_samples)
-    path = work / "calibration.npz"
     save_npz(path, {"tokens": np.concatenate([windows["tokens"], windows["labels"][:, -1:]], axis=1)})
-    return path, sha256_tree(cfg.data.calibration) + f":{len(texts)}:gen{GENERATOR_CALIBRATION_STEPS}"
+    return path, key + f":gen{GENERATOR_CALIBRATION_STEPS}"
 
 
 def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str], calib_npz: Path | None,
