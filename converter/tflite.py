@@ -72,20 +72,29 @@ def convert(serve: Any, model: Any, recipe: Recipe, samples: Mapping[str, np.nda
     """
     import tensorflow as tf
 
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
+    def run(r: Recipe) -> bytes:
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
+        return _run_converter(conv, r, samples)
+
+    return _with_float_fallback(run, recipe, notes, applies=recipe.kind == "int16x8",
+                                what="int16x8 has no 16x8 kernel")
+
+
+def _with_float_fallback(run: Callable[[Recipe], bytes], recipe: Recipe, notes: list[str] | None, *,
+                         applies: bool, what: str) -> bytes:
+    """``run(recipe)``; where ``applies`` and the converter names ops without a kernel for the recipe,
+    ``run`` again with float builtins allowed for them, and say so in ``notes`` ("<what> for OPS: ...")."""
     try:
-        return _run_converter(conv, recipe, samples)
+        return run(recipe)
     except ConversionError as exc:
         missing = re.findall(r"not yet supported for op: '([A-Z_0-9]+)'", exc.message)
-        if recipe.kind != "int16x8" or not missing:
+        if not applies or not missing:
             raise
     ops = list(recipe.params.get("supported_ops", [])) + ["TFLITE_BUILTINS"]
-    fallback = Recipe(name=recipe.name, kind=recipe.kind, params={**recipe.params, "supported_ops": ops},
-                      description=recipe.description)
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
-    data = _run_converter(conv, fallback, samples)
+    data = run(Recipe(name=recipe.name, kind=recipe.kind, params={**recipe.params, "supported_ops": ops},
+                      description=recipe.description))
     if notes is not None:
-        notes.append(f"int16x8 has no 16x8 kernel for {', '.join(sorted(set(missing)))}: those ops run in float "
+        notes.append(f"{what} for {', '.join(sorted(set(missing)))}: those ops run in float "
                      "(converted with TFLITE_BUILTINS allowed)")
     return data
 
@@ -165,19 +174,8 @@ def convert_signatures(signatures: Mapping[str, Any], owner: Any, recipe: Recipe
         conv = tf.lite.TFLiteConverter.from_saved_model(str(export), signature_keys=list(signatures))
         return _run_converter(conv, r, samples)
 
-    try:
-        return run(recipe)
-    except ConversionError as exc:
-        missing = re.findall(r"not yet supported for op: '([A-Z_0-9]+)'", exc.message)
-        if not recipe.needs_calibration or not missing:
-            raise
-    ops = list(recipe.params.get("supported_ops", [])) + ["TFLITE_BUILTINS"]
-    data = run(Recipe(name=recipe.name, kind=recipe.kind, params={**recipe.params, "supported_ops": ops},
-                      description=recipe.description))
-    if notes is not None:
-        notes.append(f"{recipe.name}: no {recipe.kind} kernel for {', '.join(sorted(set(missing)))}: those ops run in "
-                     "float (converted with TFLITE_BUILTINS allowed)")
-    return data
+    return _with_float_fallback(run, recipe, notes, applies=recipe.needs_calibration,
+                                what=f"{recipe.name}: no {recipe.kind} kernel")
 
 
 def _run_converter(conv: Any, recipe: Recipe,
