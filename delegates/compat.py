@@ -412,12 +412,18 @@ def _check_type_pairs(view: _View, c: Constraint) -> dict[str, Any] | None:
     return None if pair in [list(p) for p in c["pairs"]] else {"value": f"{pair[0]} -> {pair[1]}"}
 
 
-def _check_same_rank(view: _View, c: Constraint) -> dict[str, Any] | None:
-    ranks = []
-    for ref in c["tensors"]:
+def _present(view: _View, refs: Iterable[str]) -> list[TensorInfo]:
+    """The first tensor of each reference, where the op has one."""
+    out = []
+    for ref in refs:
         found = view.tensors(ref)
         if found and found[0] is not None:
-            ranks.append(found[0].rank)
+            out.append(found[0])
+    return out
+
+
+def _check_same_rank(view: _View, c: Constraint) -> dict[str, Any] | None:
+    ranks = [t.rank for t in _present(view, c["tensors"])]
     return None if len(set(ranks)) <= 1 else {"value": ranks}
 
 
@@ -478,11 +484,7 @@ def _check_param_rank(view: _View, c: Constraint) -> dict[str, Any] | None:
 
 
 def _check_same_type(view: _View, c: Constraint) -> dict[str, Any] | None:
-    types = []
-    for ref in c["tensors"]:
-        found = view.tensors(ref)
-        if found and found[0] is not None:
-            types.append(found[0].type)
+    types = [t.type for t in _present(view, c["tensors"])]
     return None if len(set(types)) <= 1 else {"value": " vs ".join(types)}
 
 
