@@ -128,18 +128,16 @@ def op_groups(model: bytes) -> dict[str, list[str]]:
     """
     import re
 
-    from ai_edge_litert.interpreter import Interpreter
+    from litegate.delegates.flatbuffer import read_model
 
-    it = Interpreter(model_content=model)
-    names = {t["index"]: t["name"] for t in it.get_tensor_details()}
     groups: dict[str, list[str]] = {}
-    for op in it._get_ops_details():  # noqa: SLF001 - the public API has no op list
-        if len(op["outputs"]) == 0:
+    for op in read_model(model, source="calibrated model").subgraph_ops(0):
+        if not op.outputs:
             continue
-        node = names[int(op["outputs"][0])]
+        node = op.outputs[0].name
         first = node.split(";")[0]
         scope = first.rsplit("/", 1)[0] if "/" in first else first.split(":")[0]
-        groups.setdefault(f"{op['op_name']} {re.sub(r'[0-9]+', '#', scope)}", []).append(node)
+        groups.setdefault(f"{op.op} {re.sub(r'[0-9]+', '#', scope)}", []).append(node)
     return groups
 
 
