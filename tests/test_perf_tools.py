@@ -168,19 +168,23 @@ def _reference(x: np.ndarray, params: list[np.ndarray]) -> np.ndarray:
 
 @pytest.mark.parametrize("backend", ["xnnpack", "cpu"])
 def test_op_profile_ops_sum_to_the_invoke_time_and_outputs_are_right(tmp_path, backend):
-    data, params = _fc_model()
+    rows = 512  # ~2.4 ms of GEMM per run on XNNPACK: a scheduler hiccup between operators stays a small share
+    data, params = _fc_model(rows=rows)
     path = tmp_path / "mlp.tflite"
     path.write_bytes(data)
-    x = np.random.default_rng(1).standard_normal((3, 128, 256)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((3, rows, 256)).astype(np.float32)
     prof = op_profile(path, threads=1, backend=backend, runs=8, warmup=2, inputs={"x": x})
     ops = prof["ops"]
-    fc = [o for o in ops if ("Fully Connected" if backend == "xnnpack" else "FULLY_CONNECTED") in o[0]]
-    assert len(fc) == 2  # two FULLY_CONNECTED: TFLite nodes (cpu) or XNNPACK operators (beside its reshapes)
-    assert all(name.startswith("Delegate/") == (backend == "xnnpack") for name, *_ in ops)
+    names = [name for name, *_ in ops]
+    if backend == "xnnpack":  # every operator of the delegated graph is seen: two GEMMs, each after its reshape
+        assert sorted(names) == sorted(["Delegate/Fully Connected (NC, F32) GEMM"] * 2 + ["Delegate/Static Reshape (NC)"] * 2)
+    else:  # every TFLite node is seen
+        assert names == ["FULLY_CONNECTED", "FULLY_CONNECTED"]
     assert sum(p for *_, p in ops) == pytest.approx(100.0)
     assert prof["op_ms_per_run"] == pytest.approx(sum(ms for _, _, ms, _ in ops) / 8)
-    # the operators account for (almost) all of the runtime's own Invoke span, and never exceed it
-    assert 0.8 * prof["invoke_ms_per_run"] <= prof["op_ms_per_run"] <= prof["invoke_ms_per_run"] * 1.02 + 0.01
+    # operator spans nest inside the runtime's own Invoke span, so they never exceed it; the lower bound only
+    # catches a profiler that loses most of the work (here they are 96-99% of it; a loaded 2-core CI saw 74%)
+    assert 0.5 * prof["invoke_ms_per_run"] <= prof["op_ms_per_run"] <= prof["invoke_ms_per_run"] * 1.02 + 0.01
     assert prof["invoke_ms_per_run"] <= prof["wall_ms_per_run"] * 1.05 + 0.05
     last = x[(8 - 1) % 3]  # runs cycle through the three inputs
     np.testing.assert_allclose(next(iter(prof["outputs"].values())), _reference(last, params), rtol=1e-3, atol=1e-3)
