@@ -15,6 +15,7 @@ FMA peak at the nominal clock, which turbo clocks can exceed).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,37 +69,64 @@ def probe_model_job(payload: dict[str, Any]) -> dict[str, Any]:
 
 def xnnpack_gemm_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child: best GFLOP/s of the probe model on XNNPACK with ``threads`` threads over ~``seconds``."""
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
-
-    m, k, n = PROBE_SHAPE
-    interp = Interpreter(model_path=payload["path"], num_threads=int(payload["threads"]))  # XNNPACK by default
-    interp.allocate_tensors()
-    interp.set_tensor(interp.get_input_details()[0]["index"],
-                      np.random.default_rng(1).standard_normal((m, k), dtype=np.float32))
-    invoke = interp._interpreter.Invoke  # noqa: SLF001 - the native call, without Python-side checks
+    invoke, _ = probe_cell(payload["path"], int(payload["threads"]))
     for _ in range(3):
-        invoke()
+        invoke(None)
     best = 0.0
     t_end = time.perf_counter() + float(payload.get("seconds", 0.5))
     while time.perf_counter() < t_end:
         t = time.perf_counter()
-        invoke()
-        best = max(best, 2.0 * m * k * n / (time.perf_counter() - t) / 1e9)
+        invoke(None)
+        best = max(best, probe_gflop() / (time.perf_counter() - t))
     return {"gflops": best}
+
+
+def probe_model(cache_dir: Path) -> Path:
+    """The XNNPACK probe model, ``cache_dir/probe/fc-MxKxN.tflite``, built once (in a child, with TensorFlow)."""
+    m, k, n = PROBE_SHAPE
+    where = Path(cache_dir) / "probe"
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / f"fc-{m}x{k}x{n}.tflite"
+    if not path.is_file():
+        run_isolated("litegate.benchmarks.peak:probe_model_job", {"out": str(path)}, timeout_s=300)
+    return path
+
+
+def probe_gflop() -> float:
+    """GFLOP per invoke of the probe model (2 x M x K x N)."""
+    m, k, n = PROBE_SHAPE
+    return 2.0 * m * k * n / 1e9
+
+
+def probe_cell(path: str | Path, threads: int) -> tuple[Callable[[Any], Any], list[Any]]:
+    """The probe GEMM as a ``(run, feeds)`` cell for interleaved timing beside the models it is the peak of.
+
+    Timed in the same blocks as a model, load from other jobs and clock changes hit both alike, so the
+    model's share of the probe does not drift with the moment each was measured.
+    """
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    m, k, _ = PROBE_SHAPE
+    interp = Interpreter(model_path=str(path), num_threads=int(threads))  # XNNPACK by default
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"],
+                      np.random.default_rng(1).standard_normal((m, k), dtype=np.float32))
+    invoke = interp._interpreter.Invoke  # noqa: SLF001 - the native call, without Python-side checks
+
+    def run(_feed: Any) -> None:
+        invoke()
+
+    run.interpreter = interp  # type: ignore[attr-defined]  # keeps the interpreter alive with the cell
+    return run, [None]
 
 
 def _xnnpack_probe(threads: list[int], cache_dir: Path | None) -> tuple[dict[str, float], str | None]:
     import tempfile
 
-    m, k, n = PROBE_SHAPE
     with tempfile.TemporaryDirectory(prefix="litegate-probe-") as tmp:
-        where = Path(cache_dir) / "probe" if cache_dir else Path(tmp)
-        where.mkdir(parents=True, exist_ok=True)
-        path = where / f"fc-{m}x{k}x{n}.tflite"
         try:
-            if not path.is_file():
-                run_isolated("litegate.benchmarks.peak:probe_model_job", {"out": str(path)}, timeout_s=300)
+            path = probe_model(Path(cache_dir) if cache_dir else Path(tmp))
             out = {}
             for t in sorted(set(threads)):
                 out[str(t)] = round(float(run_isolated("litegate.benchmarks.peak:xnnpack_gemm_job",
