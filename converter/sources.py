@@ -16,6 +16,7 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 import tempfile  # noqa: E402
 import zipfile  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -92,14 +93,21 @@ def _wrap(fn: Any, specs: dict[str, Any]) -> Any:
 
     f = tf.function(call)
     cf = f.get_concrete_function(**{k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in specs.items()})
-    return _Concrete(cf)
+    return _Concrete(cf, lambda: _wrap(fn, specs))
 
 
 class _Concrete:
     """Adapter: a concrete function that can also be called with keyword numpy inputs."""
 
-    def __init__(self, cf: Any) -> None:
+    def __init__(self, cf: Any, retrace: Callable[[], _Concrete] | None = None) -> None:
         self.cf = cf
+        self._retrace = retrace
+
+    def retraced(self) -> _Concrete:
+        """The same Python function traced again (e.g. under :func:`~litegate.converter.bert.residual_smoothing`)."""
+        if self._retrace is None:
+            raise ModelLoadError("this serving function cannot be traced again")
+        return self._retrace()
 
     def get_concrete_function(self) -> Any:
         return self.cf

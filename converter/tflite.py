@@ -229,7 +229,7 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
         with np.load(payload["calibration_npz"]) as data:
             samples = model_samples(serve, {k: data[k] for k in data.files})
     checked: set[int] = set()  # models whose calibration data was checked for NaN
-    calibrations: dict[int, bytes] = {}  # calibrated model per source model (dense or pruned)
+    calibrations: dict[tuple[int, Any], bytes] = {}  # calibrated model per (source model, smoothing)
     results: dict[str, Any] = {}
     base_loaded = loaded
     pruned: dict[str, tuple[Any, dict[str, Any]]] = {}  # one pruned model per prune recipe, shared by its variants
@@ -242,7 +242,7 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
                 loaded, extra["pruning"] = _pruned(base_loaded, Recipe.from_dict(v["prune"]),
                                                    payload.get("prune_data") or {}, pruned)
             serve, model = loaded.serve, loaded.owner
-            calibrated = calibrations.get(id(loaded))
+            calibrated = calibrations.get((id(loaded), recipe.params.get("smooth_residual")))
             if loaded.signatures:
                 import tempfile
 
@@ -259,13 +259,17 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
                 if recipe.needs_calibration and id(loaded) not in checked:
                     check_calibration(serve, samples or {})
                     checked.add(id(loaded))
+                serve, smoothing = _smoothed(loaded, recipe, samples)
+                if smoothing:
+                    extra["residual_smoothing"] = smoothing
                 selective = recipe.kind == "auto" or bool(recipe.params.get("denylisted_ops") or
                                                           recipe.params.get("denylisted_nodes"))
                 if selective or (payload.get("debug") and recipe.kind == "full-integer"):
                     from litegate.quantize import ptq
 
                     if calibrated is None:
-                        calibrated = calibrations[id(loaded)] = ptq.calibrate(serve, model, samples or {})
+                        calibrated = ptq.calibrate(serve, model, samples or {})
+                        calibrations[(id(loaded), recipe.params.get("smooth_residual"))] = calibrated
                 if payload.get("debug") and recipe.kind in ("full-integer", "auto"):
                     from litegate.quantize import ptq
 
@@ -309,6 +313,32 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
     inputs = input_names(serve) if serve is not None else {k: list(f.structured_input_signature[1])
                                                            for k, f in loaded.signatures.items()}
     return {"variants": results, "notes": loaded.notes, "inputs": inputs}
+
+
+def _smoothed(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> tuple[Any, dict[str, Any]]:
+    """``loaded.serve``, traced again with its feed-forward residuals smoothed when the recipe sets
+    ``smooth_residual`` (the channel maximum to scale down to) and the model is litegate's BERT.
+
+    The scales come from the float model's residuals on the calibration samples (see
+    :func:`litegate.converter.bert.residual_smoothing`); other models are returned unchanged.
+    """
+    target = recipe.params.get("smooth_residual")
+    if not target or loaded.serve is None or not samples or loaded.keras_model is None:
+        return loaded.serve, {}
+    from litegate.converter.bert import ffn_residual_maxima, residual_smoothing, smoothing_scales
+
+    if not hasattr(loaded.keras_model, "input_names"):
+        return loaded.serve, {}
+    maxima = ffn_residual_maxima(loaded.keras_model, samples)
+    if not maxima:
+        return loaded.serve, {}
+    scales = smoothing_scales(maxima, float(target))
+    with residual_smoothing(scales):
+        serve = loaded.serve.retraced()
+    info = {"target": float(target), "samples": len(next(iter(samples.values()))),
+            "blocks": {k: {"max_before": round(float(maxima[k].max()), 2), "channels_scaled": int((s > 1).sum()),
+                           "max_scale": round(float(s.max()), 2)} for k, s in scales.items()}}
+    return serve, info
 
 
 def _auto(serve: Any, calibrated: bytes, samples: Mapping[str, np.ndarray], recipe: Recipe,
