@@ -6,7 +6,11 @@ The graph is written for mobile conversion:
   ``-10000``: a -10000 constant gives the masked-score tensor an int8 scale of ~40 so every logit
   collapses under full-integer quantization; -40 still drives masked probabilities to ~4e-18;
 * layer norm is spelled with SUB/MUL/MEAN/RSQRT (no SQUARED_DIFFERENCE, which the int16x8
-  kernels reject).
+  kernels reject);
+* each feed-forward residual can be traced smoothed (:func:`residual_smoothing`, the ``int8``
+  recipe's ``smooth_residual``): its outlier channels carried scaled down, so full-integer
+  quantization does not give one int8 scale to MiniLM's 223-wide [CLS] channel and its ~2-wide rest.
+  The ``ResidualScale`` layers and ``smooth_key`` are identities otherwise (the float graph is unchanged).
 
 ``gpu_friendly=True`` (``ModelSource.options["gpu_friendly"]``) spells the two ops LiteRT's GPU
 delegate refuses in another way, with the same numbers:
