@@ -87,21 +87,24 @@ def smoothing_scales(maxima: Mapping[str, np.ndarray], target: float) -> dict[st
     return {k: np.maximum(1.0, np.asarray(m, np.float32) / float(target)).astype(np.float32) for k, m in maxima.items()}
 
 
+_MAXIMA: list[dict[str, np.ndarray]] = []  # while ffn_residual_maxima runs: per-channel max |r| per block
+
+
 def ffn_residual_maxima(model: tf_keras.Model, samples: Mapping[str, np.ndarray], batch: int = 25) -> dict[str, np.ndarray]:
-    """Per feed-forward block of litegate's BERT, each channel's largest ``|r|`` entering ``l<i>_ffn_ln``."""
-    norms = [layer for layer in model.layers if isinstance(layer, LayerNorm) and layer.smooth_key]
-    if not norms:
-        return {}
-    probe = tf_keras.Model(model.inputs, [layer.input for layer in norms])
+    """Per feed-forward block of litegate's BERT, each channel's largest ``|r|`` entering ``l<i>_ffn_ln``.
+
+    The model runs eagerly on ``samples`` (keyed by its input names) and each such layer norm records
+    its input, so it works on any model holding them (a pruned and stripped clone included).
+    """
     names = list(model.input_names)
     n = len(next(iter(samples.values())))
-    out = {layer.smooth_key: np.zeros(int(layer.input.shape[-1]), np.float32) for layer in norms}
-    for b in range(0, n, batch):
-        feed = {name: samples[name][b : b + batch] for name in names}
-        values = probe(feed)
-        for layer, v in zip(norms, values if isinstance(values, list) else [values], strict=True):
-            out[layer.smooth_key] = np.maximum(out[layer.smooth_key], np.abs(np.asarray(v)).reshape(-1, v.shape[-1]).max(0))
-    return out
+    _MAXIMA.append({})
+    try:
+        for b in range(0, n, batch):
+            model({name: tf.constant(samples[name][b : b + batch]) for name in names})
+        return dict(_MAXIMA[-1])
+    finally:
+        _MAXIMA.pop()
 
 
 class ResidualScale(tf_keras.layers.Layer):
@@ -138,6 +141,10 @@ class LayerNorm(tf_keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
+        if _MAXIMA and self.smooth_key and tf.executing_eagerly():
+            seen = np.abs(np.asarray(x)).reshape(-1, x.shape[-1]).max(0)
+            before = _MAXIMA[-1].get(self.smooth_key)
+            _MAXIMA[-1][self.smooth_key] = seen if before is None else np.maximum(before, seen)
         s = _SMOOTHING.get(self.smooth_key)
         if s is not None:
             d = float(s.shape[-1])

@@ -325,16 +325,20 @@ def _smoothed(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | N
     target = recipe.params.get("smooth_residual")
     if not target or loaded.serve is None or not samples or loaded.keras_model is None:
         return loaded.serve, {}
+    import tensorflow as tf
     from litegate.converter.bert import ffn_residual_maxima, residual_smoothing, smoothing_scales
 
     if not hasattr(loaded.keras_model, "input_names"):
         return loaded.serve, {}
-    maxima = ffn_residual_maxima(loaded.keras_model, samples)
-    if not maxima:
-        return loaded.serve, {}
-    scales = smoothing_scales(maxima, float(target))
-    with residual_smoothing(scales):
-        serve = loaded.serve.retraced()
+    try:
+        maxima = ffn_residual_maxima(loaded.keras_model, samples)
+        if not maxima:
+            return loaded.serve, {}
+        scales = smoothing_scales(maxima, float(target))
+        with residual_smoothing(scales):
+            serve = loaded.serve.retraced()
+    except (ValueError, TypeError, tf.errors.OpError) as exc:  # this variant fails, not the whole child
+        raise QuantizationError(f"recipe {recipe.name!r}: residual smoothing failed: {str(exc).splitlines()[0]}") from None
     info = {"target": float(target), "samples": len(next(iter(samples.values()))),
             "blocks": {k: {"max_before": round(float(maxima[k].max()), 2), "channels_scaled": int((s > 1).sum()),
                            "max_scale": round(float(s.max()), 2)} for k, s in scales.items()}}
