@@ -247,12 +247,32 @@ class AttentionCore(tf_keras.layers.Layer):
         return {**super().get_config(), "heads": self.heads, "head_size": self.head_size}
 
 
+_PENALTY: list[float] = []  # a mask penalty traced instead of MASK_PENALTY (see mask_penalty)
+
+
+@contextlib.contextmanager
+def mask_penalty(value: float) -> Iterator[None]:
+    """Trace :class:`MaskBias` with ``value`` instead of ``MASK_PENALTY`` inside the block.
+
+    For full-integer graphs: the masked scores set the int8 range of the attention logits (MiniLM
+    layers 2-5: unmasked logits span about -14..10, with the -40 penalty -52..10, a 2.6x coarser step),
+    while int8 SOFTMAX outputs steps of 1/256, so a key 12 below the row's best already gets
+    exp(-12) = 6e-6 of the mass and rounds to 0.
+    """
+    _PENALTY.append(float(value))
+    try:
+        yield
+    finally:
+        _PENALTY.pop()
+
+
 class MaskBias(tf_keras.layers.Layer):
     """attention_mask [B, S] (1 = token, 0 = padding) -> additive bias [B, 1, 1, S]."""
 
     def call(self, mask: tf.Tensor) -> tf.Tensor:
         m = tf.cast(mask, tf.float32)
-        return ((m - 1.0) * MASK_PENALTY)[:, tf.newaxis, tf.newaxis, :]
+        penalty = _PENALTY[-1] if _PENALTY else MASK_PENALTY
+        return ((m - 1.0) * penalty)[:, tf.newaxis, tf.newaxis, :]
 
 
 class ClsToken(tf_keras.layers.Layer):

@@ -6,6 +6,7 @@ The parent (``litegate.pipeline``) calls :func:`convert_job` through
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -242,7 +243,8 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
                 loaded, extra["pruning"] = _pruned(base_loaded, Recipe.from_dict(v["prune"]),
                                                    payload.get("prune_data") or {}, pruned)
             serve, model = loaded.serve, loaded.owner
-            calibrated = calibrations.get((id(loaded), recipe.params.get("smooth_residual")))
+            spelled_as = (recipe.params.get("smooth_residual"), recipe.params.get("mask_penalty"))
+            calibrated = calibrations.get((id(loaded), spelled_as))
             if loaded.signatures:
                 import tempfile
 
@@ -259,9 +261,8 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
                 if recipe.needs_calibration and id(loaded) not in checked:
                     check_calibration(serve, samples or {})
                     checked.add(id(loaded))
-                serve, smoothing = _smoothed(loaded, recipe, samples)
-                if smoothing:
-                    extra["residual_smoothing"] = smoothing
+                serve, spelling = _smoothed(loaded, recipe, samples)
+                extra.update(spelling)
                 selective = recipe.kind == "auto" or bool(recipe.params.get("denylisted_ops") or
                                                           recipe.params.get("denylisted_nodes"))
                 if selective or (payload.get("debug") and recipe.kind == "full-integer"):
@@ -269,7 +270,7 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
 
                     if calibrated is None:
                         calibrated = ptq.calibrate(serve, model, samples or {})
-                        calibrations[(id(loaded), recipe.params.get("smooth_residual"))] = calibrated
+                        calibrations[(id(loaded), spelled_as)] = calibrated
                 if payload.get("debug") and recipe.kind in ("full-integer", "auto"):
                     from litegate.quantize import ptq
 
@@ -316,32 +317,44 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _smoothed(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> tuple[Any, dict[str, Any]]:
-    """``loaded.serve``, traced again with its feed-forward residuals smoothed when the recipe sets
-    ``smooth_residual`` (the channel maximum to scale down to) and the model is litegate's BERT.
+    """``loaded.serve``, traced again in the recipe's int8-friendly spelling of litegate's BERT.
 
-    The scales come from the float model's residuals on the calibration samples (see
-    :func:`litegate.converter.bert.residual_smoothing`); other models are returned unchanged.
+    ``smooth_residual`` (a channel maximum): feed-forward residuals smoothed with scales from the float
+    model's residuals on the calibration samples (:func:`litegate.converter.bert.residual_smoothing`);
+    ``mask_penalty``: the attention mask's penalty (:func:`litegate.converter.bert.mask_penalty`).
+    Other models are returned unchanged.
     """
-    target = recipe.params.get("smooth_residual")
-    if not target or loaded.serve is None or not samples or loaded.keras_model is None:
+    target, penalty = recipe.params.get("smooth_residual"), recipe.params.get("mask_penalty")
+    if not (target or penalty) or loaded.serve is None or not samples or loaded.keras_model is None:
         return loaded.serve, {}
     import tensorflow as tf
-    from litegate.converter.bert import ffn_residual_maxima, residual_smoothing, smoothing_scales
+    from litegate.converter.bert import (
+        LayerNorm,
+        ffn_residual_maxima,
+        mask_penalty,
+        residual_smoothing,
+        smoothing_scales,
+    )
 
-    if not hasattr(loaded.keras_model, "input_names"):
+    if not any(isinstance(layer, LayerNorm) for layer in getattr(loaded.keras_model, "layers", ())):
         return loaded.serve, {}
+    info: dict[str, Any] = {}
     try:
-        maxima = ffn_residual_maxima(loaded.keras_model, samples)
-        if not maxima:
-            return loaded.serve, {}
-        scales = smoothing_scales(maxima, float(target))
-        with residual_smoothing(scales):
+        with contextlib.ExitStack() as stack:
+            if target:
+                maxima = ffn_residual_maxima(loaded.keras_model, samples)
+                scales = smoothing_scales(maxima, float(target))
+                stack.enter_context(residual_smoothing(scales))
+                info["residual_smoothing"] = {
+                    "target": float(target), "samples": len(next(iter(samples.values()))),
+                    "blocks": {k: {"max_before": round(float(maxima[k].max()), 2), "channels_scaled": int((s > 1).sum()),
+                                   "max_scale": round(float(s.max()), 2)} for k, s in scales.items()}}
+            if penalty:
+                stack.enter_context(mask_penalty(float(penalty)))
+                info["mask_penalty"] = float(penalty)
             serve = loaded.serve.retraced()
     except (ValueError, TypeError, tf.errors.OpError) as exc:  # this variant fails, not the whole child
-        raise QuantizationError(f"recipe {recipe.name!r}: residual smoothing failed: {str(exc).splitlines()[0]}") from None
-    info = {"target": float(target), "samples": len(next(iter(samples.values()))),
-            "blocks": {k: {"max_before": round(float(maxima[k].max()), 2), "channels_scaled": int((s > 1).sum()),
-                           "max_scale": round(float(s.max()), 2)} for k, s in scales.items()}}
+        raise QuantizationError(f"recipe {recipe.name!r}: int8 spelling failed: {str(exc).splitlines()[0]}") from None
     return serve, info
 
 

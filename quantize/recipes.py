@@ -25,6 +25,7 @@ _ALLOWED_PARAMS = {
     "max_steps": int,
     "rank_samples": int,
     "smooth_residual": float,
+    "mask_penalty": float,
 }
 _ENUMS: dict[str, tuple[str, ...]] = {
     "optimizations": ("DEFAULT",),
@@ -57,8 +58,8 @@ def validate(data: Mapping[str, Any], where: str) -> Recipe:
             value = params[key] = float(value)
         if not isinstance(value, _ALLOWED_PARAMS[key]):
             raise ConfigError(f"{where}: recipe parameter {key!r} must be a {_ALLOWED_PARAMS[key].__name__}")
-        if key == "smooth_residual" and not (isinstance(value, float) and value > 0):
-            raise ConfigError(f"{where}: recipe parameter 'smooth_residual' must be > 0 (a channel maximum)")
+        if key in ("smooth_residual", "mask_penalty") and not (isinstance(value, float) and value > 0):
+            raise ConfigError(f"{where}: recipe parameter {key!r} must be > 0")
         allowed = _ENUMS.get(key)
         for item in value if isinstance(value, list) else [value]:
             if allowed and item not in allowed:

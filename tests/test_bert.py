@@ -159,18 +159,31 @@ def test_residual_smoothing_keeps_the_function_and_shrinks_the_int8_ranges(tmp_p
         if recipe == "int8":
             blocks = info["extra"]["residual_smoothing"]["blocks"]
             assert blocks["l0_ffn"]["max_before"] > 50 and blocks["l0_ffn"]["max_scale"] > 10
+            assert info["extra"]["mask_penalty"] == 12.0
     assert widest["int8"] < widest[str(plain)] / 10
     err = {r: float(np.abs(logits[r] - logits["fp32"]).mean()) for r in ("int8", str(plain))}
     assert err["int8"] < err[str(plain)]
 
 
-def test_smooth_residual_must_be_positive():
+def test_mask_penalty_is_traced_only_inside_its_block():
+    from litegate.converter.bert import MASK_PENALTY, MaskBias, mask_penalty
+
+    mask = np.array([[1, 1, 0]], np.int32)
+    layer = MaskBias()
+    with mask_penalty(12.0):
+        inside = layer(mask).numpy().ravel()
+    assert inside.tolist() == [0.0, 0.0, -12.0]
+    assert layer(mask).numpy().ravel().tolist() == [0.0, 0.0, -MASK_PENALTY]
+
+
+def test_int8_spelling_parameters_must_be_positive():
     from litegate.quantize import recipes
 
     from litegate.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="smooth_residual"):
-        recipes.validate({"name": "x", "kind": "full-integer", "params": {"smooth_residual": 0}}, "x.json")
+    for key in ("smooth_residual", "mask_penalty"):
+        with pytest.raises(ConfigError, match=key):
+            recipes.validate({"name": "x", "kind": "full-integer", "params": {key: 0}}, "x.json")
 
 
 def test_checkpoint_with_missing_tensor_names_it(tmp_path):
