@@ -230,7 +230,7 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
         with np.load(payload["calibration_npz"]) as data:
             samples = model_samples(serve, {k: data[k] for k in data.files})
     checked: set[int] = set()  # models whose calibration data was checked for NaN
-    calibrations: dict[tuple[int, Any], bytes] = {}  # calibrated model per (source model, smoothing)
+    calibrations: dict[tuple[int, Any], bytes] = {}  # calibrated model per (source model, int8 spelling)
     results: dict[str, Any] = {}
     base_loaded = loaded
     pruned: dict[str, tuple[Any, dict[str, Any]]] = {}  # one pruned model per prune recipe, shared by its variants
@@ -261,7 +261,7 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
                 if recipe.needs_calibration and id(loaded) not in checked:
                     check_calibration(serve, samples or {})
                     checked.add(id(loaded))
-                serve, spelling = _smoothed(loaded, recipe, samples)
+                serve, spelling = _int8_spelling(loaded, recipe, samples)
                 extra.update(spelling)
                 selective = recipe.kind == "auto" or bool(recipe.params.get("denylisted_ops") or
                                                           recipe.params.get("denylisted_nodes"))
@@ -316,7 +316,7 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
     return {"variants": results, "notes": loaded.notes, "inputs": inputs}
 
 
-def _smoothed(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> tuple[Any, dict[str, Any]]:
+def _int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> tuple[Any, dict[str, Any]]:
     """``loaded.serve``, traced again in the recipe's int8-friendly spelling of litegate's BERT.
 
     ``smooth_residual`` (a channel maximum): feed-forward residuals smoothed with scales from the float
