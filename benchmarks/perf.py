@@ -326,7 +326,7 @@ def fp32_efficiency(model_path: Path, p50: Mapping[str, Any], peak: Mapping[str,
       another tenant, both slow down alike and the ratio would flatter: the best run is used).
     * ``pct_of_sgemm_peak``: of ``peak`` (:func:`~litegate.benchmarks.peak.measure_peak`: the best
       single run of either probe, minutes before the matrix). Stricter, and it moves with the machine's
-      load: on this shared 2-core VM the probe's best read 434-472 GFLOP/s at 2 threads in one day.
+      load: on this shared 2-core VM the probe's best read 434-493 GFLOP/s at 2 threads in one day.
     """
     from litegate.benchmarks.peak import probe_gflop
 

@@ -52,7 +52,7 @@ MASK_PENALTY = 40.0
 HEADS = ("classification", "mean", "cls", "encoder", "mean-classification")
 
 
-_SMOOTHING: dict[str, np.ndarray] = {}  # residual block -> per-channel scale, read when a graph is traced
+_SMOOTHING: list[dict[str, np.ndarray]] = []  # residual block -> per-channel scale, read when a graph is traced
 
 
 @contextlib.contextmanager
@@ -72,14 +72,16 @@ def residual_smoothing(scales: Mapping[str, np.ndarray]) -> Iterator[None]:
     channel's maximum is ~2), which one per-tensor int8 scale cannot share with the other channels.
     Scales come from :func:`smoothing_scales`.
     """
-    before = dict(_SMOOTHING)
-    _SMOOTHING.clear()
-    _SMOOTHING.update({k: np.asarray(v, np.float32) for k, v in scales.items()})
+    _SMOOTHING.append({k: np.asarray(v, np.float32) for k, v in scales.items()})
     try:
         yield
     finally:
-        _SMOOTHING.clear()
-        _SMOOTHING.update(before)
+        _SMOOTHING.pop()
+
+
+def _smoothing_scale(key: str) -> np.ndarray | None:
+    """The scale :func:`residual_smoothing` gives block ``key`` now, if any."""
+    return _SMOOTHING[-1].get(key) if _SMOOTHING else None
 
 
 def smoothing_scales(maxima: Mapping[str, np.ndarray], target: float) -> dict[str, np.ndarray]:
@@ -115,7 +117,7 @@ class ResidualScale(tf_keras.layers.Layer):
         self.smooth_key = smooth_key
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
-        s = _SMOOTHING.get(self.smooth_key)
+        s = _smoothing_scale(self.smooth_key)
         return x if s is None else x * tf.constant(1.0 / s)
 
     def get_config(self) -> dict[str, Any]:
@@ -145,7 +147,7 @@ class LayerNorm(tf_keras.layers.Layer):
             seen = np.abs(np.asarray(x)).reshape(-1, x.shape[-1]).max(0)
             before = _MAXIMA[-1].get(self.smooth_key)
             _MAXIMA[-1][self.smooth_key] = seen if before is None else np.maximum(before, seen)
-        s = _SMOOTHING.get(self.smooth_key)
+        s = _smoothing_scale(self.smooth_key)
         if s is not None:
             d = float(s.shape[-1])
             mean = tf.reduce_mean(x, axis=-1, keepdims=True) + tf.matmul(x, tf.constant(((s - 1) / d)[:, None]))

@@ -325,7 +325,7 @@ def _int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray
     Other models are returned unchanged.
     """
     target, penalty = recipe.params.get("smooth_residual"), recipe.params.get("mask_penalty")
-    if not (target or penalty) or loaded.serve is None or not samples or loaded.keras_model is None:
+    if not (target or penalty) or loaded.serve is None or not samples:
         return loaded.serve, {}
     import tensorflow as tf
     from litegate.converter.bert import (
