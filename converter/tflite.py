@@ -261,7 +261,7 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
                 if recipe.needs_calibration and id(loaded) not in checked:
                     check_calibration(serve, samples or {})
                     checked.add(id(loaded))
-                serve, spelling = _int8_spelling(loaded, recipe, samples)
+                serve, spelling = int8_spelling(loaded, recipe, samples)
                 extra.update(spelling)
                 selective = recipe.kind == "auto" or bool(recipe.params.get("denylisted_ops") or
                                                           recipe.params.get("denylisted_nodes"))
@@ -316,7 +316,7 @@ def convert_job(payload: dict[str, Any]) -> dict[str, Any]:
     return {"variants": results, "notes": loaded.notes, "inputs": inputs}
 
 
-def _int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> tuple[Any, dict[str, Any]]:
+def int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> tuple[Any, dict[str, Any]]:
     """``loaded.serve``, traced again in the recipe's int8-friendly spelling of litegate's BERT.
 
     ``smooth_residual`` (a channel maximum): feed-forward residuals smoothed with scales from the float

@@ -781,7 +781,13 @@ def prune_job(payload: dict[str, Any]) -> dict[str, Any]:
     """
     import tensorflow as tf
     from litegate.converter.sources import load
-    from litegate.converter.tflite import check_calibration, convert, convert_signatures, model_samples
+    from litegate.converter.tflite import (
+        check_calibration,
+        convert,
+        convert_signatures,
+        int8_spelling,
+        model_samples,
+    )
 
     from litegate.artifacts import atomic_write_bytes
 
@@ -797,6 +803,7 @@ def prune_job(payload: dict[str, Any]) -> dict[str, Any]:
         with np.load(payload["labels_npz"]) as data:
             labels = data["labels"]
     pruned, stats = apply_pruning(loaded, recipe, texts_inputs=inputs, labels=labels)
+    spelling: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="litegate-prune-") as tmp:
         if pruned.signatures:
             blob = convert_signatures(pruned.signatures, pruned.owner, then, Path(tmp))
@@ -807,7 +814,8 @@ def prune_job(payload: dict[str, Any]) -> dict[str, Any]:
                     samples = model_samples(pruned.serve, {k: data[k] for k in data.files})
             if then.needs_calibration:
                 check_calibration(pruned.serve, samples or {})
-            blob = convert(pruned.serve, pruned.owner, then, samples)
+            serve, spelling = int8_spelling(pruned, then, samples)  # as `litegate run` converts PRUNE+int8
+            blob = convert(serve, pruned.owner, then, samples)
     atomic_write_bytes(Path(payload["out"]), blob)
     report = sparsity_report(blob)
     result = _summary(stats, report)
@@ -820,7 +828,8 @@ def prune_job(payload: dict[str, Any]) -> dict[str, Any]:
             result["sparse_variants"][name] = {k: v for k, v in rep.items() if k != "tensors"}
     inputs_names = (list(pruned.serve.get_concrete_function().structured_input_signature[1]) if pruned.serve
                     else {k: list(f.structured_input_signature[1]) for k, f in pruned.signatures.items()})
-    return {**result, "notes": pruned.notes, "inputs": inputs_names, "recipe": recipe.name, "then": then.name}
+    return {**result, "notes": pruned.notes, "inputs": inputs_names, "recipe": recipe.name, "then": then.name,
+            **({"int8_spelling": spelling} if spelling else {})}
 
 
 # --------------------------------------------------------------------------------------------
@@ -925,7 +934,7 @@ def prune_to_tflite(source: ModelSource, out: Path, *, recipe: str, seq_len: int
     atomic_write_text(out.with_suffix(".tokenizer.json"), encoder.to_json())
     meta = {"task": source.task.value, "seq_len": seq_len, "recipe": job["then"], "pruning": rec.name,
             "labels": info.get("labels", {}), "inputs": job.get("inputs", []), "notes": job.get("notes", []),
-            "source": source.to_dict()}
+            "source": source.to_dict(), **({"int8_spelling": job["int8_spelling"]} if "int8_spelling" in job else {})}
     atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     return {"path": str(out), "recipe": rec.name, "then": job["then"], "bytes": job["tflite"]["bytes"],
             "gzip_bytes": job["tflite"]["gzip_bytes"], "pruning": job["pruning"], "tflite": job["tflite"],

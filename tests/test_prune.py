@@ -365,6 +365,25 @@ def test_cli_prune_writes_pruned_model_and_prints_sparsity(tmp_path, tiny_checkp
     assert out.with_suffix(".tokenizer.json").is_file()
 
 
+def test_cli_prune_then_int8_gets_the_int8_recipes_spelling(tmp_path, tiny_checkpoint):
+    """`litegate prune --then int8` converts the pruned BERT as `litegate run` does for PRUNE+int8: residual
+    smoothing (one-column FULLY_CONNECTEDs restoring each smoothed layer norm's statistics) and the int8 mask."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    recipe = tmp_path / "fast.json"
+    recipe.write_text(json.dumps({"name": "fast", "kind": "prune", "params": FAST}))
+    out = tmp_path / "pruned-int8.tflite"
+    r = run_cli("prune", str(tiny_checkpoint), "--recipe", str(recipe), "--then", "int8",
+                "--calibration", str(DEMO / "calibration.txt"), "--samples", "32", "--seq-len", str(SEQ), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    spelling = json.loads(out.with_suffix(".json").read_text())["int8_spelling"]
+    layers = json.loads((tiny_checkpoint / "config.json").read_text())["num_hidden_layers"]
+    assert sorted(spelling["residual_smoothing"]["blocks"]) == [f"l{i}_ffn" for i in range(layers)]
+    assert spelling["mask_penalty"] == 12.0
+    fc = [op for op in Interpreter(model_path=str(out))._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
+    assert len(fc) == 6 * layers + 2 + 2 * layers  # + the two statistics columns per smoothed block
+
+
 @pytest.mark.parametrize("recipe,match", [("int8", "not a pruning recipe|is a 'full-integer' recipe"),
                                           ("pruned-99", "unknown recipe 'pruned-99'")])
 def test_cli_prune_with_bad_recipe_exits_2(recipe, match, tiny_checkpoint, tmp_path):
