@@ -41,7 +41,7 @@ gpu-sim:
 	sh scripts/gpu_sim.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check litegate converter quantize delegates benchmarks tests scripts
+	$(BIN)/ruff check litegate tests scripts tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -100,4 +100,4 @@ $(PEERS): pyproject.toml | $(STAMP)
 
 perf: $(STAMP)
 	-@$(MAKE) --no-print-directory $(PEERS)
-	$(BIN)/python -m litegate.benchmarks.perf
+	$(BIN)/python -m tools.perf

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from litegate.artifacts import atomic_copy, atomic_write_text, save_npz
-from litegate.benchmarks.latency import DEFAULT_PROTOCOL
+from litegate.timing import DEFAULT_PROTOCOL
 from litegate.benchmarks.matrix import run_cell
 from litegate.benchmarks.size import measure_size
-from litegate.delegates.runtime import Runner, verify_tflite_header
+from litegate.backends.runtime import Runner
+from litegate.tflite.verify import verify_tflite
 from litegate.errors import ConfigError, ConversionError, ModelLoadError, QuantizationError
 from litegate.isolation import run_isolated
 from litegate.quantize import recipes
@@ -74,7 +75,7 @@ def check_source(source: ModelSource, seq_len: int) -> dict[str, Any]:
         if not path.is_file():
             raise ModelLoadError(f"{path}: a keras source must be a .keras or .h5 file")
         return {"architecture": "keras"}
-    verify_tflite_header(path)
+    verify_tflite(path)
     return {"architecture": "tflite"}
 
 
@@ -114,7 +115,7 @@ def convert_model(source: ModelSource, out: Path, *, seq_len: int, recipe: str =
                    "variants": [{"name": rec.name, "recipe": rec.to_dict(), "out": str(tmp_out)}],
                    "calibration_npz": str(calib_npz) if calib_npz else None,
                    "debug": debug, "debug_dir": str(Path(tmp))}
-        job = run_isolated("litegate.converter.tflite:convert_job", payload, timeout_s=timeout_s)
+        job = run_isolated("litegate.converter.convert:convert_job", payload, timeout_s=timeout_s)
         result = job["variants"][rec.name]
         if not result["ok"]:
             from litegate import errors
@@ -154,7 +155,7 @@ def bench_model(model: Path, *, text: Path, backends: list[str], threads: list[i
     """Latency of one .tflite per backend × threads, each cell in its own child process."""
     import hashlib
 
-    verify_tflite_header(model)
+    verify_tflite(model)
     sha = hashlib.sha256(model.read_bytes()).hexdigest()
     encoder = TextEncoder(tokenizer or find_tokenizer(model), model_seq_len(model))
     proto = {**DEFAULT_PROTOCOL, **(protocol or {})}

@@ -278,7 +278,7 @@ def bench(model: Path, text: Path, backends: str, threads: str, tokenizer: Path 
       litegate bench reports/demo/int8.tflite --text examples/demo/eval.tsv --threads 1,2
     """
     from litegate.api import bench_model
-    from litegate.delegates.runtime import backend_syntax_error
+    from litegate.backends.registry import backend_syntax_error
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
     for b in names:
@@ -432,7 +432,7 @@ def check(model: Path, delegates: str, fmt: str, verbose: bool) -> None:
       litegate check demo.tflite --delegate gpu,xnnpack
       litegate check demo.tflite --format json > compat.json
     """
-    from litegate.delegates.compat import DELEGATES, check_model, render_table
+    from litegate.compat.check import DELEGATES, check_model, render_table
 
     names = [d.strip() for d in delegates.split(",") if d.strip()]
     if not names:

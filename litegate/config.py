@@ -310,7 +310,8 @@ def load(path: str | Path) -> ReleaseConfig:
     b = top.table("bench")
     backends = tuple(b.get("backends", list, ["xnnpack"]))
     threads = tuple(b.get("threads", list, [1, 2]))
-    from litegate.delegates.runtime import backend_relative_to, backend_syntax_error
+    from litegate.backends.registry import backend_syntax_error
+    from litegate.backends.spec import backend_relative_to
 
     for be in backends:
         problem = backend_syntax_error(be)
@@ -368,7 +369,7 @@ def load(path: str | Path) -> ReleaseConfig:
 
     ct = top.table("check")
     delegates = tuple(ct.get("delegates", list, ["gpu", "hexagon", "coreml", "xnnpack"]))
-    from litegate.delegates.compat import DELEGATES
+    from litegate.compat.check import DELEGATES
 
     for d in delegates:
         if d not in DELEGATES:

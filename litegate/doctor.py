@@ -7,8 +7,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from litegate.delegates import adb
-from litegate.delegates.runtime import KNOWN, why_not_runnable
+from litegate.backends import adb
+from litegate.backends.registry import KNOWN, why_not_runnable
 from litegate.errors import DelegateError
 
 ADB_INSTALL = "install Android platform-tools (apt-get install adb, or sdkmanager 'platform-tools') and put adb on PATH"
@@ -66,7 +66,7 @@ def check() -> list[dict[str, Any]]:
 
 def _gpu_row(reason: str | None, runtime_ok: bool) -> dict[str, Any]:
     """LiteRT's GPU delegate: can it run, on which Vulkan device, and what would fix it."""
-    from litegate.delegates import gpu
+    from litegate.backends import gpu
 
     if reason is not None or not runtime_ok:
         if not runtime_ok:

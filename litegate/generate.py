@@ -127,9 +127,9 @@ def tflite_generator(model: Path, threads: int = 1) -> Generator:
     """A :class:`Generator` over a .tflite file's signature runners."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from litegate.delegates.runtime import verify_tflite_header
+    from litegate.tflite.verify import verify_tflite
 
-    content = verify_tflite_header(model)
+    content = verify_tflite(model)
     try:
         interp = Interpreter(model_content=content, num_threads=threads)
     except (ValueError, RuntimeError) as exc:

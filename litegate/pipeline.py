@@ -328,7 +328,7 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
         }
         t0 = time.monotonic()
         try:
-            out = run_isolated("litegate.converter.tflite:convert_job", payload,
+            out = run_isolated("litegate.converter.convert:convert_job", payload,
                                timeout_s=cfg.convert_timeout_s, mem_mb=cfg.mem_mb)["variants"]
         except IsolationError as exc:
             out = {v.name: {"ok": False, "error": exc.message, "stderr": exc.stderr} for v, _, _ in todo}
@@ -339,7 +339,7 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
                 entries: list[dict[str, Any]] = payload["variants"]  # type: ignore[assignment]
                 for entry in entries:
                     try:
-                        out.update(run_isolated("litegate.converter.tflite:convert_job",
+                        out.update(run_isolated("litegate.converter.convert:convert_job",
                                                 {**payload, "variants": [entry]}, timeout_s=cfg.convert_timeout_s,
                                                 mem_mb=cfg.mem_mb)["variants"])
                     except IsolationError as one:
@@ -419,8 +419,8 @@ def inspect_variant(v: VariantResult, delegates: tuple[str, ...]) -> VariantResu
     """Read the published flatbuffer: graph summary and static compatibility per delegate (no TF, no run)."""
     from collections import Counter
 
-    from litegate.delegates.compat import evaluate, load_rules
-    from litegate.delegates.flatbuffer import load_model
+    from litegate.compat.check import evaluate, load_rules
+    from litegate.tflite.verify import load_model
 
     assert v.artifact is not None
     model = load_model(v.artifact.path)
@@ -568,7 +568,7 @@ def _gpu_accuracy(cfg: ReleaseConfig, v: VariantResult, data: _EvalData, ref: di
                   ref_value: float | None, say: Progress) -> tuple[AccuracyResult, ...]:
     """The task metric on LiteRT's GPU delegate (fp16 arithmetic), its own row, when ``gpu`` is benchmarked here."""
     from litegate.benchmarks.accuracy import summarize_task
-    from litegate.delegates.runtime import why_not_runnable
+    from litegate.backends.registry import why_not_runnable
 
     task = cfg.model.source.task
     if "gpu" not in cfg.bench.backends or task is Task.TEXT_GENERATION or v.artifact is None or data.inputs_npz is None:
@@ -577,7 +577,7 @@ def _gpu_accuracy(cfg: ReleaseConfig, v: VariantResult, data: _EvalData, ref: di
     if reason:
         return (AccuracyResult(task=task, metric="accuracy", value=None, backend="gpu", n_samples=0,
                                status=Status.NOT_RUN, reason=reason),)
-    from litegate.delegates.gpu import run_gpu
+    from litegate.backends.gpu import run_gpu
 
     say(f"eval: {v.name} on the GPU delegate")
     try:

@@ -19,15 +19,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from litegate.benchmarks.matrix import run_cell
-from litegate.delegates import adb
-from litegate.delegates.benchmark_model import DelegateApplication, parse, strip_prefix
-from litegate.delegates.runtime import (
-    Runner,
-    backend_relative_to,
-    backend_syntax_error,
-    parse_external,
-    why_not_runnable,
-)
+from litegate.backends import adb
+from litegate.backends.benchmark_model import DelegateApplication, parse, strip_prefix
+from litegate.backends.registry import backend_syntax_error, why_not_runnable
+from litegate.backends.runtime import Runner
+from litegate.backends.spec import backend_relative_to, parse_external
 
 from litegate.errors import BenchmarkError, DelegateError
 from litegate.types import Status

@@ -41,7 +41,7 @@ def test_tf_bert_matches_numpy_reference(tmp_path, head, prefix):
 
 
 def test_converted_fp32_tflite_matches_numpy_reference(tmp_path, tiny_checkpoint):
-    from litegate.delegates.runtime import Runner
+    from litegate.backends.runtime import Runner
 
     from litegate.api import convert_model
     from litegate.types import ModelSource
@@ -77,8 +77,8 @@ def test_converted_graph_keeps_its_xnnpack_friendly_form(tmp_path, tiny_checkpoi
     GATHER/CAST. Outputs stay within 1e-4 of the numpy oracle.
     """
     from ai_edge_litert.interpreter import Interpreter
-    from litegate.delegates.flatbuffer import load_model
-    from litegate.delegates.runtime import Runner
+    from litegate.tflite.verify import load_model
+    from litegate.backends.runtime import Runner
 
     from litegate.api import convert_model
     from litegate.types import ModelSource
@@ -118,7 +118,7 @@ def test_residual_smoothing_keeps_the_function_and_shrinks_the_int8_ranges(tmp_p
     from ai_edge_litert.interpreter import Interpreter
     from litegate.converter.bert import ffn_residual_maxima, residual_smoothing, smoothing_scales
     from litegate.converter.sources import load
-    from litegate.delegates.runtime import Runner
+    from litegate.backends.runtime import Runner
 
     from litegate.api import convert_model
     from litegate.types import ModelSource

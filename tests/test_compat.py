@@ -20,7 +20,7 @@ import pytest
 from ai_edge_litert import schema_py_generated as schema
 from click.testing import CliRunner
 from conftest import make_checkpoint, run_cli
-from litegate.delegates.compat import (
+from litegate.compat.check import (
     DELEGATES,
     check_model,
     evaluate,
@@ -28,7 +28,8 @@ from litegate.delegates.compat import (
     render_table,
     validate_rules,
 )
-from litegate.delegates.flatbuffer import BUILTIN_NAMES, TensorInfo, count_macs, load_model, read_model
+from litegate.tflite.flatbuffer import BUILTIN_NAMES, TensorInfo, count_macs, read_model
+from litegate.tflite.verify import load_model
 
 from litegate.cli import cli, main
 from litegate.errors import ConfigError, ModelLoadError

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DEMO, make_checkpoint
-from litegate.delegates import gpu
-from litegate.delegates.gpu import Fallback, VulkanDevice, parse_delegate_log, usable_device
+from litegate.backends import gpu
+from litegate.backends.gpu import Fallback, VulkanDevice, parse_delegate_log, usable_device
 
 LOGS = Path(__file__).parent / "data" / "gpu_logs"
 FP16_TOL = 2e-2  # fp16 arithmetic (10-bit mantissa) over a few layers of O(1) values
@@ -215,7 +215,7 @@ def bert_run(gpu_ready: None, bert_model: tuple[Path, dict[str, np.ndarray]]) ->
 
 @pytest.mark.slow
 def test_gpu_dense_mlp_is_fully_accelerated_and_matches_cpu_within_fp16(gpu_ready, mlp_model, mlp_run):
-    from litegate.delegates.runtime import Runner
+    from litegate.backends.runtime import Runner
 
     assert mlp_run.fully_accelerated
     assert mlp_run.log.fallbacks == () and mlp_run.log.errors == ()
@@ -287,7 +287,7 @@ def test_gpu_cell_without_vulkan_is_not_run_with_the_reason(monkeypatch, tmp_pat
 
 
 def test_runner_refuses_gpu_in_process_and_points_to_the_child_runner(monkeypatch, tmp_path):
-    from litegate.delegates.runtime import Runner
+    from litegate.backends.runtime import Runner
 
     from litegate.errors import DelegateError
 
@@ -311,7 +311,7 @@ def test_static_gpu_rules_agree_with_the_delegates_own_log(gpu_ready, mlp_model,
                                                           bert_model, bert_run):
     """litegate check's static GPU verdict against what the real delegate said about the same models."""
     try:
-        from litegate.delegates.compat import check_model
+        from litegate.compat.check import check_model
     except ImportError as exc:  # the static engine is written separately
         pytest.skip(f"static GPU rules not available: {exc}")
     mismatches = []

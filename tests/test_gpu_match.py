@@ -2,7 +2,7 @@
 
 Five real models (the embedded BERT as fp32 and fp16, all-MiniLM-L6-v2, the char-LSTM and the GPT-2-shaped
 char model) and their GPU-friendly conversions are converted once (module-scoped). For each, the static
-verdict, rendered per subgraph as the delegate prints it (:func:`litegate.delegates.compat.delegate_views`:
+verdict, rendered per subgraph as the delegate prints it (:func:`litegate.compat.check.delegate_views`:
 its sorted ``OP: reason`` list and its ``N operations will run on the GPU, and the remaining M operations
 will run on the CPU`` split, or nothing for a fully delegated subgraph), must equal the delegate's report:
 
@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import DEMO, ROOT
-from litegate.delegates import gpu
-from litegate.delegates.compat import delegate_views, evaluate, load_rules
-from litegate.delegates.flatbuffer import load_model, read_model
-from litegate.delegates.gpu import Fallback, parse_delegate_log
+from litegate.backends import gpu
+from litegate.compat.check import delegate_views, evaluate, load_rules
+from litegate.tflite.flatbuffer import read_model
+from litegate.tflite.verify import load_model
+from litegate.backends.gpu import Fallback, parse_delegate_log
 
 from litegate.errors import DelegateError
 
@@ -376,7 +377,7 @@ def _eval_inputs(n: int = 32) -> dict[str, np.ndarray]:
 
 def _decode_inputs(path: Path) -> dict[str, np.ndarray]:
     """Decode-step inputs after real prompts: the KV caches come from ``prefill`` on the CPU."""
-    from litegate.delegates.runtime import Runner
+    from litegate.backends.runtime import Runner
 
     from litegate.generate import load_tokenizer
 
@@ -408,7 +409,7 @@ def test_gpu_friendly_graphs_have_no_2d_gathers_or_shrink_slices(converted):
 
 def test_gpu_friendly_fp32_outputs_equal_the_plain_graph(converted):
     """The rewrite changes ops, not numbers: converted fp32 models agree within 1e-5 on the CPU."""
-    from litegate.delegates.runtime import Runner
+    from litegate.backends.runtime import Runner
 
     x = _eval_inputs()
     plain = Runner(converted("demo_bert_fp32"), backend="cpu").run_batch(x)["logits"]
@@ -465,7 +466,7 @@ def test_static_check_says_gpu_friendly_models_are_fully_delegated(converted):
 
 
 def test_gpu_friendly_bert_runs_whole_on_the_gpu_and_matches_cpu_fp32(gpu_ready, converted):
-    from litegate.delegates.runtime import Runner
+    from litegate.backends.runtime import Runner
 
     path = converted("demo_bert_fp32_gpu_friendly")
     x = _eval_inputs()
@@ -480,7 +481,7 @@ def test_gpu_friendly_bert_runs_whole_on_the_gpu_and_matches_cpu_fp32(gpu_ready,
 
 
 def test_gpu_friendly_gpt2_decode_runs_whole_on_the_gpu_and_matches_cpu_fp32(gpu_ready, converted):
-    from litegate.delegates.runtime import Runner
+    from litegate.backends.runtime import Runner
 
     path = converted("char_gpt2_gpu_friendly")
     feeds = _decode_inputs(path)

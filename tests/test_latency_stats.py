@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from litegate.benchmarks.latency import measure, percentile, summarize
+from litegate.timing import measure, percentile, summarize
 
 
 @pytest.mark.parametrize("samples", [[5.0], [1.0, 2.0], [3.0, 1.0, 2.0, 10.0, 4.0], list(np.random.default_rng(0).gamma(2, 3, 997))])

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from conftest import ROOT, SHARED_DATA, run_cli
-from litegate.delegates.runtime import Runner
+from litegate.backends.runtime import Runner
 from numpy_bert import forward
 from safetensors.numpy import load_file
 

@@ -61,7 +61,7 @@ def pruned50(bert, texts):
 
 @pytest.fixture(scope="module")
 def fp32_bytes(bert) -> bytes:
-    from litegate.converter.tflite import convert
+    from litegate.converter.convert import convert
 
     return convert(bert.serve, bert.owner, recipes.load("fp32"), None)
 
@@ -157,8 +157,8 @@ def test_bert_distillation_keeps_outputs_close_to_float(bert, pruned50, tiny_che
 
 
 def test_pruned_bert_converts_and_sparsity_report_agrees(pruned50, texts, tmp_path):
-    from litegate.converter.tflite import convert
-    from litegate.delegates.runtime import Runner
+    from litegate.converter.convert import convert
+    from litegate.backends.runtime import Runner
     from litegate.quantize.prune import sparsity_report
 
     loaded, stats = pruned50
@@ -180,7 +180,7 @@ def test_pruned_bert_converts_and_sparsity_report_agrees(pruned50, texts, tmp_pa
 
 
 def test_fixed_seed_gives_identical_weights_and_tflite_bytes(bert, texts, pruned50):
-    from litegate.converter.tflite import convert
+    from litegate.converter.convert import convert
     from litegate.quantize.prune import apply_pruning
 
     first, stats1 = pruned50
@@ -241,7 +241,7 @@ def test_labels_mode_without_labels_is_refused(bert, texts):
 
 
 def test_gzip_of_pruned_dynamic_int8_is_much_smaller_than_fp32(pruned50, fp32_bytes, bert):
-    from litegate.converter.tflite import convert
+    from litegate.converter.convert import convert
     from litegate.quantize.prune import sparsity_report
 
     loaded, _ = pruned50
@@ -257,8 +257,8 @@ def test_gzip_of_pruned_dynamic_int8_is_much_smaller_than_fp32(pruned50, fp32_by
 
 
 def test_experimental_sparsity_encoding_is_measured_not_assumed(pruned50, tmp_path):
-    from litegate.delegates.flatbuffer import read_model
-    from litegate.delegates.runtime import Runner
+    from litegate.tflite.flatbuffer import read_model
+    from litegate.backends.runtime import Runner
     from litegate.quantize.prune import sparse_encoding_variants, sparsity_report
 
     loaded, _ = pruned50
@@ -302,8 +302,8 @@ def _char_lstm(folder: Path) -> Path:
 
 def test_char_lstm_prunes_kernels_and_keeps_its_signatures(tmp_path):
     from litegate.converter.sources import load
-    from litegate.converter.tflite import convert_signatures
-    from litegate.delegates.runtime import Runner
+    from litegate.converter.convert import convert_signatures
+    from litegate.backends.runtime import Runner
     from litegate.quantize.prune import apply_pruning, generator_windows, sparsity_report
 
     path = _char_lstm(tmp_path / "lstm")

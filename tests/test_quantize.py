@@ -47,7 +47,7 @@ def test_quantizing_twice_gives_identical_bytes(tmp_path, tiny_checkpoint):
 
 @pytest.mark.slow
 def test_selective_quantization_keeps_denylisted_ops_in_float(tmp_path, tiny_checkpoint):
-    from litegate.delegates.flatbuffer import load_model
+    from litegate.tflite.verify import load_model
 
     recipe = tmp_path / "sel.json"
     recipe.write_text(json.dumps({"name": "int8-float-softmax", "kind": "full-integer",
@@ -115,7 +115,7 @@ def test_auto_int16x8_and_debug_in_one_run(tmp_path):
 def test_auto_search_adds_float_islands_until_target(tmp_path, tiny_checkpoint):
     """Op groups, their impact ranking and the search, on a calibrated tiny model with scripted scorers."""
     from litegate.converter.sources import load
-    from litegate.converter.tflite import model_samples
+    from litegate.converter.convert import model_samples
     from litegate.quantize import ptq
 
     from litegate.tasks import TextEncoder, read_texts
@@ -132,7 +132,7 @@ def test_auto_search_adds_float_islands_until_target(tmp_path, tiny_checkpoint):
     assert sum(len(v) for v in groups.values()) == len({n for v in groups.values() for n in v})
 
     # Ranking: quantizing each group alone, measured on the outputs of the real model.
-    from litegate.delegates.runtime import Runner
+    from litegate.backends.runtime import Runner
 
     feed = {k: v[:8] for k, v in enc.items()}
     ref = np.concatenate([next(iter(loaded.serve(**{k: samples[k][i:i + 1] for k in samples}).values())).numpy()

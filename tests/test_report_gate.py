@@ -33,7 +33,7 @@ SCHEMA = json.loads((ROOT / "litegate" / "report.schema.json").read_text())
 
 
 def _lat(samples):
-    from litegate.benchmarks.latency import summarize
+    from litegate.timing import summarize
 
     return summarize(samples)
 

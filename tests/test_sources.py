@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DEMO, make_checkpoint, run_cli
-from litegate.delegates.runtime import Runner
+from litegate.backends.runtime import Runner
 
 from litegate.tasks import TextEncoder
 

@@ -158,7 +158,7 @@ def test_lstm_prefill_uses_fused_sequence_op_and_step_has_explicit_state(tmp_pat
 def test_generator_samples_calibrate_prefill_then_decode_from_its_cache(tmp_path):
     """The calibration rollout feeds decode the KV cache the float prefill produced, at pos P, P+1, ..."""
     from litegate.converter.sources import load
-    from litegate.converter.tflite import generator_samples
+    from litegate.converter.convert import generator_samples
 
     from litegate.types import ModelSource
 

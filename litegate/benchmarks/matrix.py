@@ -1,9 +1,9 @@
 """One cell of the benchmark matrix (variant × backend × threads), measured in its own child process.
 
 Local backends (``xnnpack``, ``cpu``, ``external:...``) run :func:`litegate.benchmarks.latency.bench_job`;
-``adb[:SERIAL]`` backends run :func:`litegate.delegates.adb.bench_job`, which drives ``benchmark_model``
+``adb[:SERIAL]`` backends run :func:`litegate.backends.adb.bench_job`, which drives ``benchmark_model``
 on the device. ``gpu`` runs LiteRT's GPU delegate through ``CompiledModel``
-(:func:`litegate.delegates.gpu.run_gpu`): the cell's ``protocol`` records what the delegate took
+(:func:`litegate.backends.gpu.run_gpu`): the cell's ``protocol`` records what the delegate took
 (``fully_accelerated``, ``ops_on_gpu``/``ops_on_cpu``, ``gpu_fallback`` ops with the delegate's
 reasons), and on a software Vulkan device (Mesa lavapipe) ``latency_emulated`` and the ``reason``
 say that the timings are not GPU latency. All run under :func:`litegate.isolation.run_isolated`
@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from litegate.benchmarks.latency import summarize
-from litegate.delegates import adb, gpu
-from litegate.delegates.runtime import why_not_runnable
+from litegate.timing import summarize
+from litegate.backends import adb, gpu
+from litegate.backends.registry import why_not_runnable
 
 from litegate.errors import IsolationError, LitegateError
 from litegate.isolation import run_isolated
@@ -95,7 +95,7 @@ def _adb_cell(*, path: str | Path, sha256: str, backend: str, threads: int, prot
     payload = {"adb": target.adb, "serial": target.serial, "binary": target.binary, "backend": backend,
                "path": str(path), "sha256": sha256, "threads": threads, "protocol": protocol, "timeout_s": timeout_s}
     try:
-        r = run_isolated("litegate.delegates.adb:bench_job", payload, timeout_s=timeout_s, mem_mb=mem_mb)
+        r = run_isolated("litegate.backends.adb:bench_job", payload, timeout_s=timeout_s, mem_mb=mem_mb)
     except IsolationError as exc:
         status = Status.TIMEOUT if exc.kind == "timeout" else Status.FAILED
         return result(status, exc.message, protocol={"source": "benchmark_model", "device": target.serial,

@@ -652,7 +652,7 @@ def sparsity_report(model: bytes | str | Path) -> dict[str, Any]:
         ModelLoadError: not a valid TFLite flatbuffer.
     """
     from ai_edge_litert import schema_py_generated as schema
-    from litegate.delegates.flatbuffer import TYPE_NAMES, read_model
+    from litegate.tflite.flatbuffer import TYPE_NAMES, read_model
 
     data = bytes(model) if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
     name = "<bytes>" if isinstance(model, bytes | bytearray) else str(model)
@@ -781,7 +781,7 @@ def prune_job(payload: dict[str, Any]) -> dict[str, Any]:
     """
     import tensorflow as tf
     from litegate.converter.sources import load
-    from litegate.converter.tflite import (
+    from litegate.converter.convert import (
         check_calibration,
         convert,
         convert_signatures,

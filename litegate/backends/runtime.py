@@ -14,149 +14,27 @@ Backends that execute here:
   the delegate sees the whole graph.
 
 ``gpu`` runs LiteRT's GPU delegate (ML Drift over WebGPU/Vulkan) through ``CompiledModel`` in a child
-process (:mod:`litegate.delegates.gpu`); on a machine without a GPU, Mesa's lavapipe (``make gpu-sim``)
+process (:mod:`litegate.backends.gpu`); on a machine without a GPU, Mesa's lavapipe (``make gpu-sim``)
 gives it a software Vulkan device whose coverage and fp16 numerics are real and whose latency is not.
 
 ``adb[:SERIAL][?options]`` backends run ``benchmark_model`` on an Android device instead of here
-(:mod:`litegate.delegates.adb`). Backends that cannot execute get a ``not run`` reason from
+(:mod:`litegate.backends.adb`). Backends that cannot execute get a ``not run`` reason from
 :func:`why_not_runnable`.
 """
 
 from __future__ import annotations
 
 import ctypes
-import dataclasses
-import platform
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 import numpy as np
 
+from litegate.backends.spec import RUNNABLE, external_why_not, is_adb_backend, is_external_backend, parse_external
 from litegate.errors import DelegateError, ModelLoadError
-
-RUNNABLE = ("xnnpack", "cpu")
-KNOWN = ("xnnpack", "cpu", "gpu", "hexagon", "coreml")
-EXTERNAL_PREFIX = "external:"
-BACKEND_FORMS = (*KNOWN, "external:PATH.so[?key=value&...]", "adb[:SERIAL][?delegate=gpu|hexagon|nnapi|xnnpack|cpu]")
-
-
-@dataclasses.dataclass(frozen=True)
-class ExternalSpec:
-    """A parsed ``external:PATH[?key=value&...]`` backend: the delegate library and its options."""
-
-    library: str
-    options: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-
-def is_external_backend(backend: str) -> bool:
-    """True for ``external:...`` backends."""
-    return backend.startswith(EXTERNAL_PREFIX)
-
-
-def parse_external(backend: str) -> ExternalSpec:
-    """Parse ``external:PATH[?key=value&key2=value2]``.
-
-    Raises:
-        ValueError: not of that form; the message says what is wrong.
-    """
-    if not is_external_backend(backend):
-        raise ValueError(f"{backend!r} is not an external backend (external:/path/libdelegate.so?key=value)")
-    library, _, query = backend[len(EXTERNAL_PREFIX):].partition("?")
-    if not library:
-        raise ValueError(f"{backend!r}: no delegate library after 'external:'")
-    return ExternalSpec(library=library, options=parse_options(backend, query, "delegate option"))
-
-
-def parse_options(backend: str, query: str, what: str = "option") -> dict[str, str]:
-    """``key=value&key2=value2`` (percent-decoded) of a backend name, each key once.
-
-    Raises:
-        ValueError: malformed pairs or a repeated key; the message names the backend.
-    """
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
-    except ValueError:
-        raise ValueError(f"{backend!r}: {what}s must be key=value pairs joined by '&'") from None
-    options: dict[str, str] = {}
-    for key, value in pairs:
-        if key in options:
-            raise ValueError(f"{backend!r}: {what} {key!r} given twice")
-        options[key] = value
-    return options
-
-
-def backend_relative_to(backend: str, base: Path) -> str:
-    """``backend`` with a relative ``external:`` library path (one containing ``/``) made absolute under ``base``."""
-    if not is_external_backend(backend):
-        return backend
-    library, sep, query = backend[len(EXTERNAL_PREFIX):].partition("?")
-    if "/" not in library or Path(library).is_absolute():
-        return backend
-    return f"{EXTERNAL_PREFIX}{(base / library).resolve()}{sep}{query}"
-
-
-def backend_syntax_error(backend: object) -> str | None:
-    """None if ``backend`` is a backend name litegate knows (it may still not run here), else why not."""
-    if not isinstance(backend, str):
-        return f"a backend must be a string, got {backend!r}"
-    if backend in KNOWN:
-        return None
-    try:
-        if is_external_backend(backend):
-            parse_external(backend)
-            return None
-        from litegate.delegates.adb import is_adb_backend, parse_backend
-
-        if is_adb_backend(backend):
-            parse_backend(backend)
-            return None
-    except ValueError as exc:
-        return str(exc)
-    return f"unknown backend {backend!r} (known: {', '.join(BACKEND_FORMS)})"
-
-
-def why_not_runnable(backend: str) -> str | None:
-    """None if ``backend`` runs on this machine, else the reason it cannot."""
-    if backend in RUNNABLE:
-        return None
-    if is_external_backend(backend):
-        try:
-            spec = parse_external(backend)
-        except ValueError as exc:
-            return str(exc)
-        if "/" in spec.library and not Path(spec.library).is_file():
-            what = "is not a file" if Path(spec.library).exists() else "does not exist"
-            return f"delegate library {spec.library} {what}"
-        return None
-    from litegate.delegates.adb import is_adb_backend
-    from litegate.delegates.adb import why_not_runnable as adb_why_not
-
-    if is_adb_backend(backend):
-        return adb_why_not(backend)
-    machine = f"{platform.system()} {platform.machine()}"
-    if backend == "hexagon":
-        return (f"the Hexagon DSP delegate needs a Qualcomm SoC with libhexagon_interface.so; this is {machine}")
-    if backend == "coreml":
-        return f"the Core ML delegate runs only on Apple devices (iOS/macOS); this is {machine}"
-    if backend == "gpu":
-        from litegate.delegates.gpu import why_not_runnable as gpu_why_not
-
-        return gpu_why_not()
-    return f"unknown backend {backend!r}"
-
-
-def verify_tflite_header(path: str | Path) -> bytes:
-    """Read a .tflite file and verify it (structure and semantics) before any interpreter sees it.
-
-    See :mod:`litegate.delegates.verify`; the bytes returned are the ones verified (the
-    interpreter is given these bytes, never the path, so the file cannot change in between).
-    """
-    from litegate.delegates.verify import verify_tflite
-
-    return verify_tflite(path)
-
+from litegate.tasks import feed_for
+from litegate.tflite.verify import verify_tflite
 
 def load_external_delegate(backend: str) -> Any:
     """Load the delegate of an ``external:`` backend.
@@ -166,7 +44,7 @@ def load_external_delegate(backend: str) -> Any:
     """
     from ai_edge_litert.interpreter import load_delegate
 
-    reason = why_not_runnable(backend)
+    reason = external_why_not(backend)
     if reason:
         raise DelegateError(reason)
     spec = parse_external(backend)
@@ -185,6 +63,18 @@ def load_external_delegate(backend: str) -> Any:
         raise DelegateError(f"cannot load delegate {spec.library}: {detail}") from None
 
 
+def in_process_refusal(backend: str) -> str:
+    """Why ``backend`` cannot be the in-process runner's backend (it runs elsewhere, or not here)."""
+    if is_adb_backend(backend):
+        return (f"{backend}: adb backends run benchmark_model on the device and cannot run "
+                "in-process (use them in bench.backends, not for evaluation)")
+    if backend == "gpu":
+        return ("gpu: the GPU delegate runs through LiteRT's CompiledModel in its own process "
+                "(litegate.backends.gpu.run_gpu; use it in bench.backends, not as the in-process evaluation backend)")
+    return (f"{backend}: not an in-process LiteRT backend (in-process: {', '.join(RUNNABLE)} or external:PATH.so); "
+            "`litegate doctor` says where it runs")
+
+
 class Runner:
     """A signature runner over one model, with int8/int16 I/O (de)quantization handled."""
 
@@ -192,17 +82,8 @@ class Runner:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         if backend not in RUNNABLE and not is_external_backend(backend):
-            from litegate.delegates.adb import is_adb_backend
-
-            if is_adb_backend(backend):
-                raise DelegateError(f"{backend}: adb backends run benchmark_model on the device and cannot run "
-                                    "in-process (use them in bench.backends, not for evaluation)")
-            if backend == "gpu":
-                raise DelegateError(why_not_runnable(backend) or (
-                    "gpu: the GPU delegate runs through LiteRT's CompiledModel in its own process "
-                    "(litegate.delegates.gpu.run_gpu; use it in bench.backends, not as the in-process evaluation backend)"))
-            raise DelegateError(why_not_runnable(backend) or backend)
-        content = verify_tflite_header(path)
+            raise DelegateError(in_process_refusal(backend))
+        content = verify_tflite(path)
         delegates = [load_external_delegate(backend)] if is_external_backend(backend) else []
         resolver = OpResolverType.AUTO if backend == "xnnpack" else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
@@ -227,8 +108,6 @@ class Runner:
 
     def prepare(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Cast/quantize a float or integer feed to each input's dtype."""
-        from litegate.tasks import feed_for
-
         feed = feed_for(list(self.inputs), dict(feed))
         out = {}
         for name, det in self.inputs.items():

@@ -77,7 +77,7 @@ def lm_windows(text_ids: list[int], window: int, count: int) -> np.ndarray:
 
 def lm_eval_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child-process entry: logits of the ``prefill`` signature for every window (zero initial state)."""
-    from litegate.delegates.runtime import Runner
+    from litegate.backends.runtime import Runner
 
     from litegate.artifacts import save_npz
 
@@ -92,7 +92,7 @@ def lm_eval_job(payload: dict[str, Any]) -> dict[str, Any]:
 
 def generator_bench_inputs(path: Path, tokens: list[int], n: int = 16) -> tuple[str, dict[str, np.ndarray]]:
     """The per-token signature of a generator (``decode`` or ``step``) and ``n`` realistic feeds for it."""
-    from litegate.delegates.runtime import Runner
+    from litegate.backends.runtime import Runner
 
     sigs = Runner(path, backend="cpu").interpreter.get_signature_list()
     name = "decode" if "decode" in sigs else "step"

@@ -149,18 +149,6 @@ class ModelInfo:
         return sum(o.macs for o in self.ops)
 
 
-def load_model(path: str | Path) -> ModelInfo:
-    """Verify that ``path`` is a TFLite flatbuffer, then read it.
-
-    Raises:
-        ModelLoadError: the file is missing, not a TFLite model, truncated or corrupt.
-    """
-    from litegate.delegates.runtime import verify_tflite_header
-
-    data = verify_tflite_header(path)
-    return read_model(data, source=str(path))
-
-
 def read_model(data: bytes, *, source: str = "<bytes>") -> ModelInfo:
     """Parse TFLite flatbuffer bytes with LiteRT's generated schema code.
 

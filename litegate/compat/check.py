@@ -1,6 +1,6 @@
 """Static delegate compatibility: apply a delegate's rule file (data) to a parsed .tflite model.
 
-The rules live in ``delegates/rules/<delegate>.json``, one file per delegate, each constraint with
+The rules live in ``litegate/compat/rules/<delegate>.json``, one file per delegate, each constraint with
 the reason a user sees and the delegate source it comes from. This module is the one small
 engine that applies them:
 
@@ -34,7 +34,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from litegate.delegates.flatbuffer import ModelInfo, OpInfo, TensorInfo, load_model
+from litegate.tflite.flatbuffer import ModelInfo, OpInfo, TensorInfo
+from litegate.tflite.verify import load_model
 
 from litegate.errors import ConfigError
 from litegate.types import CompatPartition, CompatReport, OpCompat
@@ -76,7 +77,7 @@ def load_rules(name_or_path: str | Path) -> dict[str, Any]:
         name = str(name_or_path)
         if name not in DELEGATES:
             raise ConfigError(f"unknown delegate {name!r} (known: {', '.join(DELEGATES)})")
-        text = resources.files("litegate.delegates").joinpath("rules", f"{name}.json").read_text()
+        text = resources.files("litegate.compat").joinpath("rules", f"{name}.json").read_text()
         where = f"rules/{name}.json"
     try:
         rules = json.loads(text)
@@ -611,7 +612,7 @@ def evaluate(model: ModelInfo, rules: Mapping[str, Any], *, model_name: str = ""
     """Apply a rule file to every op of every subgraph, partition, and sum up.
 
     Args:
-        model: a parsed model (:func:`litegate.delegates.flatbuffer.read_model`).
+        model: a parsed model (:func:`litegate.tflite.flatbuffer.read_model`).
         rules: a loaded rule file (:func:`load_rules`).
         model_name: how the report names the model.
     """

@@ -368,7 +368,7 @@ def _auto(serve: Any, calibrated: bytes, samples: Mapping[str, np.ndarray], reci
     """
     import tempfile
 
-    from litegate.delegates.runtime import Runner
+    from litegate.backends.runtime import Runner
     from litegate.quantize import ptq
 
     from litegate.tasks import classification_metrics, cosine
@@ -456,7 +456,7 @@ def _determinism(data: bytes, serve: Any, model: Any, recipe: Recipe, samples: M
     out: dict[str, Any] = {"identical_bytes": same, "sha256": [hashlib.sha256(data).hexdigest(),
                                                               hashlib.sha256(again).hexdigest()]}
     if not same and samples:
-        from litegate.delegates.runtime import Runner
+        from litegate.backends.runtime import Runner
 
         outs = []
         for blob in (data, again):

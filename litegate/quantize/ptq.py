@@ -27,7 +27,7 @@ from litegate.errors import QuantizationError
 def calibrate(serve: Any, owner: Any, samples: Mapping[str, np.ndarray]) -> bytes:
     """A float model carrying calibration statistics (``_experimental_calibrate_only``)."""
     import tensorflow as tf
-    from litegate.converter.tflite import _representative
+    from litegate.converter.convert import _representative
 
     conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], owner)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -128,7 +128,7 @@ def op_groups(model: bytes) -> dict[str, list[str]]:
     """
     import re
 
-    from litegate.delegates.flatbuffer import read_model
+    from litegate.tflite.flatbuffer import read_model
 
     groups: dict[str, list[str]] = {}
     for op in read_model(model, source="calibrated model").subgraph_ops(0):

@@ -20,7 +20,7 @@ Query options (``&``-separated ``key=value``, percent-decoded):
 
 A run pushes the binary and the model, runs ``benchmark_model --graph=... --num_threads=T
 --warmup_runs=W --num_runs=N --min_secs=S --report_peak_memory_footprint=true`` plus the delegate
-flag, removes the model, and parses the output with :mod:`litegate.delegates.benchmark_model`.
+flag, removes the model, and parses the output with :mod:`litegate.backends.benchmark_model`.
 ``benchmark_model`` reports statistics, not samples: the :class:`~litegate.types.BenchResult` takes
 mean/std/min/max/n from the timed phase, p50 from its median (or its average when the build
 prints no percentiles, said so), and p90/p99 from upper bounds (p95, max), as recorded under
@@ -44,7 +44,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from litegate.delegates.benchmark_model import BenchmarkModelOutput, RunStats, parse
+from litegate.backends.benchmark_model import BenchmarkModelOutput, RunStats, parse
+from litegate.backends.spec import is_adb_backend, parse_options
 
 from litegate.errors import BenchmarkError, DelegateError
 from litegate.types import LatencyStats
@@ -88,11 +89,6 @@ class AdbTarget:
     spec: AdbSpec
 
 
-def is_adb_backend(backend: str) -> bool:
-    """True for ``adb``, ``adb:SERIAL`` and ``adb?...`` forms."""
-    return backend == "adb" or backend.startswith(("adb:", "adb?"))
-
-
 def parse_backend(backend: str) -> AdbSpec:
     """Parse an ``adb[:SERIAL][?key=value&...]`` backend string.
 
@@ -105,8 +101,6 @@ def parse_backend(backend: str) -> AdbSpec:
     serial = head[len("adb:"):] if head.startswith("adb:") else None
     if serial is not None and not _SERIAL.match(serial):
         raise ValueError(f"{backend!r}: device serial {serial!r} must be letters, digits, '.', ':', '-' or '_'")
-    from litegate.delegates.runtime import parse_options
-
     opts = parse_options(backend, query)
     delegate = opts.pop("delegate", "xnnpack")
     if delegate not in DELEGATE_FLAGS:
@@ -350,9 +344,9 @@ def bench_job(payload: dict[str, Any]) -> dict[str, Any]:
     payload: adb, serial, binary, backend, path, sha256, threads, protocol (the bench protocol),
     timeout_s (per adb step).
     """
-    from litegate.delegates.runtime import verify_tflite_header
+    from litegate.tflite.verify import verify_tflite
 
-    verify_tflite_header(payload["path"])
+    verify_tflite(payload["path"])
     spec = parse_backend(payload["backend"])
     adb, serial, binary = payload["adb"], payload["serial"], payload["binary"]
     step_s = float(payload.get("timeout_s", 300.0))

@@ -4,7 +4,7 @@ TFLite's Python bindings run only the flatbuffers verifier (structure), which do
 uint64 external buffer ``offset``/``size`` fields nor whether a tensor's shape × dtype fits its
 buffer; crafted files that pass it have crashed kernels (integer overflow in shape products,
 out-of-bounds reads). This module adds those semantic checks, overflow-safe (Python integers),
-on top of the bounds-checked structural read in :mod:`litegate.delegates.flatbuffer`:
+on top of the bounds-checked structural read in :mod:`litegate.tflite.flatbuffer`:
 
 * file identifier ``TFL3`` and schema version 3;
 * every table, vector and index inside the file (the structural reader);
@@ -21,6 +21,7 @@ from pathlib import Path
 from ai_edge_litert import schema_py_generated as schema
 
 from litegate.errors import ModelLoadError
+from litegate.tflite.flatbuffer import TYPE_NAMES, ModelInfo, read_model
 
 MAX_TENSOR_BYTES = 1 << 34  # 16 GiB: beyond any phone model; shapes claiming more are crafted
 _ELEMENT_BYTES = {"FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "UINT8": 1, "INT64": 8, "BOOL": 1, "INT16": 2,
@@ -30,8 +31,6 @@ _ELEMENT_BYTES = {"FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "UINT8": 1, "INT64": 8
 
 def verify_bytes(data: bytes, *, source: str = "<bytes>") -> None:
     """Raise :class:`ModelLoadError` naming the first problem; return None for a sound model."""
-    from litegate.delegates.flatbuffer import TYPE_NAMES, read_model
-
     if len(data) == 0:
         raise ModelLoadError(f"{source}: empty file (0 bytes), not a TFLite model")
     if len(data) < 8:
@@ -92,3 +91,12 @@ def verify_tflite(path: str | Path) -> bytes:
     data = p.read_bytes()
     verify_bytes(data, source=str(p))
     return data
+
+
+def load_model(path: str | Path) -> ModelInfo:
+    """Verify that ``path`` is a sound TFLite flatbuffer, then read it into plain records.
+
+    Raises:
+        ModelLoadError: the file is missing, not a TFLite model, truncated or corrupt.
+    """
+    return read_model(verify_tflite(path), source=str(path))

@@ -46,7 +46,7 @@ from types import ModuleType
 from typing import Any, TypeGuard
 
 import numpy as np
-from litegate.benchmarks.latency import summarize
+from litegate.timing import summarize
 
 from litegate.artifacts import atomic_write_text, save_npz
 from litegate.errors import LitegateError
@@ -69,8 +69,8 @@ NOMINAL_MINILM_GFLOP = 2.89  # all-MiniLM-L6-v2, batch 1, seq 128 (research note
 
 def overhead_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child: interleave blocks of litegate's timed call and a bare invoke loop on the same interpreter."""
-    from litegate.benchmarks.latency import measure
-    from litegate.delegates.runtime import Runner
+    from litegate.timing import measure
+    from litegate.backends.runtime import Runner
 
     with np.load(payload["inputs_npz"]) as data:
         arrays = {k: data[k] for k in data.files}
@@ -200,7 +200,7 @@ def peer_matrix_job(payload: dict[str, Any]) -> dict[str, Any]:
     cells take turns in blocks (shuffled each round, untimed warm-up runs first), so load from
     other jobs on the machine hits all of them alike. Returns ``{"samples_ms": {cell: [ms, ...]}}``.
     """
-    from litegate.delegates.runtime import Runner
+    from litegate.backends.runtime import Runner
 
     with np.load(payload["inputs_npz"]) as data:
         arrays = {k: data[k] for k in data.files}
@@ -303,7 +303,7 @@ def best_vs_onnxruntime(p50: Mapping[str, Any], cos_mean: Mapping[str, Any], cos
 
 def model_macs(model_path: Path, signature: str | None = None) -> int:
     """MACs per inference counted in the flatbuffer: every subgraph, or only ``signature``'s."""
-    from litegate.delegates.flatbuffer import load_model
+    from litegate.tflite.verify import load_model
 
     info = load_model(model_path)
     if signature and signature in info.subgraph_names:
@@ -631,7 +631,7 @@ def measure_peers(variants: Mapping[str, Path], model_dir: Path, inputs: Path, r
 def tflite_outputs_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child: a .tflite signature's first output for every row of ``inputs_npz`` (XNNPACK, 1 thread), saved to
     ``out_npy`` as rows of the last dimension (one row per sentence, or per position for logits)."""
-    from litegate.delegates.runtime import Runner
+    from litegate.backends.runtime import Runner
 
     with np.load(payload["inputs_npz"]) as data:
         arrays = {k: data[k] for k in data.files}

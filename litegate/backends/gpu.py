@@ -412,7 +412,7 @@ def probe_vulkan(timeout_s: float = 60.0) -> tuple[tuple[VulkanDevice, ...], str
     from litegate.isolation import run_isolated
 
     try:
-        r = run_isolated("litegate.delegates.gpu:probe_job", {}, timeout_s=timeout_s)
+        r = run_isolated("litegate.backends.gpu:probe_job", {}, timeout_s=timeout_s)
     except IsolationError as exc:
         return (), f"the Vulkan driver probe failed ({exc.message}): {GPU_SIM_FIX}"
     except LitegateError as exc:
@@ -534,7 +534,7 @@ def gpu_job(payload: dict[str, Any]) -> dict[str, Any]:
     payload: ``path``, ``log_path`` (fds 1/2 go there), ``threads``, ``signature`` (None: the first),
     optional ``inputs_npz`` (rows of encoded text, as for the latency cells) with ``out_npz`` (the GPU
     outputs), ``compare_cpu`` and ``max_samples``, optional ``protocol`` (time inferences as
-    :func:`litegate.benchmarks.latency.measure` does).
+    :func:`litegate.timing.measure` does).
     """
     with _fds_to(payload["log_path"]):
         return _gpu_job(payload)
@@ -542,14 +542,15 @@ def gpu_job(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _gpu_job(payload: dict[str, Any]) -> dict[str, Any]:
     from ai_edge_litert.compiled_model import CompiledModel, CpuOptions, HardwareAccelerator, Options
-    from litegate.benchmarks.latency import measure, peak_rss_mb
-    from litegate.delegates.runtime import Runner, verify_tflite_header
+    from litegate.timing import measure, peak_rss_mb
+    from litegate.backends.runtime import Runner
+    from litegate.tflite.verify import verify_tflite
 
     from litegate.artifacts import save_npz
 
     path = str(payload["path"])
     threads = int(payload.get("threads", 1))
-    content = verify_tflite_header(path)
+    content = verify_tflite(path)
     # the CPU reference kernels: I/O (de)quantization and role mapping as everywhere in litegate, and CPU outputs
     wanted = payload.get("signature")
     reference = Runner(path, backend="cpu", threads=threads, signature=wanted) if payload.get("inputs_npz") else None
@@ -628,7 +629,7 @@ def _signature_subgraph(content: bytes, key: str) -> tuple[int, int | None]:
     A model without signature defs (or a key it does not list) maps to subgraph 0.
     """
     from ai_edge_litert import schema_py_generated as schema
-    from litegate.delegates.flatbuffer import read_model
+    from litegate.tflite.flatbuffer import read_model
 
     try:
         model = read_model(content)
@@ -668,10 +669,10 @@ def run_gpu(path: str | Path, *, inputs: Mapping[str, np.ndarray] | str | Path |
     Args:
         path: a .tflite model.
         inputs: encoded inputs, one row per sample (arrays, or an .npz of them), mapped onto the
-            model's inputs by role as :class:`litegate.delegates.runtime.Runner` does; None runs no
+            model's inputs by role as :class:`litegate.backends.runtime.Runner` does; None runs no
             inference (coverage only).
         threads: CPU threads for the ops the delegate leaves to the CPU.
-        protocol: time inferences with this protocol (:data:`litegate.benchmarks.latency.DEFAULT_PROTOCOL`
+        protocol: time inferences with this protocol (:data:`litegate.timing.DEFAULT_PROTOCOL`
             keys); None times nothing.
         compare_cpu: also run the samples on the CPU reference kernels and report max |GPU - CPU|.
         max_samples: use at most this many rows of ``inputs``.
@@ -687,12 +688,12 @@ def run_gpu(path: str | Path, *, inputs: Mapping[str, np.ndarray] | str | Path |
         IsolationError: the child crashed or hung; ``stderr`` holds the end of the delegate's log.
         ModelLoadError: ``path`` is not a TFLite model.
     """
-    from litegate.delegates.runtime import verify_tflite_header
+    from litegate.tflite.verify import verify_tflite
 
     from litegate.artifacts import save_npz
     from litegate.isolation import run_isolated
 
-    verify_tflite_header(path)
+    verify_tflite(path)
     reason = why_not_runnable()
     if reason:
         raise DelegateError(reason)
@@ -713,7 +714,7 @@ def run_gpu(path: str | Path, *, inputs: Mapping[str, np.ndarray] | str | Path |
             payload["out_npz"] = str(out_npz)
         env = {"TF_CPP_MIN_LOG_LEVEL": "0", **_runtime_dir(tmp)}  # the delegate's coverage lines are INFO/ERROR
         try:
-            r = run_isolated("litegate.delegates.gpu:gpu_job", payload, timeout_s=timeout_s, mem_mb=mem_mb, env=env)
+            r = run_isolated("litegate.backends.gpu:gpu_job", payload, timeout_s=timeout_s, mem_mb=mem_mb, env=env)
         except IsolationError as exc:
             raise IsolationError(exc.message, kind=exc.kind, stderr=_read_tail(log_path) or exc.stderr) from None
         except ModelLoadError:
