@@ -1,82 +1,72 @@
-"""Single-model operations behind ``litegate convert``, ``quantize`` and ``bench``."""
+"""Single-model operations behind ``litegate convert``, ``quantize``, ``prune`` and ``bench``.
+
+Conversion, quantization and pruning all go through the one variant builder
+(:func:`litegate.quantize.build.build_job`) in an isolated child; this module prepares its inputs
+(tokenized calibration and recovery text), copies the result into place and writes the sidecars.
+"""
 
 from __future__ import annotations
 
-import json
+import hashlib
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from litegate.artifacts import atomic_copy, atomic_write_text, save_npz
-from litegate.timing import DEFAULT_PROTOCOL
+import numpy as np
+
+from litegate import errors
+from litegate.artifacts import atomic_copy, atomic_write_text, save_npz, write_model_card
+from litegate.backends.runtime import Runner
 from litegate.benchmarks.matrix import run_cell
 from litegate.benchmarks.size import measure_size
-from litegate.backends.runtime import Runner
-from litegate.tflite.verify import verify_tflite
-from litegate.errors import ConfigError, ConversionError, ModelLoadError, QuantizationError
+from litegate.converter.preflight import check_source, find_tokenizer, source_tokenizer
+from litegate.errors import ConfigError, ConversionError, DataError, ModelLoadError, QuantizationError
 from litegate.isolation import run_isolated
 from litegate.quantize import recipes
-from litegate.tasks import TextEncoder, read_texts
-from litegate.types import BenchResult, ModelSource, SourceKind
+from litegate.quantize.prune import PruneSettings
+from litegate.tasks import TextEncoder, generator_windows, read_labelled_tsv, read_texts
+from litegate.tflite.verify import verify_tflite
+from litegate.timing import DEFAULT_PROTOCOL
+from litegate.types import BenchResult, ModelSource, Recipe, SourceKind, Task
+
+BUILD_JOB = "litegate.quantize.build:build_job"
 
 
-def source_tokenizer(source: ModelSource) -> Path | None:
-    """The tokenizer that travels with ``source``: an explicit option, or the checkpoint's own."""
-    from litegate.converter.hf import tokenizer_file
+def _build(source: ModelSource, out: Path, work: Path, *, seq_len: int, recipe: Recipe, prune: Recipe | None = None,
+           calibration_npz: Path | None = None, prune_data: Mapping[str, Any] | None = None, debug: bool = False,
+           timeout_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One variant through the variant builder, copied to ``out`` atomically; returns (job, variant result).
 
-    if source.options.get("tokenizer"):
-        return Path(str(source.options["tokenizer"]))
-    if source.kind in (SourceKind.HF_BERT, SourceKind.HF_GPT2):
-        return tokenizer_file(Path(source.path))
-    if source.kind is SourceKind.KERAS and (Path(source.path).parent / "tokenizer.json").is_file():
-        return Path(source.path).parent / "tokenizer.json"
-    if source.kind is SourceKind.TFLITE:
-        return find_tokenizer(Path(source.path))
-    return None
+    Raises:
+        The builder's error for the variant (QuantizationError, ConversionError, ...), IsolationError.
+    """
+    tmp_out = work / "model.tflite"
+    payload = {"source": source.to_dict(), "seq_len": seq_len,
+               "variants": [{"name": recipe.name, "recipe": recipe.to_dict(), "out": str(tmp_out),
+                             "prune": prune.to_dict() if prune else None}],
+               "calibration_npz": str(calibration_npz) if calibration_npz else None,
+               "prune_data": dict(prune_data or {}), "debug": debug, "debug_dir": str(work)}
+    job = run_isolated(BUILD_JOB, payload, timeout_s=timeout_s)
+    result = job["variants"][recipe.name]
+    if not result["ok"]:
+        cls = getattr(errors, result.get("type", ""), ConversionError)
+        raise cls(result["error"])
+    atomic_copy(tmp_out, out)
+    return job, result
 
 
-def check_source(source: ModelSource, seq_len: int) -> dict[str, Any]:
-    """Cheap checks before any child process starts; returns what is known about the model."""
-    from litegate.converter.hf import BertConfig
-
-    path = Path(source.path)
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file or directory")
-    if source.kind is SourceKind.HF_BERT:
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path}: not a Hugging Face checkpoint folder (no config.json)")
-        bert = BertConfig.from_json_file(path / "config.json")
-        if seq_len > bert.max_position_embeddings:
-            raise ModelLoadError(f"{path}: seq_len {seq_len} is larger than the model's max_position_embeddings "
-                                 f"{bert.max_position_embeddings}")
-        return {"architecture": "bert", "layers": bert.num_hidden_layers, "hidden": bert.hidden_size,
-                "heads": bert.num_attention_heads, "intermediate": bert.intermediate_size,
-                "vocab_size": bert.vocab_size,
-                "labels": ({str(i): str(lab) for i, lab in enumerate(source.options["labels"])}
-                           if source.options.get("labels") else dict(bert.id2label))}
-    if source.kind is SourceKind.HF_GPT2:
-        from litegate.converter.hf import GPT2Config
-
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path}: not a Hugging Face checkpoint folder (no config.json)")
-        gpt2 = GPT2Config.from_json_file(path / "config.json")
-        dims = {"vocab_size": gpt2.vocab_size, "n_positions": gpt2.n_positions, "n_embd": gpt2.n_embd,
-                "n_layer": gpt2.n_layer, "n_head": gpt2.n_head}
-        max_len = int(source.options.get("max_len", dims["n_positions"]))
-        if max_len > dims["n_positions"] or seq_len > max_len:
-            raise ModelLoadError(f"{path}: prefill length {seq_len} and cache length {max_len} must not exceed the "
-                                 f"model's n_positions {dims['n_positions']}")
-        return {"architecture": "gpt2", **dims}
-    if source.kind is SourceKind.SAVED_MODEL:
-        if not path.is_dir() or not (path / "saved_model.pb").is_file():
-            raise ModelLoadError(f"{path}: not a TensorFlow SavedModel folder (no saved_model.pb)")
-        return {"architecture": "saved_model"}
-    if source.kind is SourceKind.KERAS:
-        if not path.is_file():
-            raise ModelLoadError(f"{path}: a keras source must be a .keras or .h5 file")
-        return {"architecture": "keras"}
-    verify_tflite(path)
-    return {"architecture": "tflite"}
+def _write_sidecars(out: Path, *, source: ModelSource, seq_len: int, tokenizer: str | None, info: Mapping[str, Any],
+                    job: Mapping[str, Any], recipe: str, extra: Mapping[str, Any], pruning: str | None = None) -> None:
+    """``OUT.tokenizer.json`` and ``OUT.json`` (task, seq_len, recipe, labels, input names, notes, source), so an
+    app and ``litegate bench`` need nothing else."""
+    if tokenizer is not None:
+        atomic_write_text(out.with_suffix(".tokenizer.json"), tokenizer)
+    spelling = {k: extra[k] for k in ("residual_smoothing", "mask_penalty") if k in extra}
+    write_model_card(out.with_suffix(".json"), task=source.task, seq_len=seq_len, recipe=recipe,
+                     **({"pruning": pruning} if pruning else {}), labels=info.get("labels", {}),
+                     inputs=job.get("inputs", []), notes=job.get("notes", []), source=source.to_dict(),
+                     **({"int8_spelling": spelling} if spelling else {}))
 
 
 def convert_model(source: ModelSource, out: Path, *, seq_len: int, recipe: str = "fp32",
@@ -94,7 +84,7 @@ def convert_model(source: ModelSource, out: Path, *, seq_len: int, recipe: str =
         raise ModelLoadError(f"{source.path}: already a .tflite; use it directly (run, bench, check)")
     info = check_source(source, seq_len)
     rec = recipes.load(recipe)
-    if rec.kind == "prune":
+    if rec.prunes:
         raise ConfigError(f"recipe {rec.name!r} prunes: use `litegate prune` (or a PRUNE+QUANT variant in a release config)")
     tok = source_tokenizer(source)
     encoder = TextEncoder(tok, seq_len) if tok else None
@@ -107,33 +97,96 @@ def convert_model(source: ModelSource, out: Path, *, seq_len: int, recipe: str =
                 raise QuantizationError(f"recipe {rec.name!r} needs a tokenizer to encode calibration text")
             calib_npz = Path(tmp) / "calibration.npz"
             save_npz(calib_npz, encoder.encode(read_texts(calibration, limit=samples)))
-        tmp_out = Path(tmp) / "model.tflite"
         if debug and not rec.needs_calibration:
             raise QuantizationError(f"--debug compares a calibrated quantized model to float; recipe {rec.name!r} "
                                     "is not calibrated (use int8 or auto)")
-        payload = {"source": source.to_dict(), "seq_len": seq_len,
-                   "variants": [{"name": rec.name, "recipe": rec.to_dict(), "out": str(tmp_out)}],
-                   "calibration_npz": str(calib_npz) if calib_npz else None,
-                   "debug": debug, "debug_dir": str(Path(tmp))}
-        job = run_isolated("litegate.converter.convert:convert_job", payload, timeout_s=timeout_s)
-        result = job["variants"][rec.name]
-        if not result["ok"]:
-            from litegate import errors
-
-            cls = getattr(errors, result.get("type", ""), ConversionError)
-            raise cls(result["error"])
-        atomic_copy(tmp_out, out)
+        job, result = _build(source, out, Path(tmp), seq_len=seq_len, recipe=rec, calibration_npz=calib_npz,
+                             debug=debug, timeout_s=timeout_s)
         layers_csv = Path(tmp) / f"{rec.name}.layers.csv"
         if debug and layers_csv.is_file():
             atomic_copy(layers_csv, out.with_suffix(".layers.csv"))
-    if encoder is not None:
-        atomic_write_text(out.with_suffix(".tokenizer.json"), encoder.to_json())
-    meta = {"task": source.task.value, "seq_len": seq_len, "recipe": rec.name, "labels": info.get("labels", {}),
-            "inputs": job.get("inputs", []), "notes": job.get("notes", []), "source": source.to_dict()}
-    atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+    extra = result.get("extra", {})
+    _write_sidecars(out, source=source, seq_len=seq_len, tokenizer=encoder.to_json() if encoder else None, info=info,
+                    job=job, recipe=rec.name, extra=extra)
     size = measure_size(out)
     return {"path": str(out), "recipe": rec.name, "bytes": size.bytes, "gzip_bytes": size.gzip_bytes,
-            "notes": job.get("notes", []), "extra": result.get("extra", {})}
+            "notes": job.get("notes", []), "extra": extra}
+
+
+def prune_model(source: ModelSource, out: Path, *, recipe: str, seq_len: int, then: str | None = None,
+                calibration: Path | None = None, labels: Path | None = None, samples: int = 200,
+                timeout_s: float = 1800.0) -> dict[str, Any]:
+    """Prune ``source`` with a pruning recipe, optionally quantize, write ``out`` (+ sidecars).
+
+    Recovery text comes from ``labels`` (a ``sentence<TAB>label`` TSV: labels are used by
+    ``mode`` ``auto``/``labels``) or else ``calibration`` (plain text: distillation). A text
+    generator is fed windows of ``seq_len`` tokens of that text (its next-token labels are used
+    only with ``mode = "labels"``). ``then`` names a quantization recipe applied at conversion;
+    calibrated ones (int8, int16x8) are calibrated on ``calibration`` (or the TSV sentences).
+
+    Returns:
+        ``path``, ``recipe``, ``then``, ``bytes``, ``gzip_bytes``, ``pruning`` (the stats of
+        :func:`litegate.quantize.prune.apply_pruning`), ``tflite``
+        (:func:`litegate.quantize.prune.sparsity_report` without the tensor list), ``notes``.
+
+    Raises:
+        ConfigError: unknown recipe, or a recipe of the wrong kind.
+        DataError: no or unreadable recovery text.
+        ModelLoadError, QuantizationError, ConversionError, IsolationError.
+    """
+    rec = recipes.load(recipe)
+    if not rec.prunes:
+        raise ConfigError(f"recipe {rec.name!r} is a {rec.kind.value!r} recipe; litegate prune needs a pruning recipe "
+                          f"(built-in: {', '.join(n for n in recipes.builtin_names() if n.startswith('pruned'))})")
+    settings = PruneSettings.from_recipe(rec)
+    then_rec = recipes.load(then or "fp32")
+    if then_rec.prunes:
+        raise ConfigError(f"--then {then_rec.name!r} is a pruning recipe; give a quantization recipe")
+    if source.kind is SourceKind.TFLITE:
+        raise QuantizationError(f"{source.path}: a .tflite cannot be pruned; start from the TensorFlow model")
+    info = check_source(source, seq_len)
+    tok = source_tokenizer(source)
+    if tok is None:
+        raise QuantizationError("pruning needs a tokenizer to encode the recovery text; pass --tokenizer")
+    if labels is None and calibration is None:
+        raise DataError("pruning needs recovery text: give --calibration TEXT or --labels TSV")
+    generator = source.task is Task.TEXT_GENERATION or source.kind is SourceKind.HF_GPT2
+    if generator and labels is not None:
+        raise DataError("--labels is a sentence<TAB>label file for classifiers; give a text generator --calibration TEXT")
+    if generator and then_rec.needs_calibration:
+        raise QuantizationError(f"--then {then_rec.name!r}: calibrated quantization of multi-signature text generators "
+                                "is not supported yet; use fp32, fp16 or dynamic-int8")
+    labelled = read_labelled_tsv(labels, limit=samples) if labels is not None else None
+    if settings.mode == "labels" and labelled is None and not generator:
+        raise DataError(f"recipe {rec.name!r} recovers with labels (mode 'labels'): give --labels TSV")
+    encoder = TextEncoder(tok, seq_len)
+    with tempfile.TemporaryDirectory(prefix="litegate-prune-") as tmp:
+        inputs_npz, calib_npz = Path(tmp) / "inputs.npz", Path(tmp) / "calib.npz"
+        label_array: np.ndarray | None = None
+        if generator:
+            windows = generator_windows(tok, read_texts(calibration), seq_len, samples)  # type: ignore[arg-type]
+            save_npz(inputs_npz, {"tokens": windows["tokens"]})
+            if settings.mode == "labels":
+                label_array = windows["labels"]
+        else:
+            texts = list(labelled.sentences) if labelled else read_texts(calibration, limit=samples)  # type: ignore[arg-type]
+            save_npz(inputs_npz, encoder.encode(texts))
+            if labelled is not None:
+                label_array = np.asarray(labelled.labels, dtype=np.int64)
+        if then_rec.needs_calibration and not generator:
+            calib_texts = read_texts(calibration, limit=samples) if calibration else texts
+            save_npz(calib_npz, encoder.encode(calib_texts))
+        prune_data = {"npz": str(inputs_npz), "labels": None if label_array is None else label_array.tolist()}
+        job, result = _build(source, out, Path(tmp), seq_len=seq_len, recipe=then_rec, prune=rec,
+                             calibration_npz=calib_npz if calib_npz.is_file() else None, prune_data=prune_data,
+                             timeout_s=timeout_s)
+    extra = result.get("extra", {})
+    pruning = {k: v for k, v in extra["pruning"].items() if k != "tflite"}
+    tflite = {k: v for k, v in extra["pruning"]["tflite"].items() if k != "tensors"}
+    _write_sidecars(out, source=source, seq_len=seq_len, tokenizer=encoder.to_json(), info=info, job=job,
+                    recipe=then_rec.name, pruning=rec.name, extra=extra)
+    return {"path": str(out), "recipe": rec.name, "then": then_rec.name, "bytes": tflite["bytes"],
+            "gzip_bytes": tflite["gzip_bytes"], "pruning": pruning, "tflite": tflite, "notes": job.get("notes", [])}
 
 
 def model_seq_len(path: Path) -> int:
@@ -142,19 +195,9 @@ def model_seq_len(path: Path) -> int:
     return int(shape[-1])
 
 
-def find_tokenizer(model: Path) -> Path:
-    for cand in (model.with_suffix(".tokenizer.json"), model.parent / "tokenizer.json"):
-        if cand.is_file():
-            return cand
-    raise ModelLoadError(f"{model}: no tokenizer sidecar ({model.with_suffix('.tokenizer.json').name} "
-                         "or tokenizer.json next to it); pass --tokenizer")
-
-
 def bench_model(model: Path, *, text: Path, backends: list[str], threads: list[int], tokenizer: Path | None = None,
                 protocol: dict[str, Any] | None = None, timeout_s: float = 300.0) -> list[BenchResult]:
     """Latency of one .tflite per backend × threads, each cell in its own child process."""
-    import hashlib
-
     verify_tflite(model)
     sha = hashlib.sha256(model.read_bytes()).hexdigest()
     encoder = TextEncoder(tokenizer or find_tokenizer(model), model_seq_len(model))

@@ -103,6 +103,12 @@ def atomic_write_text(final: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(final, text.encode("utf-8"))
 
 
+def write_model_card(path: str | os.PathLike[str], *, task: str, seq_len: int, **fields: Any) -> None:
+    """The model sidecar an app reads beside a .tflite (``OUT.json``, or ``model.json`` in a release folder):
+    ``task`` and ``seq_len`` first, then ``fields`` in the order given; written atomically."""
+    atomic_write_text(path, json.dumps({"task": str(task), "seq_len": int(seq_len), **fields}, indent=2) + "\n")
+
+
 def atomic_copy(src: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
     with atomic_path(final) as tmp:
         shutil.copyfile(src, tmp)

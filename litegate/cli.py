@@ -238,12 +238,12 @@ def prune(path: Path, output: Path, recipe: str, then: str | None, calibration: 
       litegate prune examples/demo/model --recipe pruned-50 --then dynamic-int8 \\
           --labels examples/demo/eval.tsv -o demo-pruned-int8.tflite --seq-len 64
     """
-    from litegate.quantize.prune import prune_to_tflite
+    from litegate.api import prune_model
 
     if calibration is None and labels is None:
         raise click.BadParameter("pruning needs recovery text: give --calibration TEXT or --labels TSV",
                                  param_hint="--calibration/--labels")
-    info = prune_to_tflite(_model_source(path, source), output, recipe=recipe, seq_len=seq_len, then=then,
+    info = prune_model(_model_source(path, source), output, recipe=recipe, seq_len=seq_len, then=then,
                            calibration=calibration, labels=labels, samples=samples)
     p, t = info["pruning"], info["tflite"]
     click.echo(f"wrote {info['path']} ({info['recipe']} then {info['then']}, {info['bytes'] / 1e6:.2f} MB, "

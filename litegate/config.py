@@ -305,7 +305,7 @@ def load(path: str | Path) -> ReleaseConfig:
         for v in variants:
             if v.recipe.kind != "float":
                 raise ConfigError(f"{file}: variant {v.name!r}: a tflite source cannot be re-quantized "
-                                  f"(recipe kind {v.recipe.kind!r}); start from the TensorFlow model")
+                                  f"(recipe kind {v.recipe.kind.value!r}); start from the TensorFlow model")
 
     b = top.table("bench")
     backends = tuple(b.get("backends", list, ["xnnpack"]))

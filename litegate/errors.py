@@ -18,12 +18,6 @@ class LitegateError(Exception):
         self.message = message
 
 
-class GateFailed(LitegateError):
-    """The release gate rejected the candidate (budgets or baseline)."""
-
-    exit_code = 1
-
-
 class ConfigError(LitegateError):
     """The release config or a command-line value is invalid."""
 
@@ -85,21 +79,3 @@ class OutputError(LitegateError):
     """An output could not be written (disk full, read-only file system, permissions)."""
 
     exit_code = 12
-
-
-EXIT_CODES: dict[str, int] = {
-    "pass": 0,
-    "GateFailed": GateFailed.exit_code,
-    "ConfigError / usage": ConfigError.exit_code,
-    "ModelLoadError": ModelLoadError.exit_code,
-    "DataError": DataError.exit_code,
-    "ConversionError": ConversionError.exit_code,
-    "QuantizationError": QuantizationError.exit_code,
-    "DelegateError": DelegateError.exit_code,
-    "BenchmarkError": BenchmarkError.exit_code,
-    "IsolationError": IsolationError.exit_code,
-    "internal error": LitegateError.exit_code,
-    "OutputBusyError": 11,
-    "OutputError": OutputError.exit_code,
-    "interrupted": 130,
-}

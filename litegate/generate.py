@@ -17,30 +17,9 @@ from typing import Any
 import numpy as np
 
 from litegate.errors import ModelLoadError
+from litegate.tasks import load_tokenizer
 
 Call = Callable[[str, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
-
-
-def load_tokenizer(path: Path) -> Any:
-    """A ``tokenizers`` Tokenizer from tokenizer.json, or GPT-2's vocab.json + merges.txt folder."""
-    from tokenizers import Tokenizer
-
-    if path.is_dir():
-        if (path / "tokenizer.json").is_file():
-            path = path / "tokenizer.json"
-        elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-            from tokenizers.implementations import ByteLevelBPETokenizer
-
-            return ByteLevelBPETokenizer(str(path / "vocab.json"), str(path / "merges.txt"))._tokenizer
-        else:
-            raise ModelLoadError(f"{path}: no tokenizer.json, or vocab.json + merges.txt")
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises plain Exceptions
-        raise ModelLoadError(f"{path}: cannot load tokenizer: {exc}") from None
-    tok.no_padding()
-    tok.no_truncation()
-    return tok
 
 
 def decode_ids(tok: Any, ids: list[int]) -> str:

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import fcntl
-import json
 import os
 import tempfile
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from litegate import __version__, gate, machine, report
+from litegate.api import BUILD_JOB
 from litegate.artifacts import (
     StepCache,
     atomic_copy,
@@ -29,9 +29,11 @@ from litegate.artifacts import (
     save_npz,
     sha256_tree,
     tool_versions,
+    write_model_card,
 )
 from litegate.benchmarks.matrix import run_cell
 from litegate.config import ReleaseConfig
+from litegate.converter.preflight import check_source, source_tokenizer
 from litegate.errors import DataError, IsolationError, LitegateError, ModelLoadError
 from litegate.isolation import run_isolated
 from litegate.tasks import (
@@ -43,6 +45,7 @@ from litegate.tasks import (
 from litegate.types import (
     AccuracyResult,
     BenchResult,
+    RecipeKind,
     Report,
     SourceKind,
     Status,
@@ -87,8 +90,6 @@ class _Source:
 
 
 def resolve_source(cfg: ReleaseConfig) -> _Source:
-    from litegate.api import check_source, source_tokenizer
-
     src = cfg.model.source
     info = check_source(src, cfg.model.seq_len)
     tokenizer = source_tokenizer(src)
@@ -200,8 +201,7 @@ def _eval_data(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | None,
     task = cfg.model.source.task
     data = _EvalData(task=task)
     if task is Task.TEXT_GENERATION:
-        from litegate.benchmarks.accuracy import lm_windows
-        from litegate.generate import load_tokenizer
+        from litegate.tasks import lm_windows, load_tokenizer
 
         if cfg.data.eval is None:
             raise DataError("a text-generation run needs data.eval (a text file; its last 10% is the held-out part)")
@@ -250,7 +250,7 @@ def _calibration(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | Non
     Classifiers and encoders: the tokenized texts. Text generators: token windows ``tokens``
     [N, seq_len + steps]; the conversion child runs the float signatures over them (prefill, then
     decode/step) so every signature is calibrated on the inputs it gets in an app (see
-    ``converter.tflite.generator_samples``).
+    ``litegate.quantize.calibration.generator_samples``).
     """
     if not any(v.recipe.needs_calibration for v in cfg.variants):
         return None, None
@@ -263,7 +263,7 @@ def _calibration(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | Non
     if encoder is not None:
         save_npz(path, encoder.encode(texts))
         return path, key
-    from litegate.quantize.prune import generator_windows
+    from litegate.tasks import generator_windows
 
     # windows of seq_len + steps tokens: generator_windows cuts L + 1 tokens into inputs and next-token labels
     windows = generator_windows(source.tokenizer, texts, cfg.model.seq_len + GENERATOR_CALIBRATION_STEPS - 1,
@@ -277,7 +277,7 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
     cache = StepCache(cfg.cache_dir)
     prune_data = _prune_data(cfg, source, work) if any(v.prune for v in cfg.variants) else {}
     auto_eval: dict[str, Any] = {}
-    auto = [v for v in cfg.variants if v.recipe.kind == "auto"]
+    auto = [v for v in cfg.variants if v.recipe.kind is RecipeKind.AUTO]
     if auto:
         if data.inputs_npz is None or data.task is Task.TEXT_GENERATION:
             raise DataError(f"variant {auto[0].name!r} (recipe auto) needs data.eval to score its candidates")
@@ -297,8 +297,8 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
             continue
         step_cfg = {"recipe": v.recipe.to_dict(), "seq_len": cfg.model.seq_len, "source": cfg.model.source.kind.value,
                     "options": dict(cfg.model.source.options), "calibration": calib_hash if v.recipe.needs_calibration else None,
-                    "debug": cfg.debug and v.recipe.kind in ("full-integer", "auto")}
-        if v.recipe.kind == "auto":
+                    "debug": cfg.debug and v.recipe.kind in (RecipeKind.FULL_INTEGER, RecipeKind.AUTO)}
+        if v.recipe.kind is RecipeKind.AUTO:
             step_cfg["auto_eval"] = {"data": auto_eval.get("sha256"), "budget": auto_budget(v.name)}
         if v.prune is not None:
             step_cfg["prune"] = v.prune.to_dict()
@@ -318,7 +318,7 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
             "seq_len": cfg.model.seq_len,
             "variants": [{"name": v.name, "recipe": v.recipe.to_dict(), "out": str(work / f"{v.name}.tflite"),
                           "prune": v.prune.to_dict() if v.prune else None,
-                          "auto_budget": auto_budget(v.name) if v.recipe.kind == "auto" else None} for v, _, _ in todo],
+                          "auto_budget": auto_budget(v.name) if v.recipe.kind is RecipeKind.AUTO else None} for v, _, _ in todo],
             "prune_data": prune_data,
             "calibration_npz": str(calib_npz) if calib_npz else None,
             "debug": cfg.debug,
@@ -328,7 +328,7 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
         }
         t0 = time.monotonic()
         try:
-            out = run_isolated("litegate.converter.convert:convert_job", payload,
+            out = run_isolated(BUILD_JOB, payload,
                                timeout_s=cfg.convert_timeout_s, mem_mb=cfg.mem_mb)["variants"]
         except IsolationError as exc:
             out = {v.name: {"ok": False, "error": exc.message, "stderr": exc.stderr} for v, _, _ in todo}
@@ -339,7 +339,7 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
                 entries: list[dict[str, Any]] = payload["variants"]  # type: ignore[assignment]
                 for entry in entries:
                     try:
-                        out.update(run_isolated("litegate.converter.convert:convert_job",
+                        out.update(run_isolated(BUILD_JOB,
                                                 {**payload, "variants": [entry]}, timeout_s=cfg.convert_timeout_s,
                                                 mem_mb=cfg.mem_mb)["variants"])
                     except IsolationError as one:
@@ -388,10 +388,10 @@ def _publish(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | None,
     if encoder is not None:
         atomic_write_text(cfg.output_dir / "tokenizer.json", encoder.to_json())
     else:
-        from litegate.generate import load_tokenizer
+        from litegate.tasks import load_tokenizer
 
         atomic_write_text(cfg.output_dir / "tokenizer.json", str(load_tokenizer(source.tokenizer).to_str()))
-    atomic_write_text(cfg.output_dir / "model.json", json.dumps(meta, indent=2) + "\n")
+    write_model_card(cfg.output_dir / "model.json", **meta)
     for v in built:
         if v.status is Status.OK and v.artifact is not None:
             dest = cfg.output_dir / f"{v.name}.tflite"
@@ -567,8 +567,8 @@ def _accuracy(cfg: ReleaseConfig, variants: list[VariantResult], data: _EvalData
 def _gpu_accuracy(cfg: ReleaseConfig, v: VariantResult, data: _EvalData, ref: dict[str, np.ndarray] | None,
                   ref_value: float | None, say: Progress) -> tuple[AccuracyResult, ...]:
     """The task metric on LiteRT's GPU delegate (fp16 arithmetic), its own row, when ``gpu`` is benchmarked here."""
-    from litegate.benchmarks.accuracy import summarize_task
     from litegate.backends.registry import why_not_runnable
+    from litegate.benchmarks.accuracy import summarize_task
 
     task = cfg.model.source.task
     if "gpu" not in cfg.bench.backends or task is Task.TEXT_GENERATION or v.artifact is None or data.inputs_npz is None:

@@ -6,8 +6,8 @@ Nothing here imports TensorFlow: evaluation and cache-hit runs must not pay for 
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -199,5 +199,59 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.maximum(den, 1e-300), 0.0)
 
 
-def finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
+# --- text generators: tokenizers and token windows -------------------------------------------------
+
+HELD_OUT_FRACTION = 0.1  # the training scripts hold out the last 10% of a text corpus
+
+
+def load_tokenizer(path: Path) -> Any:
+    """A ``tokenizers`` Tokenizer from tokenizer.json, or GPT-2's vocab.json + merges.txt folder."""
+    from tokenizers import Tokenizer
+
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file():
+            path = path / "tokenizer.json"
+        elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            from tokenizers.implementations import ByteLevelBPETokenizer
+
+            return ByteLevelBPETokenizer(str(path / "vocab.json"), str(path / "merges.txt"))._tokenizer
+        else:
+            raise ModelLoadError(f"{path}: no tokenizer.json, or vocab.json + merges.txt")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exceptions
+        raise ModelLoadError(f"{path}: cannot load tokenizer: {exc}") from None
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def generator_windows(tokenizer_path: Path, texts: list[str], seq_len: int, limit: int) -> dict[str, np.ndarray]:
+    """Token windows for a text generator: ``tokens`` [N, seq_len] and next-token ``labels``.
+
+    The texts are joined with newlines, tokenized once, and cut into non-overlapping windows of
+    ``seq_len + 1`` tokens (inputs are the first ``seq_len``, labels the last ``seq_len``).
+
+    Raises:
+        DataError: the text is shorter than one window.
+    """
+    tok = load_tokenizer(tokenizer_path)
+    ids = np.asarray(tok.encode("\n".join(texts)).ids, dtype=np.int32)
+    n = min(len(ids) // (seq_len + 1), limit)
+    if n < 1:
+        raise DataError(f"recovery text has {len(ids)} tokens, fewer than one window of {seq_len + 1}")
+    windows = ids[: n * (seq_len + 1)].reshape(n, seq_len + 1)
+    return {"tokens": windows[:, :-1].copy(), "labels": windows[:, 1:].copy()}
+
+
+def lm_windows(text_ids: list[int], window: int, count: int) -> np.ndarray:
+    """``count`` evenly spaced windows of ``window`` token ids from the held-out tail of a corpus."""
+    start = int(len(text_ids) * (1 - HELD_OUT_FRACTION))
+    tail = np.asarray(text_ids[start:], np.int32)
+    if len(tail) < window + 1:
+        tail = np.asarray(text_ids, np.int32)
+    span = len(tail) - window
+    if span < 0:
+        raise ValueError(f"text has {len(tail)} tokens, fewer than one window of {window}")
+    offsets = np.linspace(0, span, num=max(1, count)).astype(int)
+    return np.stack([tail[o : o + window] for o in offsets])

@@ -107,24 +107,44 @@ class Artifact(_Record):
         _check(self.size_bytes >= 0, "artifact size must be >= 0")
 
 
+class RecipeKind(enum.StrEnum):
+    """What a recipe does: a conversion (float, float16, dynamic-range, full-integer, int16x8, auto) or pruning."""
+
+    FLOAT = "float"
+    DYNAMIC_RANGE = "dynamic-range"
+    FLOAT16 = "float16"
+    FULL_INTEGER = "full-integer"
+    INT16X8 = "int16x8"
+    AUTO = "auto"
+    PRUNE = "prune"
+
+
+CALIBRATED_KINDS = frozenset({RecipeKind.FULL_INTEGER, RecipeKind.INT16X8, RecipeKind.AUTO})
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe(_Record):
-    """A quantization recipe: a name, a kind, converter parameters, and what it documents."""
+    """A quantization or pruning recipe: a name, a kind, parameters, and what it documents."""
 
     name: str
-    kind: str
+    kind: RecipeKind
     params: Mapping[str, Any]
     description: str = ""
 
-    KINDS = ("float", "dynamic-range", "float16", "full-integer", "int16x8", "auto", "prune")
+    KINDS = tuple(k.value for k in RecipeKind)
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "recipe name must not be empty")
         _check(self.kind in self.KINDS, f"recipe {self.name!r}: kind must be one of {self.KINDS}, got {self.kind!r}")
+        object.__setattr__(self, "kind", RecipeKind(self.kind))
 
     @property
     def needs_calibration(self) -> bool:
-        return self.kind in ("full-integer", "int16x8", "auto")
+        return self.kind in CALIBRATED_KINDS
+
+    @property
+    def prunes(self) -> bool:
+        return self.kind is RecipeKind.PRUNE
 
 
 @dataclasses.dataclass(frozen=True)

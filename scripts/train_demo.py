@@ -23,12 +23,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
-from litegate.converter.bert import build_bert, export_weights  # noqa: E402
-from litegate.converter.hf import BertConfig  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 from tokenizers.implementations import BertWordPieceTokenizer  # noqa: E402
 from tokenizers.processors import BertProcessing  # noqa: E402
 
+from litegate.converter.bert import build_bert, export_weights  # noqa: E402
+from litegate.converter.hf import BertConfig  # noqa: E402
 from litegate.tasks import TextEncoder, classification_metrics, read_labelled_tsv  # noqa: E402
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -23,10 +23,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
-from litegate.converter.bert import build_bert, load_weights  # noqa: E402
-from litegate.converter.hf import read_checkpoint  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
+from litegate.converter.bert import build_bert, load_weights  # noqa: E402
+from litegate.converter.hf import read_checkpoint  # noqa: E402
 from litegate.tasks import TextEncoder, classification_metrics, read_labelled_tsv  # noqa: E402
 
 

@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
+
 from litegate.converter.textgen import build_char_rnn, char_tokenizer  # noqa: E402
 
 
@@ -57,8 +58,9 @@ def main() -> int:
     vocab = tok.get_vocab_size()
 
     if args.arch == "gpt2":
-        from litegate.converter.gpt2 import GPT2, GPT2Config, export_weights
         from safetensors.numpy import save_file
+
+        from litegate.converter.gpt2 import GPT2, GPT2Config, export_weights
 
         # Every position embedding must be trained: windows as long as the context (n_positions).
         cfg = GPT2Config(vocab_size=vocab, n_positions=args.seq, n_embd=128, n_layer=4, n_head=4)

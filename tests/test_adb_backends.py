@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from litegate.benchmarks.matrix import run_cell
+
 from litegate.backends import adb
 from litegate.backends.benchmark_model import DelegateApplication, parse, strip_prefix
 from litegate.backends.registry import backend_syntax_error, why_not_runnable
 from litegate.backends.runtime import Runner
 from litegate.backends.spec import backend_relative_to, parse_external
-
+from litegate.benchmarks.matrix import run_cell
 from litegate.errors import BenchmarkError, DelegateError
 from litegate.types import Status
 

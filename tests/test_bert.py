@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DEMO, make_checkpoint
-from litegate.converter.hf import read_checkpoint
 from numpy_bert import forward
 from safetensors.numpy import load_file, save_file
 
+from litegate.converter.hf import read_checkpoint
 from litegate.errors import ModelLoadError
 from litegate.tasks import TextEncoder
 
@@ -41,9 +41,8 @@ def test_tf_bert_matches_numpy_reference(tmp_path, head, prefix):
 
 
 def test_converted_fp32_tflite_matches_numpy_reference(tmp_path, tiny_checkpoint):
-    from litegate.backends.runtime import Runner
-
     from litegate.api import convert_model
+    from litegate.backends.runtime import Runner
     from litegate.types import ModelSource
 
     out = tmp_path / "m.tflite"
@@ -77,10 +76,10 @@ def test_converted_graph_keeps_its_xnnpack_friendly_form(tmp_path, tiny_checkpoi
     GATHER/CAST. Outputs stay within 1e-4 of the numpy oracle.
     """
     from ai_edge_litert.interpreter import Interpreter
-    from litegate.tflite.verify import load_model
-    from litegate.backends.runtime import Runner
 
     from litegate.api import convert_model
+    from litegate.backends.runtime import Runner
+    from litegate.tflite.verify import load_model
     from litegate.types import ModelSource
 
     out = tmp_path / "m.tflite"
@@ -116,11 +115,11 @@ def test_residual_smoothing_keeps_the_function_and_shrinks_the_int8_ranges(tmp_p
     import shutil
 
     from ai_edge_litert.interpreter import Interpreter
-    from litegate.converter.bert import ffn_residual_maxima, residual_smoothing, smoothing_scales
-    from litegate.converter.sources import load
-    from litegate.backends.runtime import Runner
 
     from litegate.api import convert_model
+    from litegate.backends.runtime import Runner
+    from litegate.converter.bert import ffn_residual_maxima, residual_smoothing, smoothing_scales
+    from litegate.converter.sources import load
     from litegate.types import ModelSource
 
     ck = tmp_path / "outlier"
@@ -177,9 +176,8 @@ def test_mask_penalty_is_traced_only_inside_its_block():
 
 
 def test_int8_spelling_parameters_must_be_positive():
-    from litegate.quantize import recipes
-
     from litegate.errors import ConfigError
+    from litegate.quantize import recipes
 
     for key in ("smooth_residual", "mask_penalty"):
         with pytest.raises(ConfigError, match=key):

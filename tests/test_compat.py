@@ -20,6 +20,8 @@ import pytest
 from ai_edge_litert import schema_py_generated as schema
 from click.testing import CliRunner
 from conftest import make_checkpoint, run_cli
+
+from litegate.cli import cli, main
 from litegate.compat.check import (
     DELEGATES,
     check_model,
@@ -28,11 +30,9 @@ from litegate.compat.check import (
     render_table,
     validate_rules,
 )
+from litegate.errors import ConfigError, ModelLoadError
 from litegate.tflite.flatbuffer import BUILTIN_NAMES, TensorInfo, count_macs, read_model
 from litegate.tflite.verify import load_model
-
-from litegate.cli import cli, main
-from litegate.errors import ConfigError, ModelLoadError
 from litegate.types import CompatReport
 
 # --- tiny models through the generated schema object API ---------------------------------------
@@ -576,9 +576,9 @@ def test_bert_gpu_verdict_flags_2d_embedding_gather_and_shrink_slices(tmp_path):
 def test_xnnpack_refuses_int8_batch_matmul_with_nonzero_rhs_zero_point_as_the_runtime_does(tmp_path):
     """Static verdict against the runtime: the BATCH_MATMULs XNNPACK leaves to the builtin kernel (LiteRT's profiler)."""
     from conftest import DEMO
-    from litegate.benchmarks.profile import run_profile
 
     from litegate.api import convert_model
+    from litegate.benchmarks.profile import run_profile
     from litegate.types import ModelSource
 
     ckpt = make_checkpoint(tmp_path / "ckpt")

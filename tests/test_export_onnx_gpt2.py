@@ -1,8 +1,8 @@
-"""``scripts/export_onnx_gpt2.py``: litegate's GPT-2 prefill exported to ONNX Runtime and checked against TF.
+"""``tools/export_onnx_gpt2.py``: litegate's GPT-2 prefill exported to ONNX Runtime and checked against TF.
 
 On the committed character-level GPT-2 (``examples/textgen/char-gpt2``) with real text windows of
 ``examples/demo/calibration.txt``. ``slow``: the script computes its reference with litegate's own
-TensorFlow GPT-2 in a child process (as the TF-reference test of ``scripts/export_onnx.py`` is).
+TensorFlow GPT-2 in a child process (as the TF-reference test of ``tools/export_onnx.py`` is).
 """
 
 from __future__ import annotations
@@ -21,22 +21,22 @@ from conftest import DEMO, ROOT
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-SCRIPT = ROOT / "scripts" / "export_onnx_gpt2.py"
 MODEL = ROOT / "examples" / "textgen" / "char-gpt2"
 VARIANTS = ("onnxruntime fp32", "onnxruntime optimized fp32", "onnxruntime optimized int8",
-            "onnxruntime optimized int8 per-channel")
+            "onnxruntime optimized int8 per-channel")  # the JSON contract, spelled out
 SEQ_LEN = 64
 WINDOWS = 6
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "tools.export_onnx_gpt2", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def gpt2_export(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Six real text windows of 64 tokens, and one timed run of the script against litegate's TF GPT-2."""
-    from litegate.quantize.prune import generator_windows
+    from litegate.tasks import generator_windows
 
     root = tmp_path_factory.mktemp("onnx-gpt2")
     texts = (DEMO / "calibration.txt").read_text().splitlines()

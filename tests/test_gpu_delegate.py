@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DEMO, make_checkpoint
+
 from litegate.backends import gpu
 from litegate.backends.gpu import Fallback, VulkanDevice, parse_delegate_log, usable_device
 
@@ -74,7 +75,6 @@ def test_parse_int8_bert_log_surfaces_the_wgsl_validation_errors():
 
 def test_gpu_cell_with_shader_errors_fails_with_the_first_one(monkeypatch, tmp_path):
     from litegate.benchmarks.matrix import run_cell
-
     from litegate.types import Status
 
     text = (LOGS / "bert_int8_lavapipe.log").read_text()
@@ -254,9 +254,8 @@ def test_gpu_bert_runs_partially_delegated_and_reports_fallbacks(gpu_ready, bert
 
 @pytest.mark.slow
 def test_gpu_matrix_cell_records_coverage_and_marks_emulated_latency(gpu_ready, mlp_model, tmp_path):
-    from litegate.benchmarks.matrix import run_cell
-
     from litegate.artifacts import save_npz
+    from litegate.benchmarks.matrix import run_cell
     from litegate.types import Status
 
     npz = tmp_path / "inputs.npz"
@@ -274,7 +273,6 @@ def test_gpu_matrix_cell_records_coverage_and_marks_emulated_latency(gpu_ready, 
 
 def test_gpu_cell_without_vulkan_is_not_run_with_the_reason(monkeypatch, tmp_path):
     from litegate.benchmarks.matrix import run_cell
-
     from litegate.types import Status
 
     reason = "no Vulkan driver (vkCreateInstance: VK_ERROR_INCOMPATIBLE_DRIVER): run `make gpu-sim` as root"
@@ -288,7 +286,6 @@ def test_gpu_cell_without_vulkan_is_not_run_with_the_reason(monkeypatch, tmp_pat
 
 def test_runner_refuses_gpu_in_process_and_points_to_the_child_runner(monkeypatch, tmp_path):
     from litegate.backends.runtime import Runner
-
     from litegate.errors import DelegateError
 
     monkeypatch.setattr(gpu, "probe_vulkan", lambda timeout_s=60.0: ((VulkanDevice("gpu0", "discrete", "1.3"),), None))

@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import DEMO, ROOT
+
 from litegate.backends import gpu
+from litegate.backends.gpu import Fallback, parse_delegate_log
 from litegate.compat.check import delegate_views, evaluate, load_rules
+from litegate.errors import DelegateError
 from litegate.tflite.flatbuffer import read_model
 from litegate.tflite.verify import load_model
-from litegate.backends.gpu import Fallback, parse_delegate_log
-
-from litegate.errors import DelegateError
 
 pytestmark = pytest.mark.slow
 
@@ -378,8 +378,7 @@ def _eval_inputs(n: int = 32) -> dict[str, np.ndarray]:
 def _decode_inputs(path: Path) -> dict[str, np.ndarray]:
     """Decode-step inputs after real prompts: the KV caches come from ``prefill`` on the CPU."""
     from litegate.backends.runtime import Runner
-
-    from litegate.generate import load_tokenizer
+    from litegate.tasks import load_tokenizer
 
     tok = load_tokenizer(TEXTGEN / "char-gpt2" / "tokenizer.json")
     prefill = Runner(path, backend="cpu", signature="prefill")

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
 from conftest import DEMO, ROOT, run_cli, write_config
-from litegate.tflite.verify import verify_bytes
 
 from litegate.errors import ModelLoadError
 from litegate.isolation import CRASH_HOOK_ENV
+from litegate.tflite.verify import verify_bytes
 
 pytestmark = pytest.mark.slow
 

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 from conftest import ROOT, SHARED_DATA, run_cli
-from litegate.backends.runtime import Runner
 from numpy_bert import forward
 from safetensors.numpy import load_file
 
+from litegate.backends.runtime import Runner
 from litegate.tasks import TextEncoder, cosine, read_labelled_tsv
 
 MINILM = ROOT / "models" / "all-MiniLM-L6-v2"

@@ -1,4 +1,4 @@
-"""The performance tooling: ``scripts/export_onnx.py``, the op profiler and ``make perf``'s selection logic.
+"""The performance tooling: ``tools/export_onnx.py``, the op profiler and ``make perf``'s selection logic.
 
 Fast: the pure functions on synthetic numbers, the profiler on a small model built with LiteRT's
 schema object API (no TensorFlow), and the ONNX export of the tiny BERT checked against the numpy
@@ -14,7 +14,6 @@ import re
 import subprocess
 import sys
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any
 
 import flatbuffers
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
 from conftest import DEMO, ROOT, make_checkpoint
-from litegate.benchmarks import perf
+
 from litegate.benchmarks.profile import (
     DEFAULT_EVENT,
     DELEGATE_PROFILED_OPERATOR_INVOKE_EVENT,
@@ -32,18 +31,10 @@ from litegate.benchmarks.profile import (
     op_profile,
     run_profile,
 )
+from tools import export_onnx, onnx_graph, perf
 
-SCRIPT = ROOT / "scripts" / "export_onnx.py"
 HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 needs_ort = pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime / onnx not installed (pip install -e '.[peers]')")
-
-
-def _export_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("export_onnx_under_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # --- best-variant selection and the target comparison (pure) --------------------------------------
@@ -316,18 +307,17 @@ def test_peak_probe_xnnpack_gemm_is_measured_and_its_model_cached(tmp_path):
     assert 1.0 < probe_gflop() / (float(np.median(out[f"{perf.PROBE_CELL} x1"])) / 1e3) < 10 * xnn
 
 
-# --- scripts/export_onnx.py -------------------------------------------------------------------------
+# --- tools/export_onnx.py ---------------------------------------------------------------------------
 
 def test_export_mask_penalty_is_litegates():
-    tree = ast.parse((ROOT / "converter" / "bert.py").read_text())
+    tree = ast.parse((ROOT / "litegate" / "converter" / "bert.py").read_text())
     values = [n.value.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
               and any(isinstance(t, ast.Name) and t.id == "MASK_PENALTY" for t in n.targets)
               and isinstance(n.value, ast.Constant)]
-    assert values == [_export_module().MASK_PENALTY]
+    assert values == [export_onnx.MASK_PENALTY]
 
 
 def test_time_interleaved_gives_every_cell_its_runs_after_warmup():
-    exp = _export_module()
     calls: dict[str, int] = {"a": 0, "b": 0}
 
     def counter(name: str) -> Any:
@@ -335,19 +325,18 @@ def test_time_interleaved_gives_every_cell_its_runs_after_warmup():
             calls[name] += 1
         return run
 
-    samples = exp.time_interleaved({"a": (counter("a"), [1, 2]), "b": (counter("b"), [3])}, runs=25, block=10,
-                                   warmup=2)
+    samples = onnx_graph.time_interleaved({"a": (counter("a"), [1, 2]), "b": (counter("b"), [3])}, runs=25,
+                                          block=10, warmup=2)
     assert {k: len(v) for k, v in samples.items()} == {"a": 30, "b": 30}
     assert calls == {"a": 36, "b": 36}
     assert all(x >= 0 for v in samples.values() for x in v)
 
 
 def test_export_json_says_not_run_without_onnxruntime(monkeypatch, capsys, tmp_path):
-    exp = _export_module()
     # neither peer package importable (as in a venv without the `peers` extra): import -> ImportError
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     monkeypatch.setitem(sys.modules, "onnx", None)
-    assert exp.main(["--model", str(tmp_path), "--out", str(tmp_path), "--inputs", "x.npz", "--json"]) == 0
+    assert export_onnx.main(["--model", str(tmp_path), "--out", str(tmp_path), "--inputs", "x.npz", "--json"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert list(line) == ["onnxruntime"]
     assert re.fullmatch(r"not run: (onnx|onnxruntime) is not installed \(pip install -e '\.\[peers\]'\)",
@@ -375,7 +364,8 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _run_export(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "tools.export_onnx", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
 
 
 @needs_ort
@@ -388,8 +378,7 @@ def test_export_onnx_prints_one_json_line_with_every_variant_and_cosine(tiny_exp
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 1  # progress goes to stderr; stdout is the one JSON line
     result = json.loads(lines[-1])
-    exp = _export_module()
-    for variant in exp.VARIANTS:
+    for variant in onnx_graph.VARIANTS:
         for t in (1, 2):
             assert isinstance(result[f"{variant} x{t}"], float) and result[f"{variant} x{t}"] > 0
         assert -1.0 <= result[f"cosine min {variant}"] <= result[f"cosine {variant}"] <= 1.0 + 1e-9
@@ -399,7 +388,7 @@ def test_export_onnx_prints_one_json_line_with_every_variant_and_cosine(tiny_exp
     details = json.loads((out / "export.json").read_text())
     fused = details["optimizer"]["fused"][details["optimizer"]["model_type"]]
     assert fused.get("Attention") == 2 and fused.get("SkipLayerNormalization") == 4
-    assert all((out / f).is_file() for f in exp.FILES.values())
+    assert all((out / f).is_file() for f in onnx_graph.FILES.values())
     assert len(details["variants"]["onnxruntime fp32"]["samples_ms"]["1"]) >= 4
 
 

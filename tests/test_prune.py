@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DEMO, run_cli
-from litegate.quantize import recipes
 
 from litegate.errors import ConfigError, QuantizationError
+from litegate.quantize import recipes
 from litegate.tasks import TextEncoder, read_labelled_tsv, read_texts
 from litegate.types import ModelSource, Recipe
 
@@ -157,8 +157,8 @@ def test_bert_distillation_keeps_outputs_close_to_float(bert, pruned50, tiny_che
 
 
 def test_pruned_bert_converts_and_sparsity_report_agrees(pruned50, texts, tmp_path):
-    from litegate.converter.convert import convert
     from litegate.backends.runtime import Runner
+    from litegate.converter.convert import convert
     from litegate.quantize.prune import sparsity_report
 
     loaded, stats = pruned50
@@ -257,9 +257,9 @@ def test_gzip_of_pruned_dynamic_int8_is_much_smaller_than_fp32(pruned50, fp32_by
 
 
 def test_experimental_sparsity_encoding_is_measured_not_assumed(pruned50, tmp_path):
-    from litegate.tflite.flatbuffer import read_model
     from litegate.backends.runtime import Runner
     from litegate.quantize.prune import sparse_encoding_variants, sparsity_report
+    from litegate.tflite.flatbuffer import read_model
 
     loaded, _ = pruned50
     variants = sparse_encoding_variants(loaded)
@@ -301,10 +301,11 @@ def _char_lstm(folder: Path) -> Path:
 
 
 def test_char_lstm_prunes_kernels_and_keeps_its_signatures(tmp_path):
-    from litegate.converter.sources import load
-    from litegate.converter.convert import convert_signatures
     from litegate.backends.runtime import Runner
-    from litegate.quantize.prune import apply_pruning, generator_windows, sparsity_report
+    from litegate.converter.convert import convert_signatures
+    from litegate.converter.sources import load
+    from litegate.quantize.prune import apply_pruning, sparsity_report
+    from litegate.tasks import generator_windows
 
     path = _char_lstm(tmp_path / "lstm")
     loaded = load(ModelSource(kind="keras", path=str(path), task="text-generation"), SEQ)
@@ -327,9 +328,11 @@ def test_char_lstm_prunes_kernels_and_keeps_its_signatures(tmp_path):
 
 
 def test_gpt2_dense_sublayers_prune_in_place_of_a_copy(tmp_path):
-    from litegate.converter.sources import load
-    from litegate.quantize.prune import apply_pruning, generator_windows
     from test_textgen import make_gpt2
+
+    from litegate.converter.sources import load
+    from litegate.quantize.prune import apply_pruning
+    from litegate.tasks import generator_windows
 
     ck = make_gpt2(tmp_path / "g")
     loaded = load(ModelSource(kind="hf-gpt2", path=str(ck), task="text-generation", options={"max_len": 32}), SEQ)

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 from conftest import DEMO, run_cli, write_config
-from litegate.quantize import recipes
 
 from litegate.errors import ConfigError, QuantizationError
+from litegate.quantize import recipes
 
 
 def test_builtin_recipes_load_and_document_their_settings():
@@ -115,9 +115,8 @@ def test_auto_int16x8_and_debug_in_one_run(tmp_path):
 def test_auto_search_adds_float_islands_until_target(tmp_path, tiny_checkpoint):
     """Op groups, their impact ranking and the search, on a calibrated tiny model with scripted scorers."""
     from litegate.converter.sources import load
-    from litegate.converter.convert import model_samples
     from litegate.quantize import ptq
-
+    from litegate.quantize.calibration import model_samples
     from litegate.tasks import TextEncoder, read_texts
     from litegate.types import ModelSource
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DEMO, make_checkpoint, run_cli
-from litegate.backends.runtime import Runner
 
+from litegate.backends.runtime import Runner
 from litegate.tasks import TextEncoder
 
 pytestmark = pytest.mark.slow
@@ -27,6 +27,7 @@ def _feed(tok: Path, n: int = 5) -> dict[str, np.ndarray]:
 def hub_saved_model(tmp_path_factory) -> tuple[Path, Path]:
     """A TF-Hub-style BERT encoder SavedModel: input_word_ids/input_mask/input_type_ids -> pooled/sequence output."""
     import tensorflow as tf
+
     from litegate.converter.bert import build_bert, load_weights
     from litegate.converter.hf import read_checkpoint
 

@@ -13,7 +13,8 @@ from numpy_gpt2 import forward as gpt2_forward
 from safetensors.numpy import load_file, save_file
 
 from litegate.errors import ModelLoadError
-from litegate.generate import Generator, generate_text, load_tokenizer
+from litegate.generate import Generator, generate_text
+from litegate.tasks import load_tokenizer
 
 pytestmark = pytest.mark.slow
 TEXTGEN = ROOT / "examples" / "textgen"
@@ -74,7 +75,6 @@ def test_tf_gpt2_matches_numpy_reference(tmp_path):
 
 def test_kv_cache_decode_reproduces_full_forward(tmp_path):
     from litegate.converter.sources import load
-
     from litegate.types import ModelSource
 
     ck = make_gpt2(tmp_path / "g")
@@ -91,7 +91,6 @@ def test_kv_cache_decode_reproduces_full_forward(tmp_path):
 
 def test_converted_gpt2_generates_same_tokens_as_tf(tmp_path):
     from litegate.converter.sources import load
-
     from litegate.generate import tflite_generator
     from litegate.types import ModelSource
 
@@ -122,7 +121,6 @@ def test_generate_refuses_a_classifier_and_a_too_long_prompt(tmp_path, tiny_chec
 @pytest.mark.parametrize("name,kind", [("char-gpt2", "hf-gpt2"), ("char-lstm", "keras"), ("char-gru", "keras")])
 def test_shipped_generator_tflite_agrees_with_tf_for_100_greedy_tokens(tmp_path, name, kind):
     from litegate.converter.sources import load
-
     from litegate.generate import tflite_generator
     from litegate.types import ModelSource
 
@@ -158,8 +156,7 @@ def test_lstm_prefill_uses_fused_sequence_op_and_step_has_explicit_state(tmp_pat
 def test_generator_samples_calibrate_prefill_then_decode_from_its_cache(tmp_path):
     """The calibration rollout feeds decode the KV cache the float prefill produced, at pos P, P+1, ..."""
     from litegate.converter.sources import load
-    from litegate.converter.convert import generator_samples
-
+    from litegate.quantize.calibration import generator_samples
     from litegate.types import ModelSource
 
     ck = make_gpt2(tmp_path / "g", seed=1)

@@ -1,8 +1,8 @@
 """ONNX Runtime as a peer: litegate's GPT-2 prefill exported to ONNX, optimized, quantized and measured.
 
-The GPT-2 counterpart of ``scripts/export_onnx.py`` (same variants, timing, CLI and JSON contract;
-its helpers are reused). ONNX Runtime is something to measure litegate against, never a runtime
-litegate ships. This script builds the prefill forward of litegate's GPT-2 (``converter/gpt2.py``:
+The GPT-2 counterpart of ``tools/export_onnx.py`` (same variants, timing, CLI and JSON contract:
+both use :mod:`tools.onnx_graph`). ONNX Runtime is something to measure litegate against, never a runtime
+litegate ships. This script builds the prefill forward of litegate's GPT-2 (``litegate/converter/gpt2.py``:
 ``tokens`` int32 ``[1, P]`` -> ``logits`` float32 ``[1, P, V]``, causal attention, tied LM head, no
 KV-cache outputs) as an ONNX graph from the same safetensors tensors, then measures four ONNX
 Runtime variants:
@@ -43,58 +43,36 @@ at 1e-4). The MLP is ``MatMul + Add`` and ``gelu_new`` is spelled as PyTorch's `
 of each position's logits row to TensorFlow fp32, ``"top1 <variant>"`` -> the fraction of positions
 whose argmax equals TensorFlow fp32's, and ``"max abs onnxruntime fp32 vs tf"``. Details (fusions,
 sizes, per-run samples) go to ``OUT/export.json``; the TensorFlow logits to ``OUT/reference_tf.npz``
-(usable as ``--reference`` later).
+(usable as ``--reference`` later). Run from the repository root: ``python -m tools.export_onnx_gpt2``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import os
-import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = Path(__file__).resolve().parent
+from litegate.converter.hf import read_gpt2
+from litegate.converter.sources import load
+from litegate.errors import DataError, ModelLoadError
+from litegate.tasks import cosine
+from litegate.types import ModelSource, SourceKind, Task
+from tools import onnx_graph
+from tools.isolated import run_tool_job
 
-
-def _load_export_onnx() -> ModuleType:
-    """``scripts/export_onnx.py`` as a module (its graph builder, optimizer, session and timing helpers)."""
-    name = "litegate_export_onnx"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / "export_onnx.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-base = _load_export_onnx()
-
-# litegate's additive attention bias: (causal - 1) * MASK_PENALTY (converter/bert.py, used by
-# converter/gpt2.py; importing it would import TensorFlow into the timing process).
-MASK_PENALTY: float = base.MASK_PENALTY
-OPSET: int = base.OPSET
-VARIANTS: tuple[str, ...] = base.VARIANTS
-FILES: dict[str, str] = base.FILES
 INPUT_NAME = "tokens"
 OUTPUT_NAME = "logits"
-FUSED_OPS = ("EmbedLayerNormalization", "Attention", "MultiHeadAttention", "SkipLayerNormalization",
-             "LayerNormalization", "Gelu", "FastGelu", "BiasGelu")
 REFERENCE_FILE = "reference_tf.npz"
 _INT64_MAX = np.iinfo(np.int64).max
 
 
-def build_onnx(model_dir: str | Path, seq_len: int, *, mask_penalty: float = MASK_PENALTY) -> Any:
+def build_onnx(model_dir: str | Path, seq_len: int, *, mask_penalty: float = onnx_graph.MASK_PENALTY) -> Any:
     """litegate's GPT-2 prefill forward as an ONNX ``ModelProto`` (static batch 1, ``seq_len`` tokens).
 
     Input ``tokens`` (int32 ``[1, seq_len]``); output ``logits`` (float32 ``[1, seq_len, vocab]``).
@@ -104,16 +82,13 @@ def build_onnx(model_dir: str | Path, seq_len: int, *, mask_penalty: float = MAS
         litegate.errors.ModelLoadError: unreadable checkpoint, a missing or misshapen tensor, or
             ``seq_len`` above ``n_positions``.
     """
-    from litegate.converter.hf import read_gpt2
-    from onnx import TensorProto, checker, helper
-
-    from litegate.errors import ModelLoadError
+    from onnx import TensorProto, helper  # optional peer: only when the script runs
 
     cfg, tensors, prefix = read_gpt2(model_dir)
     if seq_len > cfg.n_positions:
         raise ModelLoadError(f"seq_len {seq_len} is larger than n_positions {cfg.n_positions}")
     E, heads, d, V = cfg.n_embd, cfg.n_head, cfg.head_size, cfg.vocab_size
-    g = base._Graph()
+    g = onnx_graph.Graph()
 
     def tensor(name: str, shape: tuple[int, ...]) -> np.ndarray:
         key = prefix + name
@@ -192,22 +167,18 @@ def build_onnx(model_dir: str | Path, seq_len: int, *, mask_penalty: float = MAS
 
     inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.INT32, [1, seq_len])]
     outputs = [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [1, seq_len, V])]
-    graph = helper.make_graph(g.nodes, "litegate_gpt2_prefill", inputs, outputs, initializer=g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="litegate scripts/export_onnx_gpt2.py")
-    model.ir_version = min(model.ir_version, 10)
-    checker.check_model(model)
-    return model
+    return g.model("litegate_gpt2_prefill", inputs, outputs, "litegate tools/export_onnx_gpt2.py")
 
 
-def _gelu(g: Any, x: str, act: str, tag: str) -> str:
+def _gelu(g: onnx_graph.Graph, x: str, act: str, tag: str) -> str:
     """``gelu_new`` as PyTorch's ``NewGELUActivation`` exports (and TF's ``gelu(approximate=True)`` computes) it.
 
     ``(0.5 * x) * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))``: the layout FastGelu fusion matches;
-    export_onnx.py's ``(x * (1 + tanh(...))) * 0.5`` is not fused. ``gelu`` / ``relu``: export_onnx.py's.
+    :func:`tools.onnx_graph.gelu`'s ``(x * (1 + tanh(...))) * 0.5`` (export_onnx.py's) is not fused.
+    ``gelu`` / ``relu``: :func:`tools.onnx_graph.gelu`.
     """
     if act != "gelu_new":
-        return str(base._gelu(g, x, act, tag))
+        return onnx_graph.gelu(g, x, act, tag)
     cube = g.op("Mul", [g.op("Pow", [x, g.const(f"{tag}_three", np.float32(3.0))]),
                         g.const(f"{tag}_c", np.float32(0.044715))])
     inner = g.op("Mul", [g.op("Add", [x, cube]), g.const(f"{tag}_k", np.float32(np.sqrt(2 / np.pi)))])
@@ -216,7 +187,7 @@ def _gelu(g: Any, x: str, act: str, tag: str) -> str:
 
 
 def optimize(src: Path, dst: Path, *, num_heads: int, hidden_size: int,
-             mask_penalty: float = MASK_PENALTY) -> dict[str, Any]:
+             mask_penalty: float = onnx_graph.MASK_PENALTY) -> dict[str, Any]:
     """ONNX Runtime's transformer optimizer with ``model_type="gpt2"``; the result is written to ``dst``.
 
     Every fused causal ``Attention`` node gets ``mask_filter_value = -mask_penalty`` (litegate's
@@ -225,8 +196,8 @@ def optimize(src: Path, dst: Path, *, num_heads: int, hidden_size: int,
 
     Returns ``{"model_type": "gpt2", "fused": {"gpt2": {op: count}}, "attention_mask_filter_value": ...}``.
     """
-    from onnx import helper
-    from onnxruntime.transformers.optimizer import optimize_model
+    from onnx import helper  # optional peer: only when the script runs
+    from onnxruntime.transformers.optimizer import optimize_model  # optional peer: likewise
 
     opt = optimize_model(str(src), model_type="gpt2", num_heads=num_heads, hidden_size=hidden_size, opt_level=0,
                          use_gpu=False)
@@ -253,10 +224,7 @@ def tf_logits_job(payload: dict[str, Any]) -> dict[str, Any]:
     returns ``{"out_npz": ..., "shape": [...]}``.
     """
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import tensorflow as tf
-    from litegate.converter.sources import load
-
-    from litegate.types import ModelSource, SourceKind, Task
+    import tensorflow as tf  # heavy: only in this isolated child
 
     seq_len = int(payload["seq_len"])
     source = ModelSource(kind=SourceKind.HF_GPT2, path=str(payload["model_dir"]), task=Task.TEXT_GENERATION)
@@ -273,12 +241,9 @@ def tf_logits_job(payload: dict[str, Any]) -> dict[str, Any]:
 
 def tf_reference(model_dir: Path, seq_len: int, inputs: Path, out_npz: Path) -> np.ndarray:
     """The float TensorFlow model's logits ``[N, seq_len, V]`` for the windows of ``inputs`` (isolated child)."""
-    from litegate.isolation import run_isolated
-
-    path = os.pathsep.join([str(SCRIPTS), *filter(None, [os.environ.get("PYTHONPATH")])])
-    run_isolated(f"{Path(__file__).stem}:tf_logits_job",
+    run_tool_job("tools.export_onnx_gpt2:tf_logits_job",
                  {"model_dir": str(model_dir), "seq_len": seq_len, "inputs_npz": str(inputs), "out_npz": str(out_npz)},
-                 timeout_s=900, env={"PYTHONPATH": path})
+                 timeout_s=900)
     with np.load(out_npz) as data:
         return np.asarray(data["logits"], np.float32)
 
@@ -297,8 +262,6 @@ def feeds_for(sess: Any, tokens: np.ndarray) -> list[dict[str, np.ndarray]]:
 
 def compare(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Per-position agreement of ``[N, P, V]`` logits with the reference's: cosine mean / min, top-1, max abs."""
-    from litegate.tasks import cosine
-
     a, b = logits.reshape(-1, logits.shape[-1]), reference.reshape(-1, reference.shape[-1])
     cos = cosine(a, b)
     return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
@@ -307,11 +270,8 @@ def compare(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Export, optimize, quantize, check and time; returns the flat result dict (and writes export.json)."""
-    import onnx
-    import onnxruntime as ort
-    from litegate.converter.hf import read_gpt2
-
-    from litegate.errors import DataError
+    import onnx  # optional peer: only when the script runs
+    import onnxruntime as ort  # optional peer: likewise
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -330,8 +290,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise DataError(f"{args.inputs}: token ids outside the model's vocabulary of {cfg.vocab_size}")
     used = out / "tokens.npz"
     np.savez(used, tokens=tokens)
-    paths = {v: out / f for v, f in FILES.items()}
-    log = base._log(args)
+    paths = {v: out / f for v, f in onnx_graph.FILES.items()}
+    log = onnx_graph.logger(args)
 
     t0 = time.monotonic()
     onnx.save(build_onnx(args.model, seq_len), str(paths["onnxruntime fp32"]))
@@ -339,9 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     opt = optimize(paths["onnxruntime fp32"], paths["onnxruntime optimized fp32"], num_heads=cfg.n_head,
                    hidden_size=cfg.n_embd)
     log(f"optimizer: model_type 'gpt2', fused {opt['fused']['gpt2']}")
-    base.quantize(paths["onnxruntime optimized fp32"], paths["onnxruntime optimized int8"], per_channel=False)
-    base.quantize(paths["onnxruntime optimized fp32"], paths["onnxruntime optimized int8 per-channel"],
-                  per_channel=True)
+    onnx_graph.quantize_variants(paths)
 
     if args.reference:
         with np.load(args.reference) as ref_data:
@@ -355,71 +313,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"reference: TensorFlow prefill logits {reference.shape} ({time.monotonic() - t0:.1f} s)")
 
     result: dict[str, Any] = {}
-    details: dict[str, Any] = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "opset": OPSET,
+    details: dict[str, Any] = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "opset": onnx_graph.OPSET,
                                "seq_len": seq_len, "windows": len(tokens), "positions": int(tokens.size),
-                               "optimizer": opt, "mask_penalty": MASK_PENALTY,
+                               "optimizer": opt, "mask_penalty": onnx_graph.MASK_PENALTY,
                                "activation_function": cfg.activation_function, "variants": {}}
-    cells: dict[str, tuple[Callable[[Any], Any], Sequence[Any]]] = {}
+    cells: onnx_graph.Cells = {}
     for variant, path in paths.items():
-        probe = base.session(path, 1)
+        probe = onnx_graph.session(path, 1)
         stats = compare(logits_of(probe, feeds_for(probe, tokens)), reference)
         result[f"cosine {variant}"] = round(stats["cosine_mean"], 6)
         result[f"cosine min {variant}"] = round(stats["cosine_min"], 6)
         result[f"top1 {variant}"] = round(stats["top1"], 6)
-        ops: dict[str, int] = {}
-        for node in onnx.load(str(path), load_external_data=False).graph.node:
-            ops[node.op_type] = ops.get(node.op_type, 0) + 1
         details["variants"][variant] = {"file": path.name, "mb": round(path.stat().st_size / 1e6, 2), **stats,
-                                        "ops": ops}
+                                        "ops": onnx_graph.op_counts(path)}
         if variant == "onnxruntime fp32":
-            max_abs = stats["max_abs"]
-            result["max abs onnxruntime fp32 vs tf"] = max_abs
-            details["max_abs_fp32_vs_tf"] = max_abs
-            if not max_abs <= args.tolerance:
-                raise RuntimeError(f"the exported ONNX model does not match the TensorFlow model: max abs "
-                                   f"{max_abs:.3g} on the logits > {args.tolerance:g}")
-            log(f"fp32 check: max abs difference to TensorFlow {max_abs:.2e} (tolerance {args.tolerance:g})")
+            onnx_graph.check_fp32(stats["max_abs"], args.tolerance, result, details, log, what=" on the logits")
         del probe
-        for t in args.threads:
-            sess = base.session(path, t)
-            cells[f"{variant} x{t}"] = (base.ort_runner(sess), feeds_for(sess, tokens))
-
-    if args.runs > 0:
-        log(f"timing {len(cells)} sessions, interleaved, >= {args.runs} runs each")
-        samples = base.time_interleaved(cells, runs=args.runs, block=args.block, warmup=args.warmup)
-        for name, s in samples.items():
-            result[name] = round(statistics.median(s), 3)
-            details["variants"][name.rsplit(" x", 1)[0]].setdefault("samples_ms", {})[name.rsplit(" x", 1)[1]] = [
-                round(x, 4) for x in s]
-    ordered = {k: result[k] for k in [f"{v} x{t}" for v in VARIANTS for t in args.threads] if k in result}
-    ordered.update({k: v for k, v in result.items() if k not in ordered})
-    details["result"] = ordered
-    (out / "export.json").write_text(json.dumps(details, indent=1) + "\n")
-    return ordered
-
-
-def table(result: Mapping[str, Any], threads: Sequence[int]) -> str:
-    """The result as a readable table: one row per variant, ms per thread count, cosines, top-1."""
-    return base.table(result, threads, top1=True)
-
-
-ARG_HELP = {
-    "model": "Hugging Face GPT-2 checkpoint folder (config.json, model.safetensors)",
-    "out": "folder for the .onnx files, export.json and reference_tf.npz",
-    "inputs": "npz with 'tokens' int32 [N, P] (text windows)",
-    "reference": "npz with the TensorFlow fp32 'logits' [N, P, V] (else computed)",
-    "seq_len": "default: the inputs' window length P",
-    "limit": "use only the first N windows",
-    "tolerance": "max abs logits difference allowed, ONNX fp32 vs TF",
-}
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    return base.parse_args(argv, doc=__doc__, helps=ARG_HELP)
+        onnx_graph.add_session_cells(cells, variant, path, args.threads, lambda sess: feeds_for(sess, tokens))
+    return onnx_graph.finish(args, cells, result, details, log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return int(base.cli(parse_args(argv), run, table))
+    """The command line; the table adds each variant's top-1 agreement with TensorFlow."""
+    args = onnx_graph.parse_args(
+        argv, doc=__doc__, model="Hugging Face GPT-2 checkpoint folder (config.json, model.safetensors)",
+        out="folder for the .onnx files, export.json and reference_tf.npz",
+        inputs="npz with 'tokens' int32 [N, P] (text windows)",
+        reference="npz with the TensorFlow fp32 'logits' [N, P, V] (else computed)")
+    return onnx_graph.cli(args, run, top1=True)
 
 
 if __name__ == "__main__":

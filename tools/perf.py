@@ -7,7 +7,7 @@
 * ``accuracy``: mean / min cosine of every variant's embeddings to the float TensorFlow model's
   (litegate's BERT, ``tf.function``) over the same real sentences the timings use.
 * ``peers``: the TFLite variants on XNNPACK and ONNX Runtime (``pip install -e '.[peers]'``; the
-  model, its optimized graph and its dynamic-int8 quantizations from ``scripts/export_onnx.py``),
+  model, its optimized graph and its dynamic-int8 quantizations from ``tools/export_onnx.py``),
   timed in ONE child process in interleaved blocks at 1 and 2 threads, plus the float TF model as
   a ``tf.function``; as ratios to TFLite fp32 at 1 thread. ``peers.onnxruntime_export`` is the
   export script's own line (its medians, cosines, the optimizer's fusions).
@@ -22,17 +22,20 @@
   :mod:`litegate.benchmarks.profile`).
 * ``other_models``: the same two targets for the embedded default (its encoder, ``mean`` head, seq
   64) and the char GPT-2 (``prefill`` signature, 128 tokens; ONNX Runtime from
-  ``scripts/export_onnx_gpt2.py``), each with ``summary`` lines saying by how much a target is
+  ``tools/export_onnx_gpt2.py``), each with ``summary`` lines saying by how much a target is
   missed; ``targets`` collects those lines for every model.
 * ``pipeline``: wall time of ``litegate run`` for the embedded default and MiniLM (convert + 4 PTQ
   variants + static checks + CPU bench + report), cold (empty cache) and warm.
 
-Every figure printed comes from this run; anything that could not run says why.
+Every figure printed comes from this run; anything that could not run says why. Run from the
+repository root: ``python -m tools.perf`` (``make perf``). The jobs run in isolated children as
+``tools.perf:<job>`` (:mod:`tools.isolated` puts the repository root on their ``PYTHONPATH``).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import ctypes
+import glob
 import json
 import os
 import shutil
@@ -46,17 +49,27 @@ from types import ModuleType
 from typing import Any, TypeGuard
 
 import numpy as np
-from litegate.timing import summarize
 
+from litegate.api import convert_model
 from litegate.artifacts import atomic_write_text, save_npz
+from litegate.backends.runtime import Runner
+from litegate.benchmarks.matrix import run_cell
+from litegate.benchmarks.peak import measure_peak, probe_cell, probe_gflop, probe_model
+from litegate.benchmarks.profile import run_profile
+from litegate.converter.sources import load
 from litegate.errors import LitegateError
-from litegate.isolation import run_isolated
+from litegate.machine import describe
+from litegate.tasks import TextEncoder, cosine, generator_windows, read_texts
+from litegate.tflite.verify import load_model
+from litegate.timing import measure, summarize
+from litegate.types import ModelSource, SourceKind, Task
+from tools import export_onnx, export_onnx_gpt2
+from tools.isolated import child_env, run_tool_job
+from tools.onnx_graph import FILES, ort_runner, session, time_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 MINILM = ROOT / "models" / "all-MiniLM-L6-v2"
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
-EXPORT_SCRIPT = ROOT / "scripts" / "export_onnx.py"
-GPT2_EXPORT_SCRIPT = ROOT / "scripts" / "export_onnx_gpt2.py"
 DEMO_MODEL = ROOT / "examples" / "demo" / "model"
 CHAR_GPT2 = ROOT / "examples" / "textgen" / "char-gpt2"
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -69,9 +82,6 @@ NOMINAL_MINILM_GFLOP = 2.89  # all-MiniLM-L6-v2, batch 1, seq 128 (research note
 
 def overhead_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child: interleave blocks of litegate's timed call and a bare invoke loop on the same interpreter."""
-    from litegate.timing import measure
-    from litegate.backends.runtime import Runner
-
     with np.load(payload["inputs_npz"]) as data:
         arrays = {k: data[k] for k in data.files}
     runner = Runner(payload["path"], backend="xnnpack", threads=int(payload["threads"]))
@@ -109,18 +119,12 @@ def _match(tensor_name: str, feed: dict[str, np.ndarray]) -> str:
 
 def tf_function_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child: latency of the float TF model (``tf.function``) with a given thread count."""
-    import os
-
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: only in this isolated child
 
     threads = int(payload["threads"])
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from litegate.converter.sources import load
-
-    from litegate.types import ModelSource
-
     loaded = load(ModelSource.from_dict(payload["source"]), int(payload["seq_len"]))
     with np.load(payload["inputs_npz"]) as data:
         x = {k: tf.constant(data[k][:1]) for k in ("input_ids", "attention_mask")}
@@ -141,13 +145,8 @@ def tf_embeddings_job(payload: dict[str, Any]) -> dict[str, Any]:
 
     payload: ``model_dir``, ``seq_len``, ``inputs_npz``. Returns ``{"embeddings": [[float, ...], ...]}``.
     """
-    import os
-
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import tensorflow as tf
-    from litegate.converter.sources import load
-
-    from litegate.types import ModelSource, SourceKind, Task
+    import tensorflow as tf  # heavy: only in this isolated child
 
     source = ModelSource(kind=SourceKind.HF_BERT, path=str(payload["model_dir"]), task=Task.SENTENCE_EMBEDDING,
                          options={"head": "mean"})
@@ -179,18 +178,6 @@ def pipeline_times(config: Path, out: Path) -> dict[str, Any]:
     return res
 
 
-def export_module(script: str | Path | None = None) -> ModuleType:
-    """``scripts/export_onnx.py`` (or another export script) as a module: its ONNX Runtime session, feed and
-    interleaved-timing helpers."""
-    path = Path(script) if script else EXPORT_SCRIPT
-    spec = importlib.util.spec_from_file_location(f"litegate_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def peer_matrix_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child: TFLite variants (XNNPACK) and ONNX Runtime sessions, every thread count, timed in interleaved blocks.
 
@@ -200,16 +187,13 @@ def peer_matrix_job(payload: dict[str, Any]) -> dict[str, Any]:
     cells take turns in blocks (shuffled each round, untimed warm-up runs first), so load from
     other jobs on the machine hits all of them alike. Returns ``{"samples_ms": {cell: [ms, ...]}}``.
     """
-    from litegate.backends.runtime import Runner
-
     with np.load(payload["inputs_npz"]) as data:
         arrays = {k: data[k] for k in data.files}
     n = len(next(iter(arrays.values())))
     cells: dict[str, tuple[Any, list[Any]]] = {}
     keep: list[Any] = []
-    exp = export_module(payload.get("export_script"))
-    base = getattr(exp, "base", exp)  # export_onnx_gpt2.py reuses export_onnx.py's session and timing helpers
     gpt2 = "tokens" in arrays and "input_ids" not in arrays
+    exporter = export_onnx_gpt2 if gpt2 else export_onnx
     for t in payload["threads"]:
         for name, path in payload["tflite"].items():
             runner = Runner(path, backend="xnnpack", threads=int(t), signature=payload.get("signature"))
@@ -217,17 +201,15 @@ def peer_matrix_job(payload: dict[str, Any]) -> dict[str, Any]:
             cells[f"tflite {name} x{t}"] = (runner.invoke, [runner.prepare({k: v[i : i + 1] for k, v in arrays.items()})
                                                            for i in range(n)])
         for name, path in payload.get("onnx", {}).items():
-            sess = base.session(Path(path), int(t))
+            sess = session(Path(path), int(t))
             keep.append(sess)
             # export_onnx.py feeds from the tokenized arrays, export_onnx_gpt2.py from the token windows
-            cells[f"{name} x{t}"] = (base.ort_runner(sess), exp.feeds_for(sess, arrays["tokens"] if gpt2 else arrays))
+            cells[f"{name} x{t}"] = (ort_runner(sess), exporter.feeds_for(sess, arrays["tokens"] if gpt2 else arrays))
     if payload.get("probe"):
-        from litegate.benchmarks.peak import probe_cell
-
         for t in payload["threads"]:
             cells[f"{PROBE_CELL} x{t}"] = probe_cell(payload["probe"], int(t))
-    samples = base.time_interleaved(cells, runs=int(payload.get("runs", 120)), block=int(payload.get("block", 10)),
-                                   warmup=int(payload.get("warmup", 2)))
+    samples = time_interleaved(cells, runs=int(payload.get("runs", 120)), block=int(payload.get("block", 10)),
+                              warmup=int(payload.get("warmup", 2)))
     return {"samples_ms": samples}
 
 
@@ -303,8 +285,6 @@ def best_vs_onnxruntime(p50: Mapping[str, Any], cos_mean: Mapping[str, Any], cos
 
 def model_macs(model_path: Path, signature: str | None = None) -> int:
     """MACs per inference counted in the flatbuffer: every subgraph, or only ``signature``'s."""
-    from litegate.tflite.verify import load_model
-
     info = load_model(model_path)
     if signature and signature in info.subgraph_names:
         return sum(o.macs for o in info.subgraph_ops(info.subgraph_names.index(signature)))
@@ -328,8 +308,6 @@ def fp32_efficiency(model_path: Path, p50: Mapping[str, Any], peak: Mapping[str,
       single run of either probe, minutes before the matrix). Stricter, and it moves with the machine's
       load: on this shared 2-core VM the probe's best read 434-493 GFLOP/s at 2 threads in one day.
     """
-    from litegate.benchmarks.peak import probe_gflop
-
     macs = model_macs(model_path, signature)
     gflop = 2 * macs / 1e9
     out: dict[str, Any] = {"macs_per_inference": macs, "gflop_per_inference": round(gflop, 3),
@@ -379,9 +357,6 @@ def blas_kernel() -> str | None:
     OpenBLAS's dynamic dispatch falls back to an older core type on CPUs it does not know (e.g.
     ``Haswell``, AVX2 only, on AMD Zen 5), so the probe can sit below what XNNPACK's AVX-512 kernels reach.
     """
-    import ctypes
-    import glob
-
     libs = sorted(glob.glob(str(Path(np.__file__).parent.parent / "numpy.libs" / "*openblas*")))
     for lib in libs:
         try:
@@ -405,9 +380,7 @@ def _number(x: Any) -> TypeGuard[int | float]:
 def embedding_accuracy(variants: Mapping[str, Path], model_dir: Path, seq: int, inputs: Path,
                        reference_npz: Path) -> dict[str, Any]:
     """Cosines of every TFLite variant's embeddings to the float TF model's (writes the reference npz)."""
-    from litegate.tasks import cosine
-
-    ref = run_isolated("litegate.benchmarks.perf:tf_embeddings_job",
+    ref = run_tool_job("tools.perf:tf_embeddings_job",
                        {"model_dir": str(model_dir), "seq_len": seq, "inputs_npz": str(inputs)}, timeout_s=900)
     reference = np.asarray(ref["embeddings"], np.float32)
     np.savez(reference_npz, embeddings=reference)
@@ -415,7 +388,7 @@ def embedding_accuracy(variants: Mapping[str, Path], model_dir: Path, seq: int, 
     low: dict[str, float] = {}
     for name, path in variants.items():
         npy = reference_npz.parent / f"{name}.outputs.npy"
-        run_isolated("litegate.benchmarks.perf:tflite_outputs_job",
+        run_tool_job("tools.perf:tflite_outputs_job",
                      {"path": str(path), "inputs_npz": str(inputs), "out_npy": str(npy)}, timeout_s=600)
         cos = cosine(np.load(npy), reference)
         mean[f"tflite {name}"], low[f"tflite {name}"] = round(float(cos.mean()), 6), round(float(cos.min()), 6)
@@ -424,14 +397,7 @@ def embedding_accuracy(variants: Mapping[str, Path], model_dir: Path, seq: int, 
 
 
 def main() -> int:
-    from litegate.benchmarks.peak import measure_peak, probe_model
-    from litegate.benchmarks.profile import run_profile
-
-    from litegate.api import convert_model
-    from litegate.tasks import TextEncoder, read_texts
-    from litegate.types import ModelSource, SourceKind, Task
-
-    report: dict[str, Any] = {"machine": __import__("litegate.machine", fromlist=["describe"]).describe()}
+    report: dict[str, Any] = {"machine": describe()}
     work = ROOT / "reports" / "perf"
     work.mkdir(parents=True, exist_ok=True)
     have_minilm = (MINILM / "model.safetensors").is_file()
@@ -472,7 +438,7 @@ def main() -> int:
         report["accuracy"] = {"not_run": "embedding cosines need MiniLM (`make models`)"}
 
     print("harness overhead", flush=True)
-    res = run_isolated("litegate.benchmarks.perf:overhead_job",
+    res = run_tool_job("tools.perf:overhead_job",
                        {"path": str(variants["fp32"]), "threads": 2, "inputs_npz": str(inputs)}, timeout_s=900)
     lite, bare = statistics.median(res["litegate_ms"]), statistics.median(res["bare_ms"])
     report["harness_overhead"] = {"litegate_median_ms": round(lite, 4), "bare_invoke_median_ms": round(bare, 4),
@@ -480,8 +446,6 @@ def main() -> int:
                                   "samples": [len(res["litegate_ms"]), len(res["bare_ms"])], "threads": 2}
 
     print("stability: 5 repeated cells", flush=True)
-    from litegate.benchmarks.matrix import run_cell
-
     p50s = []
     for _ in range(5):
         cell = run_cell(path=variants["fp32"], sha256="0" * 64, variant="fp32", backend="xnnpack", threads=2,
@@ -537,8 +501,6 @@ def main() -> int:
     except LitegateError as exc:
         others["demo"] = {"not_run": exc.message}
     print("other models: char GPT-2 (prefill, 128 tokens)", flush=True)
-    from litegate.quantize.prune import generator_windows
-
     gpt2_inputs = work / "gpt2_inputs.npz"
     text_src = SHAKESPEARE if SHAKESPEARE.is_file() else ROOT / "examples" / "demo" / "calibration.txt"
     text = text_src.read_text(encoding="utf-8")
@@ -581,9 +543,9 @@ def measure_peers(variants: Mapping[str, Path], model_dir: Path, inputs: Path, r
     onnx_dir = ROOT / "reports" / "perf" / "onnx"
     onnx_files: dict[str, str] = {}
     if reference_npz is not None and reference_npz.is_file():
-        print("peers: ONNX Runtime export, optimizer, dynamic int8 (scripts/export_onnx.py)", flush=True)
+        print("peers: ONNX Runtime export, optimizer, dynamic int8 (tools/export_onnx.py)", flush=True)
         ort = onnxruntime_peers(model_dir, inputs, reference_npz)
-        onnx_files = exported_files(ort, EXPORT_SCRIPT, onnx_dir)
+        onnx_files = exported_files(ort, onnx_dir)
     else:
         ort = {"onnxruntime": "not run: the ONNX export is litegate's MiniLM embedding model (needs `make models`)"}
 
@@ -597,7 +559,7 @@ def measure_peers(variants: Mapping[str, Path], model_dir: Path, inputs: Path, r
         p50["onnxruntime"] = ort.get("onnxruntime", "not run: no ONNX models")
     for t in threads:
         try:
-            r = run_isolated("litegate.benchmarks.perf:tf_function_job",
+            r = run_tool_job("tools.perf:tf_function_job",
                              {"source": source.to_dict(), "seq_len": seq, "threads": t, "inputs_npz": str(inputs)},
                              timeout_s=600)
             p50[f"tf.function fp32 x{t}"] = round(summarize(r["samples_ms"]).p50, 3)
@@ -631,8 +593,6 @@ def measure_peers(variants: Mapping[str, Path], model_dir: Path, inputs: Path, r
 def tflite_outputs_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child: a .tflite signature's first output for every row of ``inputs_npz`` (XNNPACK, 1 thread), saved to
     ``out_npy`` as rows of the last dimension (one row per sentence, or per position for logits)."""
-    from litegate.backends.runtime import Runner
-
     with np.load(payload["inputs_npz"]) as data:
         arrays = {k: data[k] for k in data.files}
     outs = Runner(payload["path"], backend="xnnpack", threads=1, signature=payload.get("signature")).run_batch(arrays)
@@ -650,12 +610,9 @@ def other_model(label: str, source: Any, seq: int, inputs: Path, work: Path, thr
     matches the float TF model within 1e-4; tests guard that); ONNX Runtime's cosines are to the TF
     model, from its export script. Says by how much each target is missed.
     """
-    from litegate.api import convert_model
-    from litegate.tasks import cosine
-
     work.mkdir(parents=True, exist_ok=True)
     gpt2 = signature is not None
-    script = GPT2_EXPORT_SCRIPT if gpt2 else EXPORT_SCRIPT
+    exporter = export_onnx_gpt2 if gpt2 else export_onnx
     out: dict[str, Any] = {"model": str(Path(source.path).relative_to(ROOT)), "seq_len": seq,
                            "signature": signature or "serving_default"}
     variants: dict[str, Path] = {}
@@ -666,7 +623,7 @@ def other_model(label: str, source: Any, seq: int, inputs: Path, work: Path, thr
     rows: dict[str, np.ndarray] = {}
     for name, path in variants.items():
         npy = work / f"{name}.outputs.npy"
-        run_isolated("litegate.benchmarks.perf:tflite_outputs_job",
+        run_tool_job("tools.perf:tflite_outputs_job",
                      {"path": str(path), "inputs_npz": str(inputs), "signature": signature, "out_npy": str(npy)},
                      timeout_s=600)
         rows[name] = np.load(npy)
@@ -676,13 +633,13 @@ def other_model(label: str, source: Any, seq: int, inputs: Path, work: Path, thr
         cos_mean[f"tflite {name}"], cos_min[f"tflite {name}"] = round(float(c.mean()), 6), round(float(c.min()), 6)
         if gpt2:
             top1[f"tflite {name}"] = round(float(np.mean(r.argmax(-1) == rows["fp32"].argmax(-1))), 4)
-    ort = onnxruntime_peers(Path(source.path), inputs, script=script, out_dir=work / "onnx",
+    ort = onnxruntime_peers(Path(source.path), inputs, exporter=exporter, out_dir=work / "onnx",
                             extra=["--seq-len", str(seq), "--runs", "0"])
-    onnx_files = exported_files(ort, script, work / "onnx")
+    onnx_files = exported_files(ort, work / "onnx")
     merge_peer_fidelity(ort, cos_mean, cos_min, top1)
     payload = {"tflite": {k: str(v) for k, v in variants.items()}, "onnx": onnx_files, "threads": threads,
                "inputs_npz": str(inputs), "runs": 120, "block": 10, "warmup": 2, "signature": signature,
-               "export_script": str(script), "probe": probe and str(probe)}
+               "probe": probe and str(probe)}
     p50, p10, _ = timed_cells(payload, digits=4)
     if not onnx_files:
         p50["onnxruntime"] = ort.get("onnxruntime", "not run: no ONNX models")
@@ -739,46 +696,48 @@ def summarize_targets(label: str, best: Mapping[str, Any], eff: Mapping[str, Any
 
 
 def onnxruntime_peers(model_dir: Path, inputs: Path, reference: Path | None = None, *,
-                      script: Path = EXPORT_SCRIPT, out_dir: Path | None = None,
+                      exporter: ModuleType = export_onnx, out_dir: Path | None = None,
                       extra: list[str] | None = None) -> dict[str, Any]:
-    """ONNX Runtime on the same weights, when installed: the export ``script``'s ``--json`` last stdout line.
+    """ONNX Runtime on the same weights, when installed: ``python -m <exporter> --json``'s last stdout line.
 
-    ``out_dir`` defaults to ``reports/perf/onnx``; ``extra`` adds arguments (e.g. ``--seq-len``, ``--runs 0``).
+    ``exporter`` is :mod:`tools.export_onnx` or :mod:`tools.export_onnx_gpt2`, run from the repository root in
+    its own process; ``out_dir`` defaults to ``reports/perf/onnx``; ``extra`` adds arguments (e.g.
+    ``--seq-len``, ``--runs 0``).
     """
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401  # optional peer: only a probe for whether it is installed
     except ImportError:
         return {"onnxruntime": "not run: onnxruntime is not installed (pip install -e '.[peers]')"}
     onnx_dir = out_dir or ROOT / "reports" / "perf" / "onnx"
-    if not script.is_file():
-        return {"onnxruntime": f"not run: scripts/{script.name} is missing"}
-    cmd = [sys.executable, str(script), "--model", str(model_dir), "--out", str(onnx_dir), "--inputs", str(inputs),
+    name = exporter.__name__
+    cmd = [sys.executable, "-m", name, "--model", str(model_dir), "--out", str(onnx_dir), "--inputs", str(inputs),
            "--json", *(extra or [])]
     if reference is not None:
         cmd += ["--reference", str(reference)]
     try:
-        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **child_env()}, capture_output=True, text=True,
+                           timeout=1800)
     except subprocess.TimeoutExpired:
-        return {"onnxruntime": f"not run: {script.name} timed out after 1800 s"}
+        return {"onnxruntime": f"not run: {name} timed out after 1800 s"}
     if r.returncode:
         return {"onnxruntime": f"not run: export failed: {r.stderr.strip().splitlines()[-1:]}"}
     try:
         return dict(json.loads(r.stdout.strip().splitlines()[-1]))
     except (ValueError, IndexError):
-        return {"onnxruntime": f"not run: {script.name} printed no JSON line: {r.stdout[-300:]!r}"}
+        return {"onnxruntime": f"not run: {name} printed no JSON line: {r.stdout[-300:]!r}"}
 
 
-def exported_files(ort: Mapping[str, Any], script: Path, onnx_dir: Path) -> dict[str, str]:
+def exported_files(ort: Mapping[str, Any], onnx_dir: Path) -> dict[str, str]:
     """variant -> .onnx path of what the export wrote, or nothing when it did not run."""
     if any(isinstance(v, str) and v.startswith("not run") for v in ort.values()):
         return {}
-    return {v: str(onnx_dir / f) for v, f in export_module(script).FILES.items() if (onnx_dir / f).is_file()}
+    return {v: str(onnx_dir / f) for v, f in FILES.items() if (onnx_dir / f).is_file()}
 
 
 def timed_cells(payload: dict[str, Any], *, digits: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
     """:func:`peer_matrix_job` in a child: medians, 10th percentiles and run counts per cell (ms, rounded)."""
     try:
-        samples = run_isolated("litegate.benchmarks.perf:peer_matrix_job", payload, timeout_s=1800)["samples_ms"]
+        samples = run_tool_job("tools.perf:peer_matrix_job", payload, timeout_s=1800)["samples_ms"]
     except LitegateError as exc:
         return {"tflite": f"not run: {exc.message}"}, {}, {}
     return ({k: round(statistics.median(v), digits) for k, v in samples.items()},

@@ -46,7 +46,6 @@ from typing import Any
 
 from litegate.backends.benchmark_model import BenchmarkModelOutput, RunStats, parse
 from litegate.backends.spec import is_adb_backend, parse_options
-
 from litegate.errors import BenchmarkError, DelegateError
 from litegate.types import LatencyStats
 

@@ -542,11 +542,11 @@ def gpu_job(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _gpu_job(payload: dict[str, Any]) -> dict[str, Any]:
     from ai_edge_litert.compiled_model import CompiledModel, CpuOptions, HardwareAccelerator, Options
-    from litegate.timing import measure, peak_rss_mb
-    from litegate.backends.runtime import Runner
-    from litegate.tflite.verify import verify_tflite
 
     from litegate.artifacts import save_npz
+    from litegate.backends.runtime import Runner
+    from litegate.tflite.verify import verify_tflite
+    from litegate.timing import measure, peak_rss_mb
 
     path = str(payload["path"])
     threads = int(payload.get("threads", 1))
@@ -629,6 +629,7 @@ def _signature_subgraph(content: bytes, key: str) -> tuple[int, int | None]:
     A model without signature defs (or a key it does not list) maps to subgraph 0.
     """
     from ai_edge_litert import schema_py_generated as schema
+
     from litegate.tflite.flatbuffer import read_model
 
     try:
@@ -688,10 +689,9 @@ def run_gpu(path: str | Path, *, inputs: Mapping[str, np.ndarray] | str | Path |
         IsolationError: the child crashed or hung; ``stderr`` holds the end of the delegate's log.
         ModelLoadError: ``path`` is not a TFLite model.
     """
-    from litegate.tflite.verify import verify_tflite
-
     from litegate.artifacts import save_npz
     from litegate.isolation import run_isolated
+    from litegate.tflite.verify import verify_tflite
 
     verify_tflite(path)
     reason = why_not_runnable()

@@ -13,7 +13,13 @@ import platform
 from collections.abc import Callable
 
 from litegate.backends import adb, gpu
-from litegate.backends.spec import RUNNABLE, external_why_not, is_adb_backend, is_external_backend, parse_external
+from litegate.backends.spec import (
+    RUNNABLE,
+    external_why_not,
+    is_adb_backend,
+    is_external_backend,
+    parse_external,
+)
 
 
 def _machine() -> str:

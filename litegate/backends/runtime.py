@@ -31,10 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from litegate.backends.spec import RUNNABLE, external_why_not, is_adb_backend, is_external_backend, parse_external
+from litegate.backends.spec import (
+    RUNNABLE,
+    external_why_not,
+    is_adb_backend,
+    is_external_backend,
+    parse_external,
+)
 from litegate.errors import DelegateError, ModelLoadError
 from litegate.tasks import feed_for
 from litegate.tflite.verify import verify_tflite
+
 
 def load_external_delegate(backend: str) -> Any:
     """Load the delegate of an ``external:`` backend.

@@ -19,8 +19,6 @@ import numpy as np
 
 from litegate.tasks import agreement, classification_metrics, cosine
 
-HELD_OUT_FRACTION = 0.1  # the training scripts hold out the last 10% of a text corpus
-
 
 def embedding_metrics(emb: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     """Fidelity of embeddings [N, D] to reference embeddings."""
@@ -62,24 +60,10 @@ def classification_scores(logits: np.ndarray, labels: np.ndarray, ref: np.ndarra
     return m
 
 
-def lm_windows(text_ids: list[int], window: int, count: int) -> np.ndarray:
-    """``count`` evenly spaced windows of ``window`` token ids from the held-out tail of a corpus."""
-    start = int(len(text_ids) * (1 - HELD_OUT_FRACTION))
-    tail = np.asarray(text_ids[start:], np.int32)
-    if len(tail) < window + 1:
-        tail = np.asarray(text_ids, np.int32)
-    span = len(tail) - window
-    if span < 0:
-        raise ValueError(f"text has {len(tail)} tokens, fewer than one window of {window}")
-    offsets = np.linspace(0, span, num=max(1, count)).astype(int)
-    return np.stack([tail[o : o + window] for o in offsets])
-
-
 def lm_eval_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child-process entry: logits of the ``prefill`` signature for every window (zero initial state)."""
-    from litegate.backends.runtime import Runner
-
     from litegate.artifacts import save_npz
+    from litegate.backends.runtime import Runner
 
     with np.load(payload["windows_npz"]) as data:
         windows = data["tokens"]

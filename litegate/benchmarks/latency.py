@@ -17,6 +17,7 @@ from litegate.artifacts import save_npz
 from litegate.backends.runtime import Runner
 from litegate.timing import measure, peak_rss_mb
 
+
 def bench_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child-process entry: measure one cell. payload: path, backend, threads, inputs_npz, protocol."""
     rss_before = peak_rss_mb()

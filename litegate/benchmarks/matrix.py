@@ -16,12 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from litegate.timing import summarize
 from litegate.backends import adb, gpu
 from litegate.backends.registry import why_not_runnable
-
 from litegate.errors import IsolationError, LitegateError
 from litegate.isolation import run_isolated
+from litegate.timing import summarize
 from litegate.types import BenchResult, LatencyStats, Status
 
 

@@ -34,10 +34,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from litegate.errors import ConfigError
 from litegate.tflite.flatbuffer import ModelInfo, OpInfo, TensorInfo
 from litegate.tflite.verify import load_model
-
-from litegate.errors import ConfigError
 from litegate.types import CompatPartition, CompatReport, OpCompat
 
 __all__ = [

@@ -44,8 +44,8 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
-from litegate.converter.hf import BertConfig, Checkpoint  # noqa: E402
 
+from litegate.converter.hf import BertConfig, Checkpoint  # noqa: E402
 from litegate.errors import ModelLoadError  # noqa: E402
 
 MASK_PENALTY = 40.0

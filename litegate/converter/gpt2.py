@@ -33,9 +33,9 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
+
 from litegate.converter.bert import MASK_PENALTY, LayerNorm, gather_rows, take_position  # noqa: E402
 from litegate.converter.hf import GPT2Config, read_gpt2  # noqa: E402
-
 from litegate.errors import ModelLoadError  # noqa: E402
 
 

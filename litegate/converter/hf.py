@@ -119,10 +119,6 @@ class Checkpoint:
                 return np.asarray(arr, dtype=np.float32)
         raise ModelLoadError(f"{self.root}: checkpoint is missing tensor {full!r}")
 
-    def has(self, name: str) -> bool:
-        full = self.prefix + name if not name.startswith("classifier.") else name
-        return full in self.tensors
-
 
 def tokenizer_file(root: Path) -> Path:
     for name in ("tokenizer.json", "vocab.txt"):

@@ -80,7 +80,7 @@ def _fixed(spec: Any, seq_len: int, dynamic: bool) -> Any:
     return tf.TensorSpec(dims, spec.dtype, name=spec.name)
 
 
-def _wrap(fn: Any, specs: dict[str, Any]) -> Any:
+def serving_function(fn: Any, specs: dict[str, Any]) -> Any:
     """A tf.function over keyword inputs whose concrete signature carries the input names."""
     import tensorflow as tf
 
@@ -93,7 +93,7 @@ def _wrap(fn: Any, specs: dict[str, Any]) -> Any:
 
     f = tf.function(call)
     cf = f.get_concrete_function(**{k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in specs.items()})
-    return _Concrete(cf, lambda: _wrap(fn, specs))
+    return _Concrete(cf, lambda: serving_function(fn, specs))
 
 
 class _Concrete:
@@ -118,6 +118,7 @@ class _Concrete:
 
 def _hf_bert(source: ModelSource, seq_len: int, dynamic: bool) -> Loaded:
     import tensorflow as tf
+
     from litegate.converter.bert import build_bert, load_weights
     from litegate.converter.hf import read_checkpoint
 
@@ -129,7 +130,7 @@ def _hf_bert(source: ModelSource, seq_len: int, dynamic: bool) -> Loaded:
     load_weights(model, ckpt, head)
     shape = [1, None] if dynamic else [1, seq_len]
     specs = {"input_ids": tf.TensorSpec(shape, tf.int32), "attention_mask": tf.TensorSpec(shape, tf.int32)}
-    serve = _wrap(lambda **kw: model(kw), specs)
+    serve = serving_function(lambda **kw: model(kw), specs)
     notes = [GPU_FRIENDLY_NOTE] if gpu_friendly else []
     return Loaded(serve=serve, owner=model, prunable=True, keras_model=model, dynamic=dynamic, notes=notes)
 
@@ -171,7 +172,7 @@ def _saved_model(path: Path, signature: str, seq_len: int, dynamic: bool) -> Loa
         raise ModelLoadError(f"{path}: no signature {signature!r} (has: {', '.join(sigs) or 'none'})")
     sig = sigs[signature]
     specs = {k: _fixed(v, seq_len, dynamic) for k, v in sig.structured_input_signature[1].items()}
-    return Loaded(serve=_wrap(lambda **kw: sig(**kw), specs), owner=loaded, dynamic=dynamic,
+    return Loaded(serve=serving_function(lambda **kw: sig(**kw), specs), owner=loaded, dynamic=dynamic,
                   notes=[f"SavedModel signature {signature!r}"])
 
 
@@ -262,5 +263,5 @@ def _keras(path: Path, seq_len: int, dynamic: bool, allow_lambda: bool) -> Loade
         args = [kw[n] for n in names]
         return model(args if len(args) > 1 else args[0])
 
-    return Loaded(serve=_wrap(call, specs), owner=model, prunable=True, keras_model=model, dynamic=dynamic,
+    return Loaded(serve=serving_function(call, specs), owner=model, prunable=True, keras_model=model, dynamic=dynamic,
                   notes=[f"tf_keras model ({info['format']})"])

@@ -37,38 +37,33 @@ RSS); TFLite-layout 1x4 blocks (``block_size`` [4, 1]) stay sparse at run time (
 XNNPACK leaves sparse FULLY_CONNECTED to the builtin kernel (19.8 ms vs 4.2 ms); with dynamic-range
 int8 the sparse file is larger than the dense one and XNNPACK fails to prepare it.
 
-TensorFlow is imported inside functions only: the parent process (CLI, pipeline) can import this
-module to call :func:`prune_to_tflite`, whose heavy work runs in an isolated child (:func:`prune_job`).
+TensorFlow is imported inside functions only, so the module is cheap to import; pruning runs in the
+build child (:func:`litegate.quantize.build.build_job`), for ``litegate run`` and ``litegate prune`` alike.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
+import dataclasses
+import gzip
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
 
-import contextlib  # noqa: E402
-import dataclasses  # noqa: E402
-import gzip  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-import warnings  # noqa: E402
-from collections.abc import Callable, Iterator, Mapping  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-from litegate.converter.sources import Loaded  # noqa: E402
-from litegate.quantize import recipes  # noqa: E402
-
-from litegate.errors import ConfigError, DataError, QuantizationError  # noqa: E402
-from litegate.types import ModelSource, Recipe, SourceKind, Task  # noqa: E402
+from litegate.converter.sources import Loaded, serving_function
+from litegate.errors import ConversionError, QuantizationError
+from litegate.quantize import recipes
+from litegate.tasks import feed_for
+from litegate.tflite.flatbuffer import TYPE_NAMES, read_model
+from litegate.types import Recipe, RecipeKind
 
 __all__ = [
     "PruneSettings",
     "apply_pruning",
-    "prune_job",
-    "prune_to_tflite",
     "sparse_encoding_variants",
     "sparsity_report",
 ]
@@ -115,8 +110,8 @@ class PruneSettings:
             QuantizationError: the recipe is not of kind ``prune``.
             ConfigError: invalid params.
         """
-        if recipe.kind != "prune":
-            raise QuantizationError(f"recipe {recipe.name!r} is a {recipe.kind!r} recipe, not a pruning recipe")
+        if recipe.kind is not RecipeKind.PRUNE:
+            raise QuantizationError(f"recipe {recipe.name!r} is a {recipe.kind.value!r} recipe, not a pruning recipe")
         p = recipes.check_prune_params(recipe.params, f"recipe {recipe.name}")
         rec = {**DEFAULTS["recovery"], **p.get("recovery", {})}
         block = p.get("block_size", DEFAULTS["block_size"])
@@ -352,8 +347,6 @@ def _serve_specs(loaded: Loaded) -> dict[str, Any]:
 
 
 def _model_feed(names: list[str], texts_inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from litegate.tasks import feed_for
-
     try:
         return feed_for(names, dict(texts_inputs))
     except Exception as exc:  # ModelLoadError: an input the text cannot feed
@@ -425,7 +418,6 @@ def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[st
     import tensorflow as tf
     import tensorflow_model_optimization as tfmot
     import tf_keras
-    from litegate.converter.sources import _wrap as wrap_serving
 
     src = loaded.keras_model
     in_names = [layer.name for layer in src._input_layers]
@@ -503,7 +495,7 @@ def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[st
         def serve_call(**kw: Any) -> Any:
             return _call(stripped, in_names, out_names, {rename[k]: v for k, v in kw.items()})
 
-        result.serve = wrap_serving(serve_call, {k: tf.TensorSpec(v.shape, v.dtype) for k, v in specs.items()})
+        result.serve = serving_function(serve_call, {k: tf.TensorSpec(v.shape, v.dtype) for k, v in specs.items()})
     return result, stats
 
 
@@ -572,6 +564,7 @@ def _prune_gpt2(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[str, np.
                 labels: np.ndarray | None, mode: str) -> tuple[Loaded, dict[str, Any]]:
     """GPT-2 is subclassed: rebuild it, copy the weights, wrap its Dense sublayers in place."""
     import tensorflow as tf
+
     from litegate.converter.gpt2 import GPT2, signatures
 
     src = loaded.keras_model
@@ -652,7 +645,6 @@ def sparsity_report(model: bytes | str | Path) -> dict[str, Any]:
         ModelLoadError: not a valid TFLite flatbuffer.
     """
     from ai_edge_litert import schema_py_generated as schema
-    from litegate.tflite.flatbuffer import TYPE_NAMES, read_model
 
     data = bytes(model) if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
     name = "<bytes>" if isinstance(model, bytes | bytearray) else str(model)
@@ -748,8 +740,6 @@ def sparse_encoding_variants(loaded: Loaded) -> dict[str, bytes]:
     """
     import tensorflow as tf
 
-    from litegate.errors import ConversionError
-
     options = {"fp32": [], "fp32+sparsity": [tf.lite.Optimize.EXPERIMENTAL_SPARSITY],
                "dynamic-int8": [tf.lite.Optimize.DEFAULT],
                "dynamic-int8+sparsity": [tf.lite.Optimize.DEFAULT, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]}
@@ -764,178 +754,3 @@ def sparse_encoding_variants(loaded: Loaded) -> dict[str, bytes]:
                 first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
                 raise ConversionError(f"{name} conversion of the pruned model failed: {first}") from None
     return out
-
-
-def _summary(stats: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
-    return {"pruning": dict(stats), "tflite": {k: v for k, v in report.items() if k != "tensors"}}
-
-
-def prune_job(payload: dict[str, Any]) -> dict[str, Any]:
-    """Child-process entry: load, prune, fine-tune, convert, write the .tflite atomically.
-
-    payload: ``source`` (ModelSource dict), ``seq_len``, ``recipe`` (prune Recipe dict),
-    ``then`` (a quantization Recipe dict or None), ``inputs_npz`` (recovery inputs by role or
-    name), ``labels_npz`` (optional, array ``labels``), ``calibration_npz`` (optional, for a
-    calibrated ``then``), ``out`` (path), ``sparse_variants`` (optional folder: also write the
-    four :func:`sparse_encoding_variants` there).
-    """
-    import tensorflow as tf
-    from litegate.converter.sources import load
-    from litegate.converter.convert import (
-        check_calibration,
-        convert,
-        convert_signatures,
-        int8_spelling,
-        model_samples,
-    )
-
-    from litegate.artifacts import atomic_write_bytes
-
-    source = ModelSource.from_dict(payload["source"])
-    recipe = Recipe.from_dict(payload["recipe"])
-    then = Recipe.from_dict(payload["then"]) if payload.get("then") else recipes.load("fp32")
-    tf.keras.utils.set_random_seed(0)
-    loaded = load(source, int(payload["seq_len"]))
-    with np.load(payload["inputs_npz"]) as data:
-        inputs = {k: data[k] for k in data.files}
-    labels = None
-    if payload.get("labels_npz"):
-        with np.load(payload["labels_npz"]) as data:
-            labels = data["labels"]
-    pruned, stats = apply_pruning(loaded, recipe, texts_inputs=inputs, labels=labels)
-    spelling: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="litegate-prune-") as tmp:
-        if pruned.signatures:
-            blob = convert_signatures(pruned.signatures, pruned.owner, then, Path(tmp))
-        else:
-            samples = None
-            if payload.get("calibration_npz"):
-                with np.load(payload["calibration_npz"]) as data:
-                    samples = model_samples(pruned.serve, {k: data[k] for k in data.files})
-            if then.needs_calibration:
-                check_calibration(pruned.serve, samples or {})
-            serve, spelling = int8_spelling(pruned, then, samples)  # as `litegate run` converts PRUNE+int8
-            blob = convert(serve, pruned.owner, then, samples)
-    atomic_write_bytes(Path(payload["out"]), blob)
-    report = sparsity_report(blob)
-    result = _summary(stats, report)
-    if payload.get("sparse_variants"):
-        folder = Path(payload["sparse_variants"])
-        result["sparse_variants"] = {}
-        for name, data_bytes in sparse_encoding_variants(pruned).items():
-            atomic_write_bytes(folder / f"{name}.tflite", data_bytes)
-            rep = sparsity_report(data_bytes)
-            result["sparse_variants"][name] = {k: v for k, v in rep.items() if k != "tensors"}
-    inputs_names = (list(pruned.serve.get_concrete_function().structured_input_signature[1]) if pruned.serve
-                    else {k: list(f.structured_input_signature[1]) for k, f in pruned.signatures.items()})
-    return {**result, "notes": pruned.notes, "inputs": inputs_names, "recipe": recipe.name, "then": then.name,
-            **({"int8_spelling": spelling} if spelling else {})}
-
-
-# --------------------------------------------------------------------------------------------
-# The parent-side entry point (no TensorFlow import): `litegate prune`
-
-
-def generator_windows(tokenizer_path: Path, texts: list[str], seq_len: int, limit: int) -> dict[str, np.ndarray]:
-    """Token windows for a text generator: ``tokens`` [N, seq_len] and next-token ``labels``.
-
-    The texts are joined with newlines, tokenized once, and cut into non-overlapping windows of
-    ``seq_len + 1`` tokens (inputs are the first ``seq_len``, labels the last ``seq_len``).
-
-    Raises:
-        DataError: the text is shorter than one window.
-    """
-    from litegate.generate import load_tokenizer
-
-    tok = load_tokenizer(tokenizer_path)
-    ids = np.asarray(tok.encode("\n".join(texts)).ids, dtype=np.int32)
-    n = min(len(ids) // (seq_len + 1), limit)
-    if n < 1:
-        raise DataError(f"recovery text has {len(ids)} tokens, fewer than one window of {seq_len + 1}")
-    windows = ids[: n * (seq_len + 1)].reshape(n, seq_len + 1)
-    return {"tokens": windows[:, :-1].copy(), "labels": windows[:, 1:].copy()}
-
-
-def prune_to_tflite(source: ModelSource, out: Path, *, recipe: str, seq_len: int, then: str | None = None,
-                    calibration: Path | None = None, labels: Path | None = None, samples: int = 200,
-                    timeout_s: float = 1800.0) -> dict[str, Any]:
-    """Prune ``source`` with a pruning recipe, optionally quantize, write ``out`` (+ sidecars).
-
-    Recovery text comes from ``labels`` (a ``sentence<TAB>label`` TSV: labels are used by
-    ``mode`` ``auto``/``labels``) or else ``calibration`` (plain text: distillation). A text
-    generator is fed windows of ``seq_len`` tokens of that text (its next-token labels are used
-    only with ``mode = "labels"``). ``then`` names a quantization recipe applied at conversion;
-    calibrated ones (int8, int16x8) are calibrated on ``calibration`` (or the TSV sentences).
-
-    Returns:
-        ``path``, ``recipe``, ``then``, ``bytes``, ``gzip_bytes``, ``pruning`` (the stats of
-        :func:`apply_pruning`), ``tflite`` (:func:`sparsity_report` without the tensor list),
-        ``notes``.
-
-    Raises:
-        ConfigError: unknown recipe, or a recipe of the wrong kind.
-        DataError: no or unreadable recovery text.
-        ModelLoadError, QuantizationError, ConversionError, IsolationError.
-    """
-    from litegate.api import check_source, source_tokenizer
-    from litegate.artifacts import atomic_write_text, save_npz
-    from litegate.isolation import run_isolated
-    from litegate.tasks import TextEncoder, read_labelled_tsv, read_texts
-
-    rec = recipes.load(recipe)
-    if rec.kind != "prune":
-        raise ConfigError(f"recipe {rec.name!r} is a {rec.kind!r} recipe; litegate prune needs a pruning recipe "
-                          f"(built-in: {', '.join(n for n in recipes.builtin_names() if n.startswith('pruned'))})")
-    settings = PruneSettings.from_recipe(rec)
-    then_rec = recipes.load(then) if then else None
-    if then_rec is not None and then_rec.kind == "prune":
-        raise ConfigError(f"--then {then_rec.name!r} is a pruning recipe; give a quantization recipe")
-    if source.kind is SourceKind.TFLITE:
-        raise QuantizationError(f"{source.path}: a .tflite cannot be pruned; start from the TensorFlow model")
-    info = check_source(source, seq_len)
-    tok = source_tokenizer(source)
-    if tok is None:
-        raise QuantizationError("pruning needs a tokenizer to encode the recovery text; pass --tokenizer")
-    if labels is None and calibration is None:
-        raise DataError("pruning needs recovery text: give --calibration TEXT or --labels TSV")
-    generator = source.task is Task.TEXT_GENERATION or source.kind is SourceKind.HF_GPT2
-    if generator and labels is not None:
-        raise DataError("--labels is a sentence<TAB>label file for classifiers; give a text generator --calibration TEXT")
-    if generator and then_rec is not None and then_rec.needs_calibration:
-        raise QuantizationError(f"--then {then_rec.name!r}: calibrated quantization of multi-signature text generators "
-                                "is not supported yet; use fp32, fp16 or dynamic-int8")
-    labelled = read_labelled_tsv(labels, limit=samples) if labels is not None else None
-    if settings.mode == "labels" and labelled is None and not generator:
-        raise DataError(f"recipe {rec.name!r} recovers with labels (mode 'labels'): give --labels TSV")
-    encoder = TextEncoder(tok, seq_len)
-    with tempfile.TemporaryDirectory(prefix="litegate-prune-") as tmp:
-        inputs_npz, labels_npz, calib_npz = (Path(tmp) / n for n in ("inputs.npz", "labels.npz", "calib.npz"))
-        label_array: np.ndarray | None = None
-        if generator:
-            windows = generator_windows(tok, read_texts(calibration), seq_len, samples)  # type: ignore[arg-type]
-            save_npz(inputs_npz, {"tokens": windows["tokens"]})
-            if settings.mode == "labels":
-                label_array = windows["labels"]
-        else:
-            texts = list(labelled.sentences) if labelled else read_texts(calibration, limit=samples)  # type: ignore[arg-type]
-            save_npz(inputs_npz, encoder.encode(texts))
-            if labelled is not None:
-                label_array = np.asarray(labelled.labels, dtype=np.int64)
-        if label_array is not None:
-            save_npz(labels_npz, {"labels": label_array})
-        if then_rec is not None and then_rec.needs_calibration and not generator:
-            calib_texts = read_texts(calibration, limit=samples) if calibration else texts
-            save_npz(calib_npz, encoder.encode(calib_texts))
-        payload = {"source": source.to_dict(), "seq_len": seq_len, "recipe": rec.to_dict(),
-                   "then": then_rec.to_dict() if then_rec else None, "inputs_npz": str(inputs_npz),
-                   "labels_npz": str(labels_npz) if label_array is not None else None,
-                   "calibration_npz": str(calib_npz) if calib_npz.is_file() else None, "out": str(out)}
-        job = run_isolated("litegate.quantize.prune:prune_job", payload, timeout_s=timeout_s)
-    atomic_write_text(out.with_suffix(".tokenizer.json"), encoder.to_json())
-    meta = {"task": source.task.value, "seq_len": seq_len, "recipe": job["then"], "pruning": rec.name,
-            "labels": info.get("labels", {}), "inputs": job.get("inputs", []), "notes": job.get("notes", []),
-            "source": source.to_dict(), **({"int8_spelling": job["int8_spelling"]} if "int8_spelling" in job else {})}
-    atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
-    return {"path": str(out), "recipe": rec.name, "then": job["then"], "bytes": job["tflite"]["bytes"],
-            "gzip_bytes": job["tflite"]["gzip_bytes"], "pruning": job["pruning"], "tflite": job["tflite"],
-            "notes": job.get("notes", [])}

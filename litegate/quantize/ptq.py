@@ -27,11 +27,12 @@ from litegate.errors import QuantizationError
 def calibrate(serve: Any, owner: Any, samples: Mapping[str, np.ndarray]) -> bytes:
     """A float model carrying calibration statistics (``_experimental_calibrate_only``)."""
     import tensorflow as tf
-    from litegate.converter.convert import _representative
+
+    from litegate.converter.convert import representative_dataset
 
     conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], owner)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = _representative(samples)
+    conv.representative_dataset = representative_dataset(samples)
     conv.experimental_mlir_quantizer = True
     conv._experimental_calibrate_only = True  # noqa: SLF001 - the documented QuantizationDebugger route
     try:

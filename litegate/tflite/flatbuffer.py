@@ -27,7 +27,6 @@ import math
 import re
 import struct
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from ai_edge_litert import schema_py_generated as schema
@@ -41,7 +40,6 @@ __all__ = [
     "OpInfo",
     "TensorInfo",
     "count_macs",
-    "load_model",
     "read_model",
 ]
 

@@ -1,0 +1,334 @@
+"""The one variant builder: (model source, recipe, calibration) -> a .tflite variant.
+
+:func:`build_job` is the child-process entry behind ``litegate run``, ``litegate convert``,
+``litegate quantize`` and ``litegate prune`` alike (through :func:`litegate.isolation.run_isolated`).
+It loads the source once, then builds every requested variant: an optional pruning recipe first
+(:mod:`litegate.quantize.prune`, once per pruning recipe, shared by its variants), then the
+quantization recipe, dispatched on its :class:`~litegate.types.RecipeKind` through :data:`BUILDERS`.
+Each variant is written atomically; a variant that fails is reported, the others still build.
+
+Payload: ``source`` (ModelSource dict), ``seq_len``, ``variants`` ([{name, recipe, out, prune?,
+auto_budget?}]), ``calibration_npz`` (encoded calibration text, or token windows for a generator),
+``prune_data`` ({npz, labels}: recovery inputs for pruning), ``auto_eval`` ({npz, labels, name}: what
+``auto`` scores its candidates on), ``debug`` / ``debug_dir`` (per-layer error CSVs),
+``check_determinism``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from litegate.artifacts import atomic_write_bytes
+from litegate.backends.runtime import Runner
+from litegate.converter.convert import convert, convert_signatures, input_names
+from litegate.converter.sources import Loaded, load
+from litegate.errors import LitegateError, OutputError, QuantizationError
+from litegate.quantize import ptq
+from litegate.quantize.calibration import check_calibration, generator_samples, model_samples
+from litegate.quantize.prune import apply_pruning, sparsity_report
+from litegate.tasks import classification_metrics, cosine
+from litegate.types import ModelSource, Recipe, RecipeKind
+
+
+@dataclasses.dataclass
+class _Child:
+    """What one build child shares between its variants: the loaded source, its calibration samples,
+    calibrated models per (model, int8 spelling), the models whose calibration data was checked, and
+    one pruned model per pruning recipe."""
+
+    payload: Mapping[str, Any]
+    base: Loaded
+    samples: dict[str, np.ndarray] | None
+    calibrations: dict[tuple[int, Any], bytes] = dataclasses.field(default_factory=dict)
+    checked: set[int] = dataclasses.field(default_factory=set)
+    pruned: dict[str, tuple[Loaded, dict[str, Any]]] = dataclasses.field(default_factory=dict)
+
+
+Builder = Callable[[_Child, Loaded, Recipe, Mapping[str, Any], dict[str, Any]], bytes]
+
+
+def build_job(payload: dict[str, Any]) -> dict[str, Any]:
+    """Child-process entry: load the source once and write every requested variant atomically.
+
+    Returns:
+        ``variants`` ({name: {ok, extra} or {ok: False, type, error}}), the loader's ``notes`` and the
+        model's ``inputs`` (names, per signature for a generator).
+    """
+    import tensorflow as tf  # heavy: the build child is the only process that imports TensorFlow
+
+    tf.keras.utils.set_random_seed(0)
+    source = ModelSource.from_dict(payload["source"])
+    loaded = load(source, int(payload["seq_len"]))
+    samples = None
+    if payload.get("calibration_npz") and loaded.serve is not None:
+        with np.load(payload["calibration_npz"]) as data:
+            samples = model_samples(loaded.serve, {k: data[k] for k in data.files})
+    child = _Child(payload=payload, base=loaded, samples=samples)
+    results: dict[str, Any] = {}
+    for v in payload["variants"]:
+        recipe = Recipe.from_dict(v["recipe"])
+        try:
+            extra: dict[str, Any] = {}
+            model = loaded
+            if v.get("prune"):
+                model, extra["pruning"] = _pruned(child, Recipe.from_dict(v["prune"]))
+            builder = _generator if model.signatures else BUILDERS[recipe.kind]
+            data = builder(child, model, recipe, v, extra)
+            if v.get("prune"):
+                extra["pruning"]["tflite"] = sparsity_report(data)
+            if payload.get("check_determinism") and not model.signatures and not v.get("prune"):
+                extra["determinism"] = _determinism(data, model.serve, model.owner, recipe, samples)
+            atomic_write_bytes(Path(v["out"]), data)
+            results[v["name"]] = {"ok": True, "extra": extra}
+        except OutputError:
+            raise  # a full disk stops the run; it is not a property of this variant
+        except LitegateError as exc:
+            results[v["name"]] = {"ok": False, "type": type(exc).__name__, "error": exc.message}
+    inputs = input_names(loaded.serve) if loaded.serve is not None else {
+        k: list(f.structured_input_signature[1]) for k, f in loaded.signatures.items()}
+    return {"variants": results, "notes": loaded.notes, "inputs": inputs}
+
+
+def _generator(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any], extra: dict[str, Any]) -> bytes:
+    """A multi-signature text generator: every signature converted together, calibrated on a float rollout."""
+    payload = child.payload
+    gen_samples = None
+    if recipe.needs_calibration and payload.get("calibration_npz"):
+        with np.load(payload["calibration_npz"]) as cal:
+            gen_samples = generator_samples(model.signatures, cal["tokens"], int(payload["seq_len"]))
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="litegate-sig-") as tmp:
+        data = convert_signatures(model.signatures, model.owner, recipe, Path(tmp), gen_samples, notes)
+    if notes:
+        extra["fallback"] = notes
+    return data
+
+
+def _calibrated(child: _Child, model: Loaded, serve: Any, spelled_as: Any) -> bytes:
+    """The calibrated (not yet quantized) model of ``serve``, once per (model, int8 spelling)."""
+    key = (id(model), spelled_as)
+    if key not in child.calibrations:
+        child.calibrations[key] = ptq.calibrate(serve, model.owner, child.samples or {})
+    return child.calibrations[key]
+
+
+def _prepared(child: _Child, model: Loaded, recipe: Recipe, extra: dict[str, Any]) -> Any:
+    """The serving function to convert: calibration data checked once per model, the recipe's int8 spelling."""
+    if recipe.needs_calibration and id(model) not in child.checked:
+        check_calibration(model.serve, child.samples or {})
+        child.checked.add(id(model))
+    serve, spelling = int8_spelling(model, recipe, child.samples)
+    extra.update(spelling)
+    return serve
+
+
+def _spelled_as(recipe: Recipe) -> tuple[Any, Any]:
+    return recipe.params.get("smooth_residual"), recipe.params.get("mask_penalty")
+
+
+def _debug_layers(child: _Child, calibrated: bytes, v: Mapping[str, Any], extra: dict[str, Any]) -> None:
+    """``[quantize] debug``: per-layer quantization error of the calibrated model (CSV + the top rows)."""
+    rows = ptq.layer_statistics(calibrated, child.samples or {})
+    if child.payload.get("debug_dir"):
+        ptq.write_layer_csv(rows, str(Path(child.payload["debug_dir"]) / f"{v['name']}.layers.csv"))
+    extra["layer_stats"] = rows[:25]
+    extra["layer_stats_total"] = len(rows)
+
+
+def _converted(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any], extra: dict[str, Any]) -> bytes:
+    """float, float16, dynamic-range, int16x8 and full-integer recipes: one converter run, or, with a
+    denylist (selective quantization), the calibrated model quantized with those ops or nodes kept in float."""
+    serve = _prepared(child, model, recipe, extra)
+    selective = bool(recipe.params.get("denylisted_ops") or recipe.params.get("denylisted_nodes"))
+    debug = bool(child.payload.get("debug")) and recipe.kind is RecipeKind.FULL_INTEGER
+    calibrated = _calibrated(child, model, serve, _spelled_as(recipe)) if selective or debug else None
+    if debug:
+        assert calibrated is not None
+        _debug_layers(child, calibrated, v, extra)
+    if selective:
+        assert calibrated is not None
+        return ptq.quantize_calibrated(
+            calibrated, denylisted_ops=recipe.params.get("denylisted_ops", ()),
+            denylisted_nodes=recipe.params.get("denylisted_nodes", ()),
+            output_type=str(recipe.params.get("inference_output_type", "float32")))
+    notes: list[str] = []
+    data = convert(serve, model.owner, recipe, child.samples, notes)
+    if notes:
+        extra["fallback"] = notes
+    return data
+
+
+def _auto_variant(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any], extra: dict[str, Any]) -> bytes:
+    """The ``auto`` recipe: the calibrated model with the most harmful op groups kept in float (:func:`_auto`)."""
+    serve = _prepared(child, model, recipe, extra)
+    calibrated = _calibrated(child, model, serve, _spelled_as(recipe))
+    if child.payload.get("debug"):
+        _debug_layers(child, calibrated, v, extra)
+    auto_eval = {**(child.payload.get("auto_eval") or {}), "budget": v.get("auto_budget")}
+    # The budget is against the fp32 variant: a pruned model is scored against the unpruned one.
+    data, extra["auto"] = _auto(serve, calibrated, child.samples or {}, recipe, auto_eval,
+                                reference_serve=child.base.serve if v.get("prune") else None)
+    return data
+
+
+def _not_a_conversion(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any],
+                      extra: dict[str, Any]) -> bytes:
+    raise QuantizationError(f"recipe {recipe.name!r} is a pruning recipe, not a conversion recipe")
+
+
+BUILDERS: dict[RecipeKind, Builder] = {
+    RecipeKind.FLOAT: _converted,
+    RecipeKind.FLOAT16: _converted,
+    RecipeKind.DYNAMIC_RANGE: _converted,
+    RecipeKind.INT16X8: _converted,
+    RecipeKind.FULL_INTEGER: _converted,
+    RecipeKind.AUTO: _auto_variant,
+    RecipeKind.PRUNE: _not_a_conversion,
+}
+assert set(BUILDERS) == set(RecipeKind)
+
+
+def int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> tuple[Any, dict[str, Any]]:
+    """``loaded.serve``, traced again in the recipe's int8-friendly spelling of litegate's BERT.
+
+    ``smooth_residual`` (a channel maximum): feed-forward residuals smoothed with scales from the float
+    model's residuals on the calibration samples (:func:`litegate.converter.bert.residual_smoothing`);
+    ``mask_penalty``: the attention mask's penalty (:func:`litegate.converter.bert.mask_penalty`).
+    Other models are returned unchanged.
+    """
+    target, penalty = recipe.params.get("smooth_residual"), recipe.params.get("mask_penalty")
+    if not (target or penalty) or loaded.serve is None or not samples:
+        return loaded.serve, {}
+    import tensorflow as tf  # heavy: TensorFlow, in the build child only
+
+    from litegate.converter.bert import (  # imports TensorFlow at module level
+        LayerNorm,
+        ffn_residual_maxima,
+        mask_penalty,
+        residual_smoothing,
+        smoothing_scales,
+    )
+
+    if not any(isinstance(layer, LayerNorm) for layer in getattr(loaded.keras_model, "layers", ())):
+        return loaded.serve, {}
+    info: dict[str, Any] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            if target:
+                maxima = ffn_residual_maxima(loaded.keras_model, samples)
+                scales = smoothing_scales(maxima, float(target))
+                stack.enter_context(residual_smoothing(scales))
+                info["residual_smoothing"] = {
+                    "target": float(target), "samples": len(next(iter(samples.values()))),
+                    "blocks": {k: {"max_before": round(float(maxima[k].max()), 2), "channels_scaled": int((s > 1).sum()),
+                                   "max_scale": round(float(s.max()), 2)} for k, s in scales.items()}}
+            if penalty:
+                stack.enter_context(mask_penalty(float(penalty)))
+                info["mask_penalty"] = float(penalty)
+            serve = loaded.serve.retraced()
+    except (ValueError, TypeError, tf.errors.OpError) as exc:  # this variant fails, not the whole child
+        raise QuantizationError(f"recipe {recipe.name!r}: int8 spelling failed: {str(exc).splitlines()[0]}") from None
+    return serve, info
+
+
+def _auto(serve: Any, calibrated: bytes, samples: Mapping[str, np.ndarray], recipe: Recipe,
+          auto_eval: Mapping[str, Any], *, reference_serve: Any = None) -> tuple[bytes, dict[str, Any]]:
+    """The ``auto`` recipe: float islands for the most sensitive layers until the budget is met.
+
+    Op groups are ranked against the float outputs of ``serve`` (the model being quantized); the
+    target is set by ``reference_serve`` when given (the unpruned model of a ``PRUNE+auto``
+    variant, so pruning and quantization share the variant's budget), else by ``serve``.
+    """
+    if not auto_eval.get("npz"):
+        raise QuantizationError("recipe 'auto' needs evaluation data (data.eval) to score its candidates")
+    with np.load(auto_eval["npz"]) as data:
+        inputs = {k: data[k] for k in data.files}
+    names = input_names(serve)
+    feeds = model_samples(serve, inputs)
+    n = len(next(iter(feeds.values())))
+
+    def float_outputs(fn: Any) -> np.ndarray:
+        return np.stack([next(iter(fn(**{k: feeds[k][i : i + 1] for k in names}).values())).numpy()[0] for i in range(n)])
+
+    ref = float_outputs(serve)
+    target_ref = ref if reference_serve is None else float_outputs(reference_serve)
+    labels = auto_eval.get("labels")
+    budget = float(recipe.params.get("budget", auto_eval.get("budget") or 1.0))
+    if labels is not None:
+        labels_arr = np.asarray(labels)
+        metric, ref_score = "accuracy", classification_metrics(target_ref, labels_arr)["accuracy"]
+        target = ref_score - budget
+    else:
+        metric, ref_score, target = "cosine", 1.0, float(recipe.params.get("min_cosine", 0.99))
+
+    def outputs(model: bytes, feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
+            f.write(model)
+            f.flush()
+            return next(iter(Runner(f.name, threads=2).run_batch(feed).values()))
+
+    def score(model: bytes) -> float:
+        out = outputs(model, inputs)
+        if labels is not None:
+            return classification_metrics(out, labels_arr)["accuracy"]
+        return float(np.mean(cosine(out, target_ref)))
+
+    # Rank op groups by what quantizing each alone does to the outputs, on a subset of the data.
+    k = min(n, int(recipe.params.get("rank_samples", 64)))
+    subset = {name: arr[:k] for name, arr in inputs.items()}
+    groups = ptq.op_groups(calibrated)
+    impact = ptq.group_impact(calibrated, groups, lambda m: outputs(m, subset), ref[:k])
+    ranked = [(r["group"], groups[r["group"]]) for r in impact]
+    found = ptq.auto_search(calibrated, ranked, score, target=target, max_steps=int(recipe.params.get("max_steps", 8)))
+    info = {k: v for k, v in found.items() if k != "model"}
+    full = next((t for t in found["trials"] if t["float_groups"] == 0 and "bytes" in t), None)
+    info.update({"metric": metric, "float_reference": ref_score, "target": target, "budget": budget,
+                 "selected_on": auto_eval.get("name", "evaluation data"), "ranked_groups": len(ranked),
+                 "total_nodes": sum(len(v) for v in groups.values()), "ranked_on_samples": k,
+                 "group_impact": impact[:20], "full_int8_bytes": full["bytes"] if full else None,
+                 "scored_against": "the unpruned float model" if reference_serve is not None else "the float model",
+                 "bytes": len(found["model"])})
+    return found["model"], info
+
+
+def _pruned(child: _Child, prune: Recipe) -> tuple[Loaded, dict[str, Any]]:
+    """Prune (with recovery) once per pruning recipe; later variants reuse the pruned model."""
+    data = child.payload.get("prune_data") or {}
+    key = json.dumps(prune.to_dict(), sort_keys=True)
+    if key not in child.pruned:
+        if not data.get("npz"):
+            raise QuantizationError(f"pruning recipe {prune.name!r} needs recovery data (data.train or data.calibration)")
+        with np.load(data["npz"]) as arrays:
+            inputs = {k: arrays[k] for k in arrays.files}
+        labels = np.asarray(data["labels"]) if data.get("labels") is not None else None
+        new, stats = apply_pruning(child.base, prune, texts_inputs=inputs, labels=labels)
+        stats = {k: v for k, v in stats.items() if k != "loss_curve"} | {"loss_curve": stats.get("loss_curve", [])[-20:]}
+        child.pruned[key] = (new, stats)
+    new, stats = child.pruned[key]
+    return new, dict(stats)
+
+
+def _determinism(data: bytes, serve: Any, model: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
+    """Convert again: identical bytes, or (when TensorFlow makes that impossible) how far the outputs differ."""
+    again = convert(serve, model, recipe, samples)
+    same = again == data
+    out: dict[str, Any] = {"identical_bytes": same, "sha256": [hashlib.sha256(data).hexdigest(),
+                                                              hashlib.sha256(again).hexdigest()]}
+    if not same and samples:
+        outs = []
+        for blob in (data, again):
+            with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
+                f.write(blob)
+                f.flush()
+                outs.append(Runner(f.name, backend="cpu").run_batch({k: v[:16] for k, v in samples.items()}))
+        out["max_abs_output_diff"] = max(float(np.max(np.abs(outs[0][k] - outs[1][k]))) for k in outs[0])
+    return out
