@@ -40,8 +40,10 @@ test-fast: $(STAMP)
 gpu-sim:
 	sh scripts/gpu_sim.sh
 
+## ruff, and the import-layer contract in pyproject.toml ([tool.importlinter]): imports flow downward only.
 lint: $(STAMP)
 	$(BIN)/ruff check litegate tests scripts tools
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

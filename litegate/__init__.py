@@ -4,20 +4,31 @@ Public API::
 
     from litegate import load_config, run_release
     report = run_release(load_config("release.toml"))
+
+The names are loaded on first use, so importing one litegate module (a child process importing
+its job, say) does not import the whole pipeline.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import Any
 
-# tensorflow-model-optimization needs tf_keras: select it before anything imports TensorFlow.
+# The one place litegate selects Keras: tensorflow-model-optimization and litegate's graphs need tf_keras
+# (Keras 2). Every litegate module runs this first, before TensorFlow is imported or tf.keras is touched.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-__version__ = "0.1.0"
+from litegate.version import __version__  # noqa: E402  (after the Keras switch, by design)
 
-from litegate.config import ReleaseConfig  # noqa: E402
-from litegate.config import load as load_config  # noqa: E402
-from litegate.errors import LitegateError  # noqa: E402
-from litegate.pipeline import run_release  # noqa: E402
+_API = {"LitegateError": ("litegate.errors", "LitegateError"), "ReleaseConfig": ("litegate.config", "ReleaseConfig"),
+        "load_config": ("litegate.config", "load"), "run_release": ("litegate.pipeline", "run_release")}
 
 __all__ = ["LitegateError", "ReleaseConfig", "__version__", "load_config", "run_release"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'litegate' has no attribute {name!r}")
+    module, attr = _API[name]
+    return getattr(importlib.import_module(module), attr)

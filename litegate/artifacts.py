@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from litegate.errors import OutputError
 from litegate.types import Artifact
 
@@ -197,7 +199,5 @@ def dataclass_replace_path(art: Artifact, path: Path) -> Artifact:
 
 def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any]) -> None:
     """Write named arrays to an .npz file atomically."""
-    import numpy as np
-
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **dict(arrays))  # type: ignore[arg-type]  # numpy's stub types **kwds as bool

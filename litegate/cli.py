@@ -17,8 +17,16 @@ from typing import Any
 
 import click
 
-from litegate import __version__
-from litegate.errors import LitegateError
+from litegate import report as rpt
+from litegate import timing
+from litegate.artifacts import atomic_write_text
+from litegate.baseline import CompareConfig
+from litegate.baseline import compare as do_compare
+from litegate.config import load as load_config
+from litegate.errors import BenchmarkError, LitegateError
+from litegate.quantize import recipes
+from litegate.types import ModelSource, SourceKind, Status, Task
+from litegate.version import __version__
 
 _T0 = time.monotonic()
 _LAST_STEP: list[str] = []
@@ -45,8 +53,8 @@ verbose_option = click.option("-v", "--verbose", is_flag=True, help="Show traceb
 seq_len_option = click.option("--seq-len", type=click.IntRange(1, 4096), default=128, show_default=True,
                               help="Static sequence length of the exported model.")
 source_options = [
-    click.option("--from", "kind", type=click.Choice(["hf-bert", "hf-gpt2", "saved_model", "keras"]), default="hf-bert",
-                 show_default=True, help="Kind of the input model."),
+    click.option("--from", "kind", type=click.Choice([k.value for k in SourceKind if k is not SourceKind.TFLITE]),
+                 default=SourceKind.HF_BERT.value, show_default=True, help="Kind of the input model."),
     click.option("--max-len", type=click.IntRange(1), default=None,
                  help="KV-cache length of a GPT-2 export (default: the model's n_positions)."),
     click.option("--signature", default="serving_default", show_default=True, help="SavedModel signature to convert."),
@@ -59,8 +67,8 @@ source_options = [
     click.option("--gpu-friendly/--no-gpu-friendly", default=False, show_default=True,
                  help="hf-bert / hf-gpt2: spell embedding lookups as 1-D gathers and slices without shrink masks so "
                       "LiteRT's GPU delegate takes every op (same outputs)."),
-    click.option("--task", type=click.Choice(["text-classification", "sentence-embedding", "text-generation"]),
-                 default="text-classification", show_default=True),
+    click.option("--task", type=click.Choice([t.value for t in Task]), default=Task.TEXT_CLASSIFICATION.value,
+                 show_default=True),
     click.option("--head", type=click.Choice(["classification", "mean", "cls", "encoder"]), default=None,
                  help="BERT output head (default: classification for text-classification, mean for embeddings)."),
 ]
@@ -105,10 +113,9 @@ def run(config: Path, output: Path | None, data: Path | None, baseline: Path | N
       litegate run examples/demo/release.toml --output reports/demo
       litegate run examples/demo/release.toml --data ../shared/data/sst2/dev.tsv
     """
-    from litegate.config import load
-    from litegate.pipeline import run_release
+    from litegate.pipeline import run_release  # imports LiteRT: not at CLI start
 
-    cfg = load(config).with_overrides(output=output, data=data, baseline=baseline)
+    cfg = load_config(config).with_overrides(output=output, data=data, baseline=baseline)
     rep = run_release(cfg, progress=None if quiet else _progress)
     click.echo((cfg.output_dir / "report.md").read_text().splitlines()[0].lstrip("# ").replace("**", ""))
     click.echo(f"report: {cfg.output_dir / 'report.json'}")
@@ -153,8 +160,6 @@ def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, sa
       litegate quantize examples/demo/model --recipe int8 \\
           --calibration examples/demo/calibration.txt -o demo-int8.tflite --seq-len 64
     """
-    from litegate.quantize import recipes
-
     if recipes.load(recipe).needs_calibration and calibration is None:
         raise click.BadParameter(f"recipe {recipe!r} is calibrated: give --calibration TEXT", param_hint="--calibration")
     _convert(path, output, source, seq_len, recipe, calibration, samples, debug)
@@ -183,13 +188,11 @@ def _convert(path: Path, output: Path, source: dict[str, Any], seq_len: int, rec
     _echo_notes_and_layers(info, output)
 
 
-def _model_source(path: Path, source: dict[str, Any]) -> Any:
+def _model_source(path: Path, source: dict[str, Any]) -> ModelSource:
     """The ModelSource described by the shared source options."""
-    from litegate.types import ModelSource, SourceKind, Task
-
     task = source["task"]
-    options: dict[str, Any] = {"head": source["head"] or ("classification" if task == "text-classification" else "mean")}
-    if source["kind"] == "saved_model":
+    options: dict[str, Any] = {"head": source["head"] or ("classification" if task == Task.TEXT_CLASSIFICATION else "mean")}
+    if source["kind"] == SourceKind.SAVED_MODEL:
         options["signature"] = source["signature"]
     if source["tokenizer_path"]:
         options["tokenizer"] = str(source["tokenizer_path"])
@@ -200,11 +203,11 @@ def _model_source(path: Path, source: dict[str, Any]) -> Any:
     if source["max_len"]:
         options["max_len"] = source["max_len"]
     if source.get("gpu_friendly"):
-        if source["kind"] not in ("hf-bert", "hf-gpt2"):
+        if source["kind"] not in (SourceKind.HF_BERT, SourceKind.HF_GPT2):
             raise click.UsageError(f"--gpu-friendly applies to hf-bert and hf-gpt2 sources, not {source['kind']}")
         options["gpu_friendly"] = True
-    if source["kind"] == "hf-gpt2":
-        task = "text-generation"
+    if source["kind"] == SourceKind.HF_GPT2:
+        task = Task.TEXT_GENERATION
     return ModelSource(kind=SourceKind(source["kind"]), path=str(path), task=Task(task), options=options)
 
 
@@ -263,8 +266,8 @@ def prune(path: Path, output: Path, recipe: str, then: str | None, calibration: 
 @click.option("--backend", "backends", default="xnnpack", show_default=True, help="Comma-separated backends.")
 @click.option("--threads", default="1", show_default=True, help="Comma-separated thread counts.")
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="tokenizer.json (default: sidecar).")
-@click.option("--min-runs", type=click.IntRange(1), default=50, show_default=True)
-@click.option("--min-seconds", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--min-runs", type=click.IntRange(1), default=timing.DEFAULT.min_runs, show_default=True)
+@click.option("--min-seconds", type=click.FloatRange(0), default=timing.DEFAULT.min_seconds, show_default=True)
 @click.option("--timeout", "timeout_s", type=click.FloatRange(1), default=300.0, show_default=True,
               help="Seconds before a cell's child process is killed and the cell recorded as a timeout.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -278,7 +281,7 @@ def bench(model: Path, text: Path, backends: str, threads: str, tokenizer: Path 
       litegate bench reports/demo/int8.tflite --text examples/demo/eval.tsv --threads 1,2
     """
     from litegate.api import bench_model
-    from litegate.backends.registry import backend_syntax_error
+    from litegate.backends.registry import backend_syntax_error  # imports LiteRT: not at CLI start
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
     for b in names:
@@ -293,9 +296,6 @@ def bench(model: Path, text: Path, backends: str, threads: str, tokenizer: Path 
                                  param_hint="--threads") from None
     results = bench_model(model, text=text, backends=names, threads=counts, tokenizer=tokenizer,
                           protocol={"min_runs": min_runs, "min_seconds": min_seconds}, timeout_s=timeout_s)
-    from litegate.errors import BenchmarkError
-    from litegate.types import Status
-
     failed = [r for r in results if r.status in (Status.FAILED, Status.TIMEOUT)]
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
@@ -337,7 +337,7 @@ def generate(model: Path, prompt: str, tokens: int, temperature: float, seed: in
     Example:
       litegate generate char-gpt2.tflite --prompt "ROMEO:" --tokens 200
     """
-    from litegate.generate import generate_text
+    from litegate.generate import generate_text  # imports LiteRT: not at CLI start
 
     text = generate_text(model, prompt, tokens, tokenizer=tokenizer, temperature=temperature, seed=seed)
     click.echo(prompt + text)
@@ -355,9 +355,6 @@ def report(report_json: Path, fmt: str, output: Path | None, verbose: bool) -> N
     Example:
       litegate report reports/demo/report.json > comment.md
     """
-    from litegate import report as rpt
-    from litegate.artifacts import atomic_write_text
-
     rep = rpt.load(report_json)
     text = rpt.to_markdown(rep) if fmt == "md" else rpt.to_json(rep)
     if output:
@@ -380,10 +377,6 @@ def compare(base: Path, new: Path, threshold: float, confidence: float, verbose:
     Example:
       litegate compare main/report.json reports/demo/report.json
     """
-    from litegate import report as rpt
-    from litegate.baseline import CompareConfig
-    from litegate.baseline import compare as do_compare
-
     verdicts, _ = do_compare(rpt.load(base), rpt.load(new), CompareConfig(threshold=threshold, confidence=confidence))
     for v in verdicts:
         click.echo(f"{'ok  ' if v.passed else 'FAIL'} {v.message}")
@@ -403,9 +396,9 @@ def doctor(as_json: bool, verbose: bool) -> None:
     Example:
       litegate doctor
     """
-    from litegate.doctor import check
+    from litegate.doctor import check as doctor_check  # imports LiteRT: not at CLI start
 
-    rows = check()
+    rows = doctor_check()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -432,7 +425,7 @@ def check(model: Path, delegates: str, fmt: str, verbose: bool) -> None:
       litegate check demo.tflite --delegate gpu,xnnpack
       litegate check demo.tflite --format json > compat.json
     """
-    from litegate.compat.check import DELEGATES, check_model, render_table
+    from litegate.compat.check import DELEGATES, check_model, render_table  # imports LiteRT: not at CLI start
 
     names = [d.strip() for d in delegates.split(",") if d.strip()]
     if not names:

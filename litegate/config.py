@@ -38,8 +38,10 @@ import dataclasses
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from litegate import timing
+from litegate.backends.spec import backend_relative_to
 from litegate.baseline import CompareConfig
 from litegate.errors import ConfigError
 from litegate.quantize import recipes
@@ -113,10 +115,10 @@ class VariantConfig:
 class BenchConfig:
     backends: tuple[str, ...] = ("xnnpack",)
     threads: tuple[int, ...] = (1, 2)
-    warmup_runs: int = 10
-    min_runs: int = 50
-    min_seconds: float = 1.0
-    max_runs: int = 2000
+    warmup_runs: int = timing.DEFAULT.warmup_runs
+    min_runs: int = timing.DEFAULT.min_runs
+    min_seconds: float = timing.DEFAULT.min_seconds
+    max_runs: int = timing.DEFAULT.max_runs
     timeout_s: float = 300.0
     eval_backend: str = "xnnpack"
     eval_threads: int = 2
@@ -124,8 +126,8 @@ class BenchConfig:
     profile_runs: int = 20  # per-op profile of the slowest variant (LiteRT's profiler); 0: none
 
     def protocol(self) -> dict[str, Any]:
-        return {"warmup_runs": self.warmup_runs, "min_runs": self.min_runs, "min_seconds": self.min_seconds,
-                "max_runs": self.max_runs}
+        return timing.Protocol(warmup_runs=self.warmup_runs, min_runs=self.min_runs, min_seconds=self.min_seconds,
+                               max_runs=self.max_runs).to_dict()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,17 +217,50 @@ def load(path: str | Path) -> ReleaseConfig:
         ConfigError: the file is missing or invalid; the message names the key.
     """
     file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{file}: config file not found")
-    try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    raw = _read_toml(file)
     base = file.resolve().parent
     top = _Table(raw, "", file)
     name = top.get("name", str, file.parent.name or "release")
+    model = _model(top.table("model"), base, gpu_target=_measures_gpu(raw))
+    data = _data(top.table("data"), base)
+    output_dir, cache_dir = _output(top.table("output"), base, name)
+    variants = _variants(top, base, file)
+    _check_tflite_variants(model, variants, file)
+    names = [v.name for v in variants]
+    bench = _bench(top.table("bench"), base)
+    budget, variant_budgets = _budgets(top.table("budgets"), names)
+    gate = _gate(top.table("gate"), names)
+    delegates = _check(top.table("check"))
+    debug = _quantize(top.table("quantize"))
+    convert_timeout, mem_mb = _limits(top.table("limits"))
+    top.done()
+    return ReleaseConfig(
+        path=file.resolve(), name=name, model=model, data=data, variants=variants, bench=bench, budget=budget,
+        variant_budgets=variant_budgets, output_dir=output_dir, cache_dir=cache_dir, reference=gate.reference,
+        require=gate.require, convert_timeout_s=convert_timeout, mem_mb=mem_mb, delegates=delegates, debug=debug,
+        # resolved last: unknown keys anywhere are reported before a missing baseline file
+        baseline=_path(base, gate.baseline, "gate.baseline", file) if gate.baseline else None, compare=gate.compare,
+    )
 
-    m = top.table("model")
+
+def _read_toml(file: Path) -> dict[str, Any]:
+    if not file.is_file():
+        raise ConfigError(f"{file}: config file not found")
+    try:
+        return tomllib.loads(file.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+
+
+def _measures_gpu(raw: Mapping[str, Any]) -> bool:
+    """Whether ``bench.backends`` has "gpu": read ahead of ``[bench]`` for ``model.gpu_friendly``'s default."""
+    bench_raw = raw.get("bench")
+    return isinstance(bench_raw, dict) and "gpu" in (bench_raw.get("backends") or ())
+
+
+def _model(m: _Table, base: Path, *, gpu_target: bool) -> ModelConfig:
+    """``[model]``."""
+    file = m.file
     kind = m.get("source", str)
     try:
         source_kind = SourceKind(kind)
@@ -242,8 +277,16 @@ def load(path: str | Path) -> ReleaseConfig:
     seq_len = m.get("seq_len", int, 128)
     if not 1 <= seq_len <= 4096:
         raise ConfigError(f"{file}: 'model.seq_len' must be between 1 and 4096, got {seq_len}")
-    tokenizer = m.get("tokenizer", str, "")
+    options = _model_options(m, base, head, source_kind, gpu_target)
+    m.done()
+    return ModelConfig(ModelSource(kind=source_kind, path=str(model_path), task=task, options=options), seq_len)
+
+
+def _model_options(m: _Table, base: Path, head: str, source_kind: SourceKind, gpu_target: bool) -> dict[str, Any]:
+    """The optional ``[model]`` keys, as ``ModelSource.options``."""
+    file = m.file
     options: dict[str, Any] = {"head": head}
+    tokenizer = m.get("tokenizer", str, "")
     if tokenizer:
         options["tokenizer"] = str(_path(base, tokenizer, "model.tokenizer", file))
     extra_weights = m.get("extra_weights", str, "")
@@ -264,17 +307,18 @@ def load(path: str | Path) -> ReleaseConfig:
     # GPU-friendly graph (1-D embedding gathers, no shrink-mask slices): on by default when the release
     # measures the GPU delegate (bench.backends has "gpu"); check.delegates alone (gpu is in its default)
     # does not switch it on. Only hf-bert and hf-gpt2 sources have the rewrite.
-    bench_raw = raw.get("bench")
-    gpu_target = isinstance(bench_raw, dict) and "gpu" in (bench_raw.get("backends") or ())
     rewritable = source_kind in (SourceKind.HF_BERT, SourceKind.HF_GPT2)
     if m.get("gpu_friendly", bool, gpu_target and rewritable):
         if not rewritable:
-            raise ConfigError(f"{file}: 'model.gpu_friendly' applies to hf-bert and hf-gpt2 sources, not {kind!r}")
+            raise ConfigError(f"{file}: 'model.gpu_friendly' applies to hf-bert and hf-gpt2 sources, "
+                              f"not {source_kind.value!r}")
         options["gpu_friendly"] = True
-    m.done()
-    model = ModelConfig(ModelSource(kind=source_kind, path=str(model_path), task=task, options=options), seq_len)
+    return options
 
-    d = top.table("data")
+
+def _data(d: _Table, base: Path) -> DataConfig:
+    """``[data]``."""
+    file = d.file
     eval_path = d.get("eval", str, "")
     calib_path = d.get("calibration", str, "")
     n_cal = d.get("calibration_samples", int, 200)
@@ -284,7 +328,7 @@ def load(path: str | Path) -> ReleaseConfig:
     if n_cal < 1:
         raise ConfigError(f"{file}: 'data.calibration_samples' must be >= 1, got {n_cal}")
     d.done()
-    data = DataConfig(
+    return DataConfig(
         eval=_path(base, eval_path, "data.eval", file) if eval_path else None,
         calibration=_path(base, calib_path, "data.calibration", file) if calib_path else None,
         calibration_samples=n_cal,
@@ -293,26 +337,33 @@ def load(path: str | Path) -> ReleaseConfig:
         train_samples=n_train,
     )
 
-    o = top.table("output")
-    output_dir = _path(base, o.get("dir", str, f"reports/{name}"), "output.dir", file, must_exist=False)
+
+def _output(o: _Table, base: Path, name: str) -> tuple[Path, Path]:
+    """``[output]``: the output folder and the cache folder."""
+    output_dir = _path(base, o.get("dir", str, f"reports/{name}"), "output.dir", o.file, must_exist=False)
     cache = o.get("cache_dir", str, "")
-    cache_dir = _path(base, cache, "output.cache_dir", file, must_exist=False) if cache else output_dir / ".cache"
+    cache_dir = _path(base, cache, "output.cache_dir", o.file, must_exist=False) if cache else output_dir / ".cache"
     o.done()
+    return output_dir, cache_dir
 
-    variants = _variants(top, base, file)
-    names = [v.name for v in variants]
-    if source_kind is SourceKind.TFLITE:
-        for v in variants:
-            if v.recipe.kind != "float":
-                raise ConfigError(f"{file}: variant {v.name!r}: a tflite source cannot be re-quantized "
-                                  f"(recipe kind {v.recipe.kind.value!r}); start from the TensorFlow model")
 
-    b = top.table("bench")
+def _check_tflite_variants(model: ModelConfig, variants: tuple[VariantConfig, ...], file: Path) -> None:
+    """A .tflite source can only be measured as it is (float recipes)."""
+    if model.source.kind is not SourceKind.TFLITE:
+        return
+    for v in variants:
+        if v.recipe.kind != "float":
+            raise ConfigError(f"{file}: variant {v.name!r}: a tflite source cannot be re-quantized "
+                              f"(recipe kind {v.recipe.kind.value!r}); start from the TensorFlow model")
+
+
+def _bench(b: _Table, base: Path) -> BenchConfig:
+    """``[bench]``; the timing protocol defaults to :data:`litegate.timing.DEFAULT`."""
+    from litegate.backends.registry import backend_syntax_error  # imports LiteRT: not at CLI start
+
+    file = b.file
     backends = tuple(b.get("backends", list, ["xnnpack"]))
     threads = tuple(b.get("threads", list, [1, 2]))
-    from litegate.backends.registry import backend_syntax_error
-    from litegate.backends.spec import backend_relative_to
-
     for be in backends:
         problem = backend_syntax_error(be)
         if problem:
@@ -321,10 +372,12 @@ def load(path: str | Path) -> ReleaseConfig:
     for t in threads:
         if not isinstance(t, int) or isinstance(t, bool) or t < 1:
             raise ConfigError(f"{file}: 'bench.threads' entries must be integers >= 1, got {t!r}")
+    protocol = timing.DEFAULT
     bench = BenchConfig(
         backends=backends, threads=threads,
-        warmup_runs=b.get("warmup_runs", int, 10), min_runs=b.get("min_runs", int, 50),
-        min_seconds=b.get("min_seconds", float, 1.0), max_runs=b.get("max_runs", int, 2000),
+        warmup_runs=b.get("warmup_runs", int, protocol.warmup_runs), min_runs=b.get("min_runs", int, protocol.min_runs),
+        min_seconds=b.get("min_seconds", float, protocol.min_seconds),
+        max_runs=b.get("max_runs", int, protocol.max_runs),
         timeout_s=b.get("timeout_s", float, 300.0),
         eval_backend=b.get("eval_backend", str, "xnnpack"), eval_threads=b.get("eval_threads", int, max(threads)),
         peak_probe=b.get("peak_probe", bool, True),
@@ -335,8 +388,11 @@ def load(path: str | Path) -> ReleaseConfig:
     if bench.min_runs < 1 or bench.max_runs < bench.min_runs:
         raise ConfigError(f"{file}: 'bench.min_runs' must be >= 1 and <= 'bench.max_runs'")
     b.done()
+    return bench
 
-    bt = top.table("budgets")
+
+def _budgets(bt: _Table, names: list[str]) -> tuple[Budget, dict[str, Budget]]:
+    """``[budgets]`` (defaults for every variant) and its ``[budgets.VARIANT]`` overrides."""
     default = Budget(**_budget(bt))
     per_variant = {}
     for key in list(bt.data):
@@ -344,14 +400,25 @@ def load(path: str | Path) -> ReleaseConfig:
             continue
         if key not in names:
             if isinstance(bt.data[key], dict):
-                raise ConfigError(f"{file}: 'budgets.{key}' names no variant (variants: {', '.join(names)})")
-            raise ConfigError(f"{file}: unknown key 'budgets.{key}'")
+                raise ConfigError(f"{bt.file}: 'budgets.{key}' names no variant (variants: {', '.join(names)})")
+            raise ConfigError(f"{bt.file}: unknown key 'budgets.{key}'")
         vt = bt.table(key)
         per_variant[key] = default.merged(_budget(vt))
         vt.done()
     bt.done()
+    return default, per_variant
 
-    g = top.table("gate")
+
+class _Gate(NamedTuple):
+    reference: str
+    require: str
+    baseline: str  # as written; resolved by load() once every key has been checked
+    compare: CompareConfig
+
+
+def _gate(g: _Table, names: list[str]) -> _Gate:
+    """``[gate]``."""
+    file = g.file
     reference = g.get("reference", str, "fp32")
     require = g.get("require", str, "all")
     if require not in ("all", "any"):
@@ -366,31 +433,35 @@ def load(path: str | Path) -> ReleaseConfig:
     if reference not in names:
         raise ConfigError(f"{file}: 'gate.reference' = {reference!r} is not a variant (variants: {', '.join(names)})")
     g.done()
+    return _Gate(reference, require, baseline, compare_cfg)
 
-    ct = top.table("check")
+
+def _check(ct: _Table) -> tuple[str, ...]:
+    """``[check]``: the delegates of the static compatibility check."""
+    from litegate.compat.check import DELEGATES  # imports LiteRT: not at CLI start
+
     delegates = tuple(ct.get("delegates", list, ["gpu", "hexagon", "coreml", "xnnpack"]))
-    from litegate.compat.check import DELEGATES
-
     for d in delegates:
         if d not in DELEGATES:
-            raise ConfigError(f"{file}: 'check.delegates' has unknown delegate {d!r} (known: {', '.join(DELEGATES)})")
+            raise ConfigError(f"{ct.file}: 'check.delegates' has unknown delegate {d!r} "
+                              f"(known: {', '.join(DELEGATES)})")
     ct.done()
+    return delegates
 
-    qt = top.table("quantize")
+
+def _quantize(qt: _Table) -> bool:
+    """``[quantize]``: whether to run TensorFlow's quantization debugger."""
     debug = qt.get("debug", bool, False)
     qt.done()
+    return debug
 
-    lim = top.table("limits")
+
+def _limits(lim: _Table) -> tuple[float, int | None]:
+    """``[limits]``: the conversion timeout in seconds and the memory limit in MB (None: none)."""
     convert_timeout = lim.get("convert_timeout_s", float, 900.0)
     mem_mb = lim.get("memory_mb", int, 0)
     lim.done()
-    top.done()
-    return ReleaseConfig(
-        path=file.resolve(), name=name, model=model, data=data, variants=variants, bench=bench, budget=default,
-        variant_budgets=per_variant, output_dir=output_dir, cache_dir=cache_dir, reference=reference,
-        require=require, convert_timeout_s=convert_timeout, mem_mb=mem_mb or None, delegates=delegates, debug=debug,
-        baseline=_path(base, baseline, "gate.baseline", file) if baseline else None, compare=compare_cfg,
-    )
+    return convert_timeout, mem_mb or None
 
 
 def _variants(top: _Table, base: Path, file: Path) -> tuple[VariantConfig, ...]:

@@ -7,7 +7,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from litegate.backends import adb
+from litegate.backends import adb, gpu
 from litegate.backends.registry import KNOWN, why_not_runnable
 from litegate.errors import DelegateError
 
@@ -66,8 +66,6 @@ def check() -> list[dict[str, Any]]:
 
 def _gpu_row(reason: str | None, runtime_ok: bool) -> dict[str, Any]:
     """LiteRT's GPU delegate: can it run, on which Vulkan device, and what would fix it."""
-    from litegate.backends import gpu
-
     if reason is not None or not runtime_ok:
         if not runtime_ok:
             return {"name": "backend gpu", "ok": False, "detail": reason or "runtime missing",

@@ -18,6 +18,7 @@ import numpy as np
 
 from litegate.errors import ModelLoadError
 from litegate.tasks import load_tokenizer
+from litegate.tflite.verify import verify_tflite
 
 Call = Callable[[str, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 
@@ -104,9 +105,7 @@ class Generator:
 
 def tflite_generator(model: Path, threads: int = 1) -> Generator:
     """A :class:`Generator` over a .tflite file's signature runners."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from litegate.tflite.verify import verify_tflite
+    from ai_edge_litert.interpreter import Interpreter  # LiteRT runtime: only where a model runs
 
     content = verify_tflite(model)
     try:

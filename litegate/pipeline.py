@@ -13,13 +13,14 @@ import fcntl
 import os
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from litegate import __version__, gate, machine, report
+from litegate import gate, machine, report
 from litegate.api import BUILD_JOB
 from litegate.artifacts import (
     StepCache,
@@ -28,10 +29,19 @@ from litegate.artifacts import (
     make_artifact,
     save_npz,
     sha256_tree,
+    stable_hash,
     tool_versions,
     write_model_card,
 )
+from litegate.backends.gpu import run_gpu
+from litegate.backends.registry import why_not_runnable
+from litegate.baseline import compare
+from litegate.benchmarks.accuracy import generator_bench_inputs, summarize_task
 from litegate.benchmarks.matrix import run_cell
+from litegate.benchmarks.peak import measure_peak
+from litegate.benchmarks.profile import run_profile
+from litegate.benchmarks.size import measure_size
+from litegate.compat.check import evaluate, load_rules
 from litegate.config import ReleaseConfig
 from litegate.converter.preflight import check_source, source_tokenizer
 from litegate.errors import DataError, IsolationError, LitegateError, ModelLoadError
@@ -39,9 +49,13 @@ from litegate.isolation import run_isolated
 from litegate.tasks import (
     LabelledText,
     TextEncoder,
+    generator_windows,
+    lm_windows,
+    load_tokenizer,
     read_labelled_tsv,
     read_texts,
 )
+from litegate.tflite.verify import load_model
 from litegate.types import (
     AccuracyResult,
     BenchResult,
@@ -52,6 +66,7 @@ from litegate.types import (
     Task,
     VariantResult,
 )
+from litegate.version import __version__
 
 Progress = Callable[[str], None]
 BENCH_INPUTS = 32  # distinct real sentences cycled through during latency measurement
@@ -97,7 +112,6 @@ def resolve_source(cfg: ReleaseConfig) -> _Source:
         raise ModelLoadError(f"{src.path}: a {src.kind.value} source needs model.tokenizer (a tokenizer.json or vocab.txt)")
     digest = sha256_tree(src.path)
     if src.options.get("extra_weights"):  # a trained head is part of the model's identity
-        from litegate.artifacts import stable_hash
 
         digest = stable_hash([digest, sha256_tree(str(src.options["extra_weights"]))])
     return _Source(src.kind, Path(src.path), digest, tokenizer, info)
@@ -137,8 +151,6 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
             variants = _accuracy(cfg, variants, data, work, say)
             peak = None
             if cfg.bench.peak_probe and any(b.status is Status.OK for v in variants for b in v.bench):
-                from litegate.benchmarks.peak import measure_peak
-
                 say("bench: machine peak (sgemm probe)")
                 peak = measure_peak(list(cfg.bench.threads), cache_dir=cfg.cache_dir)
                 variants = [_with_efficiency(v, peak) for v in variants]
@@ -164,8 +176,6 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
                       "tokenizer": str(source.tokenizer), **source.info}
         verdicts, gate_info = gate.evaluate(cfg, variants)
         if cfg.baseline is not None:
-            from litegate.baseline import compare
-
             base = report.load(cfg.baseline)
             draft = Report(run=run_info, model=model_info, variants=tuple(variants), verdicts=(), passed=False)
             base_verdicts, rows = compare(base, draft, cfg.compare)
@@ -201,8 +211,6 @@ def _eval_data(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | None,
     task = cfg.model.source.task
     data = _EvalData(task=task)
     if task is Task.TEXT_GENERATION:
-        from litegate.tasks import lm_windows, load_tokenizer
-
         if cfg.data.eval is None:
             raise DataError("a text-generation run needs data.eval (a text file; its last 10% is the held-out part)")
         text = "\n".join(read_texts(cfg.data.eval))
@@ -263,7 +271,6 @@ def _calibration(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | Non
     if encoder is not None:
         save_npz(path, encoder.encode(texts))
         return path, key
-    from litegate.tasks import generator_windows
 
     # windows of seq_len + steps tokens: generator_windows cuts L + 1 tokens into inputs and next-token labels
     windows = generator_windows(source.tokenizer, texts, cfg.model.seq_len + GENERATOR_CALIBRATION_STEPS - 1,
@@ -379,8 +386,6 @@ def _prune_data(cfg: ReleaseConfig, source: _Source, work: Path) -> dict[str, An
 def _publish(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | None,
              built: list[VariantResult]) -> list[VariantResult]:
     """Copy each variant to ``<output>/<name>.tflite`` with the sidecars an app needs."""
-    from litegate.benchmarks.size import measure_size
-
     out = []
     meta = {"task": cfg.model.source.task.value, "seq_len": cfg.model.seq_len,
             "signatures": _signatures(next((v.artifact.path for v in built if v.artifact is not None), None)),
@@ -388,8 +393,6 @@ def _publish(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | None,
     if encoder is not None:
         atomic_write_text(cfg.output_dir / "tokenizer.json", encoder.to_json())
     else:
-        from litegate.tasks import load_tokenizer
-
         atomic_write_text(cfg.output_dir / "tokenizer.json", str(load_tokenizer(source.tokenizer).to_str()))
     write_model_card(cfg.output_dir / "model.json", **meta)
     for v in built:
@@ -406,7 +409,7 @@ def _signatures(path: str | None) -> dict[str, Any]:
     """Signature name -> input and output names of a .tflite (what an app calls), {} if unreadable."""
     if path is None:
         return {}
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter  # LiteRT runtime: only where a model runs
 
     try:
         return {k: {"inputs": list(v["inputs"]), "outputs": list(v["outputs"])}
@@ -417,11 +420,6 @@ def _signatures(path: str | None) -> dict[str, Any]:
 
 def inspect_variant(v: VariantResult, delegates: tuple[str, ...]) -> VariantResult:
     """Read the published flatbuffer: graph summary and static compatibility per delegate (no TF, no run)."""
-    from collections import Counter
-
-    from litegate.compat.check import evaluate, load_rules
-    from litegate.tflite.verify import load_model
-
     assert v.artifact is not None
     model = load_model(v.artifact.path)
     inputs = model.subgraph_inputs[0] if model.subgraph_inputs else ()
@@ -485,7 +483,6 @@ def _op_profile(cfg: ReleaseConfig, variants: list[VariantResult], data: _EvalDa
     v = next(x for x in variants if x.name == slowest.variant)
     assert v.artifact is not None
     say(f"bench: per-op profile of {v.name} (the slowest, {slowest.backend} x{fewest})")
-    from litegate.benchmarks.profile import run_profile
 
     try:
         prof = run_profile(v.artifact.path, threads=fewest, backend=slowest.backend, runs=cfg.bench.profile_runs,
@@ -505,8 +502,6 @@ def _bench_cells(cfg: ReleaseConfig, v: VariantResult, data: _EvalData, work: Pa
     assert v.artifact is not None
     inputs, signature = data.bench_npz, None
     if data.task is Task.TEXT_GENERATION:
-        from litegate.benchmarks.accuracy import generator_bench_inputs
-
         signature, feeds = generator_bench_inputs(Path(v.artifact.path), data.bench_tokens)
         inputs = work / f"{v.name}.bench_inputs.npz"
         save_npz(inputs, feeds)
@@ -520,8 +515,6 @@ def _bench_cells(cfg: ReleaseConfig, v: VariantResult, data: _EvalData, work: Pa
 
 def _accuracy(cfg: ReleaseConfig, variants: list[VariantResult], data: _EvalData, work: Path,
               say: Progress) -> list[VariantResult]:
-    from litegate.benchmarks.accuracy import summarize_task
-
     task = cfg.model.source.task
     backend, threads = cfg.bench.eval_backend, cfg.bench.eval_threads
     if data.inputs_npz is None:
@@ -567,9 +560,6 @@ def _accuracy(cfg: ReleaseConfig, variants: list[VariantResult], data: _EvalData
 def _gpu_accuracy(cfg: ReleaseConfig, v: VariantResult, data: _EvalData, ref: dict[str, np.ndarray] | None,
                   ref_value: float | None, say: Progress) -> tuple[AccuracyResult, ...]:
     """The task metric on LiteRT's GPU delegate (fp16 arithmetic), its own row, when ``gpu`` is benchmarked here."""
-    from litegate.backends.registry import why_not_runnable
-    from litegate.benchmarks.accuracy import summarize_task
-
     task = cfg.model.source.task
     if "gpu" not in cfg.bench.backends or task is Task.TEXT_GENERATION or v.artifact is None or data.inputs_npz is None:
         return ()
@@ -577,7 +567,6 @@ def _gpu_accuracy(cfg: ReleaseConfig, v: VariantResult, data: _EvalData, ref: di
     if reason:
         return (AccuracyResult(task=task, metric="accuracy", value=None, backend="gpu", n_samples=0,
                                status=Status.NOT_RUN, reason=reason),)
-    from litegate.backends.gpu import run_gpu
 
     say(f"eval: {v.name} on the GPU delegate")
     try:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape, quoteattr
 
 from litegate.artifacts import atomic_write_text
 from litegate.errors import ConfigError
+from litegate.html import to_html
 from litegate.types import Report, Status, VariantResult
 
 MAX_MARKDOWN_CHARS = 60_000
@@ -38,8 +40,6 @@ def load(path: str | Path) -> Report:
 
 def write(rep: Report, out_dir: Path) -> None:
     """Write report.md, report.html, junit.xml and report.json atomically (the JSON last: it marks completion)."""
-    from litegate.html import to_html
-
     md = to_markdown(rep)
     atomic_write_text(out_dir / "report.md", md)
     atomic_write_text(out_dir / "report.html", to_html(rep, md.splitlines()[0]))
@@ -49,8 +49,6 @@ def write(rep: Report, out_dir: Path) -> None:
 
 def to_junit(rep: Report) -> str:
     """JUnit XML: one test case per gate check, so CI systems show failures natively."""
-    from xml.sax.saxutils import escape, quoteattr
-
     cases = []
     for v in rep.verdicts:
         where = f" [{v.backend}x{v.threads}]" if v.backend else ""

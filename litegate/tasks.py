@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer
+from tokenizers.implementations import BertWordPieceTokenizer, ByteLevelBPETokenizer
+from tokenizers.processors import BertProcessing
 
 from litegate.errors import DataError, ModelLoadError
 
@@ -89,15 +92,11 @@ class TextEncoder:
     """WordPiece/BPE tokenization (the ``tokenizers`` library) to fixed-length model inputs."""
 
     def __init__(self, tokenizer_path: str | Path, seq_len: int) -> None:
-        from tokenizers import Tokenizer
-
         p = Path(tokenizer_path)
         try:
             if p.suffix == ".json":
                 tok = Tokenizer.from_file(str(p))
             else:
-                from tokenizers.implementations import BertWordPieceTokenizer
-
                 tok = BertWordPieceTokenizer(str(p), lowercase=True)._tokenizer
         except Exception as exc:  # tokenizers raises plain Exceptions
             raise ModelLoadError(f"{p}: cannot load tokenizer: {exc}") from None
@@ -107,7 +106,6 @@ class TextEncoder:
         if cls_id is not None and sep_id is not None and tok.encode("a").ids[:1] != [cls_id]:
             # A WordPiece vocab whose tokenizer.json lacks BERT's template (e.g. trained from an
             # iterator): without [CLS] first, the pooler reads the first word instead.
-            from tokenizers.processors import BertProcessing
 
             tok.post_processor = BertProcessing(("[SEP]", sep_id), ("[CLS]", cls_id))
         tok.enable_truncation(max_length=seq_len)
@@ -206,14 +204,10 @@ HELD_OUT_FRACTION = 0.1  # the training scripts hold out the last 10% of a text 
 
 def load_tokenizer(path: Path) -> Any:
     """A ``tokenizers`` Tokenizer from tokenizer.json, or GPT-2's vocab.json + merges.txt folder."""
-    from tokenizers import Tokenizer
-
     if path.is_dir():
         if (path / "tokenizer.json").is_file():
             path = path / "tokenizer.json"
         elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-            from tokenizers.implementations import ByteLevelBPETokenizer
-
             return ByteLevelBPETokenizer(str(path / "vocab.json"), str(path / "merges.txt"))._tokenizer
         else:
             raise ModelLoadError(f"{path}: no tokenizer.json, or vocab.json + merges.txt")

@@ -135,8 +135,13 @@ class Recipe(_Record):
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "recipe name must not be empty")
-        _check(self.kind in self.KINDS, f"recipe {self.name!r}: kind must be one of {self.KINDS}, got {self.kind!r}")
-        object.__setattr__(self, "kind", RecipeKind(self.kind))
+        object.__setattr__(self, "kind", self.kind_of(self.name, self.kind))
+
+    @classmethod
+    def kind_of(cls, name: str, value: object) -> RecipeKind:
+        """``value`` as a :class:`RecipeKind`; ValueError naming the recipe when it is none."""
+        _check(value in cls.KINDS, f"recipe {name!r}: kind must be one of {cls.KINDS}, got {value!r}")
+        return RecipeKind(str(value))
 
     @property
     def needs_calibration(self) -> bool:

@@ -12,24 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from safetensors.numpy import save_file
+from tokenizers.implementations import BertWordPieceTokenizer
+from tokenizers.processors import BertProcessing
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-from safetensors.numpy import save_file  # noqa: E402
-from tokenizers.implementations import BertWordPieceTokenizer  # noqa: E402
-from tokenizers.processors import BertProcessing  # noqa: E402
-
-from litegate.converter.bert import build_bert, export_weights  # noqa: E402
-from litegate.converter.hf import BertConfig  # noqa: E402
-from litegate.tasks import TextEncoder, classification_metrics, read_labelled_tsv  # noqa: E402
+from litegate.converter.bert import build_bert, export_weights
+from litegate.converter.hf import BertConfig
+from litegate.tasks import TextEncoder, classification_metrics, read_labelled_tsv
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

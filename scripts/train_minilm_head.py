@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from safetensors.numpy import save_file
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-from safetensors.numpy import save_file  # noqa: E402
-
-from litegate.converter.bert import build_bert, load_weights  # noqa: E402
-from litegate.converter.hf import read_checkpoint  # noqa: E402
-from litegate.tasks import TextEncoder, classification_metrics, read_labelled_tsv  # noqa: E402
+from litegate.converter.bert import build_bert, load_weights
+from litegate.converter.hf import read_checkpoint
+from litegate.tasks import TextEncoder, classification_metrics, read_labelled_tsv
 
 
 def embed(model: tf_keras.Model, enc: TextEncoder, sentences: tuple[str, ...], batch: int = 128) -> np.ndarray:

@@ -14,19 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
+import tf_keras
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-
-from litegate.converter.textgen import build_char_rnn, char_tokenizer  # noqa: E402
+from litegate.converter.textgen import build_char_rnn, char_tokenizer
 
 
 def main() -> int:

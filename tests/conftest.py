@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import litegate  # noqa: F401  (its __init__ selects tf_keras before any test touches tf.keras)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]

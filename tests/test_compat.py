@@ -7,7 +7,6 @@ Fast tests build tiny models with LiteRT's generated schema object API (no Tenso
 from __future__ import annotations
 
 import json
-import os
 import random
 import warnings
 from collections.abc import Sequence
@@ -389,7 +388,6 @@ def test_cli_check_garbage_file_exits_3_with_one_line(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def real_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny real models converted with TensorFlow's TFLiteConverter (seeded)."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tensorflow as tf
     import tf_keras as keras
 

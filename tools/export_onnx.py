@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -191,9 +190,6 @@ def tf_reference(model_dir: Path, seq_len: int, inputs: Path) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Export, optimize, quantize, check and time; returns the flat result dict (and writes export.json)."""
-    import onnx  # optional peer: only when the script runs
-    import onnxruntime as ort  # optional peer: likewise
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with np.load(args.inputs) as data:
@@ -202,16 +198,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.limit:
         arrays = {k: v[: args.limit] for k, v in arrays.items()}
     cfg = read_checkpoint(args.model).config
-    paths = {v: out / f for v, f in onnx_graph.FILES.items()}
-    log = onnx_graph.logger(args)
-
-    t0 = time.monotonic()
-    onnx.save(build_onnx(args.model, seq_len), str(paths["onnxruntime fp32"]))
-    log(f"export: {paths['onnxruntime fp32']} ({time.monotonic() - t0:.1f} s)")
-    opt = optimize(paths["onnxruntime fp32"], paths["onnxruntime optimized fp32"], num_heads=cfg.num_attention_heads,
-                   hidden_size=cfg.hidden_size)
-    log(f"optimizer: model_type {opt['model_type']!r}, fused {opt['fused'][opt['model_type']]}")
-    onnx_graph.quantize_variants(paths)
+    paths, opt = onnx_graph.write_variants(
+        args, lambda: build_onnx(args.model, seq_len),
+        lambda src, dst: optimize(src, dst, num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size))
 
     if args.reference:
         with np.load(args.reference) as ref_data:
@@ -219,26 +208,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         reference = tf_reference(Path(args.model), seq_len, Path(args.inputs))[: len(arrays["input_ids"])]
 
-    result: dict[str, Any] = {}
-    details: dict[str, Any] = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "opset": onnx_graph.OPSET,
-                               "seq_len": seq_len, "sentences": len(arrays["input_ids"]), "optimizer": opt,
-                               "mask_penalty": onnx_graph.MASK_PENALTY, "variants": {}}
-    cells: onnx_graph.Cells = {}
-    for variant, path in paths.items():
-        probe = onnx_graph.session(path, 1)
-        feeds = feeds_for(probe, arrays)
-        emb = embeddings(probe, feeds)
+    def evaluate(sess: Any) -> tuple[dict[str, float], dict[str, float], float]:
+        emb = embeddings(sess, feeds_for(sess, arrays))
         cos = cosine(emb, reference)
-        result[f"cosine {variant}"] = round(float(cos.mean()), 6)
-        result[f"cosine min {variant}"] = round(float(cos.min()), 6)
-        details["variants"][variant] = {"file": path.name, "mb": round(path.stat().st_size / 1e6, 2),
-                                        "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-                                        "ops": onnx_graph.op_counts(path)}
-        if variant == "onnxruntime fp32":
-            onnx_graph.check_fp32(float(np.max(np.abs(emb - reference))), args.tolerance, result, details, log)
-        del probe
-        onnx_graph.add_session_cells(cells, variant, path, args.threads, lambda sess: feeds_for(sess, arrays))
-    return onnx_graph.finish(args, cells, result, details, log)
+        return ({"cosine": round(float(cos.mean()), 6), "cosine min": round(float(cos.min()), 6)},
+                {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())},
+                float(np.max(np.abs(emb - reference))))
+
+    fields = {"seq_len": seq_len, "sentences": len(arrays["input_ids"]), "optimizer": opt}
+    return onnx_graph.measure_variants(args, paths, fields, evaluate, lambda sess: feeds_for(sess, arrays))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

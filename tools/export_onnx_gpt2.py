@@ -270,9 +270,6 @@ def compare(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Export, optimize, quantize, check and time; returns the flat result dict (and writes export.json)."""
-    import onnx  # optional peer: only when the script runs
-    import onnxruntime as ort  # optional peer: likewise
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with np.load(args.inputs) as data:
@@ -290,16 +287,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise DataError(f"{args.inputs}: token ids outside the model's vocabulary of {cfg.vocab_size}")
     used = out / "tokens.npz"
     np.savez(used, tokens=tokens)
-    paths = {v: out / f for v, f in onnx_graph.FILES.items()}
-    log = onnx_graph.logger(args)
-
-    t0 = time.monotonic()
-    onnx.save(build_onnx(args.model, seq_len), str(paths["onnxruntime fp32"]))
-    log(f"export: {paths['onnxruntime fp32']} ({time.monotonic() - t0:.1f} s)")
-    opt = optimize(paths["onnxruntime fp32"], paths["onnxruntime optimized fp32"], num_heads=cfg.n_head,
-                   hidden_size=cfg.n_embd)
-    log(f"optimizer: model_type 'gpt2', fused {opt['fused']['gpt2']}")
-    onnx_graph.quantize_variants(paths)
+    paths, opt = onnx_graph.write_variants(
+        args, lambda: build_onnx(args.model, seq_len),
+        lambda src, dst: optimize(src, dst, num_heads=cfg.n_head, hidden_size=cfg.n_embd))
 
     if args.reference:
         with np.load(args.reference) as ref_data:
@@ -310,27 +300,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         t0 = time.monotonic()
         reference = tf_reference(Path(args.model), seq_len, used, out / REFERENCE_FILE)
-        log(f"reference: TensorFlow prefill logits {reference.shape} ({time.monotonic() - t0:.1f} s)")
+        onnx_graph.logger(args)(f"reference: TensorFlow prefill logits {reference.shape} ({time.monotonic() - t0:.1f} s)")
 
-    result: dict[str, Any] = {}
-    details: dict[str, Any] = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "opset": onnx_graph.OPSET,
-                               "seq_len": seq_len, "windows": len(tokens), "positions": int(tokens.size),
-                               "optimizer": opt, "mask_penalty": onnx_graph.MASK_PENALTY,
-                               "activation_function": cfg.activation_function, "variants": {}}
-    cells: onnx_graph.Cells = {}
-    for variant, path in paths.items():
-        probe = onnx_graph.session(path, 1)
-        stats = compare(logits_of(probe, feeds_for(probe, tokens)), reference)
-        result[f"cosine {variant}"] = round(stats["cosine_mean"], 6)
-        result[f"cosine min {variant}"] = round(stats["cosine_min"], 6)
-        result[f"top1 {variant}"] = round(stats["top1"], 6)
-        details["variants"][variant] = {"file": path.name, "mb": round(path.stat().st_size / 1e6, 2), **stats,
-                                        "ops": onnx_graph.op_counts(path)}
-        if variant == "onnxruntime fp32":
-            onnx_graph.check_fp32(stats["max_abs"], args.tolerance, result, details, log, what=" on the logits")
-        del probe
-        onnx_graph.add_session_cells(cells, variant, path, args.threads, lambda sess: feeds_for(sess, tokens))
-    return onnx_graph.finish(args, cells, result, details, log)
+    def evaluate(sess: Any) -> tuple[dict[str, float], dict[str, float], float]:
+        stats = compare(logits_of(sess, feeds_for(sess, tokens)), reference)
+        figures = {"cosine": stats["cosine_mean"], "cosine min": stats["cosine_min"], "top1": stats["top1"]}
+        return {k: round(v, 6) for k, v in figures.items()}, stats, stats["max_abs"]
+
+    fields = {"seq_len": seq_len, "windows": len(tokens), "positions": int(tokens.size), "optimizer": opt,
+              "activation_function": cfg.activation_function}
+    return onnx_graph.measure_variants(args, paths, fields, evaluate, lambda sess: feeds_for(sess, tokens),
+                                       what=" on the logits")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

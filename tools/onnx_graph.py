@@ -1,9 +1,10 @@
 """What the ONNX Runtime export scripts share: the graph builder, the four variants, interleaved timing, the CLI.
 
 ``tools/export_onnx.py`` (litegate's BERT) and ``tools/export_onnx_gpt2.py`` (litegate's GPT-2 prefill)
-each spell their own graph with :class:`Graph`; the rest is here: the variants and their files,
-ONNX Runtime sessions and ``quantize_dynamic``, :func:`time_interleaved`, the fp32 check, the
-result's ordering and ``export.json``, the table and the command line (``--json`` contract).
+each spell their own graph with :class:`Graph`, run their own optimizer and compare their own outputs;
+the rest is here: the variants and their files (:func:`write_variants`), ONNX Runtime sessions and
+``quantize_dynamic``, the fp32 check, :func:`time_interleaved`, the result's ordering and
+``export.json`` (:func:`measure_variants`), the table and the command line (``--json`` contract).
 ``make perf`` (``tools/perf.py``) uses the same sessions and timing for its interleaved peer matrix.
 """
 
@@ -98,11 +99,25 @@ def quantize(src: Path, dst: Path, *, per_channel: bool) -> None:
                      extra_options={"DefaultTensorType": TensorProto.FLOAT})
 
 
-def quantize_variants(paths: Mapping[str, Path]) -> None:
-    """Both int8 variants (per-tensor and per-channel) of the optimized fp32 graph."""
-    src = paths["onnxruntime optimized fp32"]
-    quantize(src, paths["onnxruntime optimized int8"], per_channel=False)
-    quantize(src, paths["onnxruntime optimized int8 per-channel"], per_channel=True)
+def write_variants(args: argparse.Namespace, build: Callable[[], Any],
+                   optimize: Callable[[Path, Path], dict[str, Any]]) -> tuple[dict[str, Path], dict[str, Any]]:
+    """The four variants' files in ``--out``: ``build()``'s graph, ``optimize(src, dst)``'s, its two int8 quantizations.
+
+    ``optimize`` returns ``{"model_type": ..., "fused": {model_type: {op: count}}, ...}``. Returns
+    (variant -> path, that report).
+    """
+    import onnx  # optional peer: only when the export scripts run
+
+    log = logger(args)
+    paths = {v: Path(args.out) / f for v, f in FILES.items()}
+    t0 = time.monotonic()
+    onnx.save(build(), str(paths["onnxruntime fp32"]))
+    log(f"export: {paths['onnxruntime fp32']} ({time.monotonic() - t0:.1f} s)")
+    opt = optimize(paths["onnxruntime fp32"], paths["onnxruntime optimized fp32"])
+    log(f"optimizer: model_type {opt['model_type']!r}, fused {opt['fused'][opt['model_type']]}")
+    quantize(paths["onnxruntime optimized fp32"], paths["onnxruntime optimized int8"], per_channel=False)
+    quantize(paths["onnxruntime optimized fp32"], paths["onnxruntime optimized int8 per-channel"], per_channel=True)
+    return paths, opt
 
 
 def session(path: Path, threads: int) -> Any:
@@ -124,14 +139,6 @@ def ort_runner(sess: Any) -> Callable[[Mapping[str, np.ndarray]], Any]:
         return sess.run(None, dict(feed))
 
     return run_once
-
-
-def add_session_cells(cells: Cells, variant: str, path: Path, threads: Sequence[int],
-                      feeds: Callable[[Any], Sequence[Any]]) -> None:
-    """One timing cell ``"<variant> x<threads>"`` per thread count: a fresh session and ``feeds(session)``."""
-    for t in threads:
-        sess = session(path, t)
-        cells[f"{variant} x{t}"] = (ort_runner(sess), feeds(sess))
 
 
 def time_interleaved(cells: Mapping[str, tuple[Callable[[Any], Any], Sequence[Any]]], *, runs: int,
@@ -174,23 +181,51 @@ def op_counts(path: Path) -> dict[str, int]:
     return ops
 
 
-def check_fp32(max_abs: float, tolerance: float, result: dict[str, Any], details: dict[str, Any],
-               log: Callable[[str], None], *, what: str = "") -> None:
-    """Record the exported fp32 graph's max abs difference to TensorFlow; fail above ``tolerance`` (or on NaN)."""
-    result["max abs onnxruntime fp32 vs tf"] = max_abs
-    details["max_abs_fp32_vs_tf"] = max_abs
-    if not max_abs <= tolerance:
-        raise RuntimeError(f"the exported ONNX model does not match the TensorFlow model: max abs "
-                           f"{max_abs:.3g}{what} > {tolerance:g}")
-    log(f"fp32 check: max abs difference to TensorFlow {max_abs:.2e} (tolerance {tolerance:g})")
+def measure_variants(args: argparse.Namespace, paths: Mapping[str, Path], fields: Mapping[str, Any],
+                     evaluate: Callable[[Any], tuple[dict[str, float], dict[str, float], float]],
+                     feeds: Callable[[Any], Sequence[Any]], *, what: str = "") -> dict[str, Any]:
+    """Check every variant against TensorFlow, time them all interleaved, write ``export.json``.
 
+    Args:
+        args: the command line (``--tolerance``, ``--threads``, ``--runs``, ``--block``, ``--warmup``, ``--out``).
+        paths: variant -> .onnx file (:func:`write_variants`).
+        fields: what ``export.json`` says about the run besides versions, variants and the result.
+        evaluate: ``session -> (figures, stats, max_abs)`` on a 1-thread session: ``figures`` become the
+            result's ``"<figure> <variant>"`` keys (``cosine``, ``cosine min``, ...), ``stats`` the
+            variant's details, ``max_abs`` the difference to TensorFlow (checked for ``onnxruntime fp32``).
+        feeds: ``session -> feeds`` for the timed cells (every variant at every ``--threads`` count).
+        what: words after the max abs figure in the mismatch error (e.g. ``" on the logits"``).
 
-def finish(args: argparse.Namespace, cells: Cells, result: dict[str, Any], details: dict[str, Any],
-           log: Callable[[str], None]) -> dict[str, Any]:
-    """Time ``cells`` (unless ``--runs 0``), order the result by variant and thread count, write ``export.json``.
+    Returns:
+        The flat result: ``"<variant> x<threads>"`` medians first, then the figures and
+        ``"max abs onnxruntime fp32 vs tf"``.
 
-    Returns the flat result: ``"<variant> x<threads>"`` medians first, then ``result``'s other keys.
+    Raises:
+        RuntimeError: the exported fp32 graph differs from TensorFlow by more than ``--tolerance`` (or NaN).
     """
+    import onnx  # optional peer: only when the export scripts run
+    import onnxruntime as ort  # optional peer: likewise
+
+    log = logger(args)
+    details: dict[str, Any] = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "opset": OPSET, **fields,
+                               "mask_penalty": MASK_PENALTY, "variants": {}}
+    result: dict[str, Any] = {}
+    cells: Cells = {}
+    for variant, path in paths.items():
+        figures, stats, max_abs = evaluate(session(path, 1))
+        result.update({f"{k} {variant}": v for k, v in figures.items()})
+        details["variants"][variant] = {"file": path.name, "mb": round(path.stat().st_size / 1e6, 2), **stats,
+                                        "ops": op_counts(path)}
+        if variant == "onnxruntime fp32":
+            result["max abs onnxruntime fp32 vs tf"] = details["max_abs_fp32_vs_tf"] = max_abs
+            if not max_abs <= args.tolerance:
+                raise RuntimeError(f"the exported ONNX model does not match the TensorFlow model: max abs "
+                                   f"{max_abs:.3g}{what} > {args.tolerance:g}")
+            log(f"fp32 check: max abs difference to TensorFlow {max_abs:.2e} (tolerance {args.tolerance:g})")
+        for t in args.threads:
+            sess = session(path, t)
+            cells[f"{variant} x{t}"] = (ort_runner(sess), feeds(sess))
+
     if args.runs > 0:
         log(f"timing {len(cells)} sessions, interleaved, >= {args.runs} runs each")
         samples = time_interleaved(cells, runs=args.runs, block=args.block, warmup=args.warmup)

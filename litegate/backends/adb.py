@@ -47,6 +47,7 @@ from typing import Any
 from litegate.backends.benchmark_model import BenchmarkModelOutput, RunStats, parse
 from litegate.backends.spec import is_adb_backend, parse_options
 from litegate.errors import BenchmarkError, DelegateError
+from litegate.tflite.verify import verify_tflite
 from litegate.types import LatencyStats
 
 BINARY_ENV = "LITEGATE_BENCHMARK_MODEL"
@@ -343,8 +344,6 @@ def bench_job(payload: dict[str, Any]) -> dict[str, Any]:
     payload: adb, serial, binary, backend, path, sha256, threads, protocol (the bench protocol),
     timeout_s (per adb step).
     """
-    from litegate.tflite.verify import verify_tflite
-
     verify_tflite(payload["path"])
     spec = parse_backend(payload["backend"])
     adb, serial, binary = payload["adb"], payload["serial"], payload["binary"]

@@ -44,8 +44,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ai_edge_litert import schema_py_generated as schema
 
+from litegate.artifacts import save_npz
+from litegate.backends.runtime import Runner
 from litegate.errors import DelegateError, IsolationError, LitegateError, ModelLoadError
+from litegate.isolation import read_tail, run_isolated
+from litegate.tflite.flatbuffer import read_model
+from litegate.tflite.verify import verify_tflite
+from litegate.timing import measure, peak_rss_mb
 
 __all__ = [
     "MIN_MESA",
@@ -409,8 +416,6 @@ def _litert_reason() -> str | None:
 @functools.lru_cache(maxsize=1)
 def probe_vulkan(timeout_s: float = 60.0) -> tuple[tuple[VulkanDevice, ...], str | None]:
     """This machine's Vulkan devices (probed once per process, in a child), or why there are none."""
-    from litegate.isolation import run_isolated
-
     try:
         r = run_isolated("litegate.backends.gpu:probe_job", {}, timeout_s=timeout_s)
     except IsolationError as exc:
@@ -541,12 +546,12 @@ def gpu_job(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _gpu_job(payload: dict[str, Any]) -> dict[str, Any]:
-    from ai_edge_litert.compiled_model import CompiledModel, CpuOptions, HardwareAccelerator, Options
-
-    from litegate.artifacts import save_npz
-    from litegate.backends.runtime import Runner
-    from litegate.tflite.verify import verify_tflite
-    from litegate.timing import measure, peak_rss_mb
+    from ai_edge_litert.compiled_model import (  # LiteRT runtime: only where a model runs
+        CompiledModel,
+        CpuOptions,
+        HardwareAccelerator,
+        Options,
+    )
 
     path = str(payload["path"])
     threads = int(payload.get("threads", 1))
@@ -628,10 +633,6 @@ def _signature_subgraph(content: bytes, key: str) -> tuple[int, int | None]:
 
     A model without signature defs (or a key it does not list) maps to subgraph 0.
     """
-    from ai_edge_litert import schema_py_generated as schema
-
-    from litegate.tflite.flatbuffer import read_model
-
     try:
         model = read_model(content)
         raw = schema.Model.GetRootAs(content, 0)
@@ -657,8 +658,6 @@ def _runtime_dir(tmp: Path) -> dict[str, str]:
 
 
 def _read_tail(path: Path) -> str:
-    from litegate.isolation import read_tail
-
     return read_tail(path, _LOG_KEEP)
 
 
@@ -689,10 +688,6 @@ def run_gpu(path: str | Path, *, inputs: Mapping[str, np.ndarray] | str | Path |
         IsolationError: the child crashed or hung; ``stderr`` holds the end of the delegate's log.
         ModelLoadError: ``path`` is not a TFLite model.
     """
-    from litegate.artifacts import save_npz
-    from litegate.isolation import run_isolated
-    from litegate.tflite.verify import verify_tflite
-
     verify_tflite(path)
     reason = why_not_runnable()
     if reason:

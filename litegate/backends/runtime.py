@@ -49,7 +49,7 @@ def load_external_delegate(backend: str) -> Any:
     Raises:
         DelegateError: the library is missing, is not a TFLite delegate, or refused its options.
     """
-    from ai_edge_litert.interpreter import load_delegate
+    from ai_edge_litert.interpreter import load_delegate  # LiteRT runtime: only where a model runs
 
     reason = external_why_not(backend)
     if reason:
@@ -86,7 +86,10 @@ class Runner:
     """A signature runner over one model, with int8/int16 I/O (de)quantization handled."""
 
     def __init__(self, path: str | Path, *, backend: str = "xnnpack", threads: int = 1, signature: str | None = None):
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        from ai_edge_litert.interpreter import (  # LiteRT runtime: only where a model runs
+            Interpreter,
+            OpResolverType,
+        )
 
         if backend not in RUNNABLE and not is_external_backend(backend):
             raise DelegateError(in_process_refusal(backend))

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from litegate.artifacts import save_npz
+from litegate.backends.runtime import Runner
 from litegate.tasks import agreement, classification_metrics, cosine
 
 
@@ -62,9 +64,6 @@ def classification_scores(logits: np.ndarray, labels: np.ndarray, ref: np.ndarra
 
 def lm_eval_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child-process entry: logits of the ``prefill`` signature for every window (zero initial state)."""
-    from litegate.artifacts import save_npz
-    from litegate.backends.runtime import Runner
-
     with np.load(payload["windows_npz"]) as data:
         windows = data["tokens"]
     runner = Runner(payload["path"], backend=payload["backend"], threads=int(payload["threads"]), signature="prefill")
@@ -76,8 +75,6 @@ def lm_eval_job(payload: dict[str, Any]) -> dict[str, Any]:
 
 def generator_bench_inputs(path: Path, tokens: list[int], n: int = 16) -> tuple[str, dict[str, np.ndarray]]:
     """The per-token signature of a generator (``decode`` or ``step``) and ``n`` realistic feeds for it."""
-    from litegate.backends.runtime import Runner
-
     sigs = Runner(path, backend="cpu").interpreter.get_signature_list()
     name = "decode" if "decode" in sigs else "step"
     runner = Runner(path, backend="cpu", signature=name)

@@ -14,19 +14,22 @@ FMA peak at the nominal clock, which turbo clocks can exceed).
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from litegate.artifacts import atomic_write_bytes
 from litegate.errors import LitegateError
 from litegate.isolation import run_isolated
 from litegate.machine import cpu_flags
 
 
 def sgemm_job(payload: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
-
     seconds = float(payload.get("seconds", 0.5))
     rng = np.random.default_rng(0)
     best = 0.0
@@ -47,13 +50,7 @@ PROBE_SHAPE = (512, 1024, 1024)  # M x K by K x N
 
 def probe_model_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child: write the XNNPACK probe model, ``x[M, K] @ W[K, N]`` with constant W (one FULLY_CONNECTED)."""
-    import os
-
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import numpy as np
-    import tensorflow as tf
-
-    from litegate.artifacts import atomic_write_bytes
+    import tensorflow as tf  # TensorFlow: build child only
 
     m, k, n = PROBE_SHAPE
     w = tf.constant(np.random.default_rng(0).standard_normal((k, n), dtype=np.float32))
@@ -104,8 +101,7 @@ def probe_cell(path: str | Path, threads: int) -> tuple[Callable[[Any], Any], li
     Timed in the same blocks as a model, load from other jobs and clock changes hit both alike, so the
     model's share of the probe does not drift with the moment each was measured.
     """
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter  # LiteRT runtime: only where a model runs
 
     m, k, _ = PROBE_SHAPE
     interp = Interpreter(model_path=str(path), num_threads=int(threads))  # XNNPACK by default
@@ -122,8 +118,6 @@ def probe_cell(path: str | Path, threads: int) -> tuple[Callable[[Any], Any], li
 
 
 def _xnnpack_probe(threads: list[int], cache_dir: Path | None) -> tuple[dict[str, float], str | None]:
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="litegate-probe-") as tmp:
         try:
             path = probe_model(Path(cache_dir) if cache_dir else Path(tmp))

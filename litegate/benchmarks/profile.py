@@ -39,6 +39,7 @@ import numpy as np
 
 from litegate.errors import DelegateError
 from litegate.isolation import run_isolated
+from litegate.tasks import feed_for
 
 OPERATOR_INVOKE_EVENT = 1 << 1
 DELEGATE_OPERATOR_INVOKE_EVENT = 1 << 2
@@ -77,7 +78,7 @@ _NO_DESTRUCTOR = _DESTRUCTOR(lambda _p: None)  # payloads are Python-owned buffe
 
 def litert_library() -> Path:
     """The ``libLiteRt.so`` shipped in the installed ``ai_edge_litert`` package."""
-    import ai_edge_litert
+    import ai_edge_litert  # LiteRT runtime: only where a model runs
 
     return Path(ai_edge_litert.__file__).parent / "libLiteRt.so"
 
@@ -228,8 +229,6 @@ class _Session:
         return arr
 
     def set_inputs(self, feed: Mapping[str, np.ndarray]) -> None:
-        from litegate.tasks import feed_for
-
         mapped = feed_for([n for n, _ in self.inputs], dict(feed))
         for (name, _), arr in zip(self.inputs, self.in_arrays, strict=True):
             arr[...] = np.asarray(mapped[name]).reshape(arr.shape).astype(arr.dtype)

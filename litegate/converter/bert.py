@@ -34,19 +34,15 @@ Weights map one-to-one to Hugging Face ``BertModel`` / ``BertForSequenceClassifi
 from __future__ import annotations
 
 import contextlib
-import os
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
+import tf_keras
 
-from collections.abc import Iterator, Mapping  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-
-from litegate.converter.hf import BertConfig, Checkpoint  # noqa: E402
-from litegate.errors import ModelLoadError  # noqa: E402
+from litegate.converter.hf import BertConfig, Checkpoint
+from litegate.errors import ModelLoadError
 
 MASK_PENALTY = 40.0
 HEADS = ("classification", "mean", "cls", "encoder", "mean-classification")

@@ -48,7 +48,7 @@ def convert(serve: Any, model: Any, recipe: Recipe, samples: Mapping[str, np.nda
     An int16x8 conversion that hits an op without a 16x8 kernel (e.g. CAST) is retried with float
     builtins allowed for those ops; the fallback is appended to ``notes``.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow: build child only
 
     def run(r: Recipe) -> bytes:
         conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
@@ -86,7 +86,7 @@ def convert_signatures(signatures: Mapping[str, Any], owner: Any, recipe: Recipe
     kernel for the recipe (e.g. 16x8 CAST) is retried with float builtins allowed for it, recorded
     in ``notes``.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow: build child only
 
     if recipe.needs_calibration and not samples:
         raise QuantizationError(f"recipe {recipe.name!r} needs calibration windows (data.calibration) for a text generator")
@@ -105,7 +105,7 @@ def convert_signatures(signatures: Mapping[str, Any], owner: Any, recipe: Recipe
 
 def _run_converter(conv: Any, recipe: Recipe,
                    samples: Mapping[str, np.ndarray] | list[tuple[str, dict[str, np.ndarray]]] | None) -> bytes:
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow: build child only
 
     p = recipe.params
     if recipe.kind is RecipeKind.PRUNE:

@@ -22,21 +22,17 @@ logits are reshaped to ``[1, V]`` instead of sliced with ``[:, 0, :]``.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
+import tf_keras
 
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-
-from litegate.converter.bert import MASK_PENALTY, LayerNorm, gather_rows, take_position  # noqa: E402
-from litegate.converter.hf import GPT2Config, read_gpt2  # noqa: E402
-from litegate.errors import ModelLoadError  # noqa: E402
+from litegate.converter.bert import MASK_PENALTY, LayerNorm, gather_rows, take_position
+from litegate.converter.hf import GPT2Config, read_gpt2
+from litegate.errors import ModelLoadError
 
 
 def _gelu(name: str) -> Any:

@@ -6,12 +6,14 @@ No TensorFlow here: this module is imported on cache hits and by the evaluators.
 from __future__ import annotations
 
 import dataclasses
+import dataclasses as _dc
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import load_file
 
 from litegate.errors import ModelLoadError
 
@@ -136,8 +138,6 @@ def _config_path(root: Path) -> Path:
 
 def _safetensors(root: Path) -> dict[str, np.ndarray]:
     """The tensors of ``root/model.safetensors`` (the only checkpoint format read)."""
-    from safetensors.numpy import load_file
-
     weights = root / "model.safetensors"
     if not weights.is_file():
         raise ModelLoadError(f"{root}: no model.safetensors (only safetensors checkpoints are read)")
@@ -165,8 +165,6 @@ def read_checkpoint(path: str | Path, extra_weights: str | Path | None = None) -
     tensors = _safetensors(root)
     prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
     if extra_weights:
-        from safetensors.numpy import load_file
-
         extra_path = Path(extra_weights)
         try:
             extra = load_file(str(extra_path))
@@ -177,8 +175,6 @@ def read_checkpoint(path: str | Path, extra_weights: str | Path | None = None) -
             raise ModelLoadError(f"{extra_path}: tensor {clash[0]!r} is already in the checkpoint")
         tensors = {**tensors, **extra}
         if "classifier.weight" in extra:
-            import dataclasses as _dc
-
             config = _dc.replace(config, num_labels=int(extra["classifier.weight"].shape[0]))
     return Checkpoint(root=root, config=config, tensors=tensors, prefix=prefix)
 

@@ -8,20 +8,17 @@ module only runs inside the isolated conversion child.
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import json
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-import zipfile  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from litegate.errors import ModelLoadError  # noqa: E402
-from litegate.types import ModelSource, SourceKind, Task  # noqa: E402
+from litegate.converter.hf import read_checkpoint
+from litegate.errors import ModelLoadError
+from litegate.types import ModelSource, SourceKind, Task
 
 GPU_FRIENDLY_NOTE = ("gpu_friendly: 1-D embedding gathers and slices without shrink masks, so LiteRT's GPU delegate "
                      "can take every op (same outputs as the plain graph)")
@@ -70,7 +67,7 @@ def load(source: ModelSource, seq_len: int) -> Loaded:
 
 
 def _fixed(spec: Any, seq_len: int, dynamic: bool) -> Any:
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow: build child only
 
     dims = list(spec.shape.as_list()) if spec.shape.rank is not None else [None, None]
     if dynamic:
@@ -82,7 +79,7 @@ def _fixed(spec: Any, seq_len: int, dynamic: bool) -> Any:
 
 def serving_function(fn: Any, specs: dict[str, Any]) -> Any:
     """A tf.function over keyword inputs whose concrete signature carries the input names."""
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow: build child only
 
     @tf.autograph.experimental.do_not_convert
     def call(**kwargs: Any) -> Any:
@@ -117,10 +114,12 @@ class _Concrete:
 
 
 def _hf_bert(source: ModelSource, seq_len: int, dynamic: bool) -> Loaded:
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow: build child only
 
-    from litegate.converter.bert import build_bert, load_weights
-    from litegate.converter.hf import read_checkpoint
+    from litegate.converter.bert import (  # imports TensorFlow: build child only
+        build_bert,
+        load_weights,
+    )
 
     ckpt = read_checkpoint(source.path, source.options.get("extra_weights"))
     head = str(source.options.get("head", "classification"))
@@ -136,7 +135,10 @@ def _hf_bert(source: ModelSource, seq_len: int, dynamic: bool) -> Loaded:
 
 
 def _hf_gpt2(source: ModelSource, seq_len: int) -> Loaded:
-    from litegate.converter.gpt2 import load_gpt2, signatures
+    from litegate.converter.gpt2 import (  # imports TensorFlow: build child only
+        load_gpt2,
+        signatures,
+    )
 
     model = load_gpt2(source.path)
     max_len = int(source.options.get("max_len", model.cfg.n_positions))
@@ -148,7 +150,10 @@ def _hf_gpt2(source: ModelSource, seq_len: int) -> Loaded:
 
 
 def _keras_generator(path: Path, seq_len: int) -> Loaded:
-    from litegate.converter.textgen import load_keras_generator, rnn_signatures
+    from litegate.converter.textgen import (  # imports TensorFlow: build child only
+        load_keras_generator,
+        rnn_signatures,
+    )
 
     info = keras_file_info(path)
     if "Lambda" in _class_names(info["config"]):
@@ -159,7 +164,7 @@ def _keras_generator(path: Path, seq_len: int) -> Loaded:
 
 
 def _saved_model(path: Path, signature: str, seq_len: int, dynamic: bool) -> Loaded:
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow: build child only
 
     if not path.is_dir() or not ((path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()):
         raise ModelLoadError(f"{path}: not a TensorFlow SavedModel folder (no saved_model.pb)")
@@ -190,7 +195,7 @@ def keras_file_info(path: Path) -> dict[str, Any]:
             meta = json.loads(z.read("metadata.json")) if "metadata.json" in names else {}
         return {"format": "keras-zip", "keras_version": str(meta.get("keras_version", "")), "config": config}
     try:
-        import h5py
+        import h5py  # only for .h5 files
     except ImportError:  # pragma: no cover - h5py ships with TensorFlow
         raise ModelLoadError(f"{path}: reading .h5 files needs h5py") from None
     try:
@@ -220,7 +225,7 @@ def _class_names(config: Any) -> set[str]:
 
 
 def _keras(path: Path, seq_len: int, dynamic: bool, allow_lambda: bool) -> Loaded:
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow: build child only
 
     info = keras_file_info(path)
     if "Lambda" in _class_names(info["config"]) and not allow_lambda:
@@ -228,7 +233,7 @@ def _keras(path: Path, seq_len: int, dynamic: bool, allow_lambda: bool) -> Loade
                              "safe mode. Re-export it without Lambda, or pass --unsafe-allow-lambda if you trust the file")
     keras3 = info["format"] == "keras-zip" and info["keras_version"].startswith("3")
     if keras3:
-        import keras
+        import keras  # Keras 3: only for Keras 3 .keras files
 
         try:
             model = keras.saving.load_model(str(path), safe_mode=not allow_lambda, compile=False)
@@ -245,7 +250,7 @@ def _keras(path: Path, seq_len: int, dynamic: bool, allow_lambda: bool) -> Loade
                             "Keras 3 models (tensorflow-model-optimization needs tf_keras)")
         loaded._tmp = tmp
         return loaded
-    import tf_keras
+    import tf_keras  # TensorFlow: build child only
 
     try:
         model = tf_keras.models.load_model(str(path), compile=False, safe_mode=not allow_lambda)

@@ -10,25 +10,20 @@ A recurrent generator exports two signatures:
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf
+import tf_keras
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-
-from litegate.errors import ModelLoadError  # noqa: E402
+from litegate.errors import ModelLoadError
 
 RNN_TYPES = ("LSTM", "GRU", "SimpleRNN")
 
 
 def char_tokenizer(text: str) -> Any:
     """A character-level ``tokenizers`` Tokenizer over the characters of ``text``."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-
     vocab = {c: i for i, c in enumerate(sorted(set(text)))}
     vocab["[UNK]"] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))

@@ -45,7 +45,7 @@ def generator_samples(signatures: Mapping[str, Any], windows: np.ndarray, prefil
     Raises:
         QuantizationError: no window, or signatures this rollout does not know.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow: build child only
 
     if len(windows) == 0:
         raise QuantizationError("calibration set is empty: a calibrated recipe needs at least one token window")

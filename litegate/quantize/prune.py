@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ai_edge_litert import schema_py_generated as schema
 
 from litegate.converter.sources import Loaded, serving_function
 from litegate.errors import ConversionError, QuantizationError
@@ -142,7 +143,7 @@ class PruneSettings:
 
 
 def _wrapper_kwargs(s: PruneSettings) -> dict[str, Any]:
-    import tensorflow_model_optimization as tfmot
+    import tensorflow_model_optimization as tfmot  # TensorFlow: build child only
 
     sched = tfmot.sparsity.keras
     if s.schedule == "constant":
@@ -182,11 +183,13 @@ def _block_misfit(layer: Any, s: PruneSettings) -> str | None:
 
 
 def _wrap(layer: Any, s: PruneSettings) -> Any:
-    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
+        PruneLowMagnitude,  # TensorFlow: build child only
+    )
 
     kw = _wrapper_kwargs(s)
     if hasattr(layer, "get_prunable_weights"):  # litegate's Embeddings: tfmot takes any PrunableLayer
-        from tensorflow_model_optimization.sparsity.keras import PrunableLayer
+        from tensorflow_model_optimization.sparsity.keras import PrunableLayer  # TensorFlow: build child only
 
         PrunableLayer.register(type(layer))
     if s.structured_2_4:
@@ -275,7 +278,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _loss_fn(mode: str, label_key: str | None) -> Callable[[dict[str, Any], Any], Any]:
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow: build child only
 
     def loss(student: dict[str, Any], target: Any) -> Any:
         if mode == "labels":
@@ -299,8 +302,8 @@ def _loss_fn(mode: str, label_key: str | None) -> Callable[[dict[str, Any], Any]
 def _train(model: Any, wrappers: list[Any], s: PruneSettings, x: dict[str, np.ndarray], target: Any,
            call: Callable[[Any, bool], dict[str, Any]], loss: Callable[[dict[str, Any], Any], Any]) -> list[float]:
     """Fine-tune the wrapped layers for ``s.total_steps`` steps; return the loss of every step."""
-    import tensorflow as tf
-    import tf_keras
+    import tensorflow as tf  # TensorFlow: build child only
+    import tf_keras  # TensorFlow: build child only
 
     for w in wrappers:  # what UpdatePruningStep.on_train_begin does
         w.pruning_step.assign(0)
@@ -386,7 +389,7 @@ def apply_pruning(loaded: Loaded, recipe: Recipe, *, texts_inputs: dict[str, np.
     Raises:
         QuantizationError: the model cannot be pruned, or the data does not fit it.
     """
-    import tf_keras
+    import tf_keras  # TensorFlow: build child only
 
     s = PruneSettings.from_recipe(recipe)
     model = loaded.keras_model
@@ -399,7 +402,7 @@ def apply_pruning(loaded: Loaded, recipe: Recipe, *, texts_inputs: dict[str, np.
     if labels is not None and len(labels) != len(next(iter(texts_inputs.values()))):
         raise QuantizationError(f"{len(labels)} labels for {len(next(iter(texts_inputs.values())))} recovery samples")
     tf_keras.utils.set_random_seed(s.seed)
-    from litegate.converter.gpt2 import GPT2
+    from litegate.converter.gpt2 import GPT2  # imports TensorFlow: build child only
 
     if isinstance(model, GPT2):
         pruned, stats = _prune_gpt2(loaded, s, texts_inputs, labels, mode)
@@ -415,9 +418,9 @@ def apply_pruning(loaded: Loaded, recipe: Recipe, *, texts_inputs: dict[str, np.
 
 def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[str, np.ndarray],
                       labels: np.ndarray | None, mode: str) -> tuple[Loaded, dict[str, Any]]:
-    import tensorflow as tf
-    import tensorflow_model_optimization as tfmot
-    import tf_keras
+    import tensorflow as tf  # TensorFlow: build child only
+    import tensorflow_model_optimization as tfmot  # TensorFlow: build child only
+    import tf_keras  # TensorFlow: build child only
 
     src = loaded.keras_model
     in_names = [layer.name for layer in src._input_layers]
@@ -483,7 +486,7 @@ def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[st
     result = Loaded(serve=None, owner=stripped, notes=[*loaded.notes, note], prunable=True, keras_model=stripped,
                     dynamic=loaded.dynamic)
     if loaded.signatures:
-        from litegate.converter.textgen import rnn_signatures
+        from litegate.converter.textgen import rnn_signatures  # imports TensorFlow: build child only
 
         prefill = loaded.signatures["prefill"].structured_input_signature[1]["tokens"]
         result.signatures = rnn_signatures(stripped, int(prefill.shape[1]))
@@ -563,9 +566,12 @@ def _check_copied(src: Any, fresh: Mapping[str, Any]) -> None:
 def _prune_gpt2(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[str, np.ndarray],
                 labels: np.ndarray | None, mode: str) -> tuple[Loaded, dict[str, Any]]:
     """GPT-2 is subclassed: rebuild it, copy the weights, wrap its Dense sublayers in place."""
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow: build child only
 
-    from litegate.converter.gpt2 import GPT2, signatures
+    from litegate.converter.gpt2 import (  # imports TensorFlow: build child only
+        GPT2,
+        signatures,
+    )
 
     src = loaded.keras_model
     x = _model_feed(["tokens"], texts_inputs)
@@ -644,14 +650,12 @@ def sparsity_report(model: bytes | str | Path) -> dict[str, Any]:
     Raises:
         ModelLoadError: not a valid TFLite flatbuffer.
     """
-    from ai_edge_litert import schema_py_generated as schema
-
     data = bytes(model) if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
     name = "<bytes>" if isinstance(model, bytes | bytearray) else str(model)
     read_model(data, source=name)  # verifies the flatbuffer, bounds-checked, before we walk it
     m = schema.Model.GetRootAs(data, 0)
     seen: set[int] = set()
-    tensors = []
+    tensors: list[dict[str, Any]] = []
     for si in range(m.SubgraphsLength()):
         sg = m.Subgraphs(si)
         for ti in range(sg.TensorsLength()):
@@ -712,7 +716,7 @@ def _zero_points(t: Any, size: int) -> Any:
 
 
 def _converter(loaded: Loaded, work: Path) -> Any:
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow: build child only
 
     if loaded.signatures:
         module = tf.Module()
@@ -738,7 +742,7 @@ def sparse_encoding_variants(loaded: Loaded) -> dict[str, bytes]:
     Raises:
         ConversionError: a conversion failed.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow: build child only
 
     options = {"fp32": [], "fp32+sparsity": [tf.lite.Optimize.EXPERIMENTAL_SPARSITY],
                "dynamic-int8": [tf.lite.Optimize.DEFAULT],

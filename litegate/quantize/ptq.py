@@ -13,12 +13,17 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from litegate.artifacts import atomic_write_text
+from litegate.converter.convert import representative_dataset
 from litegate.errors import QuantizationError
+from litegate.tasks import role_of
+from litegate.tflite.flatbuffer import read_model
 
 # rmse/scale: RMSE of the quantized layer output against its float twin, in quantization steps.
 # A well-quantized tensor sits near 1/sqrt(12) ~ 0.29 (uniform rounding noise).
@@ -26,9 +31,7 @@ from litegate.errors import QuantizationError
 
 def calibrate(serve: Any, owner: Any, samples: Mapping[str, np.ndarray]) -> bytes:
     """A float model carrying calibration statistics (``_experimental_calibrate_only``)."""
-    import tensorflow as tf
-
-    from litegate.converter.convert import representative_dataset
+    import tensorflow as tf  # TensorFlow: build child only
 
     conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], owner)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -44,8 +47,8 @@ def calibrate(serve: Any, owner: Any, samples: Mapping[str, np.ndarray]) -> byte
 def quantize_calibrated(calibrated: bytes, *, denylisted_ops: Sequence[str] = (), denylisted_nodes: Sequence[str] = (),
                         output_type: str = "float32", debug: bool = False) -> bytes:
     """Full-integer quantization of a calibrated model, keeping the denylisted ops/nodes in float."""
-    import tensorflow as tf
-    from tensorflow.lite.python import convert
+    import tensorflow as tf  # TensorFlow: build child only
+    from tensorflow.lite.python import convert  # TensorFlow: build child only
 
     out = getattr(tf, output_type)
     try:
@@ -58,9 +61,7 @@ def quantize_calibrated(calibrated: bytes, *, denylisted_ops: Sequence[str] = ()
 
 
 def _input_order(model: bytes, samples: Mapping[str, np.ndarray]) -> list[str]:
-    import tensorflow as tf
-
-    from litegate.tasks import role_of
+    import tensorflow as tf  # TensorFlow: build child only
 
     names = []
     for d in tf.lite.Interpreter(model_content=model).get_input_details():
@@ -78,7 +79,7 @@ def layer_statistics(calibrated: bytes, samples: Mapping[str, np.ndarray], *, li
     Each row: op_name, tensor_name (usable as a denylisted node), scale, zero_point,
     mean_error, max_abs_error, mean_squared_error, rmse/scale.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow: build child only
 
     debug_model = quantize_calibrated(calibrated, debug=True)
     order = _input_order(debug_model, samples)
@@ -107,8 +108,6 @@ def layer_statistics(calibrated: bytes, samples: Mapping[str, np.ndarray], *, li
 
 
 def write_layer_csv(rows: Sequence[Mapping[str, Any]], path: str) -> None:
-    from litegate.artifacts import atomic_write_text
-
     fields = ["rank", "op_name", "tensor_name", "rmse/scale", "scale", "zero_point", "mean_error", "max_abs_error",
               "mean_squared_error"]
     buf = io.StringIO()
@@ -127,10 +126,6 @@ def op_groups(model: bytes) -> dict[str, list[str]]:
     digits replaced by ``#``, so the six ``l0_ffn_out`` ... ``l5_ffn_out`` FULLY_CONNECTEDs of a BERT
     form one group: ``FULLY_CONNECTED bert/l#_ffn_out``.
     """
-    import re
-
-    from litegate.tflite.flatbuffer import read_model
-
     groups: dict[str, list[str]] = {}
     for op in read_model(model, source="calibrated model").subgraph_ops(0):
         if not op.outputs:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from litegate.errors import ConfigError
-from litegate.types import Recipe
+from litegate.types import Recipe, RecipeKind
 
 _ALLOWED_PARAMS = {
     "optimizations": list,
@@ -65,7 +65,8 @@ def validate(data: Mapping[str, Any], where: str) -> Recipe:
             if allowed and item not in allowed:
                 raise ConfigError(f"{where}: {key} value {item!r} is not one of {', '.join(allowed)}")
     try:
-        return Recipe(name=str(data.get("name", "")), kind=str(data.get("kind", "")), params=params,
+        name = str(data.get("name", ""))
+        return Recipe(name=name, kind=Recipe.kind_of(name, str(data.get("kind", ""))), params=params,
                       description=str(data.get("description", "")))
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
@@ -198,7 +199,7 @@ def check_prune_params(params: Mapping[str, Any], where: str) -> dict[str, Any]:
 def _prune_recipe(data: Mapping[str, Any], where: str) -> Recipe:
     params = check_prune_params(dict(data.get("params", {})), where)
     try:
-        return Recipe(name=str(data.get("name", "")), kind="prune", params=params,
+        return Recipe(name=str(data.get("name", "")), kind=RecipeKind.PRUNE, params=params,
                       description=str(data.get("description", "")))
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
