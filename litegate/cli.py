@@ -22,10 +22,11 @@ from litegate import timing
 from litegate.artifacts import atomic_write_text
 from litegate.baseline import CompareConfig
 from litegate.baseline import compare as do_compare
+from litegate.compat.ruleset import DELEGATES
 from litegate.config import load as load_config
 from litegate.errors import BenchmarkError, LitegateError
 from litegate.quantize import recipes
-from litegate.types import ModelSource, SourceKind, Status, Task
+from litegate.types import Head, ModelSource, SourceKind, Status, Task
 from litegate.version import __version__
 
 _T0 = time.monotonic()
@@ -69,7 +70,7 @@ source_options = [
                       "LiteRT's GPU delegate takes every op (same outputs)."),
     click.option("--task", type=click.Choice([t.value for t in Task]), default=Task.TEXT_CLASSIFICATION.value,
                  show_default=True),
-    click.option("--head", type=click.Choice(["classification", "mean", "cls", "encoder"]), default=None,
+    click.option("--head", type=click.Choice([h.value for h in Head]), default=None,
                  help="BERT output head (default: classification for text-classification, mean for embeddings)."),
 ]
 
@@ -410,8 +411,8 @@ def doctor(as_json: bool, verbose: bool) -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--delegate", "delegates", default="gpu,hexagon,coreml,xnnpack", show_default=True,
-              help="Comma-separated delegates to check (gpu, hexagon, coreml, xnnpack).")
+@click.option("--delegate", "delegates", default=",".join(DELEGATES), show_default=True,
+              help=f"Comma-separated delegates to check ({', '.join(DELEGATES)}).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @verbose_option
 def check(model: Path, delegates: str, fmt: str, verbose: bool) -> None:
@@ -425,7 +426,10 @@ def check(model: Path, delegates: str, fmt: str, verbose: bool) -> None:
       litegate check demo.tflite --delegate gpu,xnnpack
       litegate check demo.tflite --format json > compat.json
     """
-    from litegate.compat.check import DELEGATES, check_model, render_table  # imports LiteRT: not at CLI start
+    from litegate.compat.check import (  # imports LiteRT's flatbuffer schema: not at CLI start
+        check_model,
+        render_table,
+    )
 
     names = [d.strip() for d in delegates.split(",") if d.strip()]
     if not names:

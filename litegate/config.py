@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 from litegate import timing
 from litegate.backends.spec import backend_relative_to
 from litegate.baseline import CompareConfig
+from litegate.compat.ruleset import DELEGATES
 from litegate.errors import ConfigError
 from litegate.quantize import recipes
 from litegate.types import ModelSource, Recipe, SourceKind, Task
@@ -163,7 +164,7 @@ class ReleaseConfig:
     cache_dir: Path
     reference: str = "fp32"
     require: str = "all"
-    delegates: tuple[str, ...] = ("gpu", "hexagon", "coreml", "xnnpack")
+    delegates: tuple[str, ...] = DELEGATES
     debug: bool = False
     baseline: Path | None = None
     compare: CompareConfig = dataclasses.field(default_factory=CompareConfig)
@@ -369,6 +370,8 @@ def _bench(b: _Table, base: Path) -> BenchConfig:
         if problem:
             raise ConfigError(f"{file}: 'bench.backends': {problem}")
     backends = tuple(backend_relative_to(be, base) for be in backends)  # external:rel/lib.so -> this file's folder
+    if not threads:
+        raise ConfigError(f"{file}: 'bench.threads' must list at least one thread count, e.g. [1, 2]")
     for t in threads:
         if not isinstance(t, int) or isinstance(t, bool) or t < 1:
             raise ConfigError(f"{file}: 'bench.threads' entries must be integers >= 1, got {t!r}")
@@ -438,9 +441,7 @@ def _gate(g: _Table, names: list[str]) -> _Gate:
 
 def _check(ct: _Table) -> tuple[str, ...]:
     """``[check]``: the delegates of the static compatibility check."""
-    from litegate.compat.check import DELEGATES  # imports LiteRT: not at CLI start
-
-    delegates = tuple(ct.get("delegates", list, ["gpu", "hexagon", "coreml", "xnnpack"]))
+    delegates = tuple(ct.get("delegates", list, list(DELEGATES)))
     for d in delegates:
         if d not in DELEGATES:
             raise ConfigError(f"{ct.file}: 'check.delegates' has unknown delegate {d!r} "

@@ -41,7 +41,8 @@ from litegate.benchmarks.matrix import run_cell
 from litegate.benchmarks.peak import measure_peak
 from litegate.benchmarks.profile import run_profile
 from litegate.benchmarks.size import measure_size
-from litegate.compat.check import evaluate, load_rules
+from litegate.compat.check import evaluate
+from litegate.compat.ruleset import load_rules
 from litegate.config import ReleaseConfig
 from litegate.converter.preflight import check_source, source_tokenizer
 from litegate.errors import DataError, IsolationError, LitegateError, ModelLoadError

@@ -8,12 +8,11 @@ inferences until both ``min_runs`` and ``min_seconds`` are reached (capped by ``
 from __future__ import annotations
 
 import dataclasses
+import math
 import resource
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import numpy as np
 
 from litegate.types import LatencyStats
 
@@ -40,7 +39,7 @@ def percentile(sorted_samples: Sequence[float], q: float) -> float:
     if not sorted_samples:
         raise ValueError("no samples")
     pos = (len(sorted_samples) - 1) * q / 100.0
-    lo = int(np.floor(pos))
+    lo = math.floor(pos)
     hi = min(lo + 1, len(sorted_samples) - 1)
     return float(sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * (pos - lo))
 
@@ -50,7 +49,7 @@ def summarize(samples_ms: Sequence[float]) -> LatencyStats:
     s = sorted(float(x) for x in samples_ms)
     n = len(s)
     mean = sum(s) / n
-    std = float(np.sqrt(sum((x - mean) ** 2 for x in s) / (n - 1))) if n > 1 else 0.0
+    std = float(math.sqrt(sum((x - mean) ** 2 for x in s) / (n - 1))) if n > 1 else 0.0
     return LatencyStats(p50=percentile(s, 50), p90=percentile(s, 90), p99=percentile(s, 99), mean=mean, std=std,
                         min=s[0], max=s[-1], n=n)
 
@@ -60,7 +59,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def measure(run_once: Any, feeds: Sequence[Mapping[str, np.ndarray]], protocol: Mapping[str, Any]) -> tuple[float, list[float]]:
+def measure(run_once: Any, feeds: Sequence[Mapping[str, Any]], protocol: Mapping[str, Any]) -> tuple[float, list[float]]:
     """Time ``run_once(feed)``; returns (first_ms, timed samples in ms)."""
     p = {**DEFAULT_PROTOCOL, **protocol}
     t0 = time.perf_counter()

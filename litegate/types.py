@@ -23,6 +23,16 @@ class Task(enum.StrEnum):
     TEXT_GENERATION = "text-generation"
 
 
+class Head(enum.StrEnum):
+    """What litegate's BERT returns: class logits, pooled embeddings, the [CLS] vector, or TF-Hub encoder outputs."""
+
+    CLASSIFICATION = "classification"
+    MEAN = "mean"
+    CLS = "cls"
+    ENCODER = "encoder"
+    MEAN_CLASSIFICATION = "mean-classification"
+
+
 class SourceKind(enum.StrEnum):
     """Where an input model comes from."""
 

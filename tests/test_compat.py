@@ -21,14 +21,8 @@ from click.testing import CliRunner
 from conftest import make_checkpoint, run_cli
 
 from litegate.cli import cli, main
-from litegate.compat.check import (
-    DELEGATES,
-    check_model,
-    evaluate,
-    load_rules,
-    render_table,
-    validate_rules,
-)
+from litegate.compat.check import check_model, evaluate, render_table
+from litegate.compat.ruleset import DELEGATES, load_rules, validate_rules
 from litegate.errors import ConfigError, ModelLoadError
 from litegate.tflite.flatbuffer import BUILTIN_NAMES, TensorInfo, count_macs, read_model
 from litegate.tflite.verify import load_model

@@ -78,3 +78,23 @@ def test_overrides_replace_output_and_eval(tmp_path, tiny_checkpoint):
     assert new.cache_dir == (tmp_path / "o2").resolve() / ".cache"
     with pytest.raises(ConfigError, match="--data"):
         cfg.with_overrides(data=tmp_path / "missing.tsv")
+
+
+def test_load_rejects_empty_thread_list_with_a_config_error(tmp_path, tiny_checkpoint):
+    path = write_config(tmp_path, model=tiny_checkpoint)
+    path.write_text(path.read_text().replace("threads = [1]", "threads = []"))
+    with pytest.raises(ConfigError, match=r"'bench.threads' must list at least one thread count"):
+        load(path)
+
+
+def test_cli_head_and_delegate_choices_come_from_the_enums_and_the_ruleset():
+    from click.testing import CliRunner
+
+    from litegate.cli import cli
+    from litegate.compat.ruleset import DELEGATES
+    from litegate.types import Head
+
+    convert_help = CliRunner().invoke(cli, ["convert", "--help"]).output
+    assert all(h.value in convert_help for h in Head)  # mean-classification included
+    check_help = CliRunner().invoke(cli, ["check", "--help"]).output
+    assert ",".join(DELEGATES) in check_help

@@ -35,7 +35,9 @@ from conftest import DEMO, ROOT
 
 from litegate.backends import gpu
 from litegate.backends.gpu import Fallback, parse_delegate_log
-from litegate.compat.check import delegate_views, evaluate, load_rules
+from litegate.compat.check import evaluate
+from litegate.compat.partition import delegate_views
+from litegate.compat.ruleset import load_rules
 from litegate.errors import DelegateError
 from litegate.tflite.flatbuffer import read_model
 from litegate.tflite.verify import load_model

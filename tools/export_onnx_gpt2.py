@@ -49,7 +49,6 @@ sizes, per-run samples) go to ``OUT/export.json``; the TensorFlow logits to ``OU
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -223,8 +222,7 @@ def tf_logits_job(payload: dict[str, Any]) -> dict[str, Any]:
     Writes ``logits`` [N, seq_len, V] to ``out_npz`` (a vocabulary of 50k is too much for JSON) and
     returns ``{"out_npz": ..., "shape": [...]}``.
     """
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import tensorflow as tf  # heavy: only in this isolated child
+    import tensorflow as tf  # heavy: only in this isolated child (litegate/__init__ chose tf_keras)
 
     seq_len = int(payload["seq_len"])
     source = ModelSource(kind=SourceKind.HF_GPT2, path=str(payload["model_dir"]), task=Task.TEXT_GENERATION)

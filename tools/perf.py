@@ -119,8 +119,7 @@ def _match(tensor_name: str, feed: dict[str, np.ndarray]) -> str:
 
 def tf_function_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child: latency of the float TF model (``tf.function``) with a given thread count."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import tensorflow as tf  # heavy: only in this isolated child
+    import tensorflow as tf  # heavy: only in this isolated child (litegate/__init__ chose tf_keras)
 
     threads = int(payload["threads"])
     tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -145,8 +144,7 @@ def tf_embeddings_job(payload: dict[str, Any]) -> dict[str, Any]:
 
     payload: ``model_dir``, ``seq_len``, ``inputs_npz``. Returns ``{"embeddings": [[float, ...], ...]}``.
     """
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import tensorflow as tf  # heavy: only in this isolated child
+    import tensorflow as tf  # heavy: only in this isolated child (litegate/__init__ chose tf_keras)
 
     source = ModelSource(kind=SourceKind.HF_BERT, path=str(payload["model_dir"]), task=Task.SENTENCE_EMBEDDING,
                          options={"head": "mean"})

@@ -43,9 +43,10 @@ import tf_keras
 
 from litegate.converter.hf import BertConfig, Checkpoint
 from litegate.errors import ModelLoadError
+from litegate.types import Head
 
 MASK_PENALTY = 40.0
-HEADS = ("classification", "mean", "cls", "encoder", "mean-classification")
+HEADS = tuple(h.value for h in Head)
 
 
 _SMOOTHING: list[dict[str, np.ndarray]] = []  # residual block -> per-channel scale, read when a graph is traced
