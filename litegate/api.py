@@ -33,7 +33,7 @@ from litegate.types import BenchResult, ModelSource, Recipe, SourceKind, Task
 BUILD_JOB = "litegate.quantize.build:build_job"
 
 
-def _build(source: ModelSource, out: Path, work: Path, *, seq_len: int, recipe: Recipe, prune: Recipe | None = None,
+def _build(source: ModelSource, out: Path, work: Path, *, recipe: Recipe, prune: Recipe | None = None,
            calibration_npz: Path | None = None, prune_data: Mapping[str, Any] | None = None, debug: bool = False,
            timeout_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """One variant through the variant builder, copied to ``out`` atomically; returns (job, variant result).
@@ -42,7 +42,7 @@ def _build(source: ModelSource, out: Path, work: Path, *, seq_len: int, recipe: 
         The builder's error for the variant (QuantizationError, ConversionError, ...), IsolationError.
     """
     tmp_out = work / "model.tflite"
-    payload = {"source": source.to_dict(), "seq_len": seq_len,
+    payload = {"source": source.to_dict(),
                "variants": [{"name": recipe.name, "recipe": recipe.to_dict(), "out": str(tmp_out),
                              "prune": prune.to_dict() if prune else None}],
                "calibration_npz": str(calibration_npz) if calibration_npz else None,
@@ -56,20 +56,20 @@ def _build(source: ModelSource, out: Path, work: Path, *, seq_len: int, recipe: 
     return job, result
 
 
-def _write_sidecars(out: Path, *, source: ModelSource, seq_len: int, tokenizer: str | None, info: Mapping[str, Any],
+def _write_sidecars(out: Path, *, source: ModelSource, tokenizer: str | None, info: Mapping[str, Any],
                     job: Mapping[str, Any], recipe: str, extra: Mapping[str, Any], pruning: str | None = None) -> None:
     """``OUT.tokenizer.json`` and ``OUT.json`` (task, seq_len, recipe, labels, input names, notes, source), so an
     app and ``litegate bench`` need nothing else."""
     if tokenizer is not None:
         atomic_write_text(out.with_suffix(".tokenizer.json"), tokenizer)
     spelling = {k: extra[k] for k in ("residual_smoothing", "mask_penalty") if k in extra}
-    write_model_card(out.with_suffix(".json"), task=source.task, seq_len=seq_len, recipe=recipe,
+    write_model_card(out.with_suffix(".json"), task=source.task, seq_len=source.seq_len, recipe=recipe,
                      **({"pruning": pruning} if pruning else {}), labels=info.get("labels", {}),
                      inputs=job.get("inputs", []), notes=job.get("notes", []), source=source.to_dict(),
                      **({"int8_spelling": spelling} if spelling else {}))
 
 
-def convert_model(source: ModelSource, out: Path, *, seq_len: int, recipe: str = "fp32",
+def convert_model(source: ModelSource, out: Path, *, recipe: str = "fp32",
                   calibration: Path | None = None, samples: int = 200, timeout_s: float = 900.0,
                   debug: bool = False) -> dict[str, Any]:
     """Convert ``source`` with ``recipe`` into ``out`` (written atomically) plus sidecars.
@@ -82,12 +82,12 @@ def convert_model(source: ModelSource, out: Path, *, seq_len: int, recipe: str =
     """
     if source.kind is SourceKind.TFLITE:
         raise ModelLoadError(f"{source.path}: already a .tflite; use it directly (run, bench, check)")
-    info = check_source(source, seq_len)
+    info = check_source(source)
     rec = recipes.load(recipe)
     if rec.prunes:
         raise ConfigError(f"recipe {rec.name!r} prunes: use `litegate prune` (or a PRUNE+QUANT variant in a release config)")
     tok = source_tokenizer(source)
-    encoder = TextEncoder(tok, seq_len) if tok else None
+    encoder = TextEncoder(tok, source.seq_len) if tok else None
     with tempfile.TemporaryDirectory(prefix="litegate-convert-") as tmp:
         calib_npz = None
         if rec.needs_calibration:
@@ -100,27 +100,27 @@ def convert_model(source: ModelSource, out: Path, *, seq_len: int, recipe: str =
         if debug and not rec.needs_calibration:
             raise QuantizationError(f"--debug compares a calibrated quantized model to float; recipe {rec.name!r} "
                                     "is not calibrated (use int8 or auto)")
-        job, result = _build(source, out, Path(tmp), seq_len=seq_len, recipe=rec, calibration_npz=calib_npz,
+        job, result = _build(source, out, Path(tmp), recipe=rec, calibration_npz=calib_npz,
                              debug=debug, timeout_s=timeout_s)
         layers_csv = Path(tmp) / f"{rec.name}.layers.csv"
         if debug and layers_csv.is_file():
             atomic_copy(layers_csv, out.with_suffix(".layers.csv"))
     extra = result.get("extra", {})
-    _write_sidecars(out, source=source, seq_len=seq_len, tokenizer=encoder.to_json() if encoder else None, info=info,
+    _write_sidecars(out, source=source, tokenizer=encoder.to_json() if encoder else None, info=info,
                     job=job, recipe=rec.name, extra=extra)
     size = measure_size(out)
     return {"path": str(out), "recipe": rec.name, "bytes": size.bytes, "gzip_bytes": size.gzip_bytes,
             "notes": job.get("notes", []), "extra": extra}
 
 
-def prune_model(source: ModelSource, out: Path, *, recipe: str, seq_len: int, then: str | None = None,
+def prune_model(source: ModelSource, out: Path, *, recipe: str, then: str | None = None,
                 calibration: Path | None = None, labels: Path | None = None, samples: int = 200,
                 timeout_s: float = 1800.0) -> dict[str, Any]:
     """Prune ``source`` with a pruning recipe, optionally quantize, write ``out`` (+ sidecars).
 
     Recovery text comes from ``labels`` (a ``sentence<TAB>label`` TSV: labels are used by
     ``mode`` ``auto``/``labels``) or else ``calibration`` (plain text: distillation). A text
-    generator is fed windows of ``seq_len`` tokens of that text (its next-token labels are used
+    generator is fed windows of ``source.seq_len`` tokens of that text (its next-token labels are used
     only with ``mode = "labels"``). ``then`` names a quantization recipe applied at conversion;
     calibrated ones (int8, int16x8) are calibrated on ``calibration`` (or the TSV sentences).
 
@@ -144,7 +144,7 @@ def prune_model(source: ModelSource, out: Path, *, recipe: str, seq_len: int, th
         raise ConfigError(f"--then {then_rec.name!r} is a pruning recipe; give a quantization recipe")
     if source.kind is SourceKind.TFLITE:
         raise QuantizationError(f"{source.path}: a .tflite cannot be pruned; start from the TensorFlow model")
-    info = check_source(source, seq_len)
+    info = check_source(source)
     tok = source_tokenizer(source)
     if tok is None:
         raise QuantizationError("pruning needs a tokenizer to encode the recovery text; pass --tokenizer")
@@ -159,12 +159,12 @@ def prune_model(source: ModelSource, out: Path, *, recipe: str, seq_len: int, th
     labelled = read_labelled_tsv(labels, limit=samples) if labels is not None else None
     if settings.mode == "labels" and labelled is None and not generator:
         raise DataError(f"recipe {rec.name!r} recovers with labels (mode 'labels'): give --labels TSV")
-    encoder = TextEncoder(tok, seq_len)
+    encoder = TextEncoder(tok, source.seq_len)
     with tempfile.TemporaryDirectory(prefix="litegate-prune-") as tmp:
         inputs_npz, calib_npz = Path(tmp) / "inputs.npz", Path(tmp) / "calib.npz"
         label_array: np.ndarray | None = None
         if generator:
-            windows = generator_windows(tok, read_texts(calibration), seq_len, samples)  # type: ignore[arg-type]
+            windows = generator_windows(tok, read_texts(calibration), source.seq_len, samples)  # type: ignore[arg-type]
             save_npz(inputs_npz, {"tokens": windows["tokens"]})
             if settings.mode == "labels":
                 label_array = windows["labels"]
@@ -177,13 +177,13 @@ def prune_model(source: ModelSource, out: Path, *, recipe: str, seq_len: int, th
             calib_texts = read_texts(calibration, limit=samples) if calibration else texts
             save_npz(calib_npz, encoder.encode(calib_texts))
         prune_data = {"npz": str(inputs_npz), "labels": None if label_array is None else label_array.tolist()}
-        job, result = _build(source, out, Path(tmp), seq_len=seq_len, recipe=then_rec, prune=rec,
+        job, result = _build(source, out, Path(tmp), recipe=then_rec, prune=rec,
                              calibration_npz=calib_npz if calib_npz.is_file() else None, prune_data=prune_data,
                              timeout_s=timeout_s)
     extra = result.get("extra", {})
     pruning = {k: v for k, v in extra["pruning"].items() if k != "tflite"}
     tflite = {k: v for k, v in extra["pruning"]["tflite"].items() if k != "tensors"}
-    _write_sidecars(out, source=source, seq_len=seq_len, tokenizer=encoder.to_json(), info=info, job=job,
+    _write_sidecars(out, source=source, tokenizer=encoder.to_json(), info=info, job=job,
                     recipe=then_rec.name, pruning=rec.name, extra=extra)
     return {"path": str(out), "recipe": rec.name, "then": then_rec.name, "bytes": tflite["bytes"],
             "gzip_bytes": tflite["gzip_bytes"], "pruning": pruning, "tflite": tflite, "notes": job.get("notes", [])}

@@ -26,7 +26,7 @@ from litegate.compat.ruleset import DELEGATES
 from litegate.config import load as load_config
 from litegate.errors import BenchmarkError, LitegateError
 from litegate.quantize import recipes
-from litegate.types import Head, ModelSource, SourceKind, Status, Task
+from litegate.types import DEFAULT_SEQ_LEN, Head, ModelSource, SourceKind, Status, Task
 from litegate.version import __version__
 
 _T0 = time.monotonic()
@@ -51,9 +51,9 @@ def _progress(msg: str) -> None:
 
 # Shared options, defined once and stacked on commands.
 verbose_option = click.option("-v", "--verbose", is_flag=True, help="Show tracebacks on errors.")
-seq_len_option = click.option("--seq-len", type=click.IntRange(1, 4096), default=128, show_default=True,
-                              help="Static sequence length of the exported model.")
 source_options = [
+    click.option("--seq-len", type=click.IntRange(1, 4096), default=DEFAULT_SEQ_LEN, show_default=True,
+                 help="Static sequence length of the exported model (a generator's prefill length)."),
     click.option("--from", "kind", type=click.Choice([k.value for k in SourceKind if k is not SourceKind.TFLITE]),
                  default=SourceKind.HF_BERT.value, show_default=True, help="Kind of the input model."),
     click.option("--max-len", type=click.IntRange(1), default=None,
@@ -128,9 +128,8 @@ def run(config: Path, output: Path | None, data: Path | None, baseline: Path | N
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .tflite.")
 @_stack(source_options)
-@seq_len_option
 @verbose_option
-def convert(path: Path, output: Path, seq_len: int, verbose: bool, **source: Any) -> None:
+def convert(path: Path, output: Path, verbose: bool, **source: Any) -> None:
     """Convert the model at PATH to a float32 .tflite (with tokenizer and metadata sidecars).
 
     \b
@@ -138,7 +137,7 @@ def convert(path: Path, output: Path, seq_len: int, verbose: bool, **source: Any
       litegate convert --from hf-bert examples/demo/model -o demo.tflite --seq-len 64
       litegate convert --from saved_model bert_savedmodel/ --tokenizer vocab.txt -o bert.tflite
     """
-    _convert(path, output, source, seq_len, "fp32", None, 0)
+    _convert(path, output, source, "fp32", None, 0)
 
 
 @cli.command()
@@ -150,10 +149,9 @@ def convert(path: Path, output: Path, seq_len: int, verbose: bool, **source: Any
 @click.option("--debug", is_flag=True,
               help="Run TensorFlow's QuantizationDebugger: per-layer error to OUT.layers.csv, most sensitive first.")
 @_stack(source_options)
-@seq_len_option
 @verbose_option
-def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, samples: int, debug: bool, seq_len: int,
-             verbose: bool, **source: Any) -> None:
+def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, samples: int, debug: bool, verbose: bool,
+             **source: Any) -> None:
     """Convert and quantize the model at PATH with a recipe.
 
     \b
@@ -163,7 +161,7 @@ def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, sa
     """
     if recipes.load(recipe).needs_calibration and calibration is None:
         raise click.BadParameter(f"recipe {recipe!r} is calibrated: give --calibration TEXT", param_hint="--calibration")
-    _convert(path, output, source, seq_len, recipe, calibration, samples, debug)
+    _convert(path, output, source, recipe, calibration, samples, debug)
 
 
 def _echo_notes_and_layers(info: dict[str, Any], output: Path) -> None:
@@ -178,12 +176,12 @@ def _echo_notes_and_layers(info: dict[str, Any], output: Path) -> None:
             click.echo(f"  {i:2d}. {r['rmse/scale']:8.2f}  {r['op_name']:16} {r['tensor_name']}")
 
 
-def _convert(path: Path, output: Path, source: dict[str, Any], seq_len: int, recipe: str,
+def _convert(path: Path, output: Path, source: dict[str, Any], recipe: str,
              calibration: Path | None, samples: int, debug: bool = False) -> None:
     from litegate.api import convert_model
 
     src = _model_source(path, source)
-    info = convert_model(src, output, seq_len=seq_len, recipe=recipe, calibration=calibration, samples=samples or 200,
+    info = convert_model(src, output, recipe=recipe, calibration=calibration, samples=samples or 200,
                          debug=debug)
     click.echo(f"wrote {info['path']} ({info['recipe']}, {info['bytes'] / 1e6:.2f} MB, gzip {info['gzip_bytes'] / 1e6:.2f} MB)")
     _echo_notes_and_layers(info, output)
@@ -209,7 +207,8 @@ def _model_source(path: Path, source: dict[str, Any]) -> ModelSource:
         options["gpu_friendly"] = True
     if source["kind"] == SourceKind.HF_GPT2:
         task = Task.TEXT_GENERATION
-    return ModelSource(kind=SourceKind(source["kind"]), path=str(path), task=Task(task), options=options)
+    return ModelSource(kind=SourceKind(source["kind"]), path=str(path), task=Task(task), options=options,
+                       seq_len=source["seq_len"])
 
 
 @cli.command()
@@ -226,10 +225,9 @@ def _model_source(path: Path, source: dict[str, Any]) -> ModelSource:
 @click.option("--samples", type=click.IntRange(1), default=200, show_default=True,
               help="Recovery (and calibration) samples.")
 @_stack(source_options)
-@seq_len_option
 @verbose_option
 def prune(path: Path, output: Path, recipe: str, then: str | None, calibration: Path | None, labels: Path | None,
-          samples: int, seq_len: int, verbose: bool, **source: Any) -> None:
+          samples: int, verbose: bool, **source: Any) -> None:
     """Prune the model at PATH (magnitude pruning + recovery fine-tuning), convert, optionally quantize.
 
     Dense (and LSTM/GRU) kernels are pruned; embeddings and layer norms are kept. Prints the
@@ -247,8 +245,8 @@ def prune(path: Path, output: Path, recipe: str, then: str | None, calibration: 
     if calibration is None and labels is None:
         raise click.BadParameter("pruning needs recovery text: give --calibration TEXT or --labels TSV",
                                  param_hint="--calibration/--labels")
-    info = prune_model(_model_source(path, source), output, recipe=recipe, seq_len=seq_len, then=then,
-                           calibration=calibration, labels=labels, samples=samples)
+    info = prune_model(_model_source(path, source), output, recipe=recipe, then=then, calibration=calibration,
+                       labels=labels, samples=samples)
     p, t = info["pruning"], info["tflite"]
     click.echo(f"wrote {info['path']} ({info['recipe']} then {info['then']}, {info['bytes'] / 1e6:.2f} MB, "
                f"gzip {info['gzip_bytes'] / 1e6:.2f} MB)")

@@ -46,7 +46,7 @@ from litegate.baseline import CompareConfig
 from litegate.compat.ruleset import DELEGATES
 from litegate.errors import ConfigError
 from litegate.quantize import recipes
-from litegate.types import ModelSource, Recipe, SourceKind, Task
+from litegate.types import DEFAULT_SEQ_LEN, ModelSource, Recipe, SourceKind, Task
 
 BUDGET_KEYS = ("max_size_mb", "max_gzip_mb", "max_latency_p50_ms", "max_latency_p90_ms", "max_accuracy_drop",
                "min_accuracy", "max_peak_rss_mb", "min_cosine", "max_perplexity_ratio", "min_agreement")
@@ -89,8 +89,7 @@ class _Table:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    source: ModelSource
-    seq_len: int
+    source: ModelSource  # with its seq_len
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,12 +274,12 @@ def _model(m: _Table, base: Path, *, gpu_target: bool) -> ModelConfig:
         raise ConfigError(f"{file}: 'model.task' = {task_name!r} is not one of {', '.join(t.value for t in Task)}") from None
     model_path = _path(base, m.get("path", str), "model.path", file)
     head = m.get("head", str, "classification" if task is Task.TEXT_CLASSIFICATION else "mean")
-    seq_len = m.get("seq_len", int, 128)
+    seq_len = m.get("seq_len", int, DEFAULT_SEQ_LEN)
     if not 1 <= seq_len <= 4096:
         raise ConfigError(f"{file}: 'model.seq_len' must be between 1 and 4096, got {seq_len}")
     options = _model_options(m, base, head, source_kind, gpu_target)
     m.done()
-    return ModelConfig(ModelSource(kind=source_kind, path=str(model_path), task=task, options=options), seq_len)
+    return ModelConfig(ModelSource(kind=source_kind, path=str(model_path), task=task, options=options, seq_len=seq_len))
 
 
 def _model_options(m: _Table, base: Path, head: str, source_kind: SourceKind, gpu_target: bool) -> dict[str, Any]:

@@ -107,7 +107,7 @@ class _Source:
 
 def resolve_source(cfg: ReleaseConfig) -> _Source:
     src = cfg.model.source
-    info = check_source(src, cfg.model.seq_len)
+    info = check_source(src)
     tokenizer = source_tokenizer(src)
     if tokenizer is None:
         raise ModelLoadError(f"{src.path}: a {src.kind.value} source needs model.tokenizer (a tokenizer.json or vocab.txt)")
@@ -133,7 +133,7 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
     with output_lock(cfg.output_dir):
         source = resolve_source(cfg)
         generator = cfg.model.source.task is Task.TEXT_GENERATION
-        encoder = None if generator else TextEncoder(source.tokenizer, cfg.model.seq_len)
+        encoder = None if generator else TextEncoder(source.tokenizer, cfg.model.source.seq_len)
         versions = tool_versions()
         with tempfile.TemporaryDirectory(prefix="litegate-run-", dir=cfg.output_dir) as work_str:
             work = Path(work_str)
@@ -173,7 +173,7 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
             "machine_peak": peak,
             "op_profile": profile,
         }
-        model_info = {"source": cfg.model.source.to_dict(), "sha256": source.sha256, "seq_len": cfg.model.seq_len,
+        model_info = {"source": cfg.model.source.to_dict(), "sha256": source.sha256, "seq_len": cfg.model.source.seq_len,
                       "tokenizer": str(source.tokenizer), **source.info}
         verdicts, gate_info = gate.evaluate(cfg, variants)
         if cfg.baseline is not None:
@@ -217,7 +217,7 @@ def _eval_data(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | None,
         text = "\n".join(read_texts(cfg.data.eval))
         ids = list(load_tokenizer(source.tokenizer).encode(text).ids)
         try:
-            data.windows = lm_windows(ids, cfg.model.seq_len, cfg.data.max_eval_samples or 32)
+            data.windows = lm_windows(ids, cfg.model.source.seq_len, cfg.data.max_eval_samples or 32)
         except ValueError as exc:
             raise DataError(f"{cfg.data.eval}: {exc}") from None
         data.inputs_npz = work / "windows.npz"
@@ -274,7 +274,7 @@ def _calibration(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | Non
         return path, key
 
     # windows of seq_len + steps tokens: generator_windows cuts L + 1 tokens into inputs and next-token labels
-    windows = generator_windows(source.tokenizer, texts, cfg.model.seq_len + GENERATOR_CALIBRATION_STEPS - 1,
+    windows = generator_windows(source.tokenizer, texts, cfg.model.source.seq_len + GENERATOR_CALIBRATION_STEPS - 1,
                                 cfg.data.calibration_samples)
     save_npz(path, {"tokens": np.concatenate([windows["tokens"], windows["labels"][:, -1:]], axis=1)})
     return path, key + f":gen{GENERATOR_CALIBRATION_STEPS}"
@@ -303,7 +303,7 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
             art = make_artifact(source.path, parent_sha256=None, produced_by="input", step_config={}, versions=versions)
             results[v.name] = VariantResult(v.name, v.recipe, Status.OK, artifact=art, cached=True)
             continue
-        step_cfg = {"recipe": v.recipe.to_dict(), "seq_len": cfg.model.seq_len, "source": cfg.model.source.kind.value,
+        step_cfg = {"recipe": v.recipe.to_dict(), "seq_len": cfg.model.source.seq_len, "source": cfg.model.source.kind.value,
                     "options": dict(cfg.model.source.options), "calibration": calib_hash if v.recipe.needs_calibration else None,
                     "debug": cfg.debug and v.recipe.kind in (RecipeKind.FULL_INTEGER, RecipeKind.AUTO)}
         if v.recipe.kind is RecipeKind.AUTO:
@@ -323,7 +323,6 @@ def _build_variants(cfg: ReleaseConfig, source: _Source, versions: dict[str, str
         say(f"convert: building {', '.join(v.name for v, _, _ in todo)} in a child process")
         payload = {
             "source": cfg.model.source.to_dict(),
-            "seq_len": cfg.model.seq_len,
             "variants": [{"name": v.name, "recipe": v.recipe.to_dict(), "out": str(work / f"{v.name}.tflite"),
                           "prune": v.prune.to_dict() if v.prune else None,
                           "auto_budget": auto_budget(v.name) if v.recipe.kind is RecipeKind.AUTO else None} for v, _, _ in todo],
@@ -371,7 +370,7 @@ def _prune_data(cfg: ReleaseConfig, source: _Source, work: Path) -> dict[str, An
     """Recovery data for pruned variants: labelled ``data.train`` if given, else calibration text (distillation)."""
     if cfg.model.source.task is Task.TEXT_GENERATION:
         return {}
-    encoder = TextEncoder(source.tokenizer, cfg.model.seq_len)
+    encoder = TextEncoder(source.tokenizer, cfg.model.source.seq_len)
     npz = work / "prune_inputs.npz"
     if cfg.data.train is not None:
         train = read_labelled_tsv(cfg.data.train, limit=cfg.data.train_samples)
@@ -388,7 +387,7 @@ def _publish(cfg: ReleaseConfig, source: _Source, encoder: TextEncoder | None,
              built: list[VariantResult]) -> list[VariantResult]:
     """Copy each variant to ``<output>/<name>.tflite`` with the sidecars an app needs."""
     out = []
-    meta = {"task": cfg.model.source.task.value, "seq_len": cfg.model.seq_len,
+    meta = {"task": cfg.model.source.task.value, "seq_len": cfg.model.source.seq_len,
             "signatures": _signatures(next((v.artifact.path for v in built if v.artifact is not None), None)),
             "labels": source.info.get("labels", {}), "tokenizer": "tokenizer.json", "source_sha256": source.sha256}
     if encoder is not None:

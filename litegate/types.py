@@ -23,6 +23,9 @@ class Task(enum.StrEnum):
     TEXT_GENERATION = "text-generation"
 
 
+DEFAULT_SEQ_LEN = 128
+
+
 class Head(enum.StrEnum):
     """What litegate's BERT returns: class logits, pooled embeddings, the [CLS] vector, or TF-Hub encoder outputs."""
 
@@ -93,11 +96,14 @@ class ModelSource(_Record):
     path: str
     task: Task
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    seq_len: int = DEFAULT_SEQ_LEN  # the static sequence length (prefill length of a generator) it is built with
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", SourceKind(self.kind))
         object.__setattr__(self, "task", Task(self.task))
         _check(bool(self.path), "model source path must not be empty")
+        _check(isinstance(self.seq_len, int) and not isinstance(self.seq_len, bool) and self.seq_len >= 1,
+               f"model source seq_len must be an integer >= 1, got {self.seq_len!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,8 +46,7 @@ def test_converted_fp32_tflite_matches_numpy_reference(tmp_path, tiny_checkpoint
     from litegate.types import ModelSource
 
     out = tmp_path / "m.tflite"
-    info = convert_model(ModelSource(kind="hf-bert", path=str(tiny_checkpoint), task="text-classification"), out,
-                         seq_len=24)
+    info = convert_model(ModelSource(kind="hf-bert", path=str(tiny_checkpoint), task="text-classification", seq_len=24), out)
     assert info["bytes"] == out.stat().st_size and out.with_suffix(".tokenizer.json").is_file()
     x = _inputs(tiny_checkpoint)
     runner = Runner(out, backend="xnnpack", threads=1)
@@ -84,7 +83,7 @@ def test_converted_graph_keeps_its_xnnpack_friendly_form(tmp_path, tiny_checkpoi
 
     out = tmp_path / "m.tflite"
     convert_model(ModelSource(kind="hf-bert", path=str(tiny_checkpoint), task="text-classification",
-                              options={"gpu_friendly": True} if gpu_friendly else {}), out, seq_len=24)
+                              options={"gpu_friendly": True} if gpu_friendly else {}, seq_len=24), out)
     cfg = json.loads((tiny_checkpoint / "config.json").read_text())
     layers = cfg["num_hidden_layers"]
     ops = Interpreter(model_path=str(out))._get_ops_details()
@@ -128,10 +127,10 @@ def test_residual_smoothing_keeps_the_function_and_shrinks_the_int8_ranges(tmp_p
     weights["bert.encoder.layer.0.output.dense.bias"][5] = 60.0
     save_file(weights, str(ck / "model.safetensors"))
     texts = [t.split("\t")[0] for t in (DEMO / "eval.tsv").read_text().splitlines()[1:41]]
-    source = ModelSource(kind="hf-bert", path=str(ck), task="text-classification")
+    source = ModelSource(kind="hf-bert", path=str(ck), task="text-classification", seq_len=24)
     x = _inputs(ck, n=40)
 
-    loaded = load(source, 24)
+    loaded = load(source)
     maxima = ffn_residual_maxima(loaded.keras_model, x)
     assert set(maxima) == {"l0_ffn", "l1_ffn"} and maxima["l0_ffn"].argmax() == 5 and maxima["l0_ffn"].max() > 50
     scales = smoothing_scales(maxima, 1.0)  # every channel above 1 scaled down: the strongest rewrite
@@ -151,7 +150,7 @@ def test_residual_smoothing_keeps_the_function_and_shrinks_the_int8_ranges(tmp_p
     logits, widest = {}, {}
     for recipe in ("fp32", "int8", str(plain)):
         out = tmp_path / f"{Path(recipe).stem}.tflite"
-        info = convert_model(source, out, seq_len=24, recipe=recipe, calibration=calib, samples=40)
+        info = convert_model(source, out, recipe=recipe, calibration=calib, samples=40)
         logits[recipe] = Runner(out).run_batch(x)["logits"]
         widest[recipe] = max((d["quantization"][0] for d in Interpreter(model_path=str(out)).get_tensor_details()
                               if d["dtype"] == np.int8), default=0.0)

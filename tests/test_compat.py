@@ -551,7 +551,7 @@ def test_bert_gpu_verdict_flags_2d_embedding_gather_and_shrink_slices(tmp_path):
 
     ckpt = make_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "bert.tflite"
-    convert_model(ModelSource(kind="hf-bert", path=str(ckpt), task="text-classification"), out, seq_len=16)
+    convert_model(ModelSource(kind="hf-bert", path=str(ckpt), task="text-classification", seq_len=16), out)
     model = load_model(out)
     gpu, xnnpack = check_model(out, ["gpu", "xnnpack"])
     gathers = [o for o in gpu.ops if o.op == "GATHER"]
@@ -575,7 +575,7 @@ def test_xnnpack_refuses_int8_batch_matmul_with_nonzero_rhs_zero_point_as_the_ru
 
     ckpt = make_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "int8.tflite"
-    convert_model(ModelSource(kind="hf-bert", path=str(ckpt), task="text-classification"), out, seq_len=16,
+    convert_model(ModelSource(kind="hf-bert", path=str(ckpt), task="text-classification", seq_len=16), out,
                   recipe="int8", calibration=DEMO / "calibration.txt", samples=20)
     model = load_model(out)
     (xnnpack,) = check_model(out, ["xnnpack"])
@@ -590,6 +590,6 @@ def test_xnnpack_refuses_int8_batch_matmul_with_nonzero_rhs_zero_point_as_the_ru
     builtin = {name: count for name, count, _, _ in prof["by_type"]}
     assert builtin.get("BATCH_MATMUL", 0) == len(refused)
     fp32 = tmp_path / "fp32.tflite"
-    convert_model(ModelSource(kind="hf-bert", path=str(ckpt), task="text-classification"), fp32, seq_len=16)
+    convert_model(ModelSource(kind="hf-bert", path=str(ckpt), task="text-classification", seq_len=16), fp32)
     (fx,) = check_model(fp32, ["xnnpack"])
     assert all(o.delegated for o in fx.ops if o.op == "BATCH_MATMUL")  # float: zero points do not apply

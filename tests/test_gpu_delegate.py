@@ -187,7 +187,7 @@ def bert_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     folder = tmp_path_factory.mktemp("gpu-bert")
     ckpt = make_checkpoint(folder / "ck")
     out = folder / "bert.tflite"
-    convert_model(ModelSource(kind="hf-bert", path=str(ckpt), task="text-classification"), out, seq_len=24)
+    convert_model(ModelSource(kind="hf-bert", path=str(ckpt), task="text-classification", seq_len=24), out)
     texts = [line.split("\t")[0] for line in (DEMO / "eval.tsv").read_text().splitlines()[1:5]]
     return out, TextEncoder(ckpt / "tokenizer.json", 24).encode(texts)
 

@@ -114,7 +114,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]
             if not path.exists():
                 pytest.skip(f"{path} is absent (run `make models` to fetch all-MiniLM-L6-v2)")
             out = folder / f"{name}.tflite"
-            convert_model(ModelSource(kind=kind, path=str(path), task=task, options=options), out, seq_len=seq_len,
+            convert_model(ModelSource(kind=kind, path=str(path), task=task, options=options, seq_len=seq_len), out,
                           recipe=recipe)
             done[name] = out
         return done[name]

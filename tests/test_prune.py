@@ -44,7 +44,7 @@ def _kernels(model) -> dict[str, np.ndarray]:
 def bert(tiny_checkpoint):
     from litegate.converter.sources import load
 
-    return load(ModelSource(kind="hf-bert", path=str(tiny_checkpoint), task="text-classification"), SEQ)
+    return load(ModelSource(kind="hf-bert", path=str(tiny_checkpoint), task="text-classification", seq_len=SEQ))
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +308,7 @@ def test_char_lstm_prunes_kernels_and_keeps_its_signatures(tmp_path):
     from litegate.tasks import generator_windows
 
     path = _char_lstm(tmp_path / "lstm")
-    loaded = load(ModelSource(kind="keras", path=str(path), task="text-generation"), SEQ)
+    loaded = load(ModelSource(kind="keras", path=str(path), task="text-generation", seq_len=SEQ))
     w = generator_windows(path.parent / "tokenizer.json", read_texts(DEMO / "calibration.txt"), SEQ, 64)
     pruned, stats = apply_pruning(loaded, _recipe(), texts_inputs={"tokens": w["tokens"]})
     assert set(stats["layers"]) == {"lstm", "logits"}
@@ -335,7 +335,7 @@ def test_gpt2_dense_sublayers_prune_in_place_of_a_copy(tmp_path):
     from litegate.tasks import generator_windows
 
     ck = make_gpt2(tmp_path / "g")
-    loaded = load(ModelSource(kind="hf-gpt2", path=str(ck), task="text-generation", options={"max_len": 32}), SEQ)
+    loaded = load(ModelSource(kind="hf-gpt2", path=str(ck), task="text-generation", options={"max_len": 32}, seq_len=SEQ))
     before = [w.numpy().copy() for w in loaded.keras_model.weights]
     w = generator_windows(ck / "tokenizer.json", read_texts(DEMO / "calibration.txt"), SEQ, 32)
     pruned, stats = apply_pruning(loaded, _recipe(recovery={"steps": 5, "batch_size": 8}), texts_inputs={"tokens": w["tokens"]})

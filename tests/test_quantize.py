@@ -120,7 +120,7 @@ def test_auto_search_adds_float_islands_until_target(tmp_path, tiny_checkpoint):
     from litegate.tasks import TextEncoder, read_texts
     from litegate.types import ModelSource
 
-    loaded = load(ModelSource(kind="hf-bert", path=str(tiny_checkpoint), task="text-classification"), 16)
+    loaded = load(ModelSource(kind="hf-bert", path=str(tiny_checkpoint), task="text-classification", seq_len=16))
     enc = TextEncoder(tiny_checkpoint / "tokenizer.json", 16).encode(read_texts(DEMO / "calibration.txt", limit=20))
     samples = model_samples(loaded.serve, enc)
     calibrated = ptq.calibrate(loaded.serve, loaded.owner, samples)

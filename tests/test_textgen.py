@@ -78,7 +78,7 @@ def test_kv_cache_decode_reproduces_full_forward(tmp_path):
     from litegate.types import ModelSource
 
     ck = make_gpt2(tmp_path / "g")
-    loaded = load(ModelSource(kind="hf-gpt2", path=str(ck), task="text-generation"), 8)
+    loaded = load(ModelSource(kind="hf-gpt2", path=str(ck), task="text-generation", seq_len=8))
     ids = load_tokenizer(ck / "tokenizer.json").encode("the film was shot in black and white").ids[:20]
     full = loaded.keras_model(np.array([ids], np.int32)).numpy()[0]
     gen = _tf_generator(loaded)
@@ -99,7 +99,7 @@ def test_converted_gpt2_generates_same_tokens_as_tf(tmp_path):
     r = run_cli("convert", "--from", "hf-gpt2", str(ck), "--seq-len", "8", "-o", str(out))
     assert r.returncode == 0, r.stderr
     ids = load_tokenizer(ck / "tokenizer.json").encode("a film").ids
-    ref = _tf_generator(load(ModelSource(kind="hf-gpt2", path=str(ck), task="text-generation"), 8)).generate(ids, 50)
+    ref = _tf_generator(load(ModelSource(kind="hf-gpt2", path=str(ck), task="text-generation", seq_len=8))).generate(ids, 50)
     assert tflite_generator(out).generate(ids, 50) == ref
     assert len(ref) == 50
 
@@ -160,7 +160,7 @@ def test_generator_samples_calibrate_prefill_then_decode_from_its_cache(tmp_path
     from litegate.types import ModelSource
 
     ck = make_gpt2(tmp_path / "g", seed=1)
-    loaded = load(ModelSource(kind="hf-gpt2", path=str(ck), task="text-generation"), 8)
+    loaded = load(ModelSource(kind="hf-gpt2", path=str(ck), task="text-generation", seq_len=8))
     ids = np.asarray(load_tokenizer(ck / "tokenizer.json").encode("a quiet film, and a loud one").ids[:24], np.int32)
     windows = np.stack([ids[:12], ids[12:24]])  # prefill 8 + 4 decode steps each
     samples = generator_samples(loaded.signatures, windows, 8)

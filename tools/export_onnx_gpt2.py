@@ -225,8 +225,9 @@ def tf_logits_job(payload: dict[str, Any]) -> dict[str, Any]:
     import tensorflow as tf  # heavy: only in this isolated child (litegate/__init__ chose tf_keras)
 
     seq_len = int(payload["seq_len"])
-    source = ModelSource(kind=SourceKind.HF_GPT2, path=str(payload["model_dir"]), task=Task.TEXT_GENERATION)
-    loaded = load(source, seq_len)
+    source = ModelSource(kind=SourceKind.HF_GPT2, path=str(payload["model_dir"]), task=Task.TEXT_GENERATION,
+                         seq_len=seq_len)
+    loaded = load(source)
     assert loaded.signatures is not None
     fn = loaded.signatures["prefill"]
     with np.load(payload["inputs_npz"]) as data:

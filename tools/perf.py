@@ -35,6 +35,7 @@ repository root: ``python -m tools.perf`` (``make perf``). The jobs run in isola
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import glob
 import json
 import os
@@ -124,7 +125,7 @@ def tf_function_job(payload: dict[str, Any]) -> dict[str, Any]:
     threads = int(payload["threads"])
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    loaded = load(ModelSource.from_dict(payload["source"]), int(payload["seq_len"]))
+    loaded = load(ModelSource.from_dict({**payload["source"], "seq_len": int(payload["seq_len"])}))
     with np.load(payload["inputs_npz"]) as data:
         x = {k: tf.constant(data[k][:1]) for k in ("input_ids", "attention_mask")}
     fn = loaded.serve.get_concrete_function()
@@ -147,8 +148,8 @@ def tf_embeddings_job(payload: dict[str, Any]) -> dict[str, Any]:
     import tensorflow as tf  # heavy: only in this isolated child (litegate/__init__ chose tf_keras)
 
     source = ModelSource(kind=SourceKind.HF_BERT, path=str(payload["model_dir"]), task=Task.SENTENCE_EMBEDDING,
-                         options={"head": "mean"})
-    fn = load(source, int(payload["seq_len"])).serve.get_concrete_function()
+                         options={"head": "mean"}, seq_len=int(payload["seq_len"]))
+    fn = load(source).serve.get_concrete_function()
     with np.load(payload["inputs_npz"]) as data:
         ids, mask = data["input_ids"], data["attention_mask"]
     rows = []
@@ -420,7 +421,7 @@ def main() -> int:
     for recipe in ("fp32", "dynamic-int8", "fp16"):
         path = work / f"{recipe}.tflite"
         t = time.monotonic()
-        convert_model(source, path, seq_len=seq, recipe=recipe)
+        convert_model(dataclasses.replace(source, seq_len=seq), path, recipe=recipe)
         variants[recipe] = path
         print(f"convert {recipe}: {time.monotonic() - t:.1f} s", flush=True)
 
@@ -616,7 +617,7 @@ def other_model(label: str, source: Any, seq: int, inputs: Path, work: Path, thr
     variants: dict[str, Path] = {}
     for recipe in ("fp32", "dynamic-int8", "fp16"):
         path = work / f"{recipe}.tflite"
-        convert_model(source, path, seq_len=seq, recipe=recipe)
+        convert_model(dataclasses.replace(source, seq_len=seq), path, recipe=recipe)
         variants[recipe] = path
     rows: dict[str, np.ndarray] = {}
     for name, path in variants.items():

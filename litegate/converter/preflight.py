@@ -28,9 +28,9 @@ def source_tokenizer(source: ModelSource) -> Path | None:
     return None
 
 
-def check_source(source: ModelSource, seq_len: int) -> dict[str, Any]:
+def check_source(source: ModelSource) -> dict[str, Any]:
     """Cheap checks before any child process starts; returns what is known about the model."""
-    path = Path(source.path)
+    path, seq_len = Path(source.path), source.seq_len
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file or directory")
     if source.kind is SourceKind.HF_BERT:

@@ -1,7 +1,7 @@
 """Model sources: every kind of TensorFlow model a mobile team holds, as one static-shape serving function.
 
 Each loader returns a :class:`Loaded`: a ``tf.function`` whose input signature is fixed
-(batch 1, ``seq_len`` for unknown sequence dims; dynamic only on request), the object that owns
+(batch 1, the source's ``seq_len`` for unknown sequence dims; dynamic only on request), the object that owns
 its variables (for the converter), and notes for the report. TensorFlow is imported here, so this
 module only runs inside the isolated conversion child.
 """
@@ -43,13 +43,13 @@ class Loaded:
     _tmp: Any = None  # keeps a temporary export alive
 
 
-def load(source: ModelSource, seq_len: int) -> Loaded:
+def load(source: ModelSource) -> Loaded:
     """Load ``source`` and give it a static input signature.
 
     Raises:
         ModelLoadError: missing path, unreadable model, refused Lambda layer, unknown signature.
     """
-    path = Path(source.path)
+    path, seq_len = Path(source.path), source.seq_len
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file or directory")
     dynamic = bool(source.options.get("dynamic_shapes", False))

@@ -7,7 +7,7 @@ It loads the source once, then builds every requested variant: an optional pruni
 quantization recipe, dispatched on its :class:`~litegate.types.RecipeKind` through :data:`BUILDERS`.
 Each variant is written atomically; a variant that fails is reported, the others still build.
 
-Payload: ``source`` (ModelSource dict), ``seq_len``, ``variants`` ([{name, recipe, out, prune?,
+Payload: ``source`` (ModelSource dict, with its ``seq_len``), ``variants`` ([{name, recipe, out, prune?,
 auto_budget?}]), ``calibration_npz`` (encoded calibration text, or token windows for a generator),
 ``prune_data`` ({npz, labels}: recovery inputs for pruning), ``auto_eval`` ({npz, labels, name}: what
 ``auto`` scores its candidates on), ``debug`` / ``debug_dir`` (per-layer error CSVs),
@@ -46,6 +46,7 @@ class _Child:
     one pruned model per pruning recipe."""
 
     payload: Mapping[str, Any]
+    source: ModelSource
     base: Loaded
     samples: dict[str, np.ndarray] | None
     calibrations: dict[tuple[int, Any], bytes] = dataclasses.field(default_factory=dict)
@@ -67,12 +68,12 @@ def build_job(payload: dict[str, Any]) -> dict[str, Any]:
 
     tf.keras.utils.set_random_seed(0)
     source = ModelSource.from_dict(payload["source"])
-    loaded = load(source, int(payload["seq_len"]))
+    loaded = load(source)
     samples = None
     if payload.get("calibration_npz") and loaded.serve is not None:
         with np.load(payload["calibration_npz"]) as data:
             samples = model_samples(loaded.serve, {k: data[k] for k in data.files})
-    child = _Child(payload=payload, base=loaded, samples=samples)
+    child = _Child(payload=payload, source=source, base=loaded, samples=samples)
     results: dict[str, Any] = {}
     for v in payload["variants"]:
         recipe = Recipe.from_dict(v["recipe"])
@@ -104,7 +105,7 @@ def _generator(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any
     gen_samples = None
     if recipe.needs_calibration and payload.get("calibration_npz"):
         with np.load(payload["calibration_npz"]) as cal:
-            gen_samples = generator_samples(model.signatures, cal["tokens"], int(payload["seq_len"]))
+            gen_samples = generator_samples(model.signatures, cal["tokens"], child.source.seq_len)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="litegate-sig-") as tmp:
         data = convert_signatures(model.signatures, model.owner, recipe, Path(tmp), gen_samples, notes)
