@@ -25,12 +25,11 @@ from litegate.errors import ConfigError, ConversionError, DataError, ModelLoadEr
 from litegate.isolation import run_isolated
 from litegate.quantize import recipes
 from litegate.quantize.prune import PruneSettings
+from litegate.quantize.variants import BUILD_JOB
 from litegate.tasks import TextEncoder, generator_windows, read_labelled_tsv, read_texts
 from litegate.tflite.verify import verify_tflite
 from litegate.timing import DEFAULT_PROTOCOL
 from litegate.types import BenchResult, ModelSource, Recipe, SourceKind, Task
-
-BUILD_JOB = "litegate.quantize.build:build_job"
 
 
 def _build(source: ModelSource, out: Path, work: Path, *, recipe: Recipe, prune: Recipe | None = None,

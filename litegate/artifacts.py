@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from litegate.errors import OutputError
+from litegate.errors import OutputBusyError, OutputError
 from litegate.types import Artifact
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
@@ -201,3 +202,18 @@ def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any]) -> None:
     """Write named arrays to an .npz file atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **dict(arrays))  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """Exclusive lock on ``out_dir``: a second run on the same directory is refused, never interleaved."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir / ".litegate.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputBusyError(f"{out_dir}: another litegate run is using this output directory") from None
+        yield
+    finally:
+        os.close(fd)

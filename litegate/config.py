@@ -46,7 +46,7 @@ from litegate.baseline import CompareConfig
 from litegate.compat.ruleset import DELEGATES
 from litegate.errors import ConfigError
 from litegate.quantize import recipes
-from litegate.types import DEFAULT_SEQ_LEN, ModelSource, Recipe, SourceKind, Task
+from litegate.types import DEFAULT_SEQ_LEN, ModelSource, Recipe, SourceKind, Task, VariantConfig
 
 BUDGET_KEYS = ("max_size_mb", "max_gzip_mb", "max_latency_p50_ms", "max_latency_p90_ms", "max_accuracy_drop",
                "min_accuracy", "max_peak_rss_mb", "min_cosine", "max_perplexity_ratio", "min_agreement")
@@ -100,15 +100,6 @@ class DataConfig:
     max_eval_samples: int | None = None
     train: Path | None = None  # labelled text for pruning recovery (else distillation on calibration text)
     train_samples: int = 2000
-
-
-@dataclasses.dataclass(frozen=True)
-class VariantConfig:
-    """A variant: an optional pruning recipe, then a quantization recipe (``pruned-50+int8``)."""
-
-    name: str
-    recipe: Recipe
-    prune: Recipe | None = None
 
 
 @dataclasses.dataclass(frozen=True)

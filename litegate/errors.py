@@ -75,6 +75,12 @@ class IsolationError(LitegateError):
         self.stderr = stderr
 
 
+class OutputBusyError(LitegateError):
+    """Another litegate process holds the output directory."""
+
+    exit_code = 11
+
+
 class OutputError(LitegateError):
     """An output could not be written (disk full, read-only file system, permissions)."""
 

@@ -169,6 +169,15 @@ class Recipe(_Record):
 
 
 @dataclasses.dataclass(frozen=True)
+class VariantConfig:
+    """A variant: an optional pruning recipe, then a quantization recipe (``pruned-50+int8``)."""
+
+    name: str
+    recipe: Recipe
+    prune: Recipe | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class LatencyStats(_Record):
     """Order statistics of a latency sample set, in milliseconds."""
 

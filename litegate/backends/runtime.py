@@ -153,3 +153,14 @@ class Runner:
             for k, v in outs.items():
                 rows.setdefault(k, []).append(np.asarray(v)[0])
         return {k: np.stack(v) for k, v in rows.items()}
+
+
+def signatures_of(path: str | Path) -> dict[str, Any]:
+    """Signature name -> input and output names of a .tflite (what an app calls), {} if LiteRT cannot read it."""
+    from ai_edge_litert.interpreter import Interpreter  # LiteRT runtime: only where a model runs
+
+    try:
+        return {k: {"inputs": list(v["inputs"]), "outputs": list(v["outputs"])}
+                for k, v in Interpreter(model_content=Path(path).read_bytes()).get_signature_list().items()}
+    except (ValueError, RuntimeError):
+        return {}

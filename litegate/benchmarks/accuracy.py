@@ -10,16 +10,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from litegate.artifacts import save_npz
+from litegate.backends.gpu import run_gpu
+from litegate.backends.registry import why_not_runnable
 from litegate.backends.runtime import Runner
+from litegate.errors import LitegateError
+from litegate.isolation import run_isolated
 from litegate.tasks import agreement, classification_metrics, cosine
+from litegate.types import AccuracyResult, Status, Task, VariantResult
 
 
 def embedding_metrics(emb: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -115,3 +121,89 @@ def summarize_task(task: str, outputs: Mapping[str, np.ndarray], ref: Mapping[st
     assert windows is not None
     m = lm_metrics(out, windows, r)
     return "perplexity", m["perplexity"], m
+
+
+class EvalInputs(Protocol):
+    """What the accuracy stage reads of the run's evaluation data (:class:`litegate.inputs.EvalData`)."""
+
+    task: Task
+    n: int
+    inputs_npz: Path | None
+    labels: np.ndarray | None
+    windows: np.ndarray | None
+
+
+def evaluate_variants(variants: Sequence[VariantResult], data: EvalInputs, *, reference: str, backend: str, threads: int,
+                      on_gpu: bool, timeout_s: float, mem_mb: int | None, work: Path,
+                      say: Callable[[str], None]) -> list[VariantResult]:
+    """The task metric of every built variant on ``backend`` (and, when ``on_gpu``, on LiteRT's GPU delegate),
+    each run in a child process, with its delta to the ``reference`` variant."""
+    task = data.task
+    if data.inputs_npz is None:
+        res = AccuracyResult(task=task, metric="accuracy", value=None, backend=backend, n_samples=0,
+                             status=Status.NOT_RUN, reason="no evaluation data configured (data.eval)")
+        return [dataclasses.replace(v, accuracy=(res,)) if v.status is Status.OK else v for v in variants]
+    job = "lm_eval_job" if task is Task.TEXT_GENERATION else "eval_job"
+    module = "litegate.benchmarks.accuracy" if task is Task.TEXT_GENERATION else "litegate.benchmarks.latency"
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    failures: dict[str, str] = {}
+    for v in variants:
+        if v.status is not Status.OK or v.artifact is None:
+            continue
+        say(f"eval: {v.name} on {data.n} samples")
+        out_npz = work / f"{v.name}.outputs.npz"
+        try:
+            run_isolated(f"{module}:{job}",
+                         {"path": v.artifact.path, "backend": backend, "threads": threads,
+                          "inputs_npz": str(data.inputs_npz), "windows_npz": str(data.inputs_npz), "out_npz": str(out_npz)},
+                         timeout_s=timeout_s, mem_mb=mem_mb)
+            with np.load(out_npz) as arrays:
+                outputs[v.name] = {k: arrays[k] for k in arrays.files}
+        except LitegateError as exc:
+            failures[v.name] = exc.message
+    ref = outputs.get(reference)
+    ref_value = summarize_task(task.value, ref, ref, data.labels, data.windows)[1] if ref is not None else None
+    out = []
+    for v in variants:
+        if v.status is not Status.OK:
+            out.append(v)
+            continue
+        if v.name in failures:
+            res = AccuracyResult(task=task, metric="accuracy", value=None, backend=backend, n_samples=data.n,
+                                 status=Status.FAILED, reason=failures[v.name])
+        else:
+            metric, value, extra = summarize_task(task.value, outputs[v.name], ref, data.labels, data.windows)
+            res = AccuracyResult(task=task, metric=metric, value=value, backend=backend, n_samples=data.n,
+                                 reference=ref_value, delta=None if ref_value is None else value - ref_value, extra=extra)
+        gpu_row = _gpu_accuracy(v, data, ref, ref_value, threads=threads, timeout_s=timeout_s, mem_mb=mem_mb, say=say) if on_gpu else ()
+        out.append(dataclasses.replace(v, accuracy=(res,) + gpu_row))
+    return out
+
+
+def _gpu_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray] | None, ref_value: float | None, *,
+                  threads: int, timeout_s: float, mem_mb: int | None,
+                  say: Callable[[str], None]) -> tuple[AccuracyResult, ...]:
+    """The task metric on LiteRT's GPU delegate (fp16 arithmetic), its own row, when ``gpu`` is benchmarked here."""
+    task = data.task
+    if task is Task.TEXT_GENERATION or v.artifact is None or data.inputs_npz is None:
+        return ()
+    reason = why_not_runnable("gpu")
+    if reason:
+        return (AccuracyResult(task=task, metric="accuracy", value=None, backend="gpu", n_samples=0,
+                               status=Status.NOT_RUN, reason=reason),)
+
+    say(f"eval: {v.name} on the GPU delegate")
+    try:
+        run = run_gpu(v.artifact.path, inputs=data.inputs_npz, threads=threads, timeout_s=timeout_s, mem_mb=mem_mb)
+    except LitegateError as exc:
+        return (AccuracyResult(task=task, metric="accuracy", value=None, backend="gpu", n_samples=data.n,
+                               status=Status.FAILED, reason=exc.message),)
+    if run.log.shader_errors:
+        return (AccuracyResult(task=task, metric="accuracy", value=None, backend="gpu", n_samples=data.n,
+                               status=Status.FAILED,
+                               reason=f"the GPU delegate failed to compile a shader: {run.log.shader_errors[0][:300]}"),)
+    outputs = {k: np.asarray(a) for k, a in run.outputs.items()}
+    metric, value, extra = summarize_task(task.value, outputs, ref, data.labels, data.windows)
+    extra = {**extra, "fully_accelerated": float(run.fully_accelerated)}
+    return (AccuracyResult(task=task, metric=metric, value=value, backend="gpu", n_samples=run.n_inputs,
+                           reference=ref_value, delta=None if ref_value is None else value - ref_value, extra=extra),)

@@ -12,7 +12,7 @@ with the cell's timeout.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from litegate.backends.registry import why_not_runnable
 from litegate.errors import IsolationError, LitegateError
 from litegate.isolation import run_isolated
 from litegate.timing import summarize
-from litegate.types import BenchResult, LatencyStats, Status
+from litegate.types import BenchResult, LatencyStats, Status, VariantResult
 
 
 def run_cell(*, path: str | Path, sha256: str, variant: str, backend: str, threads: int, inputs_npz: str | Path,
@@ -104,3 +104,15 @@ def _adb_cell(*, path: str | Path, sha256: str, backend: str, threads: int, prot
     return result(Status.OK, r.get("note", ""), init_ms=r["init_ms"], first_ms=r["first_ms"],
                   latency=LatencyStats.from_dict(r["latency"]), peak_rss_mb=r["peak_rss_mb"],
                   protocol={**protocol, **r["protocol"]})
+
+
+def bench_variant(v: VariantResult, *, backends: Sequence[str], threads: Sequence[int], inputs_npz: Path,
+                  protocol: dict[str, Any], timeout_s: float, mem_mb: int | None = None,
+                  signature: str | None = None) -> Iterator[BenchResult]:
+    """Every cell (backend × threads) of one published variant, one child process each."""
+    assert v.artifact is not None
+    for backend in backends:
+        for t in threads:
+            yield run_cell(path=v.artifact.path, sha256=v.artifact.sha256, variant=v.name, backend=backend, threads=t,
+                           inputs_npz=inputs_npz, protocol=protocol, timeout_s=timeout_s, mem_mb=mem_mb,
+                           signature=signature)

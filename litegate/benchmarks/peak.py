@@ -14,10 +14,11 @@ FMA peak at the nominal clock, which turbo clocks can exceed).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from litegate.artifacts import atomic_write_bytes
 from litegate.errors import LitegateError
 from litegate.isolation import run_isolated
 from litegate.machine import cpu_flags
+from litegate.types import Status, VariantResult
 
 
 def sgemm_job(payload: dict[str, Any]) -> dict[str, Any]:
@@ -189,3 +191,24 @@ def theoretical_flops_per_cycle() -> int | None:
     if "fma" in flags and ("avx2" in flags or "avx512f" in flags):
         return 2 * 8 * 2
     return None
+
+
+def with_efficiency(v: VariantResult, peak: Mapping[str, Any]) -> VariantResult:
+    """Achieved GFLOP/s per measured cell (2 × MACs / p50) and its share of the measured sgemm peak."""
+    macs = int(v.graph.get("macs") or 0)
+    if not macs:
+        return v
+    cells = []
+    for b in v.bench:
+        if b.status is Status.OK and b.latency is not None and not b.protocol.get("latency_emulated"):
+            gflops = 2.0 * macs / (b.latency.p50 * 1e-3) / 1e9
+            eff = {"gflops": round(gflops, 2)}
+            ref = peak.get("gflops", {}).get(str(b.threads))
+            if ref:
+                eff["pct_of_sgemm_peak"] = round(100.0 * gflops / ref, 1)
+            theory = peak.get("theoretical_gflops", {}).get(str(b.threads))
+            if theory:
+                eff["pct_of_isa_peak"] = round(100.0 * gflops / theory, 1)
+            b = dataclasses.replace(b, protocol={**b.protocol, "efficiency": eff})
+        cells.append(b)
+    return dataclasses.replace(v, bench=tuple(cells))

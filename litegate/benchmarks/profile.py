@@ -31,15 +31,16 @@ from __future__ import annotations
 
 import ctypes as C
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from litegate.errors import DelegateError
+from litegate.errors import DelegateError, LitegateError
 from litegate.isolation import run_isolated
 from litegate.tasks import feed_for
+from litegate.types import Status, VariantResult
 
 OPERATOR_INVOKE_EVENT = 1 << 1
 DELEGATE_OPERATOR_INVOKE_EVENT = 1 << 2
@@ -336,3 +337,33 @@ def run_profile(path: str | Path, *, threads: int = 1, backend: str = "xnnpack",
     return run_isolated("litegate.benchmarks.profile:profile_job",
                         {"path": str(path), "threads": threads, "backend": backend, "runs": runs, "warmup": warmup,
                          "inputs_npz": str(inputs_npz) if inputs_npz else None}, timeout_s=timeout_s)
+
+
+def profile_slowest(variants: Sequence[VariantResult], *, inputs_npz: Path | None, runs: int, timeout_s: float,
+                    generator: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    """Where the time goes in the slowest variant (median latency at its fewest threads): LiteRT's op profiler."""
+    if runs == 0:
+        return {"not_run": "bench.profile_runs = 0"}
+    if generator:
+        return {"not_run": "the per-op profiler runs a model's default signature; generators are benchmarked per token"}
+    cpu = [b for v in variants for b in v.bench if b.status is Status.OK and b.latency and b.backend in ("xnnpack", "cpu")]
+    if not cpu or inputs_npz is None:
+        return {"not_run": "no CPU latency was measured"}
+    fewest = min(b.threads for b in cpu)
+    slowest = max((b for b in cpu if b.threads == fewest), key=lambda b: b.latency.p50 if b.latency else 0.0)
+    v = next(x for x in variants if x.name == slowest.variant)
+    assert v.artifact is not None
+    say(f"bench: per-op profile of {v.name} (the slowest, {slowest.backend} x{fewest})")
+
+    try:
+        prof = run_profile(v.artifact.path, threads=fewest, backend=slowest.backend, runs=runs,
+                           inputs_npz=inputs_npz, timeout_s=timeout_s)
+    except LitegateError as exc:
+        return {"variant": v.name, "not_run": exc.message}
+    return {"variant": v.name, "why": f"the slowest variant by median latency at {fewest} thread(s)",
+            "backend": slowest.backend, "threads": fewest, "runs": prof["runs"], "method": prof["method"],
+            "op_ms_per_run": round(prof["op_ms_per_run"], 4), "wall_ms_per_run": round(prof["wall_ms_per_run"], 4),
+            "by_type": [{"op": n, "count": c, "ms_per_run": round(ms / prof["runs"], 4), "pct": round(pct, 2)}
+                        for n, c, ms, pct in prof["by_type"]],
+            "top_ops": [{"op": n, "index": i, "ms_per_run": round(ms / prof["runs"], 4), "pct": round(pct, 2)}
+                        for n, i, ms, pct in sorted(prof["ops"], key=lambda r: -r[2])[:15]]}
