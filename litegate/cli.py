@@ -178,7 +178,7 @@ def _echo_notes_and_layers(info: dict[str, Any], output: Path) -> None:
 
 def _convert(path: Path, output: Path, source: dict[str, Any], recipe: str,
              calibration: Path | None, samples: int, debug: bool = False) -> None:
-    from litegate.api import convert_model
+    from litegate.api import convert_model  # imports LiteRT: not at CLI start
 
     src = _model_source(path, source)
     info = convert_model(src, output, recipe=recipe, calibration=calibration, samples=samples or 200,
@@ -240,7 +240,7 @@ def prune(path: Path, output: Path, recipe: str, then: str | None, calibration: 
       litegate prune examples/demo/model --recipe pruned-50 --then dynamic-int8 \\
           --labels examples/demo/eval.tsv -o demo-pruned-int8.tflite --seq-len 64
     """
-    from litegate.api import prune_model
+    from litegate.api import prune_model  # imports LiteRT: not at CLI start
 
     if calibration is None and labels is None:
         raise click.BadParameter("pruning needs recovery text: give --calibration TEXT or --labels TSV",
@@ -279,7 +279,7 @@ def bench(model: Path, text: Path, backends: str, threads: str, tokenizer: Path 
     Example:
       litegate bench reports/demo/int8.tflite --text examples/demo/eval.tsv --threads 1,2
     """
-    from litegate.api import bench_model
+    from litegate.api import bench_model  # imports LiteRT: not at CLI start
     from litegate.backends.registry import backend_syntax_error  # imports LiteRT: not at CLI start
 
     names = [b.strip() for b in backends.split(",") if b.strip()]

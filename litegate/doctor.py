@@ -35,7 +35,7 @@ def check() -> list[dict[str, Any]]:
     runtime_ok = False
     if _version("ai-edge-litert"):
         try:
-            from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+            from ai_edge_litert.interpreter import Interpreter  # noqa: F401  (LiteRT runtime: a probe of whether it loads)
 
             runtime_ok = True
         except Exception as exc:  # a broken wheel raises anything
