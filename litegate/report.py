@@ -238,22 +238,42 @@ def headline(rep: Report) -> str:
 
 def to_markdown(rep: Report) -> str:
     """Render the PR comment. Always under :data:`MAX_MARKDOWN_CHARS`."""
-    cells = sorted({(b.backend, b.threads) for v in rep.variants for b in v.bench})
+    delegates = [c.delegate for c in next((v.compat for v in rep.variants if v.compat), ())]
     lines = [headline(rep), ""]
+    lines.extend(_model_line(rep))
+    lines.extend(_summary_table(rep, delegates))
+    lines.extend(_cell_notes(rep))
+    lines.extend(_gpu_accuracy_table(rep))
+    lines.extend(_efficiency(rep))
+    lines.extend(_profile_details(rep))
+    lines.extend(_quant_details(rep))
+    lines.extend(_compat_details(rep, delegates))
+    lines.extend(_gate_details(rep))
+    lines.extend(_how_measured(rep))
+    text = "\n".join(lines) + "\n"
+    if len(text) > MAX_MARKDOWN_CHARS:
+        cut = text[: MAX_MARKDOWN_CHARS - 200]
+        text = cut[: cut.rfind("\n")] + "\n\n… (truncated; see report.json for every detail)\n"
+    return text
+
+
+def _model_line(rep: Report) -> list[str]:
     m = rep.model
     src = m.get("source", {})
-    lines.append(f"Model: `{src.get('kind')}` {Path(str(src.get('path', ''))).name} · task {src.get('task')} · "
-                 f"seq_len {m.get('seq_len')} · sha256 `{str(m.get('sha256', ''))[:12]}`")
-    lines.append("")
-    delegates = [c.delegate for c in next((v.compat for v in rep.variants if v.compat), ())]
+    return [f"Model: `{src.get('kind')}` {Path(str(src.get('path', ''))).name} · task {src.get('task')} · "
+            f"seq_len {m.get('seq_len')} · sha256 `{str(m.get('sha256', ''))[:12]}`", ""]
+
+
+def _summary_table(rep: Report, delegates: list[str]) -> list[str]:
+    """One row per variant: size, latency per cell, task metric and its delta, fidelity, delegated ops."""
+    cells = sorted({(b.backend, b.threads) for v in rep.variants for b in v.bench})
     metric = next((a.metric for a in (v.primary_accuracy() for v in rep.variants) if a is not None), "accuracy")
     label = {"accuracy": "accuracy %", "cosine_to_reference": "cosine to ref", "perplexity": "perplexity"}.get(metric, metric)
     head = (["variant", "recipe", "size MB", "gzip MB"] + [f"{b}×{t} p50/p90 ms" for b, t in cells]
             + [label, "Δ vs ref", "fidelity"])
     if delegates:
         head.append("delegated ops % (" + " / ".join(delegates) + ")")
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in rep.variants:
         if v.status is not Status.OK:
             row = [f"**{v.name}**", v.recipe.name, f"failed: {v.reason[:120]}", "—"] + ["—"] * len(cells) + ["—", "—", "—"]
@@ -268,6 +288,12 @@ def to_markdown(rep: Report) -> str:
                 row.append(" / ".join("—" if c is None else f"{c.delegated_fraction * 100:.0f}" for c in fr))
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
+    return lines
+
+
+def _cell_notes(rep: Report) -> list[str]:
+    """Backends not run (with the reason), failed cells, and graph warnings (dynamic shapes, Flex ops)."""
+    lines = []
     not_run = sorted({(b.backend, b.reason) for v in rep.variants for b in v.bench if b.status is Status.NOT_RUN})
     for backend, reason in not_run:
         lines.append(f"- `{backend}`: not run: {reason}")
@@ -284,58 +310,57 @@ def to_markdown(rep: Report) -> str:
         if v.graph.get("needs_flex_delegate"):
             lines.append(f"- ⚠️ `{v.name}` contains Select TF ops ({', '.join(v.graph['flex_ops'])}): the app must link "
                          "the Flex delegate, and GPU/Hexagon/Core ML cannot run them")
-    gpu_rows = [(v.name, a) for v in rep.variants for a in v.accuracy[1:]]
-    if gpu_rows:
-        lines += ["", "| variant | backend | task metric | Δ vs fp32 CPU | fidelity | note |", "|---|---|---|---|---|---|"]
-        for name, a in gpu_rows:
-            if a.status is Status.OK and a.value is not None:
-                d = "—" if a.delta is None else f"{a.delta:+.3g}"
-                agree = (a.extra["agreement_with_reference"] if "agreement_with_reference" in a.extra
-                         else a.extra.get("cosine_min"))
-                full = "fully delegated" if a.extra.get("fully_accelerated") else "partly on CPU"
-                lines.append(f"| {name} | {a.backend} | {a.value:.4g} | {d} | {'—' if agree is None else f'{agree:.4g}'} "
-                             f"| {full} |")
-            else:
-                lines.append(f"| {name} | {a.backend} | {a.status.value} | — | — | {a.reason[:160]} |")
-        lines.append("")
-    lines.extend(_efficiency(rep))
-    lines.extend(_profile_details(rep))
-    lines.extend(_quant_details(rep))
-    lines.extend(_compat_details(rep, delegates))
-    failed = [x for x in rep.verdicts if not x.passed]
-    lines.append(f"<details><summary>Gate checks: {len(rep.verdicts) - len(failed)} passed, {len(failed)} failed "
-                 f"(require: {rep.run.get('gate', {}).get('require', 'all')})</summary>")
+    return lines
+
+
+def _gpu_accuracy_table(rep: Report) -> list[str]:
+    """The task metric on backends other than the evaluation one (LiteRT's GPU delegate), one row each."""
+    rows = [(v.name, a) for v in rep.variants for a in v.accuracy[1:]]
+    if not rows:
+        return []
+    lines = ["", "| variant | backend | task metric | Δ vs fp32 CPU | fidelity | note |", "|---|---|---|---|---|---|"]
+    for name, a in rows:
+        if a.status is Status.OK and a.value is not None:
+            d = "—" if a.delta is None else f"{a.delta:+.3g}"
+            agree = (a.extra["agreement_with_reference"] if "agreement_with_reference" in a.extra
+                     else a.extra.get("cosine_min"))
+            full = "fully delegated" if a.extra.get("fully_accelerated") else "partly on CPU"
+            lines.append(f"| {name} | {a.backend} | {a.value:.4g} | {d} | {'—' if agree is None else f'{agree:.4g}'} "
+                         f"| {full} |")
+        else:
+            lines.append(f"| {name} | {a.backend} | {a.status.value} | — | — | {a.reason[:160]} |")
     lines.append("")
-    lines.append("| | check | variant | value | limit |")
-    lines.append("|---|---|---|---|---|")
+    return lines
+
+
+def _gate_details(rep: Report) -> list[str]:
+    failed = [x for x in rep.verdicts if not x.passed]
+    lines = [f"<details><summary>Gate checks: {len(rep.verdicts) - len(failed)} passed, {len(failed)} failed "
+             f"(require: {rep.run.get('gate', {}).get('require', 'all')})</summary>", "",
+             "| | check | variant | value | limit |", "|---|---|---|---|---|"]
     for x in sorted(rep.verdicts, key=lambda x: x.passed):
         where = f" ({x.backend}×{x.threads})" if x.backend else ""
         value = "—" if x.value is None else f"{x.value:g}"
         limit = "—" if x.limit is None else f"{x.limit:g}"
         lines.append(f"| {'✅' if x.passed else '❌'} | {x.check}{where} | {x.variant} | {value} | {limit} |")
-    lines.append("")
-    lines.append("</details>")
-    lines.append("")
+    return lines + ["", "</details>", ""]
+
+
+def _how_measured(rep: Report) -> list[str]:
     run = rep.run
     mach = run.get("machine", {})
     versions = ", ".join(f"{k} {v}" for k, v in run.get("tool_versions", {}).items())
     proto = run.get("bench_protocol", {})
     ev = run.get("eval", {})
-    lines.append("<details><summary>How this was measured</summary>")
-    lines.append("")
-    lines.append(f"- Machine: {mach.get('cpu')} ({mach.get('arch')}, {mach.get('cores_available')} cores, "
-                 f"ISA {'+'.join(mach.get('isa', [])) or 'n/a'}), {mach.get('os')}, Python {mach.get('python')}")
-    lines.append(f"- Versions: {versions}")
-    lines.append(f"- Latency: {proto.get('warmup_runs')} warm-up runs, then at least {proto.get('min_runs')} runs and "
-                 f"{proto.get('min_seconds')} s; inputs: {proto.get('inputs')}; {proto.get('isolation')}. "
-                 "p50/p90 of per-inference wall time.")
-    lines.append(f"- Accuracy: `{ev.get('data')}` on {ev.get('backend')}×{ev.get('threads')}; "
-                 f"Δ is percentage points against the reference variant.")
-    lines.append(f"- Run: {run.get('started_at')}, {run.get('wall_s')} s wall, {run.get('cache_hits')} variants from cache.")
-    lines.append("")
-    lines.append("</details>")
-    text = "\n".join(lines) + "\n"
-    if len(text) > MAX_MARKDOWN_CHARS:
-        cut = text[: MAX_MARKDOWN_CHARS - 200]
-        text = cut[: cut.rfind("\n")] + "\n\n… (truncated; see report.json for every detail)\n"
-    return text
+    return [
+        "<details><summary>How this was measured</summary>", "",
+        f"- Machine: {mach.get('cpu')} ({mach.get('arch')}, {mach.get('cores_available')} cores, "
+        f"ISA {'+'.join(mach.get('isa', [])) or 'n/a'}), {mach.get('os')}, Python {mach.get('python')}",
+        f"- Versions: {versions}",
+        f"- Latency: {proto.get('warmup_runs')} warm-up runs, then at least {proto.get('min_runs')} runs and "
+        f"{proto.get('min_seconds')} s; inputs: {proto.get('inputs')}; {proto.get('isolation')}. "
+        "p50/p90 of per-inference wall time.",
+        f"- Accuracy: `{ev.get('data')}` on {ev.get('backend')}×{ev.get('threads')}; "
+        f"Δ is percentage points against the reference variant.",
+        f"- Run: {run.get('started_at')}, {run.get('wall_s')} s wall, {run.get('cache_hits')} variants from cache.",
+        "", "</details>"]
