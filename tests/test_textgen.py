@@ -131,8 +131,8 @@ def test_shipped_generator_tflite_agrees_with_tf_for_100_greedy_tokens(tmp_path,
     assert r.returncode == 0, r.stderr
     assert out.stat().st_size < (10 if kind == "hf-gpt2" else 5) * 2**20 * 2
     ids = load_tokenizer(folder / "tokenizer.json").encode(PROMPT).ids
-    src = ModelSource(kind=kind, path=str(path), task="text-generation")
-    ref = _tf_generator(load(src, 64)).generate(ids, 120)
+    src = ModelSource(kind=kind, path=str(path), task="text-generation", seq_len=64)
+    ref = _tf_generator(load(src)).generate(ids, 120)
     got = tflite_generator(out).generate(ids, 120)
     assert got == ref
     text = generate_text(out, PROMPT, 120)
