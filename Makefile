@@ -6,7 +6,7 @@ SHARED ?= ../shared/data
 MODELS ?= models
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint typecheck fixtures models clean help gpu-sim browser release-check report compare perf soak
+.PHONY: qualcomm install demo test test-fast lint typecheck fixtures models clean help gpu-sim browser release-check report compare perf soak
 
 help:
 	@echo "make demo       set up .venv and run the release pipeline on the embedded default"
@@ -30,6 +30,7 @@ test: $(STAMP)
 	-@$(MAKE) --no-print-directory models || echo "make models failed: the real-model tests will skip"
 	-@$(MAKE) --no-print-directory gpu-sim || echo "make gpu-sim failed: the GPU delegate tests will skip"
 	-@$(MAKE) --no-print-directory browser || echo "make browser failed: the HTML rendering test will skip"
+	-@$(MAKE) --no-print-directory qualcomm || echo "make qualcomm failed: the Qualcomm HTP compiler tests will skip"
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)
@@ -64,6 +65,14 @@ $(MODELS)/all-MiniLM-L6-v2/config.json: $(STAMP)
 
 clean:
 	rm -rf reports .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+## Qualcomm's HTP compiler (qnn:SOC targets): the QNN x86_64 libraries from the registry (Qualcomm's licence).
+QUALCOMM := $(VENV)/.qualcomm-installed
+
+$(QUALCOMM): pyproject.toml | $(STAMP)
+	$(BIN)/pip install -q -e '.[qualcomm]' && touch $@
+
+qualcomm: $(QUALCOMM)
 
 ## Headless Chromium for the HTML report test (Debian's package).
 browser:

@@ -410,31 +410,36 @@ def doctor(as_json: bool, verbose: bool) -> None:
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--delegate", "delegates", default=",".join(DELEGATES), show_default=True,
-              help=f"Comma-separated delegates to check ({', '.join(DELEGATES)}).")
+              help=f"Comma-separated targets to check: rule-based delegates ({', '.join(DELEGATES)}), a rule file "
+                   "(.json), or qnn[:SOC] (Qualcomm's HTP compiler, e.g. qnn:SM8650; needs litegate[qualcomm]).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @verbose_option
 def check(model: Path, delegates: str, fmt: str, verbose: bool) -> None:
-    """Check which ops of MODEL (.tflite) each delegate would run, from the flatbuffer alone.
+    """Check which ops of MODEL (.tflite) each delegate or NPU compiler would take.
 
-    Prints per delegate the delegated fraction by op count and by MACs, the partitions, and the
-    ops that fall back to the CPU with the delegate's reason. Nothing is executed.
+    Prints per target the delegated fraction by op count and by MACs, the partitions, and the ops
+    that fall back to the CPU with the reason. Rule-based delegates read the flatbuffer alone;
+    qnn:SOC compiles the model with Qualcomm's HTP compiler for that Snapdragon (nothing runs).
 
     \b
     Example:
       litegate check demo.tflite --delegate gpu,xnnpack
+      litegate check demo-int8.tflite --delegate qnn:SM8650,qnn:SM8450
       litegate check demo.tflite --format json > compat.json
     """
     from litegate.compat.check import (  # imports LiteRT's flatbuffer schema: not at CLI start
         check_model,
         render_table,
+        target_error,
     )
 
     names = [d.strip() for d in delegates.split(",") if d.strip()]
     if not names:
         raise click.BadParameter("give at least one delegate", param_hint="--delegate")
     for d in names:
-        if d not in DELEGATES:
-            raise click.BadParameter(f"unknown delegate {d!r} (known: {', '.join(DELEGATES)})", param_hint="--delegate")
+        problem = target_error(d)
+        if problem:
+            raise click.BadParameter(problem, param_hint="--delegate")
     reports = check_model(model, names)
     if fmt == "json":
         click.echo(json.dumps([r.to_dict() for r in reports], indent=2))

@@ -431,11 +431,13 @@ def _gate(g: _Table, names: list[str]) -> _Gate:
 
 def _check(ct: _Table) -> tuple[str, ...]:
     """``[check]``: the delegates of the static compatibility check."""
+    from litegate.compat.check import target_error  # imports LiteRT's flatbuffer schema: not at CLI start
+
     delegates = tuple(ct.get("delegates", list, list(DELEGATES)))
     for d in delegates:
-        if d not in DELEGATES:
-            raise ConfigError(f"{ct.file}: 'check.delegates' has unknown delegate {d!r} "
-                              f"(known: {', '.join(DELEGATES)})")
+        problem = target_error(d)
+        if problem:
+            raise ConfigError(f"{ct.file}: 'check.delegates': {problem}")
     ct.done()
     return delegates
 

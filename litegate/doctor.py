@@ -9,6 +9,7 @@ from typing import Any
 
 from litegate.backends import adb, gpu
 from litegate.backends.registry import KNOWN, why_not_runnable
+from litegate.compat import qnn
 from litegate.errors import DelegateError
 
 ADB_INSTALL = "install Android platform-tools (apt-get install adb, or sdkmanager 'platform-tools') and put adb on PATH"
@@ -61,7 +62,19 @@ def check() -> list[dict[str, Any]]:
                  if runtime_ok else "needs ai-edge-litert to load delegate libraries",
                  "fix": "" if runtime_ok else "pip install ai-edge-litert"})
     rows.extend(_adb_rows())
+    rows.append(_qnn_row())
     return rows
+
+
+def _qnn_row() -> dict[str, Any]:
+    """Qualcomm's HTP compiler (litegate check --delegate qnn:SOC): LiteRT's AOT plugin plus the QNN libraries."""
+    reason = qnn.why_not_available()
+    if reason:
+        return {"name": "compat qnn", "ok": False, "detail": reason, "fix": qnn.INSTALL}
+    return {"name": "compat qnn", "ok": True, "fix": "",
+            "detail": f"Qualcomm HTP compiler (ai-edge-litert {_version('ai-edge-litert')}, onnxruntime-qnn "
+                      f"{_version('onnxruntime-qnn')}): check.delegates = [\"qnn:{qnn.DEFAULT_SOC}\"]; the compile "
+                      "verdict only: no HTP runs here"}
 
 
 def _gpu_row(reason: str | None, runtime_ok: bool) -> dict[str, Any]:

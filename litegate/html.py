@@ -171,7 +171,10 @@ def _table(v: VariantResult) -> str:
     for c in v.compat:
         fb = ", ".join(f"{op}×{n}" for op, n in sorted(c.fallback_ops.items(), key=lambda kv: -kv[1])[:6]) or "—"
         mac = "—" if c.delegated_mac_fraction is None else f"{c.delegated_mac_fraction * 100:.1f}%"
-        rows.append(f"<tr><td>{_esc(c.delegate)}</td><td>{c.delegated_ops}/{c.total_ops}</td><td>{mac}</td>"
+        if c.status is not Status.OK:
+            rows.append(f"<tr><td>{_esc(c.label)}</td><td colspan='4'>{_esc(c.verdict_text)}</td></tr>")
+            continue
+        rows.append(f"<tr><td>{_esc(c.label)}</td><td>{c.delegated_ops}/{c.total_ops}</td><td>{mac}</td>"
                     f"<td>{len(c.partitions)}</td><td>{_esc(c.model_reason or fb)}</td></tr>")
     return ("<table class='compat'><tr><th>delegate</th><th>ops delegated</th><th>MACs</th><th>partitions</th>"
             "<th>CPU fallback</th></tr>" + "".join(rows) + "</table>")

@@ -32,8 +32,7 @@ from litegate.benchmarks.matrix import bench_variant
 from litegate.benchmarks.peak import measure_peak, with_efficiency
 from litegate.benchmarks.profile import profile_slowest
 from litegate.benchmarks.size import measure_size
-from litegate.compat.check import evaluate
-from litegate.compat.ruleset import load_rules
+from litegate.compat.check import check_target
 from litegate.config import ReleaseConfig
 from litegate.errors import DataError
 from litegate.inputs import EvalData, Source, calibration, eval_data, prune_data, resolve_source
@@ -166,7 +165,7 @@ def inspect_variant(v: VariantResult, delegates: tuple[str, ...]) -> VariantResu
     """Read the published flatbuffer: graph summary and static compatibility per delegate (no TF, no run)."""
     assert v.artifact is not None
     model = load_model(v.artifact.path)
-    compat = tuple(evaluate(model, load_rules(d), model_name=v.name) for d in delegates)
+    compat = tuple(check_target(model, v.artifact.path, d, model_name=v.name) for d in delegates)
     return dataclasses.replace(v, graph=graph_summary(model), compat=compat)
 
 

@@ -196,17 +196,25 @@ def _compat_details(rep: Report, delegates: list[str]) -> list[str]:
     """Per delegate: delegated fraction by ops and MACs per variant, and the top CPU-fallback ops with reasons."""
     if not delegates:
         return []
-    lines = ["", "<details><summary>Delegate compatibility (static, from the flatbuffer)</summary>", ""]
+    lines = ["", "<details><summary>Delegate and NPU compatibility (rules read from the flatbuffer; compilers' "
+             "own verdicts)</summary>", ""]
     for d in delegates:
-        lines.append(f"**{d}**")
+        first = next((c for v in rep.variants for c in v.compat if c.delegate == d), None)
+        lines.append(f"**{first.label if first else d}**" + (f": {first.title}" if first and first.title else ""))
         lines.append("")
         for v in rep.variants:
             c = v.compat_for(d)
             if c is None:
                 continue
+            if c.status is not Status.OK:
+                lines.append(f"- `{v.name}`: {c.verdict_text}")
+                continue
             macs = "—" if c.delegated_mac_fraction is None else f"{c.delegated_mac_fraction * 100:.1f}%"
             head = (f"- `{v.name}`: {c.delegated_ops}/{c.total_ops} ops ({c.delegated_fraction * 100:.0f}%), "
                     f"{macs} of MACs, {len(c.partitions)} partition(s)")
+            if c.extra.get("seconds") is not None:
+                size = c.extra.get("compiled_bytes")
+                head += f", compiled in {c.extra['seconds']:.2f} s" + (f" to {size / 1e6:.2f} MB" if size else "")
             if c.model_reason:
                 head += f" — refused: {c.model_reason}"
             lines.append(head)
@@ -272,7 +280,8 @@ def _summary_table(rep: Report, delegates: list[str]) -> list[str]:
     head = (["variant", "recipe", "size MB", "gzip MB"] + [f"{b}×{t} p50/p90 ms" for b, t in cells]
             + [label, "Δ vs ref", "fidelity"])
     if delegates:
-        head.append("delegated ops % (" + " / ".join(delegates) + ")")
+        labels = [next((c.label for v in rep.variants for c in v.compat if c.delegate == d), d) for d in delegates]
+        head.append("delegated ops % (" + " / ".join(labels) + ")")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in rep.variants:
         if v.status is not Status.OK:
@@ -285,7 +294,8 @@ def _summary_table(rep: Report, delegates: list[str]) -> list[str]:
             row = [f"**{v.name}**", v.recipe.name, size, gz] + [_cell_text(v, b, t) for b, t in cells] + [acc, delta, fid]
             if delegates:
                 fr = [v.compat_for(d) for d in delegates]
-                row.append(" / ".join("—" if c is None else f"{c.delegated_fraction * 100:.0f}" for c in fr))
+                row.append(" / ".join("—" if c is None else c.status.value.replace("_", " ") if c.status is not Status.OK
+                                      else f"{c.delegated_fraction * 100:.0f}" for c in fr))
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     return lines

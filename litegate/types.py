@@ -427,8 +427,13 @@ class CompatReport(_Record):
     model_reason: str = ""
     model: str = ""
     notes: tuple[str, ...] = ()
+    status: Status = Status.OK  # not_run / failed / timeout: no verdict (``reason`` says why); never a zero
+    reason: str = ""
+    title: str = ""  # what the target is, in words (e.g. the legacy hexagon_nn delegate, or QNN on SM8650)
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # target-specific facts (compile time, size)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "status", Status(self.status))
         object.__setattr__(self, "ops", tuple(OpCompat.from_dict(o) if isinstance(o, Mapping) else o
                                               for o in self.ops))
         object.__setattr__(self, "partitions", tuple(CompatPartition.from_dict(p) if isinstance(p, Mapping) else p
@@ -439,6 +444,16 @@ class CompatReport(_Record):
         if self.delegated_mac_fraction is not None:
             _check(0.0 <= self.delegated_mac_fraction <= 1.0, "delegated_mac_fraction must be within [0, 1]")
         _check(self.min_nodes_per_partition >= 1, "min_nodes_per_partition must be >= 1")
+
+    @property
+    def label(self) -> str:
+        """How a report names the target (the legacy hexagon rules read ``hexagon_nn (legacy)``)."""
+        return str(self.extra.get("display_name") or self.delegate)
+
+    @property
+    def verdict_text(self) -> str:
+        """``not run: ...`` / ``failed: ...`` for a target without a verdict, else empty."""
+        return "" if self.status is Status.OK else f"{self.status.value.replace('_', ' ')}: {self.reason}"
 
     @property
     def total_ops(self) -> int:

@@ -31,12 +31,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from litegate.compat import qnn
 from litegate.compat.constraints import View, compare, fmt, model_refusal, rule_source, run_constraints
 from litegate.compat.partition import partition
 from litegate.compat.ruleset import DELEGATES, load_rules
 from litegate.tflite.flatbuffer import ModelInfo, OpInfo, TensorInfo
 from litegate.tflite.verify import load_model
-from litegate.types import CompatPartition, CompatReport, OpCompat
+from litegate.types import CompatPartition, CompatReport, OpCompat, Status
 
 
 def evaluate_op(op: OpInfo, rules: Mapping[str, Any], *, inputs: tuple[TensorInfo | None, ...] | None = None,
@@ -169,35 +170,74 @@ def evaluate(model: ModelInfo, rules: Mapping[str, Any], *, model_name: str = ""
         fallback_ops=dict(sorted(fallback.items(), key=lambda kv: (-kv[1], kv[0]))),
         total_macs=total_macs, delegated_macs=delegated_macs, min_nodes_per_partition=min_nodes,
         max_delegated_partitions=max_parts, model_reason="; ".join(dict.fromkeys(model_reasons)),
-        model=model_name, notes=tuple(rules.get("notes", ())))
+        model=model_name, notes=tuple(rules.get("notes", ())), title=str(rules.get("title", "")),
+        extra={"display_name": rules["display_name"]} if rules.get("display_name") else {})
+
+
+# Every compatibility target, registered here: the rule-based delegates (data in rules/*.json) and the
+# compilers that give a real verdict (qnn[:SOC]: Qualcomm's HTP compiler, litegate.compat.qnn).
+TARGET_FORMS = (*DELEGATES, f"{qnn.PREFIX}[:SOC]")
+
+
+def target_error(name: object) -> str | None:
+    """None if ``name`` is a compatibility target litegate knows (it may still not run here), else why not."""
+    if not isinstance(name, str) or not name:
+        return f"a delegate must be a non-empty string, got {name!r}"
+    if qnn.is_qnn_target(name):
+        try:
+            qnn.parse_target(name)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    if name in DELEGATES or name.endswith(".json"):
+        return None
+    return f"unknown delegate {name!r} (known: {', '.join(TARGET_FORMS)}, or a rule file .json)"
+
+
+def check_target(model: ModelInfo, path: str | Path, name: str, *, model_name: str = "") -> CompatReport:
+    """``model`` (read from ``path``) against one target: a delegate's rules, or a compiler's verdict."""
+    if qnn.is_qnn_target(name):
+        return qnn.report(model, path, name, model_name=model_name)
+    return evaluate(model, load_rules(name), model_name=model_name)
 
 
 def check_model(path: str | Path, delegates: Sequence[str] = DELEGATES) -> list[CompatReport]:
-    """Verify and parse a .tflite file, then check it against each delegate's rules.
+    """Verify and parse a .tflite file, then check it against each target.
 
     Args:
         path: the .tflite model.
-        delegates: built-in delegate names (``gpu``, ``hexagon``, ``coreml``, ``xnnpack``) or rule file paths.
+        delegates: built-in delegate names (``gpu``, ``hexagon``, ``coreml``, ``xnnpack``), rule file paths, or
+            compiler targets (``qnn:SM8650``).
 
     Raises:
         ModelLoadError: the file is missing, not a TFLite flatbuffer, truncated or corrupt.
         ConfigError: an unknown delegate or a malformed rule file.
     """
-    rule_sets = [load_rules(d) for d in delegates]
+    for d in delegates:
+        if not qnn.is_qnn_target(d):
+            load_rules(d)  # a bad rule file fails before any compile
     model = load_model(path)
-    return [evaluate(model, r, model_name=str(path)) for r in rule_sets]
+    return [check_target(model, path, d, model_name=str(path)) for d in delegates]
 
 
 def render_table(reports: Sequence[CompatReport]) -> str:
     """A terminal summary: per delegate the fractions, partitions and grouped CPU fallbacks with reasons."""
     lines: list[str] = []
     for r in reports:
+        if r.status is not Status.OK:
+            lines += [f"{r.delegate}: {r.status.value.replace('_', ' ')}: {r.reason}", ""]
+            continue
         macs = "n/a" if r.delegated_mac_fraction is None else f"{100 * r.delegated_mac_fraction:.1f}%"
         taken = sum(1 for p in r.partitions if p.delegated)
         lines.append(f"{r.delegate}: {r.delegated_ops}/{r.total_ops} ops delegated "
                      f"({100 * r.delegated_fraction:.1f}%), MACs {macs}, {taken} of {len(r.partitions)} partitions "
                      f"delegated (min {r.min_nodes_per_partition} ops/partition"
                      f"{'' if r.max_delegated_partitions is None else f', max {r.max_delegated_partitions}'})")
+        if r.title:
+            lines.append(f"  target: {r.title}")
+        if r.extra.get("seconds") is not None:
+            size = r.extra.get("compiled_bytes")
+            lines.append(f"  compile: {r.extra['seconds']:.2f} s, " + (f"{size / 1e6:.2f} MB compiled" if size else "nothing compiled"))
         if r.model_reason:
             lines.append(f"  whole graph refused: {r.model_reason}")
         groups: dict[tuple[str, str], list[str]] = {}

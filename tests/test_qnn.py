@@ -1,0 +1,163 @@
+"""qnn:SOC targets: Qualcomm's own HTP compiler (LiteRT's AOT Qualcomm plugin with the QNN x86_64 libraries).
+
+The compile tests run the real compiler on models made here (skipped with the reason where the registry could not
+provide the `litegate[qualcomm]` extra); the parsing and not-installed paths run everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import DEMO, ROOT, run_cli, write_config
+
+from litegate.cli import cli
+from litegate.compat import qnn
+from litegate.types import ModelSource, Status
+
+UNAVAILABLE = qnn.why_not_available()
+needs_compiler = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"Qualcomm compiler unavailable: {UNAVAILABLE}")
+
+# Real log lines of the compiler (QAIRT 2.51, ai-edge-litert 2.3.0): the demo's int16x8 on SM8450 and char GPT-2.
+STDERR = """\
+ERROR: [qnn_manager.cc:480]
+QNN op validation failed: 'MatMul_25' (type=MatMul)
+  QNN error=3110. See the QNN validator log lines above for the specific reason.
+ERROR: [qnn_compiler_plugin.cc:538]
+LiteRT Op #23 'BatchMatmul' (code=126) is not supported in Qualcomm Compiler.
+INFO: [compiler_plugin.cc:742] Partitioned subgraph<0>, selected 99 ops, from a total of 100 ops. resulted in 2 partitions.
+ERROR: [qnn_manager.cc:480]
+QNN op validation failed: 'StridedSlice_3' (type=StridedSlice)
+ERROR: [qnn_compiler_plugin.cc:538]
+LiteRT Op #3 'StridedSlice' (code=45) is not supported in Qualcomm Compiler.
+INFO: [compiler_plugin.cc:742] Partitioned subgraph<1>, selected 175 ops, from a total of 176 ops. resulted in 2 partitions.
+"""
+STDOUT = """\
+     0.0ms [  INFO ] validateOpConfig started for MatMul_25
+     0.0ms [ ERROR ]  <E> [4294967295] has incorrect Value 69, expected >= 73.     0.0ms [ ERROR ]  Op specific validation failed.
+     0.0ms [ ERROR ]   <E> Failed to validate op MatMul_25 with error 0xc26
+     0.0ms [  INFO ] validateOpConfig started for StridedSlice_3
+ 10000.0ms [ ERROR ]  Output[0] has incorrect Rank 1.
+ 12000.0ms [ ERROR ]  Op specific validation failed.
+     0.0ms [ ERROR ]   <E> Failed to validate op StridedSlice_3 with error 0xc26
+     0.0ms [ ERROR ]  unexpected GraphHtpSettings option 66
+"""
+
+
+def test_parse_log_assigns_each_refused_op_to_its_subgraph_with_qnns_reasons():
+    v = qnn.parse_log(STDERR, STDOUT)
+    assert v["subgraphs"] == [{"index": 0, "offloaded": 99, "total": 100, "partitions": 2},
+                              {"index": 1, "offloaded": 175, "total": 176, "partitions": 2}]
+    (mm, ss) = v["refused"]
+    assert (mm["subgraph"], mm["op_index"], mm["op"], mm["qnn_op"]) == (0, 23, "BatchMatmul", "MatMul_25")
+    assert mm["reasons"] == ["[4294967295] has incorrect Value 69, expected >= 73."]
+    assert (ss["subgraph"], ss["op_index"], ss["op"]) == (1, 3, "StridedSlice")
+    assert ss["reasons"] == ["Output[0] has incorrect Rank 1."]
+
+
+def test_unknown_soc_exits_2_naming_the_socs_the_compiler_knows(tmp_path):
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"\0" * 64)
+    res = CliRunner().invoke(cli, ["check", str(model), "--delegate", "qnn:SM9999"])
+    assert res.exit_code == 2
+    assert "unknown Snapdragon SoC 'SM9999'" in res.output and "SM8650" in res.output and "SM8350" in res.output
+
+
+def test_without_the_libraries_check_says_not_run_with_the_fix_and_doctor_agrees(monkeypatch, tmp_path):
+    from test_compat import _mlp_bytes
+
+    from litegate import doctor
+
+    monkeypatch.setattr(qnn, "toolchain", lambda: (None, f"Qualcomm's QNN libraries are not installed: {qnn.INSTALL}"))
+    model = tmp_path / "mlp.tflite"
+    model.write_bytes(_mlp_bytes())
+    res = CliRunner().invoke(cli, ["check", str(model), "--delegate", "gpu,qnn:SM8650", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    gpu, q = json.loads(res.output)
+    assert gpu["status"] == "ok" and gpu["delegated_fraction"] == 1.0
+    assert q["status"] == "not_run" and q["ops"] == [] and "pip install 'litegate[qualcomm]'" in q["reason"]
+    text = CliRunner().invoke(cli, ["check", str(model), "--delegate", "qnn:SM8650"]).output
+    assert text.startswith("qnn:SM8650: not run: Qualcomm's QNN libraries are not installed")
+    row = next(r for r in doctor.check() if r["name"] == "compat qnn")
+    assert row["ok"] is False and row["fix"] == qnn.INSTALL
+
+
+@pytest.fixture(scope="module")
+def demo_tflite(tmp_path_factory: pytest.TempPathFactory):
+    """The embedded default converted once per recipe for this module (a real .tflite for the compiler)."""
+    from litegate.api import convert_model
+
+    made: dict[str, Path] = {}
+
+    def get(recipe: str) -> Path:
+        if recipe not in made:
+            out = tmp_path_factory.mktemp("qnn") / f"{recipe}.tflite"
+            convert_model(ModelSource(kind="hf-bert", path=str(DEMO / "model"), task="text-classification", seq_len=64),
+                          out, recipe=recipe, calibration=DEMO / "calibration.txt", samples=40)
+            made[recipe] = out
+        return made[recipe]
+
+    return get
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_demo_int8_compiles_whole_for_sm8650_and_fp32_fails_graph_finalize_on_sm8350(demo_tflite):
+    from litegate.compat.check import check_model
+
+    (int8,) = check_model(demo_tflite("int8"), ["qnn:SM8650"])
+    assert int8.status is Status.OK and int8.delegated_ops == int8.total_ops > 100 and int8.fully_delegated
+    assert int8.extra["compile_status"] == "compiled" and int8.extra["compiled_bytes"] > 100_000
+    assert int8.extra["compiler_subgraphs"] == [{"index": 0, "offloaded": int8.total_ops, "total": int8.total_ops,
+                                                 "partitions": 1}]
+    fp32_8650, fp32_8350 = check_model(demo_tflite("fp32"), ["qnn:SM8650", "qnn:SM8350"])
+    assert fp32_8650.fully_delegated
+    # Every op validates on SM8350 (v68), yet the graph fails at finalize: only a full compile tells.
+    assert fp32_8350.extra["compiler_subgraphs"][0]["offloaded"] == fp32_8350.total_ops
+    assert fp32_8350.delegated_ops == 0 and fp32_8350.extra["compiled_bytes"] is None
+    assert "failed to compile" in fp32_8350.model_reason and "Gather" in fp32_8350.model_reason
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_int16x8_names_the_16_bit_matmuls_older_htps_refuse(demo_tflite):
+    r = run_cli("check", str(demo_tflite("int16x8")), "--delegate", "qnn:SM8450,qnn:SM8650", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    sm8450, sm8650 = json.loads(r.stdout)
+    refused = [o for o in sm8450["ops"] if not o["supported"]]
+    assert refused and {o["op"] for o in refused} == {"BATCH_MATMUL"}
+    assert all("v69" in o["reason"] and "v73" in o["reason"] for o in refused)
+    assert len(sm8450["partitions"]) == sm8450["extra"]["compiler_subgraphs"][0]["partitions"] > 1
+    assert all(o["delegated"] for o in sm8650["ops"])
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_char_gpt2_decode_names_strided_slice_as_refused(tmp_path):
+    out = tmp_path / "gpt2.tflite"
+    r = run_cli("convert", "--from", "hf-gpt2", str(ROOT / "examples" / "textgen" / "char-gpt2"), "--seq-len", "32",
+                "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    r = run_cli("check", str(out), "--delegate", "qnn:SM8650")
+    assert r.returncode == 0, r.stderr
+    assert "STRIDED_SLICE" in r.stdout and "Output[0] has incorrect Rank 1." in r.stdout
+    assert "qnn:SM8650:" in r.stdout and "compile:" in r.stdout
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_release_report_shows_the_qnn_column_beside_the_legacy_hexagon_nn_rules(tmp_path):
+    cfg = write_config(tmp_path, model=DEMO / "model", seq_len=64, variants=("fp32", "int8"),
+                       extra='[check]\ndelegates = ["gpu", "hexagon", "qnn:SM8650"]\n')
+    r = run_cli("run", str(cfg))
+    assert r.returncode in (0, 1), r.stderr
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "delegated ops % (gpu / hexagon_nn (legacy) / qnn:SM8650)" in md
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    int8 = next(v for v in rep["variants"] if v["name"] == "int8")
+    q = next(c for c in int8["compat"] if c["delegate"] == "qnn:SM8650")
+    assert q["status"] == "ok" and q["delegated_fraction"] == 1.0 and q["extra"]["compiled_bytes"] > 0
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "hexagon_nn (legacy)" in html and "qnn:SM8650" in html
