@@ -244,9 +244,13 @@ def _read_toml(file: Path) -> dict[str, Any]:
 
 
 def _measures_gpu(raw: Mapping[str, Any]) -> bool:
-    """Whether ``bench.backends`` has "gpu": read ahead of ``[bench]`` for ``model.gpu_friendly``'s default."""
-    bench_raw = raw.get("bench")
-    return isinstance(bench_raw, dict) and "gpu" in (bench_raw.get("backends") or ())
+    """Whether the release targets the GPU delegate (``bench.backends`` has "gpu") or a Qualcomm NPU (a ``qnn`` target
+    in ``check.delegates``): read ahead of ``[bench]`` and ``[check]`` for ``model.gpu_friendly``'s default."""
+    bench_raw, check_raw = raw.get("bench"), raw.get("check")
+    gpu = isinstance(bench_raw, dict) and "gpu" in (bench_raw.get("backends") or ())
+    targets = check_raw.get("delegates") if isinstance(check_raw, dict) else None
+    npu = isinstance(targets, list) and any(isinstance(t, str) and (t == "qnn" or t.startswith("qnn:")) for t in targets)
+    return gpu or npu
 
 
 def _model(m: _Table, base: Path, *, gpu_target: bool) -> ModelConfig:
@@ -296,8 +300,9 @@ def _model_options(m: _Table, base: Path, head: str, source_kind: SourceKind, gp
     if m.get("check_determinism", bool, False):
         options["check_determinism"] = True
     # GPU-friendly graph (1-D embedding gathers, no shrink-mask slices): on by default when the release
-    # measures the GPU delegate (bench.backends has "gpu"); check.delegates alone (gpu is in its default)
-    # does not switch it on. Only hf-bert and hf-gpt2 sources have the rewrite.
+    # measures the GPU delegate (bench.backends has "gpu") or checks a Qualcomm NPU (a qnn target: the HTP
+    # refuses GPT-2's rank-0 StridedSlice and takes the rewritten graph whole); check.delegates' rule-based
+    # gpu (in its default) does not switch it on. Only hf-bert and hf-gpt2 sources have the rewrite.
     rewritable = source_kind in (SourceKind.HF_BERT, SourceKind.HF_GPT2)
     if m.get("gpu_friendly", bool, gpu_target and rewritable):
         if not rewritable:

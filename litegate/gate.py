@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from litegate.config import Budget, ReleaseConfig
-from litegate.types import Status, VariantResult, Verdict
+from litegate.types import SourceKind, Status, VariantResult, Verdict
 
 
 def _limit(check: str, variant: str, value: float, limit: float, unit: str, *, upper: bool = True,
@@ -100,8 +100,50 @@ def evaluate(cfg: ReleaseConfig, variants: Sequence[VariantResult]) -> tuple[lis
         "passing_variants": [v.name for v in passing],
         "failing_variants": [v.name for v in variants if v not in passing],
         "recommended": recommend(passing, cfg),
+        "recommended_per_target": recommend_per_target(passing, variants, cfg),
     }
     return verdicts, info
+
+
+def recommend_per_target(passing: Sequence[VariantResult], variants: Sequence[VariantResult],
+                         cfg: ReleaseConfig) -> list[dict[str, Any]]:
+    """Per target, the variant to ship there: on the CPU the fastest that meets its budgets (:func:`recommend`); on
+    each checked delegate or NPU the smallest that meets its budgets and that the target takes whole (latency here says
+    nothing about a phone's GPU or NPU). Where none is taken whole, the closest one and what stays on the CPU."""
+    cpu = recommend(passing, cfg)
+    backend = cfg.bench.backends[0] if cfg.bench.backends else "xnnpack"
+    rows: list[dict[str, Any]] = [{"target": f"CPU ({backend}×{max(cfg.bench.threads)})", "variant": cpu,
+                                   "why": "fastest measured median latency among the variants that meet their budgets"
+                                   if cpu else "no variant meets its budgets"}]
+    for d in cfg.delegates:
+        checked = [(v, v.compat_for(d)) for v in variants if v.compat_for(d) is not None]
+        label = next((c.label for _, c in checked if c is not None), d)
+        if checked and all(c is not None and c.status is not Status.OK for _, c in checked):
+            first = checked[0][1]
+            assert first is not None
+            rows.append({"target": label, "variant": None, "why": first.verdict_text})
+            continue
+        whole = [v for v in passing if (c := v.compat_for(d)) is not None and c.status is Status.OK and c.fully_delegated]
+        if whole:
+            best = min(whole, key=lambda v: (v.size.bytes if v.size else float("inf"), v.name))
+            rows.append({"target": label, "variant": best.name,
+                         "why": "the smallest variant that meets its budgets and that the target takes whole"})
+            continue
+        partial = [(v, c) for v, c in checked if c is not None and c.status is Status.OK]
+        if not partial:
+            rows.append({"target": label, "variant": None, "why": "not checked"})
+            continue
+        v, c = max(partial, key=lambda vc: (vc[0] in passing, vc[1].delegated_fraction))
+        stays = ", ".join(f"{op}×{n}" for op, n in list(c.fallback_ops.items())[:4])
+        why = (f"no variant that meets its budgets runs whole here; closest: {v.name} "
+               f"({100 * c.delegated_fraction:.0f}% of ops; stays on the CPU: {stays or c.model_reason})")
+        source = cfg.model.source
+        if ({"STRIDED_SLICE", "GATHER"} & set(c.fallback_ops) and not source.options.get("gpu_friendly")
+                and source.kind in (SourceKind.HF_BERT, SourceKind.HF_GPT2)):
+            why += ("; litegate owns this graph: model.gpu_friendly = true rewrites its slices and gathers "
+                    "(1-D, no shrink masks), which the GPU delegate and the HTP take")
+        rows.append({"target": label, "variant": None, "why": why})
+    return rows
 
 
 def recommend(passing: Sequence[VariantResult], cfg: ReleaseConfig) -> str | None:

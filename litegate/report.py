@@ -250,6 +250,7 @@ def to_markdown(rep: Report) -> str:
     lines = [headline(rep), ""]
     lines.extend(_model_line(rep))
     lines.extend(_summary_table(rep, delegates))
+    lines.extend(_per_target(rep))
     lines.extend(_cell_notes(rep))
     lines.extend(_gpu_accuracy_table(rep))
     lines.extend(_efficiency(rep))
@@ -299,6 +300,17 @@ def _summary_table(rep: Report, delegates: list[str]) -> list[str]:
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     return lines
+
+
+def _per_target(rep: Report) -> list[str]:
+    """The variant to ship per target (the gate's recommendation), when more than the CPU was judged."""
+    rows = rep.run.get("gate", {}).get("recommended_per_target") or []
+    if len(rows) < 2:
+        return []
+    lines = ["| target | ship | why |", "|---|---|---|"]
+    lines += [f"| {r['target']} | {'**' + r['variant'] + '**' if r.get('variant') else '—'} | {r['why'][:200]} |"
+              for r in rows]
+    return lines + [""]
 
 
 def _cell_notes(rep: Report) -> list[str]:

@@ -144,6 +144,26 @@ def test_char_gpt2_decode_names_strided_slice_as_refused(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "STRIDED_SLICE" in r.stdout and "Output[0] has incorrect Rank 1." in r.stdout
     assert "qnn:SM8650:" in r.stdout and "compile:" in r.stdout
+    # litegate owns the graph: its rewrite (1-D gathers, slices without shrink masks) is taken whole.
+    friendly = tmp_path / "gpt2-friendly.tflite"
+    r = run_cli("convert", "--from", "hf-gpt2", str(ROOT / "examples" / "textgen" / "char-gpt2"), "--seq-len", "32",
+                "--gpu-friendly", "-o", str(friendly))
+    assert r.returncode == 0, r.stderr
+    r = run_cli("check", str(friendly), "--delegate", "qnn:SM8650", "--format", "json")
+    (rep,) = json.loads(r.stdout)
+    assert rep["status"] == "ok" and rep["ops"] and all(o["delegated"] for o in rep["ops"])
+
+
+def test_a_qnn_target_switches_the_delegate_friendly_graph_on_by_default(tmp_path):
+    from litegate.config import load
+
+    plain = load(write_config(tmp_path / "a", model=DEMO / "model"))
+    npu = load(write_config(tmp_path / "b", model=DEMO / "model", extra='[check]\ndelegates = ["qnn:SM8650"]\n'))
+    assert "gpu_friendly" not in plain.model.source.options
+    assert npu.model.source.options.get("gpu_friendly") is True and npu.delegates == ("qnn:SM8650",)
+    off = write_config(tmp_path / "c", model=DEMO / "model", extra='[check]\ndelegates = ["qnn"]\n')
+    off.write_text(off.read_text().replace("seq_len = 32", "seq_len = 32\ngpu_friendly = false"))
+    assert "gpu_friendly" not in load(off).model.source.options  # an explicit choice wins
 
 
 @needs_compiler
@@ -155,6 +175,9 @@ def test_release_report_shows_the_qnn_column_beside_the_legacy_hexagon_nn_rules(
     assert r.returncode in (0, 1), r.stderr
     md = (tmp_path / "out" / "report.md").read_text()
     assert "delegated ops % (gpu / hexagon_nn (legacy) / qnn:SM8650)" in md
+    # The ship-per-target table: the NPU gets the smallest variant that it takes whole and that meets its budgets.
+    assert "| target | ship | why |" in md and "| qnn:SM8650 | **int8** |" in md
+    assert "| hexagon_nn (legacy) | — | no variant that meets its budgets runs whole here" in md
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     int8 = next(v for v in rep["variants"] if v["name"] == "int8")
     q = next(c for c in int8["compat"] if c["delegate"] == "qnn:SM8650")
