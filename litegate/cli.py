@@ -208,7 +208,7 @@ def _model_source(path: Path, source: dict[str, Any]) -> ModelSource:
     if source["kind"] == SourceKind.HF_GPT2:
         task = Task.TEXT_GENERATION
     return ModelSource(kind=SourceKind(source["kind"]), path=str(path), task=Task(task), options=options,
-                       seq_len=source["seq_len"])
+                       seq_len=source.get("seq_len") or DEFAULT_SEQ_LEN)
 
 
 @cli.command()

@@ -52,6 +52,7 @@ class _Child:
     calibrations: dict[tuple[int, Any], bytes] = dataclasses.field(default_factory=dict)
     checked: set[int] = dataclasses.field(default_factory=set)
     pruned: dict[str, tuple[Loaded, dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    serve: Any = None  # the serving function the last variant was converted from (its int8 spelling)
 
 
 Builder = Callable[[_Child, Loaded, Recipe, Mapping[str, Any], dict[str, Any]], bytes]
@@ -82,12 +83,13 @@ def build_job(payload: dict[str, Any]) -> dict[str, Any]:
             model = loaded
             if v.get("prune"):
                 model, extra["pruning"] = _pruned(child, Recipe.from_dict(v["prune"]))
+            child.serve = None
             builder = _generator if model.signatures else BUILDERS[recipe.kind]
             data = builder(child, model, recipe, v, extra)
             if v.get("prune"):
                 extra["pruning"]["tflite"] = sparsity_report(data)
             if payload.get("check_determinism") and not model.signatures and not v.get("prune"):
-                extra["determinism"] = _determinism(data, model.serve, model.owner, recipe, samples)
+                extra["determinism"] = _determinism(data, child.serve or model.serve, model.owner, recipe, samples)
             atomic_write_bytes(Path(v["out"]), data)
             results[v["name"]] = {"ok": True, "extra": extra}
         except OutputError:
@@ -129,6 +131,7 @@ def _prepared(child: _Child, model: Loaded, recipe: Recipe, extra: dict[str, Any
         child.checked.add(id(model))
     serve, spelling = int8_spelling(model, recipe, child.samples)
     extra.update(spelling)
+    child.serve = serve
     return serve
 
 
