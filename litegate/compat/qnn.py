@@ -159,10 +159,14 @@ def compile_model(path: str | Path, soc: str, *, timeout_s: float = TIMEOUT_S) -
     return {**verdict, "status": status, "errors": errors[:5]}
 
 
+def _records(text: str) -> list[str]:
+    """The compiler's log records, one per item (QNN glues some records onto one line)."""
+    return re.split(r"\n|\s+(?=\d+\.\d+ms \[)", text)
+
+
 def _error_lines(text: str) -> list[str]:
-    lines = re.split(r"\n|\s+(?=\d+\.\d+ms \[)", text)  # QNN glues some records onto one line
     out = []
-    for line in lines:
+    for line in _records(text):
         if ("[ ERROR ]" in line or line.startswith("ERROR:")) and not _NOISE.search(line):
             text_ = line.split("]", 1)[1] if "]" in line else line
             text_ = text_.replace("<E>", "").strip()
@@ -179,7 +183,7 @@ def parse_log(stderr: str, stdout: str) -> dict[str, Any]:
     """
     reasons: dict[str, list[str]] = {}
     pending: list[str] = []
-    for line in re.split(r"\n|\s+(?=\d+\.\d+ms \[)", stdout):
+    for line in _records(stdout):
         if "validateOpConfig started" in line:
             pending = []
         if "[ ERROR ]" not in line or _NOISE.search(line):
