@@ -5,6 +5,15 @@ Each such call runs here, in ``python -m litegate.isolation MODULE:FUNC IN.json 
 so that a crash becomes a classified :class:`IsolationError` (``crashed: SIGSEGV``,
 ``timeout after 120 s``, ``out of memory``, ``exited 0 without a result``) instead of killing
 the run. A litegate error raised in the child is re-raised in the parent with its own class.
+
+The memory cap is on resident memory (RSS) of the child's whole process group, the figure a CI
+runner's cgroup or a build machine's OOM killer acts on. The parent samples it and kills the group
+when it goes over. An address-space rlimit is not used: TensorFlow reserves far more virtual memory
+than it touches, and some libraries (OpenBLAS's thread start-up in scipy) retry a failed ``mmap``
+forever instead of failing, which turned a capped conversion into a 15-minute hang.
+
+A child whose litegate parent disappears (killed by CI, by a timeout one level up) kills its own
+process group rather than running on as an orphan.
 """
 
 from __future__ import annotations
@@ -13,11 +22,11 @@ import contextlib
 import importlib
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -26,7 +35,8 @@ from typing import Any
 
 from litegate import errors
 
-CRASH_HOOK_ENV = "LITEGATE_TEST_CRASH_IN"  # test hook: a target name whose child kills itself with SIGSEGV
+CRASH_HOOK_ENV = "LITEGATE_TEST_CRASH_IN"
+_PARENT_ENV = "LITEGATE_ISOLATION_PARENT"  # the parent's pid, for the child's orphan check  # test hook: a target name whose child kills itself with SIGSEGV
 _STDERR_TAIL = 4000
 
 
@@ -37,11 +47,49 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
-def _limit_memory(mem_mb: int | None) -> None:
-    os.setsid()
-    if mem_mb:
-        limit = int(mem_mb) * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+_POLL_S = 0.05
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of every process in process group ``pgid``, in MB (0 if none is left)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the command name (field 2) may hold spaces and parentheses: split after its closing ")"
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 21 and int(fields[2]) == pgid:
+            total += int(fields[21])
+    return total * _PAGE / 1e6
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout_s: float, mem_mb: int | None) -> tuple[int | None, float]:
+    """Wait for ``proc``; return (exit code or None on timeout, peak group RSS in MB).
+
+    With ``mem_mb`` the group is killed with SIGKILL as soon as its RSS goes over the cap.
+    """
+    deadline = time.monotonic() + timeout_s
+    peak = 0.0
+    while True:
+        rc = proc.poll()
+        if rc is not None:
+            return rc, peak
+        if mem_mb:
+            rss = group_rss_mb(proc.pid)
+            peak = max(peak, rss)
+            if rss > mem_mb:
+                _kill_group(proc)
+                return proc.returncode if proc.returncode is not None else -signal.SIGKILL, peak
+        if time.monotonic() >= deadline:
+            return None, peak
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=_POLL_S if mem_mb else min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 def run_isolated(
@@ -58,7 +106,7 @@ def run_isolated(
         target: the function to call; it takes a dict and returns a JSON-serialisable dict.
         payload: its argument (JSON-serialisable).
         timeout_s: wall-clock limit; on expiry the whole child process group is killed.
-        mem_mb: optional address-space cap for the child.
+        mem_mb: optional cap on the resident memory (RSS) of the child's process group, in MB.
         env: extra environment variables for the child.
 
     Returns:
@@ -74,6 +122,7 @@ def run_isolated(
         child_env = dict(os.environ)
         child_env.update(env or {})
         child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        child_env[_PARENT_ENV] = str(os.getpid())
         with open(err_path, "wb") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "litegate.isolation", target, str(in_path), str(out_path)],
@@ -81,16 +130,15 @@ def run_isolated(
                 stdout=err,
                 stderr=err,
                 env=child_env,
-                preexec_fn=lambda: _limit_memory(mem_mb),  # noqa: PLW1509 - setsid + rlimit before exec
+                start_new_session=True,
             )
             started = time.monotonic()
             try:
-                rc = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                raise errors.IsolationError(
-                    f"{target}: timeout after {timeout_s:g} s", kind="timeout", stderr=read_tail(err_path)
-                ) from None
+                rc, peak_mb = _wait(proc, timeout_s, mem_mb)
+                if rc is None:
+                    _kill_group(proc)
+                    raise errors.IsolationError(
+                        f"{target}: timeout after {timeout_s:g} s", kind="timeout", stderr=read_tail(err_path))
             except BaseException:  # KeyboardInterrupt, SystemExit from a signal handler
                 _kill_group(proc)
                 raise
@@ -103,8 +151,9 @@ def run_isolated(
         if rc < 0:
             name = _signal_name(-rc)
             if mem_mb and (name == "SIGKILL" or _looks_oom(stderr)):
-                raise errors.IsolationError(f"{target}: out of memory: hit the {mem_mb} MB memory cap ({name} after "
-                                            f"{elapsed:.1f} s)", kind="oom", stderr=stderr)
+                raise errors.IsolationError(f"{target}: out of memory: hit the {mem_mb} MB memory cap (resident "
+                                            f"{peak_mb:.0f} MB, {name} after {elapsed:.1f} s)", kind="oom",
+                                            stderr=stderr)
             raise errors.IsolationError(f"{target}: crashed: {name} after {elapsed:.1f} s", kind="crashed", stderr=stderr)
         result: dict[str, Any] | None = None
         if out_path.is_file():
@@ -155,8 +204,19 @@ def read_tail(path: Path, limit: int = _STDERR_TAIL) -> str:
     return data[-limit:].decode("utf-8", "replace")
 
 
+def _die_with_parent(parent: int) -> None:
+    """Kill this child's process group once the process that started it is gone (re-parented)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="litegate-parent-watch", daemon=True).start()
+
+
 def _child_main(argv: list[str]) -> int:
     target, in_path, out_path = argv
+    _die_with_parent(int(os.environ.get(_PARENT_ENV, os.getppid())))
     payload = json.loads(Path(in_path).read_text())
     if os.environ.get(CRASH_HOOK_ENV) == target:
         os.kill(os.getpid(), signal.SIGSEGV)

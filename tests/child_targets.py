@@ -46,3 +46,37 @@ def allocate(payload):
     for _ in range(int(payload["mb"])):
         blocks.append(bytearray(1024 * 1024))
     return {"n": len(blocks)}
+
+
+def allocate_in_grandchild(payload):
+    # the memory sits in a forked grandchild: the cap is on the whole process group
+    if os.fork() == 0:
+        allocate(payload)
+        time.sleep(600)
+        os._exit(0)
+    time.sleep(600)
+
+
+def openblas_style_retry(payload):
+    # a library that retries a failed allocation forever (OpenBLAS's thread start-up under an address-space
+    # rlimit did this): under a resident-memory cap the first allocation succeeds and the cap kills it
+    blocks = []
+    while True:
+        try:
+            blocks.append(bytearray(16 * 1024 * 1024))
+        except MemoryError:
+            time.sleep(0.01)
+
+
+def spawn_isolated_hang(payload):
+    # a litegate parent that itself runs an isolated child; the test kills this parent
+    from litegate.isolation import run_isolated
+
+    run_isolated("child_targets:record_pid_and_hang", payload, timeout_s=600,
+                 env={"PYTHONPATH": payload["pythonpath"]})
+
+
+def record_pid_and_hang(payload):
+    with open(payload["pid_file"], "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(600)

@@ -58,3 +58,48 @@ def test_memory_cap_is_classified_as_oom():
     with pytest.raises(IsolationError) as info:
         run_isolated("child_targets:allocate", {"mb": 2048}, timeout_s=60, mem_mb=600, env=ENV)
     assert info.value.kind == "oom"
+
+
+def test_memory_cap_counts_the_whole_process_group_and_reports_the_resident_figure():
+    t0 = time.monotonic()
+    with pytest.raises(IsolationError, match=r"out of memory: hit the 300 MB memory cap \(resident \d+ MB") as info:
+        run_isolated("child_targets:allocate_in_grandchild", {"mb": 1024}, timeout_s=120, mem_mb=300, env=ENV)
+    assert info.value.kind == "oom"
+    assert time.monotonic() - t0 < 60  # killed at the cap, not at the timeout
+
+
+def test_a_library_that_retries_allocation_forever_is_killed_at_the_cap_not_the_timeout():
+    t0 = time.monotonic()
+    with pytest.raises(IsolationError, match="out of memory") as info:
+        run_isolated("child_targets:openblas_style_retry", {}, timeout_s=300, mem_mb=300, env=ENV)
+    assert info.value.kind == "oom"
+    assert time.monotonic() - t0 < 60
+
+
+def test_an_isolated_child_dies_with_its_parent(tmp_path):
+    """CI kills litegate (a job timeout): its isolated children go too instead of running on as orphans."""
+    import signal
+    import subprocess
+    import sys
+
+    pid_file = tmp_path / "pid"
+    payload = {"pid_file": str(pid_file), "pythonpath": ENV["PYTHONPATH"]}
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import sys, json, child_targets; child_targets.spawn_isolated_hang(json.loads(sys.argv[1]))",
+                               __import__("json").dumps(payload)], env={**os.environ, **ENV})
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pid_file.exists(), "the isolated child never started"
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail(f"isolated child {child} outlived its killed parent by 30 s")

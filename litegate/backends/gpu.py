@@ -678,7 +678,7 @@ def run_gpu(path: str | Path, *, inputs: Mapping[str, np.ndarray] | str | Path |
         max_samples: use at most this many rows of ``inputs``.
         signature: the signature to run (e.g. a generator's ``decode``); default: the first.
         timeout_s: wall-clock limit of the child (the first inference compiles shaders: ~10 s on lavapipe).
-        mem_mb: optional address-space cap for the child.
+        mem_mb: optional cap on the child's resident memory (its whole process group).
 
     Returns:
         The delegate's coverage, the outputs and the timings.
