@@ -155,6 +155,7 @@ class ReleaseConfig:
     reference: str = "fp32"
     require: str = "all"
     delegates: tuple[str, ...] = DELEGATES
+    emulate_samples: int = 200
     debug: bool = False
     baseline: Path | None = None
     compare: CompareConfig = dataclasses.field(default_factory=CompareConfig)
@@ -221,14 +222,15 @@ def load(path: str | Path) -> ReleaseConfig:
     bench = _bench(top.table("bench"), base)
     budget, variant_budgets = _budgets(top.table("budgets"), names)
     gate = _gate(top.table("gate"), names)
-    delegates = _check(top.table("check"))
+    delegates, emulate_samples = _check(top.table("check"))
     debug = _quantize(top.table("quantize"))
     convert_timeout, mem_mb = _limits(top.table("limits"))
     top.done()
     return ReleaseConfig(
         path=file.resolve(), name=name, model=model, data=data, variants=variants, bench=bench, budget=budget,
         variant_budgets=variant_budgets, output_dir=output_dir, cache_dir=cache_dir, reference=gate.reference,
-        require=gate.require, convert_timeout_s=convert_timeout, mem_mb=mem_mb, delegates=delegates, debug=debug,
+        require=gate.require, convert_timeout_s=convert_timeout, mem_mb=mem_mb, delegates=delegates,
+        emulate_samples=emulate_samples, debug=debug,
         # resolved last: unknown keys anywhere are reported before a missing baseline file
         baseline=_path(base, gate.baseline, "gate.baseline", file) if gate.baseline else None, compare=gate.compare,
     )
@@ -434,8 +436,9 @@ def _gate(g: _Table, names: list[str]) -> _Gate:
     return _Gate(reference, require, baseline, compare_cfg)
 
 
-def _check(ct: _Table) -> tuple[str, ...]:
-    """``[check]``: the delegates of the static compatibility check."""
+def _check(ct: _Table) -> tuple[tuple[str, ...], int]:
+    """``[check]``: the delegates of the static compatibility check, and how many evaluation samples each variant
+    runs on the emulated HTP of each ``qnn:SOC`` target (``emulate_samples``; 0: none)."""
     from litegate.compat.check import target_error  # imports LiteRT's flatbuffer schema: not at CLI start
 
     delegates = tuple(ct.get("delegates", list, list(DELEGATES)))
@@ -443,8 +446,11 @@ def _check(ct: _Table) -> tuple[str, ...]:
         problem = target_error(d)
         if problem:
             raise ConfigError(f"{ct.file}: 'check.delegates': {problem}")
+    samples = ct.get("emulate_samples", int, 200)
+    if samples < 0:
+        raise ConfigError(f"{ct.file}: 'check.emulate_samples' must be >= 0 (0: no emulated-HTP accuracy), got {samples}")
     ct.done()
-    return delegates
+    return delegates, samples
 
 
 def _quantize(qt: _Table) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from litegate.backends import adb, gpu
+from litegate.backends import qnn as htp
 from litegate.backends.registry import KNOWN, why_not_runnable
 from litegate.compat import qnn
 from litegate.errors import DelegateError
@@ -68,9 +69,9 @@ def check() -> list[dict[str, Any]]:
 
 def _qnn_row() -> dict[str, Any]:
     """Qualcomm's HTP compiler (litegate check --delegate qnn:SOC): LiteRT's AOT plugin plus the QNN libraries."""
-    reason = qnn.why_not_available()
+    reason = htp.why_not_available()
     if reason:
-        return {"name": "compat qnn", "ok": False, "detail": reason, "fix": qnn.INSTALL}
+        return {"name": "compat qnn", "ok": False, "detail": reason, "fix": htp.INSTALL}
     return {"name": "compat qnn", "ok": True, "fix": "",
             "detail": f"Qualcomm HTP compiler (ai-edge-litert {_version('ai-edge-litert')}, onnxruntime-qnn "
                       f"{_version('onnxruntime-qnn')}): check.delegates = [\"qnn:{qnn.DEFAULT_SOC}\"]; the compile "

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from litegate.benchmarks.accuracy import htp_row_name
+from litegate.compat import qnn
 from litegate.config import Budget, ReleaseConfig
 from litegate.types import SourceKind, Status, VariantResult, Verdict
 
@@ -124,10 +126,19 @@ def recommend_per_target(passing: Sequence[VariantResult], variants: Sequence[Va
             rows.append({"target": label, "variant": None, "why": first.verdict_text})
             continue
         whole = [v for v in passing if (c := v.compat_for(d)) is not None and c.status is Status.OK and c.fully_delegated]
+        refused = {v.name: why for v in whole if (why := _emulation_refusal(v, d, cfg))}
+        whole = [v for v in whole if v.name not in refused]
+        if refused and not whole:
+            rows.append({"target": label, "variant": None,
+                         "why": "every variant the target takes whole fails on its emulated HTP: "
+                                + "; ".join(f"{n}: {w}" for n, w in refused.items())})
+            continue
         if whole:
             best = min(whole, key=lambda v: (v.size.bytes if v.size else float("inf"), v.name))
-            rows.append({"target": label, "variant": best.name,
-                         "why": "the smallest variant that meets its budgets and that the target takes whole"})
+            why = "the smallest variant that meets its budgets and that the target takes whole"
+            if refused:
+                why += " (passed over: " + "; ".join(f"{n}: {w}" for n, w in refused.items()) + ")"
+            rows.append({"target": label, "variant": best.name, "why": why})
             continue
         partial = [(v, c) for v, c in checked if c is not None and c.status is Status.OK]
         if not partial:
@@ -144,6 +155,22 @@ def recommend_per_target(passing: Sequence[VariantResult], variants: Sequence[Va
                     "(1-D, no shrink masks), which the GPU delegate and the HTP take")
         rows.append({"target": label, "variant": None, "why": why})
     return rows
+
+
+def _emulation_refusal(v: VariantResult, target: str, cfg: ReleaseConfig) -> str | None:
+    """Why ``v`` should not ship to a ``qnn:SOC`` target after its run on that SoC's emulated HTP (None: no reason,
+    or not emulated): the emulator failed on it, or its accuracy there breaks the variant's accuracy budget."""
+    if not qnn.is_qnn_target(target):
+        return None
+    row = next((a for a in v.accuracy if a.backend == htp_row_name(qnn.parse_target(target))), None)
+    if row is None or row.status is Status.NOT_RUN:
+        return None
+    if row.status is not Status.OK:
+        return row.reason
+    drop = cfg.budget_for(v.name).max_accuracy_drop
+    if row.metric == "accuracy" and drop is not None and row.delta is not None and -row.delta > drop:
+        return f"accuracy on the emulated HTP drops {-row.delta:.2f} points (budget {drop:g})"
+    return None
 
 
 def recommend(passing: Sequence[VariantResult], cfg: ReleaseConfig) -> str | None:

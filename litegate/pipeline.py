@@ -32,6 +32,7 @@ from litegate.benchmarks.matrix import bench_variant
 from litegate.benchmarks.peak import measure_peak, with_efficiency
 from litegate.benchmarks.profile import profile_slowest
 from litegate.benchmarks.size import measure_size
+from litegate.compat import qnn
 from litegate.compat.check import check_target
 from litegate.config import ReleaseConfig
 from litegate.errors import DataError
@@ -78,7 +79,7 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
             variants = evaluate_variants(
                 variants, data, reference=cfg.reference, backend=cfg.bench.eval_backend,
                 threads=cfg.bench.eval_threads, on_gpu="gpu" in cfg.bench.backends, timeout_s=cfg.bench.timeout_s,
-                mem_mb=cfg.mem_mb, work=work, say=say)
+                mem_mb=cfg.mem_mb, work=work, say=say, htp_socs=_emulated_socs(cfg), htp_samples=cfg.emulate_samples)
             peak = None
             if cfg.bench.peak_probe and any(b.status is Status.OK for v in variants for b in v.bench):
                 say("bench: machine peak (sgemm probe)")
@@ -159,6 +160,13 @@ def _publish(cfg: ReleaseConfig, source: Source, encoder: TextEncoder | None,
             v = dataclasses.replace(v, artifact=dataclasses.replace(v.artifact, path=str(dest)), size=measure_size(dest))
         out.append(v)
     return out
+
+
+def _emulated_socs(cfg: ReleaseConfig) -> tuple[str, ...]:
+    """The SoCs of the ``qnn:SOC`` targets in ``check.delegates``, each once; none when emulation is off."""
+    if not cfg.emulate_samples:
+        return ()
+    return tuple(dict.fromkeys(qnn.parse_target(d) for d in cfg.delegates if qnn.is_qnn_target(d)))
 
 
 def inspect_variant(v: VariantResult, delegates: tuple[str, ...]) -> VariantResult:

@@ -252,7 +252,7 @@ def to_markdown(rep: Report) -> str:
     lines.extend(_summary_table(rep, delegates))
     lines.extend(_per_target(rep))
     lines.extend(_cell_notes(rep))
-    lines.extend(_gpu_accuracy_table(rep))
+    lines.extend(_backend_accuracy_table(rep))
     lines.extend(_efficiency(rep))
     lines.extend(_profile_details(rep))
     lines.extend(_quant_details(rep))
@@ -335,22 +335,29 @@ def _cell_notes(rep: Report) -> list[str]:
     return lines
 
 
-def _gpu_accuracy_table(rep: Report) -> list[str]:
-    """The task metric on backends other than the evaluation one (LiteRT's GPU delegate), one row each."""
+def _backend_accuracy_table(rep: Report) -> list[str]:
+    """The task metric on backends other than the evaluation one (LiteRT's GPU delegate, a Snapdragon's emulated
+    HTP), one row each, with agreement and the largest output difference against the reference on the CPU."""
     rows = [(v.name, a) for v in rep.variants for a in v.accuracy[1:]]
     if not rows:
         return []
-    lines = ["", "| variant | backend | task metric | Δ vs fp32 CPU | fidelity | note |", "|---|---|---|---|---|---|"]
+    lines = ["", "| variant | backend | task metric | Δ vs ref CPU | fidelity | max \\|Δ output\\| | samples | note |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, a in rows:
         if a.status is Status.OK and a.value is not None:
             d = "—" if a.delta is None else f"{a.delta:+.3g}"
             agree = (a.extra["agreement_with_reference"] if "agreement_with_reference" in a.extra
                      else a.extra.get("cosine_min"))
-            full = "fully delegated" if a.extra.get("fully_accelerated") else "partly on CPU"
+            diff = a.extra.get("max_abs_logit_diff")
+            if a.extra.get("emulated"):
+                note = "QNN's x86 HTP emulator: numerics only, no latency"
+            else:
+                note = "fully delegated" if a.extra.get("fully_accelerated") else "partly on CPU"
             lines.append(f"| {name} | {a.backend} | {a.value:.4g} | {d} | {'—' if agree is None else f'{agree:.4g}'} "
-                         f"| {full} |")
+                         f"| {'—' if diff is None else f'{diff:.3g}'} | {a.n_samples} | {note} |")
         else:
-            lines.append(f"| {name} | {a.backend} | {a.status.value} | — | — | {a.reason[:160]} |")
+            lines.append(f"| {name} | {a.backend} | {a.status.value.replace('_', ' ')} | — | — | — | — | "
+                         f"{a.reason[:200]} |")
     lines.append("")
     return lines
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import DEMO, ROOT, run_cli, write_config
 
+from litegate.backends import qnn as htp
 from litegate.cli import cli
 from litegate.compat import qnn
 from litegate.types import ModelSource, Status
 
-UNAVAILABLE = qnn.why_not_available()
+UNAVAILABLE = htp.why_not_available()
 needs_compiler = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"Qualcomm compiler unavailable: {UNAVAILABLE}")
 
 # Real log lines of the compiler (QAIRT 2.51, ai-edge-litert 2.3.0): the demo's int16x8 on SM8450 and char GPT-2.
@@ -47,7 +49,7 @@ STDOUT = """\
 
 
 def test_parse_log_assigns_each_refused_op_to_its_subgraph_with_qnns_reasons():
-    v = qnn.parse_log(STDERR, STDOUT)
+    v = htp.parse_log(STDERR, STDOUT)
     assert v["subgraphs"] == [{"index": 0, "offloaded": 99, "total": 100, "partitions": 2},
                               {"index": 1, "offloaded": 175, "total": 176, "partitions": 2}]
     (mm, ss) = v["refused"]
@@ -70,7 +72,7 @@ def test_without_the_libraries_check_says_not_run_with_the_fix_and_doctor_agrees
 
     from litegate import doctor
 
-    monkeypatch.setattr(qnn, "toolchain", lambda: (None, f"Qualcomm's QNN libraries are not installed: {qnn.INSTALL}"))
+    monkeypatch.setattr(htp, "toolchain", lambda: (None, f"Qualcomm's QNN libraries are not installed: {htp.INSTALL}"))
     model = tmp_path / "mlp.tflite"
     model.write_bytes(_mlp_bytes())
     res = CliRunner().invoke(cli, ["check", str(model), "--delegate", "gpu,qnn:SM8650", "--format", "json"])
@@ -170,13 +172,17 @@ def test_a_qnn_target_switches_the_delegate_friendly_graph_on_by_default(tmp_pat
 @pytest.mark.slow
 def test_release_report_shows_the_qnn_column_beside_the_legacy_hexagon_nn_rules(tmp_path):
     cfg = write_config(tmp_path, model=DEMO / "model", seq_len=64, variants=("fp32", "int8"),
-                       extra='[check]\ndelegates = ["gpu", "hexagon", "qnn:SM8650"]\n')
+                       extra='[check]\ndelegates = ["gpu", "hexagon", "qnn:SM8650"]\nemulate_samples = 12\n')
     r = run_cli("run", str(cfg))
     assert r.returncode in (0, 1), r.stderr
     md = (tmp_path / "out" / "report.md").read_text()
     assert "delegated ops % (gpu / hexagon_nn (legacy) / qnn:SM8650)" in md
     # The ship-per-target table: the NPU gets the smallest variant that it takes whole and that meets its budgets.
-    assert "| target | ship | why |" in md and "| qnn:SM8650 | **int8** |" in md
+    assert "| target | ship | why |" in md
+    # int8 compiles whole but crashes QNN's HTP emulator (see test_demo_int8_crashes_the_htp_emulator...), so the NPU
+    # gets the smallest variant that both compiles whole and runs there: fp32 (compiled to an fp16 HTP context).
+    assert "| qnn:SM8650 | **fp32** |" in md and "passed over: int8: the HTP emulator crashed: SIGSEGV" in md
+    assert "| fp32 | qnn:SM8650 (emulated HTP) |" in md and "numerics only, no latency" in md
     assert "| hexagon_nn (legacy) | — | no variant that meets its budgets runs whole here" in md
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     int8 = next(v for v in rep["variants"] if v["name"] == "int8")
@@ -184,3 +190,62 @@ def test_release_report_shows_the_qnn_column_beside_the_legacy_hexagon_nn_rules(
     assert q["status"] == "ok" and q["delegated_fraction"] == 1.0 and q["extra"]["compiled_bytes"] > 0
     html = (tmp_path / "out" / "report.html").read_text()
     assert "hexagon_nn (legacy)" in html and "qnn:SM8650" in html
+
+
+@pytest.fixture(scope="module")
+def demo_eval_npz(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """The first 12 sentences of the demo's evaluation set, tokenized as the release run feeds them, and labels."""
+    from litegate.tasks import TextEncoder
+
+    rows = [line.split("\t") for line in (DEMO / "eval.tsv").read_text().splitlines()[1:13]]
+    enc = TextEncoder(DEMO / "model" / "tokenizer.json", 64)
+    feeds = enc.encode([r[0] for r in rows])
+    path = tmp_path_factory.mktemp("htp") / "inputs.npz"
+    np.savez(path, **feeds)
+    return path, np.array([int(r[1]) for r in rows])
+
+
+@needs_compiler
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["fp32", "dynamic-int8"])
+def test_emulated_htp_runs_the_compiled_demo_and_agrees_with_the_cpu(demo_tflite, demo_eval_npz, recipe):
+    """Each sample runs through the HTP context binary on QNN's x86 HTP emulator (no CPU fallback): the logits are
+    the CPU's to within fp16/HTP rounding, and every predicted class agrees."""
+    from litegate.backends.runtime import Runner
+
+    path, _ = demo_eval_npz
+    run = htp.emulate(demo_tflite(recipe), "SM8650", path, timeout_s=600)
+    assert run.status == "ok", run.reason
+    assert run.compile["subgraphs"] == [{"index": 0, "offloaded": run.compile["subgraphs"][0]["total"],
+                                         "total": run.compile["subgraphs"][0]["total"], "partitions": 1}]
+    with np.load(path) as feeds:
+        cpu = Runner(demo_tflite(recipe), backend="cpu").run_batch({k: feeds[k] for k in feeds.files})
+    got = run.outputs["logits"]
+    assert got.shape == cpu["logits"].shape == (12, 2)
+    assert np.abs(got - cpu["logits"]).max() < 0.1
+    assert (got.argmax(-1) == cpu["logits"].argmax(-1)).all()
+    assert not np.allclose(got, cpu["logits"], atol=1e-6)  # computed by the HTP's arithmetic, not copied from the CPU
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_demo_int8_crashes_the_htp_emulator_and_the_crash_is_that_cells_classified_failure(demo_tflite,
+                                                                                            demo_eval_npz):
+    """Measured finding (QAIRT 2.51 in onnxruntime-qnn 2.7.0): the demo's full-int8 graph compiles whole for SM8650,
+    and QNN's HTP emulator dies with SIGSEGV running it. The smallest failing window of the graph is four valid ops
+    of the residual-smoothed layer norm (a 1-unit FULLY_CONNECTED, MEAN, ADD, a broadcast MUL); each three-op
+    window of them runs. The crash stays in its child process and becomes this model's failure."""
+    path, _ = demo_eval_npz
+    run = htp.emulate(demo_tflite("int8"), "SM8650", path, timeout_s=600)
+    assert run.compile["status"] == "compiled"
+    assert run.status == "failed" and run.outputs is None
+    assert run.reason.startswith("the HTP emulator crashed: SIGSEGV"), run.reason
+
+
+def test_only_whole_htp_models_on_a_known_soc_are_emulated():
+    whole = {"subgraphs": [{"index": 0, "offloaded": 9, "total": 9, "partitions": 1}], "refused": []}
+    split = {"subgraphs": [{"index": 0, "offloaded": 8, "total": 9, "partitions": 2}],
+             "refused": [{"subgraph": 0, "op_index": 3, "op": "StridedSlice", "qnn_op": "", "reasons": []}]}
+    assert htp.emulation_refusal("SM8650", whole) is None
+    assert "1 op(s) stay on the CPU (StridedSlice)" in (htp.emulation_refusal("SM8650", split) or "")
+    assert "no HTP emulator settings for SA8295" in (htp.emulation_refusal("SA8295", whole) or "")

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from litegate.artifacts import save_npz
+from litegate.backends import qnn as htp
 from litegate.backends.gpu import run_gpu
 from litegate.backends.registry import why_not_runnable
 from litegate.backends.runtime import Runner
@@ -135,9 +136,12 @@ class EvalInputs(Protocol):
 
 def evaluate_variants(variants: Sequence[VariantResult], data: EvalInputs, *, reference: str, backend: str, threads: int,
                       on_gpu: bool, timeout_s: float, mem_mb: int | None, work: Path,
-                      say: Callable[[str], None]) -> list[VariantResult]:
-    """The task metric of every built variant on ``backend`` (and, when ``on_gpu``, on LiteRT's GPU delegate),
-    each run in a child process, with its delta to the ``reference`` variant."""
+                      say: Callable[[str], None], htp_socs: Sequence[str] = (),
+                      htp_samples: int = 200) -> list[VariantResult]:
+    """The task metric of every built variant on ``backend`` (and, when ``on_gpu``, on LiteRT's GPU delegate; for
+    each of ``htp_socs``, on that Snapdragon's emulated HTP), each run in a child process, with its delta to the
+    ``reference`` variant. The emulated HTP runs the first ``htp_samples`` samples (it is slow), scored against the
+    same samples of the reference."""
     task = data.task
     if data.inputs_npz is None:
         res = AccuracyResult(task=task, metric="accuracy", value=None, backend=backend, n_samples=0,
@@ -176,7 +180,9 @@ def evaluate_variants(variants: Sequence[VariantResult], data: EvalInputs, *, re
             res = AccuracyResult(task=task, metric=metric, value=value, backend=backend, n_samples=data.n,
                                  reference=ref_value, delta=None if ref_value is None else value - ref_value, extra=extra)
         gpu_row = _gpu_accuracy(v, data, ref, ref_value, threads=threads, timeout_s=timeout_s, mem_mb=mem_mb, say=say) if on_gpu else ()
-        out.append(dataclasses.replace(v, accuracy=(res,) + gpu_row))
+        htp_rows = tuple(_htp_accuracy(v, data, ref, soc, samples=htp_samples, timeout_s=timeout_s, mem_mb=mem_mb,
+                                       work=work, say=say) for soc in htp_socs)
+        out.append(dataclasses.replace(v, accuracy=(res,) + gpu_row + htp_rows))
     return out
 
 
@@ -207,3 +213,43 @@ def _gpu_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray]
     extra = {**extra, "fully_accelerated": float(run.fully_accelerated)}
     return (AccuracyResult(task=task, metric=metric, value=value, backend="gpu", n_samples=run.n_inputs,
                            reference=ref_value, delta=None if ref_value is None else value - ref_value, extra=extra),)
+
+
+def htp_row_name(soc: str) -> str:
+    """The backend name of an accuracy row measured on QNN's HTP emulator (never a latency)."""
+    return f"qnn:{soc} (emulated HTP)"
+
+
+def _htp_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray] | None, soc: str, *, samples: int,
+                  timeout_s: float, mem_mb: int | None, work: Path, say: Callable[[str], None]) -> AccuracyResult:
+    """The task metric with the variant compiled for ``soc``'s HTP and run on QNN's HTP emulator, its own row.
+
+    Its delta and agreement are against the reference variant on the CPU over the same (first ``samples``) inputs.
+    """
+    task, name = data.task, htp_row_name(soc)
+
+    def row(status: Status, reason: str) -> AccuracyResult:
+        return AccuracyResult(task=task, metric="accuracy", value=None, backend=name, n_samples=0, status=status,
+                              reason=reason)
+
+    if task is Task.TEXT_GENERATION:
+        return row(Status.NOT_RUN, "the emulated HTP runs one-signature models; a generator's prefill and decode "
+                                   "are two")
+    if v.artifact is None or data.inputs_npz is None:
+        return row(Status.NOT_RUN, "no evaluation data")
+    n = min(samples, data.n)
+    inputs = work / f"htp-inputs-{n}.npz"
+    if not inputs.is_file():
+        with np.load(data.inputs_npz) as arrays:
+            save_npz(inputs, {k: arrays[k][:n] for k in arrays.files})
+    say(f"eval: {v.name} on the emulated HTP of {soc} ({n} samples)")
+    run = htp.emulate(v.artifact.path, soc, inputs, timeout_s=timeout_s, mem_mb=mem_mb)
+    if run.outputs is None:
+        return row(Status(run.status), run.reason)
+    ref_n = None if ref is None else {k: a[:n] for k, a in ref.items()}
+    labels = None if data.labels is None else data.labels[:n]
+    metric, value, extra = summarize_task(task.value, run.outputs, ref_n, labels, data.windows)
+    ref_value = None if ref_n is None else summarize_task(task.value, ref_n, ref_n, labels, data.windows)[1]
+    return AccuracyResult(task=task, metric=metric, value=value, backend=name, n_samples=n, reference=ref_value,
+                          delta=None if ref_value is None else value - ref_value,
+                          extra={**extra, "emulated": 1.0, "compile_s": float(run.compile.get("seconds", 0.0))})

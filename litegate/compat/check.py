@@ -26,7 +26,6 @@ remaining M operations will run on the CPU`` split.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from litegate.compat import qnn
 from litegate.compat.constraints import View, compare, fmt, model_refusal, rule_source, run_constraints
 from litegate.compat.partition import partition
 from litegate.compat.ruleset import DELEGATES, load_rules
+from litegate.compat.summary import summed
 from litegate.tflite.flatbuffer import ModelInfo, OpInfo, TensorInfo
 from litegate.tflite.verify import load_model
 from litegate.types import CompatPartition, CompatReport, OpCompat, Status
@@ -159,19 +159,10 @@ def evaluate(model: ModelInfo, rules: Mapping[str, Any], *, model_name: str = ""
             verdicts.append(OpCompat(index=o.index, op=o.name, version=o.version, delegate=delegate, supported=ok,
                                      reason=reason, delegated=delegated.get(o.index, False), subgraph=s,
                                      macs=o.macs, source=source))
-    total_macs = sum(v.macs for v in verdicts)
-    delegated_macs = sum(v.macs for v in verdicts if v.delegated)
-    n = len(verdicts)
-    fallback = Counter(v.op for v in verdicts if not v.delegated)
-    return CompatReport(
-        delegate=delegate, ops=tuple(verdicts), partitions=tuple(partitions),
-        delegated_fraction=(sum(1 for v in verdicts if v.delegated) / n) if n else 0.0,
-        delegated_mac_fraction=(delegated_macs / total_macs) if total_macs else None,
-        fallback_ops=dict(sorted(fallback.items(), key=lambda kv: (-kv[1], kv[0]))),
-        total_macs=total_macs, delegated_macs=delegated_macs, min_nodes_per_partition=min_nodes,
-        max_delegated_partitions=max_parts, model_reason="; ".join(dict.fromkeys(model_reasons)),
-        model=model_name, notes=tuple(rules.get("notes", ())), title=str(rules.get("title", "")),
-        extra={"display_name": rules["display_name"]} if rules.get("display_name") else {})
+    return summed(verdicts, partitions, delegate=delegate, min_nodes_per_partition=min_nodes,
+                  max_delegated_partitions=max_parts, model_reason="; ".join(dict.fromkeys(model_reasons)),
+                  model=model_name, notes=tuple(rules.get("notes", ())), title=str(rules.get("title", "")),
+                  extra={"display_name": rules["display_name"]} if rules.get("display_name") else {})
 
 
 # Every compatibility target, registered here: the rule-based delegates (data in rules/*.json) and the
