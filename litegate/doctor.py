@@ -7,7 +7,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from litegate.backends import adb, gpu
+from litegate.backends import adb, aihub, gpu
 from litegate.backends.registry import KNOWN, why_not_runnable
 from litegate.compat import qnn
 from litegate.errors import DelegateError
@@ -62,8 +62,24 @@ def check() -> list[dict[str, Any]]:
                  if runtime_ok else "needs ai-edge-litert to load delegate libraries",
                  "fix": "" if runtime_ok else "pip install ai-edge-litert"})
     rows.extend(_adb_rows())
+    rows.append(_aihub_row())
     rows.append(_qnn_row())
     return rows
+
+
+def _aihub_row() -> dict[str, Any]:
+    """Qualcomm AI Hub (aihub:DEVICE): the client installed and a token found; no network call."""
+    version = _version("qai-hub")
+    if version is None or not aihub.client_installed():
+        return {"name": "backend aihub", "ok": False, "detail": aihub.INSTALL, "fix": "pip install 'litegate[aihub]'"}
+    source = aihub.token_source()
+    if source is None:
+        return {"name": "backend aihub", "ok": False, "detail": f"qai-hub {version}; {aihub.NO_TOKEN}",
+                "fix": (f"export {aihub.TOKEN_ENV}=<token from AI Hub's account page>, or run "
+                        "'qai-hub configure --api_token <token>'")}
+    return {"name": "backend aihub", "ok": True, "fix": "",
+            "detail": f"qai-hub {version}; token from {source}; bench.backends = [\"aihub:DEVICE[?compute_unit="
+                      "npu|gpu|cpu]\"] runs on a real phone (device names: qai-hub list-devices; not checked here)"}
 
 
 def _qnn_row() -> dict[str, Any]:
