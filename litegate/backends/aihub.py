@@ -385,12 +385,13 @@ def profile_fields(profile: Mapping[str, Any], spec: AihubSpec) -> dict[str, Any
     }
 
 
-def bench_cells(cells: Sequence[Cell], *, store_path: str | os.PathLike[str], timeout_s: float, poll_s: float = POLL_S,
-                client: Client | None = None) -> list[BenchResult]:
+def bench_cells(cells: Sequence[Cell], *, store_path: str | os.PathLike[str], timeout_s: float,
+                poll_s: float | None = None, client: Client | None = None) -> list[BenchResult]:
     """Measure ``cells`` on AI Hub: submit (or resume) every profile job, poll them together, read the profiles.
 
-    Cells that share artifact, device and compute unit share one job (the thread count does not apply).
-    Never raises for a job's outcome: each cell is ok, not run, failed or timeout with a reason.
+    Cells that share artifact, device and compute unit share one job (the thread count does not apply);
+    ``poll_s`` defaults to :data:`POLL_S`. Never raises for a job's outcome: each cell is ok, not run,
+    failed or timeout with a reason.
     """
     def result(cell: Cell, status: Status, reason: str, **kw: Any) -> BenchResult:
         return BenchResult(artifact_sha256=cell.sha256, variant=cell.variant, backend=cell.backend,
@@ -419,7 +420,7 @@ def bench_cells(cells: Sequence[Cell], *, store_path: str | os.PathLike[str], ti
                                 path=str(cells[i].path), sha256=cells[i].sha256, spec=specs[cells[i].backend],
                                 kind=PROFILE, name=f"litegate {cells[i].variant}") for i in todo}
         outcomes = _run_jobs(list(requests.values()), client=client or make_client(), store=store,
-                             timeout_s=timeout_s, poll_s=poll_s)
+                             timeout_s=timeout_s, poll_s=POLL_S if poll_s is None else poll_s)
         profiles: dict[str, dict[str, Any] | str] = {}
         for i in todo:
             req, oc = requests[i], outcomes[requests[i].key]
@@ -475,15 +476,15 @@ def _inputs_digest(inputs: Mapping[str, np.ndarray]) -> str:
 
 
 def run_outputs(path: str | os.PathLike[str], inputs: Mapping[str, np.ndarray], backend: str, *,
-                store_path: str | os.PathLike[str] | None = None, timeout_s: float = 1800.0, poll_s: float = POLL_S,
-                client: Client | None = None) -> dict[str, np.ndarray]:
+                store_path: str | os.PathLike[str] | None = None, timeout_s: float = 1800.0,
+                poll_s: float | None = None, client: Client | None = None) -> dict[str, np.ndarray]:
     """Run the model at ``path`` on the phone with ``inputs`` and return its outputs.
 
     ``inputs`` maps each model input (in the model's input order) to a batch whose first axis is the
     sample axis; each sample is sent as its own batch-1 entry and the outputs come back stacked the
     same way, keyed as AI Hub's output dataset names them. The job id is saved in the job store
     (default: ``aihub_jobs.json`` beside the model) under a digest of the inputs, so a re-run with the
-    same inputs resumes it.
+    same inputs resumes it. ``poll_s`` defaults to :data:`POLL_S`.
 
     Raises:
         AihubJobError: not runnable here (status not_run), the job failed (failed), or it did not finish
@@ -505,7 +506,7 @@ def run_outputs(path: str | os.PathLike[str], inputs: Mapping[str, np.ndarray], 
     req = _Request(key=JobStore.key(sha, spec, kind), path=str(path), sha256=sha, spec=spec, kind=kind,
                    name=f"litegate {path.stem} outputs", inputs=entries)
     outcome = _run_jobs([req], client=client or make_client(), store=store, timeout_s=timeout_s,
-                        poll_s=poll_s)[req.key]
+                        poll_s=POLL_S if poll_s is None else poll_s)[req.key]
     if outcome.status is not Status.OK:
         raise AihubJobError(outcome.reason, status=outcome.status)
     assert outcome.job is not None
