@@ -41,7 +41,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -216,8 +216,8 @@ class _Outcome:
 
 
 def _one_line(exc: BaseException) -> str:
-    """An exception's text on one line (the client frames some messages in boxes)."""
-    lines = [ln.strip(" |-*") for ln in str(exc).splitlines()]
+    """An exception's text on one line (the client frames some messages in a box of ``|``, ``┌─┐`` and ``└─┘``)."""
+    lines = [ln.strip(" |┌┐└┘─") for ln in str(exc).splitlines()]
     return " ".join(ln for ln in lines if ln) or type(exc).__name__
 
 
@@ -229,8 +229,8 @@ def _client_errors() -> tuple[type[BaseException], ...]:
     return Error, APIException, OSError, ValueError
 
 
-def _run_jobs(requests: Sequence[_Request], *, client: Client, store: JobStore, timeout_s: float, poll_s: float,
-              sleep: Callable[[float], None] = time.sleep) -> dict[str, _Outcome]:
+def _run_jobs(requests: Sequence[_Request], *, client: Client, store: JobStore, timeout_s: float,
+              poll_s: float) -> dict[str, _Outcome]:
     """Resume saved jobs and submit the rest, then poll all of them together until they finish or the deadline."""
     from qai_hub.client import Device, InferenceJob  # optional heavy dependency (litegate[aihub])
 
@@ -293,7 +293,7 @@ def _run_jobs(requests: Sequence[_Request], *, client: Client, store: JobStore, 
         left = deadline - time.monotonic()
         if not pending or left <= 0:
             break
-        sleep(min(poll_s, left))
+        time.sleep(min(poll_s, left))
     for key, (job, resumed) in pending.items():
         outcomes[key] = _Outcome(Status.TIMEOUT, f"AI Hub job {job.job_id} still {states.get(key, 'UNKNOWN')} after "
                                  f"{timeout_s:g} s; its id is saved in {store.path}: a re-run resumes it",
