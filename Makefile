@@ -6,7 +6,7 @@ SHARED ?= ../shared/data
 MODELS ?= models
 STAMP  := $(VENV)/.installed
 
-.PHONY: qualcomm install demo test test-fast lint typecheck fixtures models clean help gpu-sim browser release-check report compare perf soak
+.PHONY: qualcomm aihub install demo test test-fast lint typecheck fixtures models clean help gpu-sim browser release-check report compare perf soak
 
 help:
 	@echo "make demo       set up .venv and run the release pipeline on the embedded default"
@@ -31,6 +31,7 @@ test: $(STAMP)
 	-@$(MAKE) --no-print-directory gpu-sim || echo "make gpu-sim failed: the GPU delegate tests will skip"
 	-@$(MAKE) --no-print-directory browser || echo "make browser failed: the HTML rendering test will skip"
 	-@$(MAKE) --no-print-directory qualcomm || echo "make qualcomm failed: the Qualcomm HTP compiler tests will skip"
+	-@$(MAKE) --no-print-directory aihub || echo "make aihub failed: the AI Hub backend tests will skip"
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)
@@ -73,6 +74,14 @@ $(QUALCOMM): pyproject.toml | $(STAMP)
 	$(BIN)/pip install -q -e '.[qualcomm]' && touch $@
 
 qualcomm: $(QUALCOMM)
+
+## Qualcomm AI Hub's client (aihub:DEVICE backends); its tests are offline, at the client's HTTP seam.
+AIHUB := $(VENV)/.aihub-installed
+
+$(AIHUB): pyproject.toml | $(STAMP)
+	$(BIN)/pip install -q -e '.[aihub]' && touch $@
+
+aihub: $(AIHUB)
 
 ## Headless Chromium for the HTML report test (Debian's package).
 browser:

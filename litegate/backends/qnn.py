@@ -194,6 +194,12 @@ HTP_SOCS: dict[str, tuple[int, int]] = {
 _DISPATCH = "DISPATCH_OP"
 
 
+def emulator_why_not() -> str | None:
+    """None when the HTP emulator's host (ONNX Runtime with its QNN provider, and onnx) is installed, else why not."""
+    missing = [m for m in ("onnxruntime", "onnxruntime_qnn", "onnx") if importlib.util.find_spec(m) is None]
+    return f"{', '.join(missing)} not installed: {INSTALL}" if missing else None
+
+
 def emulation_refusal(soc: str, verdict: dict[str, Any]) -> str | None:
     """Why a compiled model cannot run on the emulated HTP (None: it can): it must be one HTP partition."""
     if soc not in HTP_SOCS:
@@ -327,6 +333,8 @@ def emulate(path: str | Path, soc: str, inputs_npz: str | Path, *, timeout_s: fl
     from litegate.errors import IsolationError, LitegateError
     from litegate.isolation import run_isolated
 
+    if missing := emulator_why_not():
+        return Emulation("not_run", missing)
     with tempfile.TemporaryDirectory(prefix="litegate-htp-") as tmp:
         compiled = Path(tmp) / "compiled.tflite"
         verdict = compile_model(path, soc, timeout_s=timeout_s, keep=compiled)

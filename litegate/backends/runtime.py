@@ -35,6 +35,7 @@ from litegate.backends.spec import (
     RUNNABLE,
     external_why_not,
     is_adb_backend,
+    is_aihub_backend,
     is_external_backend,
     parse_external,
 )
@@ -75,6 +76,9 @@ def in_process_refusal(backend: str) -> str:
     if is_adb_backend(backend):
         return (f"{backend}: adb backends run benchmark_model on the device and cannot run "
                 "in-process (use them in bench.backends, not for evaluation)")
+    if is_aihub_backend(backend):
+        return (f"{backend}: AI Hub backends run on a phone through Qualcomm AI Hub and cannot run in-process "
+                "(use them in bench.backends; litegate.backends.aihub.run_outputs runs inputs on the phone)")
     if backend == "gpu":
         return ("gpu: the GPU delegate runs through LiteRT's CompiledModel in its own process "
                 "(litegate.backends.gpu.run_gpu; use it in bench.backends, not as the in-process evaluation backend)")

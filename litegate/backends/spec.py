@@ -2,7 +2,8 @@
 
 The bottom of :mod:`litegate.backends`: ``xnnpack`` and ``cpu`` run in-process through LiteRT,
 ``external:PATH.so[?key=value&...]`` loads a delegate library, ``adb[:SERIAL][?...]`` runs on an
-Android device (:mod:`litegate.backends.adb` parses its options). The table of every backend, with
+Android device (:mod:`litegate.backends.adb` parses its options), ``aihub:DEVICE[?...]`` on a phone
+through Qualcomm AI Hub (:mod:`litegate.backends.aihub`). The table of every backend, with
 why each can or cannot run here, is :mod:`litegate.backends.registry`.
 """
 
@@ -15,6 +16,7 @@ from urllib.parse import parse_qsl
 
 RUNNABLE = ("xnnpack", "cpu")
 EXTERNAL_PREFIX = "external:"
+AIHUB_PREFIX = "aihub:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +77,11 @@ def backend_relative_to(backend: str, base: Path) -> str:
 def is_adb_backend(backend: str) -> bool:
     """True for ``adb``, ``adb:SERIAL`` and ``adb?...`` forms."""
     return backend == "adb" or backend.startswith(("adb:", "adb?"))
+
+
+def is_aihub_backend(backend: str) -> bool:
+    """True for ``aihub:DEVICE[?...]`` backends."""
+    return backend.startswith(AIHUB_PREFIX)
 
 
 def external_why_not(backend: str) -> str | None:

@@ -2,12 +2,15 @@
 
 Local backends (``xnnpack``, ``cpu``, ``external:...``) run :func:`litegate.benchmarks.latency.bench_job`;
 ``adb[:SERIAL]`` backends run :func:`litegate.backends.adb.bench_job`, which drives ``benchmark_model``
-on the device. ``gpu`` runs LiteRT's GPU delegate through ``CompiledModel``
+on the device; ``aihub:DEVICE`` backends run on a phone through Qualcomm AI Hub
+(:func:`litegate.backends.aihub.bench_cells`: a variant's AI Hub cells are submitted together and
+polled together, the job ids saved beside the variant so a re-run resumes them). ``gpu`` runs LiteRT's
+GPU delegate through ``CompiledModel``
 (:func:`litegate.backends.gpu.run_gpu`): the cell's ``protocol`` records what the delegate took
 (``fully_accelerated``, ``ops_on_gpu``/``ops_on_cpu``, ``gpu_fallback`` ops with the delegate's
 reasons), and on a software Vulkan device (Mesa lavapipe) ``latency_emulated`` and the ``reason``
-say that the timings are not GPU latency. All run under :func:`litegate.isolation.run_isolated`
-with the cell's timeout.
+say that the timings are not GPU latency. All but AI Hub's (network calls in this process, the cell's
+timeout their polling deadline) run under :func:`litegate.isolation.run_isolated` with the cell's timeout.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from litegate.backends import adb, gpu
+from litegate.backends import adb, aihub, gpu
 from litegate.backends.registry import why_not_runnable
 from litegate.errors import IsolationError, LitegateError
 from litegate.isolation import run_isolated
@@ -38,6 +41,9 @@ def run_cell(*, path: str | Path, sha256: str, variant: str, backend: str, threa
     if adb.is_adb_backend(backend):
         return _adb_cell(path=path, sha256=sha256, backend=backend, threads=threads, protocol=protocol,
                          timeout_s=timeout_s, mem_mb=mem_mb, result=result)
+    if aihub.is_aihub_backend(backend):
+        return _aihub_cell(path=path, sha256=sha256, variant=variant, backend=backend, threads=threads,
+                           timeout_s=timeout_s)
     reason = why_not_runnable(backend)
     if reason:
         return result(Status.NOT_RUN, reason)
@@ -106,13 +112,28 @@ def _adb_cell(*, path: str | Path, sha256: str, backend: str, threads: int, prot
                   protocol={**protocol, **r["protocol"]})
 
 
+def _aihub_cell(*, path: str | Path, sha256: str, variant: str, backend: str, threads: int,
+                timeout_s: float) -> BenchResult:
+    """One cell on a phone through Qualcomm AI Hub, its job id saved beside the artifact (a re-run resumes it)."""
+    cell = aihub.Cell(path=str(path), sha256=sha256, variant=variant, backend=backend, threads=threads)
+    return aihub.bench_cells([cell], store_path=Path(path).parent / aihub.STORE_NAME, timeout_s=timeout_s)[0]
+
+
 def bench_variant(v: VariantResult, *, backends: Sequence[str], threads: Sequence[int], inputs_npz: Path,
                   protocol: dict[str, Any], timeout_s: float, mem_mb: int | None = None,
                   signature: str | None = None) -> Iterator[BenchResult]:
-    """Every cell (backend × threads) of one published variant, one child process each."""
+    """Every cell (backend × threads) of one published variant, one child process each; its AI Hub cells are
+    submitted together first and polled together."""
     assert v.artifact is not None
+    hub = iter(aihub.bench_cells([aihub.Cell(path=v.artifact.path, sha256=v.artifact.sha256, variant=v.name,
+                                             backend=b, threads=t)
+                                  for b in backends if aihub.is_aihub_backend(b) for t in threads],
+                                 store_path=Path(v.artifact.path).parent / aihub.STORE_NAME, timeout_s=timeout_s))
     for backend in backends:
         for t in threads:
+            if aihub.is_aihub_backend(backend):
+                yield next(hub)
+                continue
             yield run_cell(path=v.artifact.path, sha256=v.artifact.sha256, variant=v.name, backend=backend, threads=t,
                            inputs_npz=inputs_npz, protocol=protocol, timeout_s=timeout_s, mem_mb=mem_mb,
                            signature=signature)
