@@ -359,3 +359,44 @@ def test_backend_forms_parse():
     assert backend_syntax_error(BACKEND) is None and aihub.is_aihub_backend(BACKEND)
     with pytest.raises(ValueError, match="is not an AI Hub backend"):
         aihub.parse_backend("adb:emulator-5554")
+
+
+def test_accuracy_on_the_phone_is_its_own_row_scored_against_the_cpu_reference(hub, model, tmp_path):
+    """Offline, against recorded client messages (not a device measurement): the accuracy stage sends every
+    evaluation sample to the phone, scores the outputs that come back like the CPU's, and reports a row named after
+    the phone with its agreement and largest output difference against the reference on the CPU."""
+    from types import SimpleNamespace
+
+    from litegate.backends.runtime import Runner
+    from litegate.benchmarks.accuracy import evaluate_variants
+    from litegate.types import Task
+
+    x = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    np.savez(tmp_path / "eval.npz", x=x)
+    cpu = Runner(model, backend="cpu").run_batch({"x": x})["y"]
+    labels = cpu.argmax(-1)
+    phone = cpu.copy()
+    phone[0] = -phone[0]  # the phone disagrees on the first sample
+    hub.script.append({"outputs": {"y": [phone[i:i + 1] for i in range(6)]}})
+    art = Artifact(path=str(model), sha256=SHA, size_bytes=model.stat().st_size, parent_sha256=None,
+                   produced_by="test", step_config={}, tool_versions={})
+    v = VariantResult(name="fp32", recipe=Recipe("fp32", "float", {}), status=Status.OK, artifact=art)
+    data = SimpleNamespace(task=Task.TEXT_CLASSIFICATION, n=6, inputs_npz=tmp_path / "eval.npz", labels=labels,
+                           windows=None)
+    (out,) = evaluate_variants([v], data, reference="fp32", backend="cpu", threads=1, on_gpu=False, timeout_s=5.0,
+                               mem_mb=None, work=tmp_path, say=lambda _m: None, phones=[BACKEND])
+    cpu_row, phone_row = out.accuracy
+    assert cpu_row.backend == "cpu" and cpu_row.value == 100.0
+    assert phone_row.backend == BACKEND and phone_row.status is Status.OK and phone_row.n_samples == 6
+    assert phone_row.value == pytest.approx(100 * 5 / 6) and phone_row.delta == pytest.approx(100 * 5 / 6 - 100)
+    assert phone_row.extra["agreement_with_reference"] == pytest.approx(100 * 5 / 6)
+    assert phone_row.extra["max_abs_logit_diff"] == pytest.approx(float(np.abs(2 * cpu[0]).max()))
+    sent = hub.uploaded_inputs[0]
+    assert np.array_equal(np.concatenate(sent["x"]), x)
+
+    # another phone, whose job finishes without outputs: its own job, and a failed row rather than an exception
+    (again,) = evaluate_variants([v], data, reference="fp32", backend="cpu", threads=1, on_gpu=False, timeout_s=5.0,
+                                 mem_mb=None, work=tmp_path, say=lambda _m: None, phones=["aihub:Pixel 8"])
+    row = again.accuracy[1]
+    assert row.backend == "aihub:Pixel 8" and row.status is Status.FAILED
+    assert row.reason == "AI Hub job j00000002 finished without an output dataset"

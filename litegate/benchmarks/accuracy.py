@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from litegate.artifacts import save_npz
+from litegate.backends import aihub
 from litegate.backends import qnn as htp
 from litegate.backends.gpu import run_gpu
 from litegate.backends.registry import why_not_runnable
@@ -26,6 +27,7 @@ from litegate.backends.runtime import Runner
 from litegate.errors import LitegateError
 from litegate.isolation import run_isolated
 from litegate.tasks import agreement, classification_metrics, cosine
+from litegate.tflite.verify import load_model
 from litegate.types import AccuracyResult, Status, Task, VariantResult
 
 
@@ -137,7 +139,7 @@ class EvalInputs(Protocol):
 def evaluate_variants(variants: Sequence[VariantResult], data: EvalInputs, *, reference: str, backend: str, threads: int,
                       on_gpu: bool, timeout_s: float, mem_mb: int | None, work: Path,
                       say: Callable[[str], None], htp_socs: Sequence[str] = (),
-                      htp_samples: int = 200) -> list[VariantResult]:
+                      htp_samples: int = 200, phones: Sequence[str] = ()) -> list[VariantResult]:
     """The task metric of every built variant on ``backend`` (and, when ``on_gpu``, on LiteRT's GPU delegate; for
     each of ``htp_socs``, on that Snapdragon's emulated HTP), each run in a child process, with its delta to the
     ``reference`` variant. The emulated HTP runs the first ``htp_samples`` samples (it is slow), scored against the
@@ -182,7 +184,9 @@ def evaluate_variants(variants: Sequence[VariantResult], data: EvalInputs, *, re
         gpu_row = _gpu_accuracy(v, data, ref, ref_value, threads=threads, timeout_s=timeout_s, mem_mb=mem_mb, say=say) if on_gpu else ()
         htp_rows = tuple(_htp_accuracy(v, data, ref, soc, samples=htp_samples, timeout_s=timeout_s, mem_mb=mem_mb,
                                        work=work, say=say) for soc in htp_socs)
-        out.append(dataclasses.replace(v, accuracy=(res,) + gpu_row + htp_rows))
+        phone_rows = tuple(_phone_accuracy(v, data, ref, ref_value, phone, timeout_s=timeout_s, say=say)
+                           for phone in phones)
+        out.append(dataclasses.replace(v, accuracy=(res,) + gpu_row + htp_rows + phone_rows))
     return out
 
 
@@ -253,3 +257,43 @@ def _htp_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray]
     return AccuracyResult(task=task, metric=metric, value=value, backend=name, n_samples=n, reference=ref_value,
                           delta=None if ref_value is None else value - ref_value,
                           extra={**extra, "emulated": 1.0, "compile_s": float(run.compile.get("seconds", 0.0))})
+
+
+def _phone_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray] | None, ref_value: float | None,
+                    backend: str, *, timeout_s: float, say: Callable[[str], None]) -> AccuracyResult:
+    """The task metric with every evaluation sample run on a real phone through Qualcomm AI Hub, its own row."""
+    task = data.task
+
+    def row(status: Status, reason: str) -> AccuracyResult:
+        return AccuracyResult(task=task, metric="accuracy", value=None, backend=backend, n_samples=0, status=status,
+                              reason=reason)
+
+    if task is Task.TEXT_GENERATION:
+        return row(Status.NOT_RUN, "a generator is scored through its prefill signature; AI Hub runs the first one")
+    if v.artifact is None or data.inputs_npz is None:
+        return row(Status.NOT_RUN, "no evaluation data")
+    if reason := why_not_runnable(backend):
+        return row(Status.NOT_RUN, reason)
+    say(f"eval: {v.name} on {backend}")
+    runner = Runner(v.artifact.path, backend="cpu")  # the signature's (de)quantization, applied around the phone
+    order = {t: i for i, t in enumerate(load_model(v.artifact.path).subgraph_inputs[0])}
+    names = sorted(runner.inputs, key=lambda k: order.get(runner.inputs[k]["index"], len(order)))
+    with np.load(data.inputs_npz) as arrays:
+        feeds = {k: arrays[k] for k in arrays.files}
+    prepared = [runner.prepare({k: a[i:i + 1] for k, a in feeds.items()}) for i in range(data.n)]
+    inputs = {k: np.concatenate([p[k] for p in prepared]) for k in names}
+    try:
+        raw = aihub.run_outputs(v.artifact.path, inputs, backend, timeout_s=timeout_s)
+    except aihub.AihubJobError as exc:
+        return row(exc.status, exc.message)
+    except LitegateError as exc:
+        return row(Status.FAILED, exc.message)
+    if set(raw) != set(runner.outputs):
+        if len(raw) != 1 or len(runner.outputs) != 1:
+            return row(Status.FAILED, f"the phone's outputs {sorted(raw)} do not match the model's "
+                                      f"{sorted(runner.outputs)}")
+        raw = {next(iter(runner.outputs)): next(iter(raw.values()))}
+    outputs = runner.dequantize(raw)
+    metric, value, extra = summarize_task(task.value, outputs, ref, data.labels, data.windows)
+    return AccuracyResult(task=task, metric=metric, value=value, backend=backend, n_samples=data.n,
+                          reference=ref_value, delta=None if ref_value is None else value - ref_value, extra=extra)
