@@ -39,6 +39,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 INSTALL = "pip install 'litegate[qualcomm]' (onnxruntime-qnn 2.7.0: Qualcomm's QAIRT 2.51 x86_64 libraries)"
@@ -266,7 +267,7 @@ def emulate_job(payload: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"the HTP context's tensors {sorted(known)} are not the model's signature {ins} -> {outs}")
     order = list(outs)
 
-    def invoke(prepared: dict[str, Any]) -> dict[str, Any]:
+    def invoke(prepared: Mapping[str, Any]) -> dict[str, Any]:
         got = session.run([outs[k] for k in order], {ins[k]: v for k, v in prepared.items()})
         return dict(zip(order, got, strict=True))
 
