@@ -439,13 +439,17 @@ def _gate(g: _Table, names: list[str]) -> _Gate:
 def _check(ct: _Table) -> tuple[tuple[str, ...], int]:
     """``[check]``: the delegates of the static compatibility check, and how many evaluation samples each variant
     runs on the emulated HTP of each ``qnn:SOC`` target (``emulate_samples``; 0: none)."""
-    from litegate.compat.check import target_error  # imports LiteRT's flatbuffer schema: not at CLI start
+    from litegate.compat.check import (  # imports LiteRT's flatbuffer schema: not at CLI start
+        canonical_target,
+        target_error,
+    )
 
     delegates = tuple(ct.get("delegates", list, list(DELEGATES)))
     for d in delegates:
         problem = target_error(d)
         if problem:
             raise ConfigError(f"{ct.file}: 'check.delegates': {problem}")
+    delegates = tuple(dict.fromkeys(canonical_target(d) for d in delegates))  # as the reports name them
     samples = ct.get("emulate_samples", int, 200)
     if samples < 0:
         raise ConfigError(f"{ct.file}: 'check.emulate_samples' must be >= 0 (0: no emulated-HTP accuracy), got {samples}")

@@ -249,3 +249,13 @@ def test_only_whole_htp_models_on_a_known_soc_are_emulated():
     assert htp.emulation_refusal("SM8650", whole) is None
     assert "1 op(s) stay on the CPU (StridedSlice)" in (htp.emulation_refusal("SM8650", split) or "")
     assert "no HTP emulator settings for SA8295" in (htp.emulation_refusal("SA8295", whole) or "")
+
+
+def test_qnn_targets_are_named_as_their_reports_name_them(tmp_path):
+    """`qnn` and `qnn:sm8650` are the same target, `qnn:SM8650`: the column, the recommendation and the emulated-HTP
+    row find their reports under that name, once."""
+    from litegate.config import load
+
+    cfg = load(write_config(tmp_path, model=DEMO / "model",
+                            extra='[check]\ndelegates = ["gpu", "qnn", "qnn:sm8650", "qnn:SM8450"]\n'))
+    assert cfg.delegates == ("gpu", "qnn:SM8650", "qnn:SM8450")

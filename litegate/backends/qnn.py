@@ -38,8 +38,8 @@ import signal
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 INSTALL = "pip install 'litegate[qualcomm]' (onnxruntime-qnn 2.7.0: Qualcomm's QAIRT 2.51 x86_64 libraries)"

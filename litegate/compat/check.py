@@ -185,6 +185,11 @@ def target_error(name: object) -> str | None:
     return f"unknown delegate {name!r} (known: {', '.join(TARGET_FORMS)}, or a rule file .json)"
 
 
+def canonical_target(name: str) -> str:
+    """The name a target's reports carry: ``qnn`` and ``qnn:sm8650`` are ``qnn:SM8650``; others unchanged."""
+    return f"{qnn.PREFIX}:{qnn.parse_target(name)}" if qnn.is_qnn_target(name) else name
+
+
 def check_target(model: ModelInfo, path: str | Path, name: str, *, model_name: str = "") -> CompatReport:
     """``model`` (read from ``path``) against one target: a delegate's rules, or a compiler's verdict."""
     if qnn.is_qnn_target(name):
