@@ -364,11 +364,10 @@ def _backend_accuracy_table(rep: Report) -> list[str]:
     return lines
 
 
-def _top_mil_ops(ops: Mapping[str, int], n: int = 8) -> str:
-    """The most frequent MIL ops of a program, constants left out (``matmul 16, add 29, ...``)."""
-    shown = [(op, k) for op, k in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])) if op != "const"]
-    text = ", ".join(f"{op} {k}" for op, k in shown[:n])
-    return text + (f" (+{len(shown) - n} more types)" if len(shown) > n else "")
+def _mil_op_counts(ops: Mapping[str, int]) -> str:
+    """A program's MIL ops by type, most frequent first, constants left out (``add 29, mul 26, ...``)."""
+    shown = sorted(((op, k) for op, k in ops.items() if op != "const"), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{op} {k}" for op, k in shown)
 
 
 def _core_ml_table(rep: Report) -> list[str]:
@@ -377,13 +376,13 @@ def _core_ml_table(rep: Report) -> list[str]:
     if not rows:
         return []
     lines = ["", "Core ML ML Programs (coremltools, converted from the TF graph; `<variant>.<target>.mlpackage`):", "",
-             "| variant | target | Core ML | precision | MIL ops (top, constants left out) | .mlpackage MB | convert s |",
+             "| variant | target | Core ML | precision | MIL ops (constants left out) | .mlpackage MB | convert s |",
              "|---|---|---|---|---|---|---|"]
     for name, c in rows:
         if c.status is Status.OK:
             size = f"{(c.package_bytes or 0) / 1e6:.2f}"
             secs = "—" if c.seconds is None else f"{c.seconds:.1f}"
-            lines.append(f"| {name} | {c.deployment_target} | converted | {c.precision} | {_top_mil_ops(c.mil_ops)} "
+            lines.append(f"| {name} | {c.deployment_target} | converted | {c.precision} | {_mil_op_counts(c.mil_ops)} "
                          f"({sum(c.mil_ops.values())} ops) | {size} | {secs} |")
         else:
             lines.append(f"| {name} | {c.deployment_target} | {c.verdict_text[:240]} | {c.precision or '—'} | — | — | — |")
