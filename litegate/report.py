@@ -383,7 +383,7 @@ def _core_ml_table(rep: Report) -> list[str]:
             size = f"{(c.package_bytes or 0) / 1e6:.2f}"
             secs = "—" if c.seconds is None else f"{c.seconds:.1f}"
             lines.append(f"| {name} | {c.deployment_target} | converted | {c.precision} | {_mil_op_counts(c.mil_ops)} "
-                         f"({sum(c.mil_ops.values())} ops) | {size} | {secs} |")
+                         f"({sum(c.mil_ops.values())} ops with constants) | {size} | {secs} |")
         else:
             lines.append(f"| {name} | {c.deployment_target} | {c.verdict_text[:240]} | {c.precision or '—'} | — | — | — |")
     cells: dict[str, list[str]] = {}
