@@ -6,7 +6,7 @@ SHARED ?= ../shared/data
 MODELS ?= models
 STAMP  := $(VENV)/.installed
 
-.PHONY: qualcomm aihub install demo test test-fast lint typecheck fixtures models clean help gpu-sim browser release-check report compare perf soak
+.PHONY: qualcomm aihub coreml install demo test test-fast lint typecheck fixtures models clean help gpu-sim browser release-check report compare perf soak
 
 help:
 	@echo "make demo       set up .venv and run the release pipeline on the embedded default"
@@ -32,6 +32,7 @@ test: $(STAMP)
 	-@$(MAKE) --no-print-directory browser || echo "make browser failed: the HTML rendering test will skip"
 	-@$(MAKE) --no-print-directory qualcomm || echo "make qualcomm failed: the Qualcomm HTP compiler tests will skip"
 	-@$(MAKE) --no-print-directory aihub || echo "make aihub failed: the AI Hub backend tests will skip"
+	-@$(MAKE) --no-print-directory coreml || echo "make coreml failed: the Core ML (coremltools) tests will skip"
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)
@@ -82,6 +83,14 @@ $(AIHUB): pyproject.toml | $(STAMP)
 	$(BIN)/pip install -q -e '.[aihub]' && touch $@
 
 aihub: $(AIHUB)
+
+## Apple's coremltools (mlprogram[:DEPLOYMENT] targets): ML Program conversion here; prediction needs macOS.
+COREML := $(VENV)/.coreml-installed
+
+$(COREML): pyproject.toml | $(STAMP)
+	$(BIN)/pip install -q -e '.[coreml]' && touch $@
+
+coreml: $(COREML)
 
 ## Headless Chromium for the HTML report test (Debian's package).
 browser:

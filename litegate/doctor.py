@@ -10,7 +10,7 @@ from typing import Any
 from litegate.backends import adb, aihub, gpu
 from litegate.backends import qnn as htp
 from litegate.backends.registry import KNOWN, why_not_runnable
-from litegate.compat import qnn
+from litegate.compat import coreml, qnn
 from litegate.errors import DelegateError
 
 ADB_INSTALL = "install Android platform-tools (apt-get install adb, or sdkmanager 'platform-tools') and put adb on PATH"
@@ -49,7 +49,8 @@ def check() -> list[dict[str, Any]]:
         if backend == "hexagon":
             fix = "use adb:SERIAL?delegate=hexagon on a Snapdragon device (Hexagon 680-690), or external:/path/libhexagon_delegate.so"
         elif backend == "coreml":
-            fix = "run on an iPhone/iPad (A12 or newer) or a Mac"
+            fix = ("run on an iPhone/iPad (A12 or newer) or a Mac (TFLite's Core ML delegate; Core ML ML Programs "
+                   "converted by coremltools are the mlprogram target)")
         elif backend == "gpu":
             rows.append(_gpu_row(reason, runtime_ok))
             continue
@@ -65,7 +66,20 @@ def check() -> list[dict[str, Any]]:
     rows.extend(_adb_rows())
     rows.append(_aihub_row())
     rows.append(_qnn_row())
+    rows.append(_mlprogram_row())
     return rows
+
+
+def _mlprogram_row() -> dict[str, Any]:
+    """Core ML ML Programs (check.delegates = ["mlprogram[:DEPLOYMENT]"]): coremltools installed, and where prediction runs."""
+    version = coreml.coremltools_version()
+    if version is None:
+        return {"name": "compat mlprogram", "ok": False, "fix": coreml.INSTALL,
+                "detail": "coremltools not installed (Core ML ML Program conversion of each float variant)"}
+    return {"name": "compat mlprogram", "ok": True, "fix": "",
+            "detail": f"coremltools {version}: check.delegates = [\"mlprogram[:DEPLOYMENT]\"] converts each float variant "
+                      f"to a .mlpackage (default {coreml.DEFAULT_DEPLOYMENT}); prediction cells not run: "
+                      f"{coreml.prediction_reason()}"}
 
 
 def _aihub_row() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from litegate.benchmarks.accuracy import htp_row_name
-from litegate.compat import qnn
+from litegate.compat import coreml, qnn
 from litegate.config import Budget, ReleaseConfig
 from litegate.types import SourceKind, Status, VariantResult, Verdict
 
@@ -117,7 +117,10 @@ def recommend_per_target(passing: Sequence[VariantResult], variants: Sequence[Va
     rows: list[dict[str, Any]] = [{"target": f"CPU ({backend}×{max(cfg.bench.threads)})", "variant": cpu,
                                    "why": "fastest measured median latency among the variants that meet their budgets"
                                    if cpu else "no variant meets its budgets"}]
-    for d in cfg.delegates:
+    for d in dict.fromkeys(coreml.canonical(t) if coreml.is_mlprogram_target(t) else t for t in cfg.delegates):
+        if coreml.is_mlprogram_target(d):
+            rows.append(_core_ml_row(passing, variants, d, cfg))
+            continue
         checked = [(v, v.compat_for(d)) for v in variants if v.compat_for(d) is not None]
         label = next((c.label for _, c in checked if c is not None), d)
         if checked and all(c is not None and c.status is not Status.OK for _, c in checked):
@@ -155,6 +158,36 @@ def recommend_per_target(passing: Sequence[VariantResult], variants: Sequence[Va
                     "(1-D, no shrink masks), which the GPU delegate and the HTP take")
         rows.append({"target": label, "variant": None, "why": why})
     return rows
+
+
+def _core_ml_row(passing: Sequence[VariantResult], variants: Sequence[VariantResult], target: str,
+                 cfg: ReleaseConfig) -> dict[str, Any]:
+    """An ``mlprogram`` target: the smallest ``.mlpackage`` among the variants that meet their budgets (the size budget
+    applied to the package) and converted; Core ML accuracy and latency are not measured here."""
+    label = coreml.title(target)
+    records = [(v, c) for v in variants if (c := v.coreml_for(target)) is not None]
+    if not records:
+        return {"target": label, "variant": None, "why": "not converted"}
+    unmeasured = f"accuracy on Core ML not measured here ({coreml.prediction_reason()})"
+    fits: list[tuple[VariantResult, int]] = []
+    over: list[str] = []
+    for v, c in records:
+        if v not in passing or c.status is not Status.OK or c.package_bytes is None:
+            continue
+        limit = cfg.budget_for(v.name).max_size_mb
+        if limit is not None and c.package_bytes / 1e6 > limit:
+            over.append(f"{v.name} {c.package_bytes / 1e6:.2f} MB > {limit:g} MB")
+        else:
+            fits.append((v, c.package_bytes))
+    if not fits:
+        why = "; ".join(dict.fromkeys(f"{v.name}: {c.verdict_text}" for v, c in records if c.status is not Status.OK))
+        return {"target": label, "variant": None,
+                "why": "no variant that meets its budgets converted" + (f" within its size budget ({'; '.join(over)})"
+                                                                        if over else "") + (f" ({why})" if why else "")}
+    best, size = min(fits, key=lambda vs: (vs[1], vs[0].name))
+    return {"target": label, "variant": best.name,
+            "why": f"the smallest .mlpackage ({size / 1e6:.2f} MB) among the variants that meet their budgets and "
+                   f"converted; {unmeasured}"}
 
 
 def _emulation_refusal(v: VariantResult, target: str, cfg: ReleaseConfig) -> str | None:

@@ -180,6 +180,24 @@ def _table(v: VariantResult) -> str:
             "<th>CPU fallback</th></tr>" + "".join(rows) + "</table>")
 
 
+def _core_ml(rep: Report) -> str:
+    """The Core ML ML Program of each variant (mlprogram targets): converted or why not, size, MIL op count."""
+    rows = []
+    for v in rep.variants:
+        for c in v.coreml:
+            size = f"{c.package_bytes / 1e6:.2f}" if c.package_bytes else "—"
+            ops = str(sum(c.mil_ops.values())) if c.mil_ops else "—"
+            pred = "; ".join(dict.fromkeys(c.prediction.values())) or "—"
+            rows.append(f"<tr><td>{_esc(v.name)}</td><td>{_esc(c.deployment_target)}</td>"
+                        f"<td>{_esc(c.verdict_text[:240])}</td><td>{_esc(c.precision)}</td><td>{ops}</td><td>{size}</td>"
+                        f"<td>{_esc(pred)}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h2>Core ML (ML Program)</h2><table class='coreml'><tr><th>variant</th><th>target</th><th>Core ML</th>"
+            "<th>precision</th><th>MIL ops</th><th>.mlpackage MB</th><th>prediction</th></tr>" + "".join(rows)
+            + "</table>")
+
+
 def to_html(rep: Report, markdown_headline: str) -> str:
     variants_rows = []
     for v in rep.variants:
@@ -216,6 +234,7 @@ tr.fail td {{ background: #fdecea; }} .chart {{ width: 100%; max-width: {W}px; b
 {layer_chart(rep)}
 <h2>Delegate compatibility</h2>
 {compat or "<p>No compatibility data.</p>"}
+{_core_ml(rep)}
 <h2>Gate checks</h2>
 <table>{verdicts}</table>
 <script id="report-data" type="application/json">{html.escape(data, quote=False)}</script>

@@ -33,7 +33,7 @@ from litegate.benchmarks.matrix import bench_variant
 from litegate.benchmarks.peak import measure_peak, with_efficiency
 from litegate.benchmarks.profile import profile_slowest
 from litegate.benchmarks.size import measure_size
-from litegate.compat import qnn
+from litegate.compat import coreml, qnn
 from litegate.compat.check import check_target
 from litegate.config import ReleaseConfig
 from litegate.errors import DataError
@@ -77,6 +77,7 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
                     say(f"bench: {v.name}")
                     v = dataclasses.replace(v, bench=tuple(_bench_cells(cfg, v, data, work)))
                 variants.append(v)
+            variants = _core_ml(cfg, variants, say)
             variants = evaluate_variants(
                 variants, data, reference=cfg.reference, backend=cfg.bench.eval_backend,
                 threads=cfg.bench.eval_threads, on_gpu="gpu" in cfg.bench.backends, timeout_s=cfg.bench.timeout_s,
@@ -164,6 +165,19 @@ def _publish(cfg: ReleaseConfig, source: Source, encoder: TextEncoder | None,
     return out
 
 
+def _core_ml(cfg: ReleaseConfig, variants: list[VariantResult], say: Progress) -> list[VariantResult]:
+    """Each ``mlprogram[:DEPLOYMENT]`` target of ``check.delegates`` (each once): every variant's Core ML record, and
+    its ``.mlpackage`` beside the ``.tflite`` files."""
+    targets = tuple(dict.fromkeys(coreml.canonical(d) for d in cfg.delegates if coreml.is_mlprogram_target(d)))
+    for target in targets:
+        say(f"coreml: {target} for {len(cfg.variants)} variants")
+        done = coreml.convert_variants(cfg.variants, cfg.model.source, target, cfg.output_dir,
+                                       timeout_s=cfg.convert_timeout_s, mem_mb=cfg.mem_mb)
+        variants = [dataclasses.replace(v, coreml=(*v.coreml, done[v.name])) if v.name in done else v
+                    for v in variants]
+    return variants
+
+
 def _emulated_socs(cfg: ReleaseConfig) -> tuple[str, ...]:
     """The SoCs of the ``qnn:SOC`` targets in ``check.delegates``, each once; none when emulation is off."""
     if not cfg.emulate_samples:
@@ -172,10 +186,13 @@ def _emulated_socs(cfg: ReleaseConfig) -> tuple[str, ...]:
 
 
 def inspect_variant(v: VariantResult, delegates: tuple[str, ...]) -> VariantResult:
-    """Read the published flatbuffer: graph summary and static compatibility per delegate (no TF, no run)."""
+    """Read the published flatbuffer: graph summary and static compatibility per delegate (no TF, no run).
+
+    ``mlprogram`` targets convert the TF graph instead (:func:`_core_ml`)."""
     assert v.artifact is not None
     model = load_model(v.artifact.path)
-    compat = tuple(check_target(model, v.artifact.path, d, model_name=v.name) for d in delegates)
+    compat = tuple(check_target(model, v.artifact.path, d, model_name=v.name) for d in delegates
+                   if not coreml.is_mlprogram_target(d))
     return dataclasses.replace(v, graph=graph_summary(model), compat=compat)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -253,6 +254,7 @@ def to_markdown(rep: Report) -> str:
     lines.extend(_per_target(rep))
     lines.extend(_cell_notes(rep))
     lines.extend(_backend_accuracy_table(rep))
+    lines.extend(_core_ml_table(rep))
     lines.extend(_efficiency(rep))
     lines.extend(_profile_details(rep))
     lines.extend(_quant_details(rep))
@@ -358,6 +360,39 @@ def _backend_accuracy_table(rep: Report) -> list[str]:
         else:
             lines.append(f"| {name} | {a.backend} | {a.status.value.replace('_', ' ')} | — | — | — | — | "
                          f"{a.reason[:200]} |")
+    lines.append("")
+    return lines
+
+
+def _mil_op_counts(ops: Mapping[str, int]) -> str:
+    """A program's MIL ops by type, most frequent first, constants left out (``add 29, mul 26, ...``)."""
+    shown = sorted(((op, k) for op, k in ops.items() if op != "const"), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{op} {k}" for op, k in shown)
+
+
+def _core_ml_table(rep: Report) -> list[str]:
+    """Each variant as a Core ML ML Program (mlprogram targets): converted or why not, MIL ops, package size."""
+    rows = [(v.name, c) for v in rep.variants for c in v.coreml]
+    if not rows:
+        return []
+    lines = ["", "Core ML ML Programs (coremltools, converted from the TF graph; `<variant>.<target>.mlpackage`):", "",
+             "| variant | target | Core ML | precision | MIL ops (constants left out) | .mlpackage MB | convert s |",
+             "|---|---|---|---|---|---|---|"]
+    for name, c in rows:
+        if c.status is Status.OK:
+            size = f"{(c.package_bytes or 0) / 1e6:.2f}"
+            secs = "—" if c.seconds is None else f"{c.seconds:.1f}"
+            lines.append(f"| {name} | {c.deployment_target} | converted | {c.precision} | {_mil_op_counts(c.mil_ops)} "
+                         f"({sum(c.mil_ops.values())} ops with constants) | {size} | {secs} |")
+        else:
+            lines.append(f"| {name} | {c.deployment_target} | {c.verdict_text[:240]} | {c.precision or '—'} | — | — | — |")
+    cells: dict[str, list[str]] = {}
+    for _, c in rows:
+        for cell, text in c.prediction.items():
+            if cell not in cells.setdefault(text, []):
+                cells[text].append(cell)
+    for text, names in cells.items():
+        lines.append(f"- Core ML prediction cells ({', '.join(names)}): {text}")
     lines.append("")
     return lines
 

@@ -276,6 +276,7 @@ class VariantResult(_Record):
     graph: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     compat: tuple[CompatReport, ...] = ()
     quant: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    coreml: tuple[CoreMLResult, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VariantResult:
@@ -292,11 +293,18 @@ class VariantResult(_Record):
             graph=dict(data.get("graph", {})),
             compat=tuple(CompatReport.from_dict(c) for c in data.get("compat", ())),
             quant=dict(data.get("quant", {})),
+            coreml=tuple(CoreMLResult.from_dict(c) for c in data.get("coreml", ())),
         )
 
     def compat_for(self, delegate: str) -> CompatReport | None:
         for c in self.compat:
             if c.delegate == delegate:
+                return c
+        return None
+
+    def coreml_for(self, target: str) -> CoreMLResult | None:
+        for c in self.coreml:
+            if c.target == target:
                 return c
         return None
 
@@ -466,3 +474,39 @@ class CompatReport(_Record):
     @property
     def fully_delegated(self) -> bool:
         return bool(self.ops) and all(o.delegated for o in self.ops)
+
+
+@dataclasses.dataclass(frozen=True)
+class CoreMLResult(_Record):
+    """One variant as a Core ML ML Program (``mlprogram:DEPLOYMENT``), converted by coremltools from the TF graph.
+
+    ``mil_ops`` counts the converted program's MIL ops by type; ``failing_op`` names the TF op coremltools could not
+    convert; ``prediction`` maps each prediction cell (accuracy, latency per compute units, op placement) to its
+    ``not run: ...`` text where it did not run.
+    """
+
+    target: str
+    status: Status
+    reason: str = ""
+    deployment_target: str = ""
+    precision: str = ""
+    mil_ops: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    package: str = ""
+    package_bytes: int | None = None
+    seconds: float | None = None
+    failing_op: str = ""
+    prediction: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    coremltools: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", Status(self.status))
+        _check(bool(self.target), "a Core ML result needs a target")
+        if self.status is Status.OK:
+            _check(bool(self.package) and (self.package_bytes or 0) > 0, "an ok Core ML result needs its .mlpackage")
+        else:
+            _check(bool(self.reason), f"a {self.status.value} Core ML result needs a reason")
+
+    @property
+    def verdict_text(self) -> str:
+        """``converted`` / ``not run: ...`` / ``failed: ...``."""
+        return "converted" if self.status is Status.OK else f"{self.status.value.replace('_', ' ')}: {self.reason}"

@@ -30,11 +30,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from litegate.compat import qnn
+from litegate.compat import coreml, qnn
 from litegate.compat.constraints import View, compare, fmt, model_refusal, rule_source, run_constraints
 from litegate.compat.partition import partition
 from litegate.compat.ruleset import DELEGATES, load_rules
 from litegate.compat.summary import summed
+from litegate.errors import ConfigError
 from litegate.tflite.flatbuffer import ModelInfo, OpInfo, TensorInfo
 from litegate.tflite.verify import load_model
 from litegate.types import CompatPartition, CompatReport, OpCompat, Status
@@ -165,9 +166,10 @@ def evaluate(model: ModelInfo, rules: Mapping[str, Any], *, model_name: str = ""
                   extra={"display_name": rules["display_name"]} if rules.get("display_name") else {})
 
 
-# Every compatibility target, registered here: the rule-based delegates (data in rules/*.json) and the
-# compilers that give a real verdict (qnn[:SOC]: Qualcomm's HTP compiler, litegate.compat.qnn).
-TARGET_FORMS = (*DELEGATES, f"{qnn.PREFIX}[:SOC]")
+# Every compatibility target, registered here: the rule-based delegates (data in rules/*.json), the
+# compilers that give a real verdict (qnn[:SOC]: Qualcomm's HTP compiler, litegate.compat.qnn), and Core ML
+# ML Programs converted from the TF graph in a release run (mlprogram[:DEPLOYMENT]: litegate.compat.coreml).
+TARGET_FORMS = (*DELEGATES, f"{qnn.PREFIX}[:SOC]", f"{coreml.PREFIX}[:DEPLOYMENT]")
 
 
 def target_error(name: object) -> str | None:
@@ -177,6 +179,12 @@ def target_error(name: object) -> str | None:
     if qnn.is_qnn_target(name):
         try:
             qnn.parse_target(name)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    if coreml.is_mlprogram_target(name):
+        try:
+            coreml.parse_target(name)
         except ValueError as exc:
             return str(exc)
         return None
@@ -210,6 +218,9 @@ def check_model(path: str | Path, delegates: Sequence[str] = DELEGATES) -> list[
         ConfigError: an unknown delegate or a malformed rule file.
     """
     for d in delegates:
+        if coreml.is_mlprogram_target(d):
+            raise ConfigError(f"{d}: an mlprogram target converts the TensorFlow model, not a .tflite; list it in "
+                              "a release config's [check] delegates")
         if not qnn.is_qnn_target(d):
             load_rules(d)  # a bad rule file fails before any compile
     model = load_model(path)
