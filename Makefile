@@ -6,12 +6,13 @@ SHARED ?= ../shared/data
 MODELS ?= models
 STAMP  := $(VENV)/.installed
 
-.PHONY: qualcomm aihub coreml install demo test test-fast lint typecheck fixtures models clean help gpu-sim browser release-check report compare perf soak
+.PHONY: qualcomm aihub coreml install demo test test-fast lint typecheck fixtures models clean help gpu-sim arm-sim browser release-check report compare perf soak
 
 help:
 	@echo "make demo       set up .venv and run the release pipeline on the embedded default"
 	@echo "make test       run the test suite (what CI runs)"
 	@echo "make gpu-sim    install Mesa's software Vulkan (lavapipe) so LiteRT's GPU delegate runs here (root)"
+	@echo "make arm-sim    build an arm64 root with aarch64 LiteRT under QEMU for the arm64-emu backend (root)"
 	@echo "make lint | typecheck | fixtures | models | clean"
 
 $(STAMP): pyproject.toml
@@ -29,6 +30,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	-@$(MAKE) --no-print-directory models || echo "make models failed: the real-model tests will skip"
 	-@$(MAKE) --no-print-directory gpu-sim || echo "make gpu-sim failed: the GPU delegate tests will skip"
+	-@$(MAKE) --no-print-directory arm-sim || echo "make arm-sim failed: the arm64-emu tests will skip"
 	-@$(MAKE) --no-print-directory browser || echo "make browser failed: the HTML rendering test will skip"
 	-@$(MAKE) --no-print-directory qualcomm || echo "make qualcomm failed: the Qualcomm HTP compiler tests will skip"
 	-@$(MAKE) --no-print-directory aihub || echo "make aihub failed: the AI Hub backend tests will skip"
@@ -42,6 +44,12 @@ test-fast: $(STAMP)
 ## comes from this machine's own apt sources. Idempotent; needs root and apt.
 gpu-sim:
 	sh scripts/gpu_sim.sh
+
+## An arm64 Debian root (debootstrap, the machine's own mirror) with aarch64 LiteRT, run by QEMU user mode with
+## litegate's instruction-counting TCG plugin (scripts/arm_sim/insn_count.c, compiled here): the arm64-emu
+## backend. $$LITEGATE_ARM_ROOT (default /opt/litegate-arm64). Idempotent; needs root, apt and Debian.
+arm-sim: $(STAMP)
+	PIP="$(BIN)/python -m pip" sh scripts/arm_sim.sh
 
 ## ruff, and the import-layer contract in pyproject.toml ([tool.importlinter]): imports flow downward only.
 lint: $(STAMP)

@@ -197,7 +197,11 @@ class LatencyStats(_Record):
 
 @dataclasses.dataclass(frozen=True)
 class BenchResult(_Record):
-    """One latency/memory cell: a variant on a backend with a thread count."""
+    """One latency/memory cell: a variant on a backend with a thread count.
+
+    An emulated CPU (``arm64-emu``) has no latency: its ok cell carries ``instructions`` (guest instructions per
+    inference, counted by the emulator) instead, and ``latency`` stays None.
+    """
 
     artifact_sha256: str
     variant: str
@@ -211,6 +215,7 @@ class BenchResult(_Record):
     peak_rss_mb: float | None = None
     samples_ms: tuple[float, ...] = ()
     protocol: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    instructions: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", Status(self.status))
@@ -219,7 +224,12 @@ class BenchResult(_Record):
         object.__setattr__(self, "samples_ms", tuple(self.samples_ms))
         _check(self.threads >= 1, "threads must be >= 1")
         if self.status is Status.OK:
-            _check(self.latency is not None, "an ok bench result needs latency")
+            _check(self.latency is not None or self.instructions is not None,
+                   "an ok bench result needs latency (or, emulated, instructions per inference)")
+            _check(self.latency is None or self.instructions is None,
+                   "a bench result has latency or emulated instructions, not both")
+        if self.instructions is not None:
+            _check(self.instructions > 0, "instructions per inference must be > 0")
         else:
             _check(bool(self.reason), f"a {self.status.value} bench result needs a reason")
 

@@ -50,42 +50,8 @@ command -v apt-get >/dev/null 2>&1 || give_up "apt-get not found: install Mesa >
 codename=${VERSION_CODENAME:-}
 [ "${ID:-}" = debian ] && [ -n "$codename" ] || give_up "only Debian is handled (this is ${PRETTY_NAME:-unknown})"
 
-# The mirror and keyring this machine uses for "$codename": deb822 files first, then one-line lists.
-find_source() {
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [ -r "$f" ] || continue
-        awk -v want="$codename" '
-            function flush() {
-                if (types ~ /(^| )deb( |$)/ && (" " suites " ") ~ (" " want " ") && uri != "") {
-                    print uri "\t" key; found = 1; exit
-                }
-                types = ""; suites = ""; uri = ""; key = ""
-            }
-            /^[ \t]*#/ { next }
-            /^[ \t]*$/ { flush(); next }
-            {
-                field = tolower($1); sub(/:$/, "", field)
-                value = $0; sub(/^[^:]*:[ \t]*/, "", value)
-                if (field == "types") types = value
-                else if (field == "suites") suites = value
-                else if (field == "uris") { split(value, u, /[ \t]+/); uri = u[1] }
-                else if (field == "signed-by") key = value
-            }
-            END { if (!found) flush() }
-        ' "$f" | head -n 1 | grep . && return 0
-    done
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [ -r "$f" ] || continue
-        awk -v want="$codename" '
-            $1 == "deb" {
-                i = 2
-                if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
-                if ($(i + 1) == want) { print $i "\t"; exit }
-            }
-        ' "$f" | grep . && return 0
-    done
-    return 1
-}
+# shellcheck source=scripts/apt_source.sh
+. "$(dirname "$0")/apt_source.sh"
 
 src=$(find_source) || give_up "no apt source for '$codename' found in /etc/apt/sources.list{,.d}: cannot derive a mirror"
 mirror=$(printf '%s' "$src" | cut -f1)

@@ -1,7 +1,7 @@
 """Every backend litegate knows, in one table: its syntax, and why it can or cannot run here.
 
 A backend is a row of :data:`BACKENDS`: a name (or a prefix form such as ``external:`` or
-``adb[:SERIAL]``, ``aihub:DEVICE``), the form shown to users, a syntax check and a ``not run`` reason. The release
+``adb[:SERIAL]``, ``aihub:DEVICE``, ``arm64-emu[?kernels=...]``), the form shown to users, a syntax check and a ``not run`` reason. The release
 config, the CLI, ``litegate doctor`` and the benchmark matrix ask this table; adding a backend
 means adding a row here (and the module that runs it).
 """
@@ -12,12 +12,13 @@ import dataclasses
 import platform
 from collections.abc import Callable
 
-from litegate.backends import adb, aihub, gpu
+from litegate.backends import adb, aihub, arm, gpu
 from litegate.backends.spec import (
     RUNNABLE,
     external_why_not,
     is_adb_backend,
     is_aihub_backend,
+    is_arm_backend,
     is_external_backend,
     parse_external,
 )
@@ -61,6 +62,8 @@ BACKENDS: tuple[Backend, ...] = (
             why_not=adb.why_not_runnable, parse=adb.parse_backend, named=False),
     Backend(name="aihub", form="aihub:DEVICE[?compute_unit=npu|gpu|cpu]", matches=is_aihub_backend,
             why_not=aihub.why_not_runnable, parse=aihub.parse_backend, named=False),
+    Backend(name=arm.NAME, form=arm.FORM, matches=is_arm_backend, why_not=arm.why_not_runnable,
+            parse=arm.parse_backend),
 )
 KNOWN = tuple(b.name for b in BACKENDS if b.named)
 BACKEND_FORMS = tuple(b.form for b in BACKENDS)

@@ -36,6 +36,7 @@ from litegate.backends.spec import (
     external_why_not,
     is_adb_backend,
     is_aihub_backend,
+    is_arm_backend,
     is_external_backend,
     parse_external,
 )
@@ -79,6 +80,9 @@ def in_process_refusal(backend: str) -> str:
     if is_aihub_backend(backend):
         return (f"{backend}: AI Hub backends run on a phone through Qualcomm AI Hub and cannot run in-process "
                 "(use them in bench.backends; litegate.backends.aihub.run_outputs runs inputs on the phone)")
+    if is_arm_backend(backend):
+        return (f"{backend}: runs aarch64 LiteRT under QEMU in its own process (litegate.backends.arm.run_arm; use "
+                "it in bench.backends: its accuracy rows and instruction counts come from there)")
     if backend == "gpu":
         return ("gpu: the GPU delegate runs through LiteRT's CompiledModel in its own process "
                 "(litegate.backends.gpu.run_gpu; use it in bench.backends, not as the in-process evaluation backend)")

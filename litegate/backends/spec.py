@@ -3,7 +3,8 @@
 The bottom of :mod:`litegate.backends`: ``xnnpack`` and ``cpu`` run in-process through LiteRT,
 ``external:PATH.so[?key=value&...]`` loads a delegate library, ``adb[:SERIAL][?...]`` runs on an
 Android device (:mod:`litegate.backends.adb` parses its options), ``aihub:DEVICE[?...]`` on a phone
-through Qualcomm AI Hub (:mod:`litegate.backends.aihub`). The table of every backend, with
+through Qualcomm AI Hub (:mod:`litegate.backends.aihub`), ``arm64-emu[?kernels=...]`` with aarch64 LiteRT under
+QEMU (:mod:`litegate.backends.arm`). The table of every backend, with
 why each can or cannot run here, is :mod:`litegate.backends.registry`.
 """
 
@@ -17,6 +18,7 @@ from urllib.parse import parse_qsl
 RUNNABLE = ("xnnpack", "cpu")
 EXTERNAL_PREFIX = "external:"
 AIHUB_PREFIX = "aihub:"
+ARM_EMU = "arm64-emu"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +79,11 @@ def backend_relative_to(backend: str, base: Path) -> str:
 def is_adb_backend(backend: str) -> bool:
     """True for ``adb``, ``adb:SERIAL`` and ``adb?...`` forms."""
     return backend == "adb" or backend.startswith(("adb:", "adb?"))
+
+
+def is_arm_backend(backend: str) -> bool:
+    """True for ``arm64-emu`` and ``arm64-emu?...`` (aarch64 LiteRT under QEMU: :mod:`litegate.backends.arm`)."""
+    return backend == ARM_EMU or backend.startswith(f"{ARM_EMU}?")
 
 
 def is_aihub_backend(backend: str) -> bool:
