@@ -4,8 +4,11 @@ Latency: for each (variant, backend, threads) cell measured in both reports, the
 latencies new/base with a bootstrap confidence interval from the raw samples of both runs. A cell
 regresses only when the whole interval lies above ``1 + threshold``: a real 10% slowdown
 (ratio ~1.10, tight interval) fails at the default 5% threshold, while re-measuring the same model
-on a noisy machine (ratio ~1.0) passes. Size and task metric changes are exact and reported as is;
-size fails only beyond ``max_size_increase`` and accuracy beyond ``max_accuracy_regression``.
+on a noisy machine (ratio ~1.0) passes. Instructions per inference on an emulated CPU
+(``arm64-emu``) are counts, not timings: compared exactly, they regress when they grow by more than
+``instructions_tolerance`` (0.05%; two runs agree to ~0.002%). Size and task metric changes are
+exact and reported as is; size fails only beyond ``max_size_increase`` and accuracy beyond
+``max_accuracy_regression``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from litegate.types import Report, Status, Verdict
+from litegate.types import BenchResult, Report, Status, Verdict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +30,7 @@ class CompareConfig:
     seed: int = 0
     max_size_increase: float = 0.02  # relative
     max_accuracy_regression: float = 1.0  # points
+    instructions_tolerance: float = 0.0005  # relative: emulated instruction counts repeat to within ~0.002%
 
 
 def bootstrap_ratio(base: Sequence[float], new: Sequence[float], *, confidence: float = 0.95, resamples: int = 2000,
@@ -42,6 +46,24 @@ def bootstrap_ratio(base: Sequence[float], new: Sequence[float], *, confidence: 
     ratios = np.median(n[ni], axis=1) / np.median(b[bi], axis=1)
     alpha = (1 - confidence) / 2
     return float(np.median(n) / np.median(b)), float(np.quantile(ratios, alpha)), float(np.quantile(ratios, 1 - alpha))
+
+
+def compare_instructions(variant: str, base: BenchResult, new: BenchResult,
+                         tolerance: float) -> tuple[dict[str, Any], Verdict]:
+    """Instructions per inference on an emulated CPU, new against base: an exact count, so an exact comparison
+    (no noise model); it regresses when it grows by more than ``tolerance`` (relative)."""
+    assert base.instructions is not None and new.instructions is not None
+    rel = new.instructions / base.instructions - 1.0
+    regressed, improved = rel > tolerance, rel < -tolerance
+    where = f"{new.backend}x{new.threads}"
+    row = {"variant": variant, "what": f"instructions {where}", "base": base.instructions, "new": new.instructions,
+           "change": rel, "verdict": "regressed" if regressed else "improved" if improved else "unchanged"}
+    verdict = Verdict(check="instructions vs baseline", variant=variant, passed=not regressed,
+                      value=round(rel * 100, 4), limit=tolerance * 100, backend=new.backend, threads=new.threads,
+                      message=f"{variant} on {where}: instructions per inference {rel * 100:+.3f}% vs baseline "
+                              f"({new.instructions:,} vs {base.instructions:,}; "
+                              f"{'>' if regressed else '<='} +{tolerance * 100:g}%)")
+    return row, verdict
 
 
 def compare(base: Report, new: Report, cfg: CompareConfig | None = None) -> tuple[list[Verdict], list[dict[str, Any]]]:
@@ -63,6 +85,11 @@ def compare(base: Report, new: Report, cfg: CompareConfig | None = None) -> tupl
                                             f"({'<=' if ok else '>'} {cfg.max_size_increase * 100:g}%)"))
         for cell in v.bench:
             bc = b.bench_cell(cell.backend, cell.threads)
+            if cell.instructions is not None and bc is not None and bc.instructions is not None:
+                row, verdict = compare_instructions(v.name, bc, cell, cfg.instructions_tolerance)
+                rows.append(row)
+                verdicts.append(verdict)
+                continue
             if (cell.status is not Status.OK or bc is None or bc.status is not Status.OK or not cell.samples_ms
                     or not bc.samples_ms or cell.protocol.get("latency_emulated")):
                 continue

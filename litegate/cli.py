@@ -309,7 +309,10 @@ def bench(model: Path, text: Path, backends: str, threads: str, tokenizer: Path 
     click.echo(f"{'backend':{width}} {'threads':>7} {'init ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'n':>6} "
                f"{'RSS MB':>8}")
     for r in results:
-        if r.latency is None:
+        if r.instructions is not None:
+            click.echo(f"{r.backend:{width}} {r.threads:>7} — (emulated: {r.instructions:,} instructions/inference; "
+                       "no latency)")
+        elif r.latency is None:
             click.echo(f"{r.backend:{width}} {r.threads:>7} {r.status.value}: {r.reason}")
         else:
             lat = r.latency

@@ -49,7 +49,8 @@ from litegate.quantize import recipes
 from litegate.types import DEFAULT_SEQ_LEN, ModelSource, Recipe, SourceKind, Task, VariantConfig
 
 BUDGET_KEYS = ("max_size_mb", "max_gzip_mb", "max_latency_p50_ms", "max_latency_p90_ms", "max_accuracy_drop",
-               "min_accuracy", "max_peak_rss_mb", "min_cosine", "max_perplexity_ratio", "min_agreement")
+               "min_accuracy", "max_peak_rss_mb", "min_cosine", "max_perplexity_ratio", "min_agreement",
+               "max_instructions_m")
 _TYPES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a table"}
 
 
@@ -133,6 +134,7 @@ class Budget:
     min_cosine: float | None = None  # sentence-embedding: mean cosine to the reference variant
     max_perplexity_ratio: float | None = None  # text-generation: perplexity / reference perplexity
     min_agreement: float | None = None  # % of predictions (class, next token, nearest neighbour) equal to the reference
+    max_instructions_m: float | None = None  # millions of instructions per inference on an emulated CPU (arm64-emu)
 
     def merged(self, override: Mapping[str, float]) -> Budget:
         return dataclasses.replace(self, **override)
@@ -427,7 +429,11 @@ def _gate(g: _Table, names: list[str]) -> _Gate:
     compare_cfg = CompareConfig(
         threshold=g.get("regression_threshold", float, 0.05), confidence=g.get("confidence", float, 0.95),
         max_size_increase=g.get("max_size_increase", float, 0.02),
-        max_accuracy_regression=g.get("max_accuracy_regression", float, 1.0))
+        max_accuracy_regression=g.get("max_accuracy_regression", float, 1.0),
+        instructions_tolerance=g.get("instructions_tolerance", float, 0.0005))
+    if not 0.0 <= compare_cfg.instructions_tolerance < 1.0:
+        raise ConfigError(f"{file}: 'gate.instructions_tolerance' must be in [0, 1) (a fraction: 0.0005 is 0.05%), "
+                          f"got {compare_cfg.instructions_tolerance}")
     if not 0.5 <= compare_cfg.confidence < 1.0:
         raise ConfigError(f"{file}: 'gate.confidence' must be in [0.5, 1), got {compare_cfg.confidence}")
     if reference not in names:
@@ -438,7 +444,8 @@ def _gate(g: _Table, names: list[str]) -> _Gate:
 
 def _check(ct: _Table) -> tuple[tuple[str, ...], int]:
     """``[check]``: the delegates of the static compatibility check, and how many evaluation samples each variant
-    runs on the emulated HTP of each ``qnn:SOC`` target (``emulate_samples``; 0: none)."""
+    runs on the emulated HTP of each ``qnn:SOC`` target and on each ``arm64-emu`` backend of ``bench.backends``
+    (``emulate_samples``; 0: none)."""
     from litegate.compat.check import (  # imports LiteRT's flatbuffer schema: not at CLI start
         canonical_target,
         target_error,
@@ -452,7 +459,8 @@ def _check(ct: _Table) -> tuple[tuple[str, ...], int]:
     delegates = tuple(dict.fromkeys(canonical_target(d) for d in delegates))  # as the reports name them
     samples = ct.get("emulate_samples", int, 200)
     if samples < 0:
-        raise ConfigError(f"{ct.file}: 'check.emulate_samples' must be >= 0 (0: no emulated-HTP accuracy), got {samples}")
+        raise ConfigError(f"{ct.file}: 'check.emulate_samples' must be >= 0 (0: no emulated-HTP or arm64-emu accuracy), "
+                          f"got {samples}")
     ct.done()
     return delegates, samples
 

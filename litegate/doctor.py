@@ -7,7 +7,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from litegate.backends import adb, aihub, gpu
+from litegate.backends import adb, aihub, arm, gpu
 from litegate.backends import qnn as htp
 from litegate.backends.registry import KNOWN, why_not_runnable
 from litegate.compat import coreml, qnn
@@ -53,6 +53,9 @@ def check() -> list[dict[str, Any]]:
                    "converted by coremltools are the mlprogram target)")
         elif backend == "gpu":
             rows.append(_gpu_row(reason, runtime_ok))
+            continue
+        elif backend == arm.NAME:
+            rows.append(_arm_row(reason))
             continue
         elif not runtime_ok:
             fix = "pip install ai-edge-litert"
@@ -126,6 +129,19 @@ def _gpu_row(reason: str | None, runtime_ok: bool) -> dict[str, Any]:
         detail += ("; a software Vulkan device: delegate coverage and fp16 numerics are real, latency is CPU "
                    "emulation and means nothing as GPU latency")
     return {"name": "backend gpu", "ok": True, "detail": detail, "fix": ""}
+
+
+def _arm_row(reason: str | None) -> dict[str, Any]:
+    """The emulated Arm CPU: what ``make arm-sim`` installed, or what would make it run."""
+    setup = arm.read_setup()[0]
+    if reason or setup is None:
+        return {"name": f"backend {arm.NAME}", "ok": False, "detail": reason or "not set up",
+                "fix": "sudo make arm-sim (Debian x86_64: QEMU user mode, an arm64 debootstrap root, aarch64 LiteRT, "
+                       f"the instruction-count plugin; under {arm.home()}, or ${arm.ROOT_ENV})"}
+    return {"name": f"backend {arm.NAME}", "ok": True, "fix": "",
+            "detail": f"aarch64 LiteRT {setup.litert} under {setup.qemu} on a pinned {setup.cpu} ({setup.home}): "
+                      f"bench.backends = [\"{arm.FORM}\"] gives accuracy on ARM kernels and instructions per "
+                      "inference (never a latency)"}
 
 
 def _adb_rows() -> list[dict[str, Any]]:

@@ -3,7 +3,8 @@
 Each budget key becomes one :class:`Verdict` per measurement it applies to. A cell that was
 ``not run`` (a backend this machine cannot execute) is not judged; a cell that ``failed`` or
 timed out fails every latency budget that would have applied to it, because an unmeasured
-number cannot meet a budget.
+number cannot meet a budget. An emulated-CPU cell (``arm64-emu``) has no latency: ``max_instructions_m`` judges
+its instructions per inference instead.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from litegate.backends.spec import is_arm_backend
 from litegate.benchmarks.accuracy import htp_row_name
 from litegate.compat import coreml, qnn
 from litegate.config import Budget, ReleaseConfig
-from litegate.types import SourceKind, Status, VariantResult, Verdict
+from litegate.types import BenchResult, SourceKind, Status, VariantResult, Verdict
 
 
 def _limit(check: str, variant: str, value: float, limit: float, unit: str, *, upper: bool = True,
@@ -40,6 +42,9 @@ def variant_verdicts(v: VariantResult, budget: Budget) -> list[Verdict]:
             out.append(_limit("gzip size", v.name, v.size.gzip_bytes / 1e6, budget.max_gzip_mb, " MB"))
     for cell in v.bench:
         if cell.status is Status.NOT_RUN:
+            continue
+        if is_arm_backend(cell.backend):
+            out.extend(_instruction_verdicts(v.name, cell, budget))
             continue
         if cell.status is Status.OK and cell.protocol.get("latency_emulated"):
             # e.g. the GPU delegate on Mesa's software Vulkan: coverage and numerics are real,
@@ -83,6 +88,19 @@ def variant_verdicts(v: VariantResult, budget: Budget) -> list[Verdict]:
     return out
 
 
+def _instruction_verdicts(variant: str, cell: BenchResult, budget: Budget) -> list[Verdict]:
+    """``max_instructions_m`` on an emulated-CPU cell: its instructions per inference, in millions (a cell that
+    failed fails the budget: nothing was counted)."""
+    if budget.max_instructions_m is None:
+        return []
+    if cell.status is not Status.OK or cell.instructions is None:
+        return [Verdict(check="instructions", variant=variant, passed=False, backend=cell.backend,
+                        threads=cell.threads, limit=budget.max_instructions_m,
+                        message=f"{variant} on {cell.backend}x{cell.threads}: instructions not counted: {cell.reason}")]
+    return [_limit("instructions", variant, cell.instructions / 1e6, budget.max_instructions_m, " M/inference",
+                   backend=cell.backend, threads=cell.threads)]
+
+
 def evaluate(cfg: ReleaseConfig, variants: Sequence[VariantResult]) -> tuple[list[Verdict], dict[str, Any]]:
     """All verdicts, and the gate decision (``require = all | any``) with a recommended variant."""
     verdicts: list[Verdict] = []
@@ -113,7 +131,7 @@ def recommend_per_target(passing: Sequence[VariantResult], variants: Sequence[Va
     each checked delegate or NPU the smallest that meets its budgets and that the target takes whole (latency here says
     nothing about a phone's GPU or NPU). Where none is taken whole, the closest one and what stays on the CPU."""
     cpu = recommend(passing, cfg)
-    backend = cfg.bench.backends[0] if cfg.bench.backends else "xnnpack"
+    backend = _latency_backend(cfg)
     rows: list[dict[str, Any]] = [{"target": f"CPU ({backend}×{max(cfg.bench.threads)})", "variant": cpu,
                                    "why": "fastest measured median latency among the variants that meet their budgets"
                                    if cpu else "no variant meets its budgets"}]
@@ -208,7 +226,7 @@ def _emulation_refusal(v: VariantResult, target: str, cfg: ReleaseConfig) -> str
 
 def recommend(passing: Sequence[VariantResult], cfg: ReleaseConfig) -> str | None:
     """Among variants that meet their budgets: the fastest measured p50 at the most threads, then the smallest."""
-    backend = cfg.bench.backends[0] if cfg.bench.backends else "xnnpack"
+    backend = _latency_backend(cfg)
     threads = max(cfg.bench.threads) if cfg.bench.threads else 1
 
     def key(v: VariantResult) -> tuple[float, float]:
@@ -218,3 +236,8 @@ def recommend(passing: Sequence[VariantResult], cfg: ReleaseConfig) -> str | Non
 
     ranked = sorted(passing, key=key)
     return ranked[0].name if ranked else None
+
+
+def _latency_backend(cfg: ReleaseConfig) -> str:
+    """The backend whose latency ranks the variants: the first of ``bench.backends`` that measures time."""
+    return next((b for b in cfg.bench.backends if not is_arm_backend(b)), "xnnpack")

@@ -142,7 +142,8 @@ def _bars(chart_id: str, title: str, labels: list[str], series: dict[str, list[f
 
 
 def latency_chart(rep: Report) -> str:
-    cells = sorted({(b.backend, b.threads) for v in rep.variants for b in v.bench if b.status is Status.OK})
+    cells = sorted({(b.backend, b.threads) for v in rep.variants for b in v.bench
+                    if b.status is Status.OK and b.latency is not None})
     labels = [v.name for v in rep.variants]
     series: dict[str, list[float | None]] = {}
     for backend, threads in cells:

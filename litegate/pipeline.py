@@ -26,7 +26,7 @@ from litegate.artifacts import (
     write_model_card,
 )
 from litegate.backends.runtime import signatures_of
-from litegate.backends.spec import is_aihub_backend
+from litegate.backends.spec import is_aihub_backend, is_arm_backend
 from litegate.baseline import compare
 from litegate.benchmarks.accuracy import evaluate_variants, generator_bench_inputs
 from litegate.benchmarks.matrix import bench_variant
@@ -82,7 +82,8 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
                 variants, data, reference=cfg.reference, backend=cfg.bench.eval_backend,
                 threads=cfg.bench.eval_threads, on_gpu="gpu" in cfg.bench.backends, timeout_s=cfg.bench.timeout_s,
                 mem_mb=cfg.mem_mb, work=work, say=say, htp_socs=_emulated_socs(cfg), htp_samples=cfg.emulate_samples,
-                phones=tuple(b for b in cfg.bench.backends if is_aihub_backend(b)))
+                phones=tuple(b for b in cfg.bench.backends if is_aihub_backend(b)),
+                arm_backends=tuple(b for b in cfg.bench.backends if is_arm_backend(b) and cfg.emulate_samples))
             peak = None
             if cfg.bench.peak_probe and any(b.status is Status.OK for v in variants for b in v.bench):
                 say("bench: machine peak (sgemm probe)")

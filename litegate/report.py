@@ -71,6 +71,8 @@ def _cell_text(v: VariantResult, backend: str, threads: int) -> str:
     cell = v.bench_cell(backend, threads)
     if cell is None:
         return "—"
+    if cell.status is Status.OK and cell.instructions is not None:
+        return f"— (emulated: {cell.instructions / 1e6:.2f} M instructions/inference)"
     if cell.status is Status.OK and cell.latency is not None:
         emulated = " (emulated)" if cell.protocol.get("latency_emulated") else ""
         return f"{_ms(cell.latency.p50)} / {_ms(cell.latency.p90)}{emulated}"
@@ -280,7 +282,9 @@ def _summary_table(rep: Report, delegates: list[str]) -> list[str]:
     cells = sorted({(b.backend, b.threads) for v in rep.variants for b in v.bench})
     metric = next((a.metric for a in (v.primary_accuracy() for v in rep.variants) if a is not None), "accuracy")
     label = {"accuracy": "accuracy %", "cosine_to_reference": "cosine to ref", "perplexity": "perplexity"}.get(metric, metric)
-    head = (["variant", "recipe", "size MB", "gzip MB"] + [f"{b}×{t} p50/p90 ms" for b, t in cells]
+    counted = {(b.backend, b.threads) for v in rep.variants for b in v.bench if b.instructions is not None}
+    head = (["variant", "recipe", "size MB", "gzip MB"]
+            + [f"{b}×{t} {'instructions, no latency' if (b, t) in counted else 'p50/p90 ms'}" for b, t in cells]
             + [label, "Δ vs ref", "fidelity"])
     if delegates:
         labels = [next((c.label for v in rep.variants for c in v.compat if c.delegate == d), d) for d in delegates]
@@ -339,7 +343,7 @@ def _cell_notes(rep: Report) -> list[str]:
 
 def _backend_accuracy_table(rep: Report) -> list[str]:
     """The task metric on backends other than the evaluation one (LiteRT's GPU delegate, a Snapdragon's emulated
-    HTP), one row each, with agreement and the largest output difference against the reference on the CPU."""
+    HTP, ARM kernels under QEMU), one row each, with agreement and the largest output difference against the reference on the CPU."""
     rows = [(v.name, a) for v in rep.variants for a in v.accuracy[1:]]
     if not rows:
         return []
@@ -351,7 +355,11 @@ def _backend_accuracy_table(rep: Report) -> list[str]:
             agree = (a.extra["agreement_with_reference"] if "agreement_with_reference" in a.extra
                      else a.extra.get("cosine_min"))
             diff = a.extra.get("max_abs_logit_diff")
-            if a.extra.get("emulated"):
+            if "instructions_per_inference" in a.extra:
+                x86 = a.extra.get("max_abs_diff_vs_x86")
+                note = ("ARM kernels, aarch64 LiteRT under QEMU: numerics only, no latency; vs the same variant on x86: "
+                        + ("—" if x86 is None else "identical" if x86 == 0 else f"max \\|Δ\\| {x86:.3g}"))
+            elif a.extra.get("emulated"):
                 note = "QNN's x86 HTP emulator: numerics only, no latency"
             else:
                 note = "fully delegated" if a.extra.get("fully_accelerated") else "partly on CPU"
@@ -426,5 +434,17 @@ def _how_measured(rep: Report) -> list[str]:
         "p50/p90 of per-inference wall time.",
         f"- Accuracy: `{ev.get('data')}` on {ev.get('backend')}×{ev.get('threads')}; "
         f"Δ is percentage points against the reference variant.",
+        *_instructions_note(rep),
         f"- Run: {run.get('started_at')}, {run.get('wall_s')} s wall, {run.get('cache_hits')} variants from cache.",
         "", "</details>"]
+
+
+def _instructions_note(rep: Report) -> list[str]:
+    """How emulated-CPU cells were counted, when the run has any (their wall time is never shown)."""
+    cell = next((b for v in rep.variants for b in v.bench if b.instructions is not None), None)
+    if cell is None:
+        return []
+    p = cell.protocol
+    return [f"- Instructions: `{cell.backend}` runs aarch64 LiteRT {p.get('litert')} ({p.get('kernels')} kernels, "
+            f"1 thread) under QEMU on a pinned {p.get('cpu')}; litegate's TCG plugin counts the guest instructions of "
+            f"each inference ({p.get('n_inputs')} inputs, median). Emulated time is not a latency and is not shown."]

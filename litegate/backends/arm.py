@@ -44,6 +44,7 @@ KERNELS = ("xnnpack", "builtin")
 SOURCE = "qemu-aarch64 TCG instruction count"
 SETUP = "run `make arm-sim` (root) to build it"
 GUEST = Path(__file__).with_name("arm_guest.py")
+NO_LATENCY = "emulated Arm CPU (QEMU): instructions per inference are counted; emulated time is no latency"
 
 
 def parse_backend(backend: str) -> str:

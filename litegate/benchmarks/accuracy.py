@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from litegate.artifacts import save_npz
-from litegate.backends import aihub
+from litegate.backends import aihub, arm
 from litegate.backends import qnn as htp
 from litegate.backends.gpu import run_gpu
 from litegate.backends.registry import why_not_runnable
@@ -139,11 +139,12 @@ class EvalInputs(Protocol):
 def evaluate_variants(variants: Sequence[VariantResult], data: EvalInputs, *, reference: str, backend: str, threads: int,
                       on_gpu: bool, timeout_s: float, mem_mb: int | None, work: Path,
                       say: Callable[[str], None], htp_socs: Sequence[str] = (),
-                      htp_samples: int = 200, phones: Sequence[str] = ()) -> list[VariantResult]:
+                      htp_samples: int = 200, phones: Sequence[str] = (),
+                      arm_backends: Sequence[str] = ()) -> list[VariantResult]:
     """The task metric of every built variant on ``backend`` (and, when ``on_gpu``, on LiteRT's GPU delegate; for
-    each of ``htp_socs``, on that Snapdragon's emulated HTP), each run in a child process, with its delta to the
-    ``reference`` variant. The emulated HTP runs the first ``htp_samples`` samples (it is slow), scored against the
-    same samples of the reference."""
+    each of ``htp_socs``, on that Snapdragon's emulated HTP; for each of ``arm_backends``, on aarch64 LiteRT under
+    QEMU), each run in a child process, with its delta to the ``reference`` variant. The emulators run the first
+    ``htp_samples`` samples (they are slow), scored against the same samples of the reference."""
     task = data.task
     if data.inputs_npz is None:
         res = AccuracyResult(task=task, metric="accuracy", value=None, backend=backend, n_samples=0,
@@ -186,7 +187,9 @@ def evaluate_variants(variants: Sequence[VariantResult], data: EvalInputs, *, re
                                        work=work, say=say) for soc in htp_socs)
         phone_rows = tuple(_phone_accuracy(v, data, ref, ref_value, phone, timeout_s=timeout_s, say=say)
                            for phone in phones)
-        out.append(dataclasses.replace(v, accuracy=(res,) + gpu_row + htp_rows + phone_rows))
+        arm_rows = tuple(_arm_accuracy(v, data, ref, outputs.get(v.name), backend=b, samples=htp_samples,
+                                       timeout_s=timeout_s, mem_mb=mem_mb, say=say) for b in arm_backends)
+        out.append(dataclasses.replace(v, accuracy=(res,) + gpu_row + htp_rows + arm_rows + phone_rows))
     return out
 
 
@@ -257,6 +260,42 @@ def _htp_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray]
     return AccuracyResult(task=task, metric=metric, value=value, backend=name, n_samples=n, reference=ref_value,
                           delta=None if ref_value is None else value - ref_value,
                           extra={**extra, "emulated": 1.0, "compile_s": float(run.compile.get("seconds", 0.0))})
+
+
+def _arm_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray] | None,
+                  x86: dict[str, np.ndarray] | None, *, backend: str, samples: int, timeout_s: float,
+                  mem_mb: int | None, say: Callable[[str], None]) -> AccuracyResult:
+    """The task metric on ARM kernels (aarch64 LiteRT under QEMU, ``backend`` = ``arm64-emu[?kernels=...]``), its
+    own row: delta and agreement against the reference variant on the CPU over the same (first ``samples``) inputs,
+    and ``max_abs_diff_vs_x86``, the largest difference to the same variant's outputs on this machine's CPU."""
+    task = data.task
+
+    def row(status: Status, reason: str) -> AccuracyResult:
+        return AccuracyResult(task=task, metric="accuracy", value=None, backend=backend, n_samples=0, status=status,
+                              reason=reason)
+
+    if task is Task.TEXT_GENERATION:
+        return row(Status.NOT_RUN, "arm64-emu scores one-signature models; a generator's prefill and decode are two")
+    if v.artifact is None or data.inputs_npz is None:
+        return row(Status.NOT_RUN, "no evaluation data")
+    if reason := why_not_runnable(backend):
+        return row(Status.NOT_RUN, reason)
+    n = min(samples, data.n)
+    say(f"eval: {v.name} on {backend} ({n} samples, emulated)")
+    try:
+        run = arm.run_arm(v.artifact.path, data.inputs_npz, backend, samples=n, timeout_s=timeout_s, mem_mb=mem_mb)
+    except LitegateError as exc:
+        return row(Status.FAILED, exc.message)
+    ref_n = None if ref is None else {k: a[:n] for k, a in ref.items()}
+    labels = None if data.labels is None else data.labels[:n]
+    metric, value, extra = summarize_task(task.value, run.outputs, ref_n, labels, data.windows)
+    ref_value = None if ref_n is None else summarize_task(task.value, ref_n, ref_n, labels, data.windows)[1]
+    extra = {**extra, "instructions_per_inference": float(run.per_inference)}
+    diffs = [float(np.max(np.abs(run.outputs[k] - x86[k][:n]))) for k in run.outputs if x86 is not None and k in x86]
+    if diffs:
+        extra["max_abs_diff_vs_x86"] = max(diffs)
+    return AccuracyResult(task=task, metric=metric, value=value, backend=backend, n_samples=n, reference=ref_value,
+                          delta=None if ref_value is None else value - ref_value, extra=extra)
 
 
 def _phone_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray] | None, ref_value: float | None,

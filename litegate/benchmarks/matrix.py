@@ -9,7 +9,10 @@ GPU delegate through ``CompiledModel``
 (:func:`litegate.backends.gpu.run_gpu`): the cell's ``protocol`` records what the delegate took
 (``fully_accelerated``, ``ops_on_gpu``/``ops_on_cpu``, ``gpu_fallback`` ops with the delegate's
 reasons), and on a software Vulkan device (Mesa lavapipe) ``latency_emulated`` and the ``reason``
-say that the timings are not GPU latency. All but AI Hub's (network calls in this process, the cell's
+say that the timings are not GPU latency. ``arm64-emu[?kernels=...]`` runs aarch64 LiteRT under QEMU
+(:func:`litegate.backends.arm.run_arm`): its cell has no latency (emulated time means nothing) but
+``instructions``, the guest instructions per inference, and only a 1-thread cell (counted single-threaded).
+All but AI Hub's (network calls in this process, the cell's
 timeout their polling deadline) run under :func:`litegate.isolation.run_isolated` with the cell's timeout.
 """
 
@@ -19,8 +22,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from litegate.backends import adb, aihub, gpu
+from litegate.backends import adb, aihub, arm, gpu
 from litegate.backends.registry import why_not_runnable
+from litegate.backends.spec import is_arm_backend
 from litegate.errors import IsolationError, LitegateError
 from litegate.isolation import run_isolated
 from litegate.timing import summarize
@@ -47,6 +51,9 @@ def run_cell(*, path: str | Path, sha256: str, variant: str, backend: str, threa
     reason = why_not_runnable(backend)
     if reason:
         return result(Status.NOT_RUN, reason)
+    if is_arm_backend(backend):
+        return _arm_cell(path=path, backend=backend, inputs_npz=inputs_npz, timeout_s=timeout_s, mem_mb=mem_mb,
+                         signature=signature, result=result)
     if backend == "gpu":
         return _gpu_cell(path=path, inputs_npz=inputs_npz, threads=threads, protocol=protocol, timeout_s=timeout_s,
                          mem_mb=mem_mb, signature=signature, result=result)
@@ -91,6 +98,23 @@ def _gpu_cell(*, path: str | Path, inputs_npz: str | Path, threads: int, protoco
                   protocol={**protocol, "n_inputs": run.n_inputs, **run.protocol()})
 
 
+ARM_BENCH_SAMPLES = 8  # inferences counted per arm64-emu cell: the counts agree to a few instructions
+
+
+def _arm_cell(*, path: str | Path, backend: str, inputs_npz: str | Path, timeout_s: float, mem_mb: int | None,
+              signature: str | None, result: Callable[..., BenchResult]) -> BenchResult:
+    """One cell on aarch64 LiteRT under QEMU: instructions per inference, never a latency."""
+    try:
+        run = arm.run_arm(path, inputs_npz, backend, samples=ARM_BENCH_SAMPLES, signature=signature,
+                          timeout_s=timeout_s, mem_mb=mem_mb)
+    except IsolationError as exc:
+        status = Status.TIMEOUT if exc.kind == "timeout" else Status.FAILED
+        return result(status, exc.message, protocol={"source": arm.SOURCE, "stderr_tail": exc.stderr[-1500:]})
+    except LitegateError as exc:
+        return result(Status.FAILED, exc.message, protocol={"source": arm.SOURCE})
+    return result(Status.OK, arm.NO_LATENCY, instructions=run.per_inference, protocol=run.protocol())
+
+
 def _adb_cell(*, path: str | Path, sha256: str, backend: str, threads: int, protocol: dict[str, Any],
               timeout_s: float, mem_mb: int | None, result: Callable[..., BenchResult]) -> BenchResult:
     """One cell on an Android device: host-side checks here, the device run in a child process."""
@@ -122,15 +146,15 @@ def _aihub_cell(*, path: str | Path, sha256: str, variant: str, backend: str, th
 def bench_variant(v: VariantResult, *, backends: Sequence[str], threads: Sequence[int], inputs_npz: Path,
                   protocol: dict[str, Any], timeout_s: float, mem_mb: int | None = None,
                   signature: str | None = None) -> Iterator[BenchResult]:
-    """Every cell (backend × threads) of one published variant, one child process each; its AI Hub cells are
-    submitted together first and polled together."""
+    """Every cell (backend × threads; ``arm64-emu`` at 1 thread only) of one published variant, one child process
+    each; its AI Hub cells are submitted together first and polled together."""
     assert v.artifact is not None
     hub = iter(aihub.bench_cells([aihub.Cell(path=v.artifact.path, sha256=v.artifact.sha256, variant=v.name,
                                              backend=b, threads=t)
                                   for b in backends if aihub.is_aihub_backend(b) for t in threads],
                                  store_path=Path(v.artifact.path).parent / aihub.STORE_NAME, timeout_s=timeout_s))
     for backend in backends:
-        for t in threads:
+        for t in (1,) if is_arm_backend(backend) else threads:
             if aihub.is_aihub_backend(backend):
                 yield next(hub)
                 continue
