@@ -228,10 +228,9 @@ class BenchResult(_Record):
                    "an ok bench result needs latency (or, emulated, instructions per inference)")
             _check(self.latency is None or self.instructions is None,
                    "a bench result has latency or emulated instructions, not both")
-        if self.instructions is not None:
-            _check(self.instructions > 0, "instructions per inference must be > 0")
         else:
             _check(bool(self.reason), f"a {self.status.value} bench result needs a reason")
+        _check(self.instructions is None or self.instructions > 0, "instructions per inference must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)
