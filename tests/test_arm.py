@@ -33,7 +33,7 @@ from litegate.types import (
 )
 
 SHA = "a" * 64
-REPEAT_TOL = 1e-4  # instruction counts repeat within 0.01% (the acceptance bound); measured: ~0.002%
+REPEAT_TOL = 1e-4  # counts repeat within 0.01% (the acceptance bound); they wobble by a few hundred instructions
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +46,21 @@ def arm_ready() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_bert(arm_ready: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A tiny BERT classifier converted to fp32 .tflite, and an .npz of 3 tokenized evaluation sentences."""
+    """A small BERT classifier (hidden 128, 2 layers: a few million instructions per inference, so the few hundred
+    instructions the counts wobble by are below 0.01%) converted to fp32 .tflite, and an .npz of 3 tokenized
+    evaluation sentences."""
     from litegate.api import convert_model
     from litegate.artifacts import save_npz
     from litegate.tasks import TextEncoder
     from litegate.types import ModelSource
 
     folder = tmp_path_factory.mktemp("arm-bert")
-    ckpt = make_checkpoint(folder / "ck")
+    ckpt = make_checkpoint(folder / "ck", hidden=128, intermediate=256)
     model = folder / "fp32.tflite"
-    convert_model(ModelSource(kind="hf-bert", path=str(ckpt), task="text-classification", seq_len=24), model)
+    convert_model(ModelSource(kind="hf-bert", path=str(ckpt), task="text-classification", seq_len=48), model)
     texts = [line.split("\t")[0] for line in (DEMO / "eval.tsv").read_text().splitlines()[1:4]]
     inputs = folder / "inputs.npz"
-    save_npz(inputs, TextEncoder(ckpt / "tokenizer.json", 24).encode(texts))
+    save_npz(inputs, TextEncoder(ckpt / "tokenizer.json", 48).encode(texts))
     return model, inputs
 
 
@@ -83,7 +85,7 @@ def test_arm_outputs_match_x86_and_counts_repeat_within_and_across_processes(tin
     assert first.n_inputs == 3 and first.kernels == "xnnpack" and first.cpu == "cortex-a76"
     np.testing.assert_allclose(first.outputs["logits"], x86["logits"], rtol=1e-5, atol=1e-5)
     counts = first.instructions
-    assert min(counts) > 100_000  # a real encoder's worth of instructions, not a marker-to-marker stub
+    assert min(counts) > 3_000_000  # an encoder's worth of instructions, not a marker-to-marker stub
     assert (max(counts) - min(counts)) / min(counts) < REPEAT_TOL, counts
     assert abs(second.per_inference / first.per_inference - 1.0) < REPEAT_TOL, (first.instructions, second.instructions)
     np.testing.assert_array_equal(first.outputs["logits"], second.outputs["logits"])

@@ -5,8 +5,10 @@ litegate. ``python3 arm_guest.py JOB.json`` reads a .tflite and an .npz of alrea
 inputs, one row per sample, runs every sample on one thread, and writes the raw outputs, stacked, to an .npz.
 
 Each ``Invoke`` is wrapped in the two marker system calls of litegate's TCG plugin
-(``scripts/arm_sim/insn_count.c``): ``close(-7301)`` zeroes its instruction counter, ``close(-7302)`` writes the
-count, so the plugin records exactly the guest instructions of one inference, one line per sample.
+(``scripts/arm_sim/insn_count.c``): ``umask(0x4c470000 | mask)`` zeroes its instruction counter,
+``umask(0x4c480000 | mask)`` writes the count (the kernel keeps the low 9 bits, the current ``mask``: the calls
+change nothing and cannot fail), so the plugin records the guest instructions of one inference, one line per
+sample.
 """
 
 from __future__ import annotations
@@ -18,16 +20,9 @@ import sys
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-MARK_START = -7301
-MARK_STOP = -7302
+MARK_START = 0x4C470000
+MARK_STOP = 0x4C480000
 RESOLVERS = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-
-
-def _mark(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:  # EBADF, always: the call exists only for the plugin to see
-        pass
 
 
 def main(job_path: str) -> int:
@@ -48,12 +43,15 @@ def main(job_path: str) -> int:
     inputs = runner._inputs
     outputs = dict(runner._outputs)
     rows: dict[str, list[np.ndarray]] = {k: [] for k in outputs}
+    mask = os.umask(0o022)
+    os.umask(mask)
+    start, stop = MARK_START | mask, MARK_STOP | mask
     for i in range(n):
         for name, index in inputs.items():
             wrapper.SetTensor(index, feeds[name][i], subgraph)
-        _mark(MARK_START)
+        os.umask(start)
         wrapper.Invoke(subgraph)
-        _mark(MARK_STOP)
+        os.umask(stop)
         for name, index in outputs.items():
             rows[name].append(np.array(wrapper.GetTensor(index, subgraph)))
     np.savez(job["out_npz"], **{k: np.stack(v) for k, v in rows.items()})  # type: ignore[arg-type]  # numpy stub: **kwds as bool

@@ -4,8 +4,9 @@
  *
  *   qemu-aarch64 -plugin insn_count.so,out=/tmp/counts.txt ... python3 guest.py
  *
- * The guest marks a region with close(LITEGATE_MARK_START) ... close(LITEGATE_MARK_STOP): invalid file
- * descriptors, so the calls only fail with EBADF, and nothing else a program does uses them. Counting is
+ * The guest marks a region with umask(LITEGATE_MARK_START | mask) ... umask(LITEGATE_MARK_STOP | mask), where mask
+ * is its current umask: the kernel keeps only the low 9 bits, so the calls change nothing and cannot fail (no error
+ * path runs inside the region), and no other program sets those high bits. Counting is
  * inline (one add per translation block executed, no callback per instruction), so a count depends only on
  * the guest code executed: the same model, input and CPU features give the same count in every process.
  *
@@ -19,9 +20,10 @@
 #include <string.h>
 
 #define EXPORT __attribute__((visibility("default")))
-#define LITEGATE_MARK_START (-7301)
-#define LITEGATE_MARK_STOP (-7302)
-#define AARCH64_NR_CLOSE 57
+#define LITEGATE_MARK_START 0x4c470000u
+#define LITEGATE_MARK_STOP 0x4c480000u
+#define LITEGATE_MARK_BITS 0xffff0000u
+#define AARCH64_NR_UMASK 166
 
 typedef uint64_t qemu_plugin_id_t;
 struct qemu_info_t;
@@ -57,12 +59,12 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num
 {
     char line[32];
     (void)id; (void)vcpu_index; (void)a2; (void)a3; (void)a4; (void)a5; (void)a6; (void)a7; (void)a8;
-    if (num != AARCH64_NR_CLOSE) {
+    if (num != AARCH64_NR_UMASK) {
         return;
     }
-    if ((int32_t)a1 == LITEGATE_MARK_START) {
+    if (((uint32_t)a1 & LITEGATE_MARK_BITS) == LITEGATE_MARK_START) {
         insns = 0;
-    } else if ((int32_t)a1 == LITEGATE_MARK_STOP) {
+    } else if (((uint32_t)a1 & LITEGATE_MARK_BITS) == LITEGATE_MARK_STOP) {
         snprintf(line, sizeof line, "%" PRIu64 "\n", insns);
         if (out != NULL) {
             fputs(line, out);
