@@ -18,7 +18,7 @@ import numpy as np
 from litegate import errors
 from litegate.artifacts import atomic_copy, atomic_write_text, save_npz, write_model_card
 from litegate.backends.runtime import Runner
-from litegate.benchmarks.matrix import run_cell
+from litegate.benchmarks.matrix import cell_threads, run_cell
 from litegate.benchmarks.size import measure_size
 from litegate.converter.preflight import check_source, find_tokenizer, source_tokenizer
 from litegate.errors import ConfigError, ConversionError, DataError, ModelLoadError, QuantizationError
@@ -206,7 +206,7 @@ def bench_model(model: Path, *, text: Path, backends: list[str], threads: list[i
         npz = Path(tmp) / "inputs.npz"
         save_npz(npz, encoder.encode(read_texts(text, limit=32)))
         for backend in backends:
-            for t in threads:
+            for t in cell_threads(backend, threads):
                 out.append(run_cell(path=model, sha256=sha, variant=model.stem, backend=backend, threads=t,
                                     inputs_npz=npz, protocol=proto, timeout_s=timeout_s))
     return out

@@ -98,6 +98,12 @@ def _gpu_cell(*, path: str | Path, inputs_npz: str | Path, threads: int, protoco
                   protocol={**protocol, "n_inputs": run.n_inputs, **run.protocol()})
 
 
+def cell_threads(backend: str, threads: Sequence[int]) -> tuple[int, ...]:
+    """The thread counts ``backend`` gets a cell for: all of ``threads``, but only 1 for ``arm64-emu`` (it counts
+    instructions single-threaded)."""
+    return (1,) if is_arm_backend(backend) else tuple(threads)
+
+
 ARM_BENCH_SAMPLES = 8  # inferences counted per arm64-emu cell: the counts agree to a few instructions
 
 
@@ -154,7 +160,7 @@ def bench_variant(v: VariantResult, *, backends: Sequence[str], threads: Sequenc
                                   for b in backends if aihub.is_aihub_backend(b) for t in threads],
                                  store_path=Path(v.artifact.path).parent / aihub.STORE_NAME, timeout_s=timeout_s))
     for backend in backends:
-        for t in (1,) if is_arm_backend(backend) else threads:
+        for t in cell_threads(backend, threads):
             if aihub.is_aihub_backend(backend):
                 yield next(hub)
                 continue
