@@ -40,7 +40,13 @@ give_up() {
 timed() { if command -v timeout >/dev/null 2>&1; then timeout "$@"; else shift; "$@"; fi; }
 
 command -v apt-get >/dev/null 2>&1 || give_up "apt-get not found: this set-up needs Debian's qemu-user and debootstrap"
-[ "$(id -u)" = 0 ] || give_up "needs root to install packages and build $ROOT (run: sudo make arm-sim)"
+if [ "$(id -u)" != 0 ]; then
+    if [ -f "$ARM_HOME/ready" ] && [ -e "$ARM_HOME/insn_count.so" ] && [ ! "$HERE/arm_sim/insn_count.c" -nt "$ARM_HOME/insn_count.so" ]; then
+        say "already set up: $ARM_HOME"
+        exit 0
+    fi
+    give_up "needs root to install packages and build $ROOT (run: sudo make arm-sim)"
+fi
 [ -r /etc/os-release ] || give_up "no /etc/os-release: cannot tell the distribution release"
 # shellcheck disable=SC1091
 . /etc/os-release
