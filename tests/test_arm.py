@@ -243,7 +243,12 @@ def test_baseline_compares_instructions_exactly_with_a_small_tolerance():
 
 
 def test_report_shows_instructions_never_a_time_for_the_emulated_cell():
-    md = to_markdown(_report(_variant(_cell(8_414_307))))
+    from litegate.html import latency_chart, to_html
+
+    rep = _report(_variant(_cell(8_414_307)))
+    assert arm.NAME not in latency_chart(rep)
+    assert "<html" in to_html(rep, "t")
+    md = to_markdown(rep)
     assert f"{arm.NAME}×1 instructions, no latency" in md
     assert "— (emulated: 8.41 M instructions/inference)" in md
     assert f"{arm.NAME}×1 p50" not in md

@@ -150,7 +150,8 @@ def run_arm(path: str | Path, inputs_npz: str | Path, backend: str = NAME, *, sa
     """Run the first ``samples`` (default: all) rows of ``inputs_npz`` through ``path`` on ``backend``, in a child.
 
     Raises:
-        DelegateError / BenchmarkError: not set up, or the emulated run failed (the guest's stderr in the message).
+        ValueError: ``backend`` is not an ``arm64-emu[?kernels=...]`` backend.
+        BenchmarkError: not set up, or the emulated run failed (the guest's stderr in the message).
         IsolationError: the child crashed, hung or ran out of memory.
     """
     kernels = parse_backend(backend)
@@ -201,6 +202,9 @@ def emulate_job(payload: dict[str, Any]) -> dict[str, Any]:
         if proc.returncode != 0 or not (tmp / "result.json").is_file():
             tail = " ".join(proc.stderr.split()[-60:]) or f"exit code {proc.returncode}"
             raise BenchmarkError(f"the arm64 guest failed (exit code {proc.returncode}): {tail}")
+        machine = json.loads((tmp / "result.json").read_text()).get("machine")
+        if machine != "aarch64":
+            raise BenchmarkError(f"the guest ran on {machine!r}, not aarch64: {setup.qemu} did not emulate it")
         counts = [int(line) for line in counts_path.read_text().split()]
         if len(counts) != n:
             raise BenchmarkError(f"the instruction-count plugin recorded {len(counts)} inferences for {n} samples")
