@@ -6,7 +6,7 @@ regresses only when the whole interval lies above ``1 + threshold``: a real 10% 
 (ratio ~1.10, tight interval) fails at the default 5% threshold, while re-measuring the same model
 on a noisy machine (ratio ~1.0) passes. Instructions per inference on an emulated CPU
 (``arm64-emu``) are counts, not timings: compared exactly, they regress when they grow by more than
-``instructions_tolerance`` (0.05%; two runs agree to ~0.002%). Size and task metric changes are
+``instructions_tolerance`` (0.05%; two runs agree to within a few instructions). Size and task metric changes are
 exact and reported as is; size fails only beyond ``max_size_increase`` and accuracy beyond
 ``max_accuracy_regression``.
 """
@@ -30,7 +30,7 @@ class CompareConfig:
     seed: int = 0
     max_size_increase: float = 0.02  # relative
     max_accuracy_regression: float = 1.0  # points
-    instructions_tolerance: float = 0.0005  # relative: emulated instruction counts repeat to within ~0.002%
+    instructions_tolerance: float = 0.0005  # relative: emulated counts repeat to within a few instructions
 
 
 def bootstrap_ratio(base: Sequence[float], new: Sequence[float], *, confidence: float = 0.95, resamples: int = 2000,
