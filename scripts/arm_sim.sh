@@ -74,20 +74,19 @@ if [ -n "$missing" ]; then
 fi
 qemu-aarch64 -h 2>/dev/null | grep -q -- '-plugin' || give_up "$(command -v qemu-aarch64) has no -plugin option"
 
-# 2. binfmt_misc for aarch64 (debootstrap's second stage execs arm64 programs inside the root).
-if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
-    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null \
-        || give_up "cannot mount binfmt_misc (a container without that privilege cannot run arm64 programs)"
-fi
-[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 \
-    || give_up "update-binfmts --enable qemu-aarch64 failed"
-grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null || give_up "binfmt for aarch64 is not enabled"
-
-# 3. The arm64 root: debootstrap's first stage on the host, the second stage emulated (minutes).
+# 2. The arm64 root: debootstrap's first stage on the host, the second stage emulated (minutes), which execs
+#    arm64 programs inside the root through binfmt_misc (only needed here: litegate runs qemu-aarch64 itself).
 #    A finished root has python3 and no /debootstrap directory left; anything else is rebuilt.
 if [ -x "$ROOT/usr/bin/python3" ] && [ ! -d "$ROOT/debootstrap" ]; then
     say "arm64 root already built: $ROOT"
 else
+    if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null \
+            || give_up "cannot mount binfmt_misc (a container without that privilege cannot run arm64 programs)"
+    fi
+    [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 \
+        || give_up "update-binfmts --enable qemu-aarch64 failed"
+    grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null || give_up "binfmt for aarch64 is not enabled"
     # shellcheck source=scripts/apt_source.sh
     . "$HERE/apt_source.sh"
     src=$(find_source) || give_up "no apt source for '$codename' in /etc/apt/sources.list{,.d}: cannot derive a mirror"
@@ -108,7 +107,7 @@ guest_python=$(basename "$(readlink -f "$ROOT/usr/bin/python3")")
 py_version=${guest_python#python}
 [ -n "$py_version" ] || give_up "cannot tell the arm64 root's Python version"
 
-# 4. A fixed CPU for the guest: LiteRT's cpuinfo parses /proc/cpuinfo and /sys (the host's are x86 and it
+# 3. A fixed CPU for the guest: LiteRT's cpuinfo parses /proc/cpuinfo and /sys (the host's are x86 and it
 #    crashes), and XNNPACK picks kernels by CPU features. qemu-aarch64 -L looks these paths up in the root first.
 mkdir -p "$ROOT/proc" "$ROOT/sys/devices/system/cpu"
 cat >"$ROOT/proc/cpuinfo" <<'CPUINFO'
@@ -126,7 +125,7 @@ echo 0 >"$ROOT/sys/devices/system/cpu/possible"
 echo 0 >"$ROOT/sys/devices/system/cpu/present"
 echo 0 >"$ROOT/sys/devices/system/cpu/online"
 
-# 5. aarch64 wheels, fetched by the host's pip from its own configured index and installed (unpacked) for the
+# 4. aarch64 wheels, fetched by the host's pip from its own configured index and installed (unpacked) for the
 #    guest's Python with --target: pip inside the root would need the host's certificates and configuration.
 SITE=$ROOT/opt/litegate/site
 WHEELS=$ROOT/opt/litegate/wheels
@@ -144,7 +143,7 @@ else
         || give_up "installing the aarch64 wheels into $SITE failed"
 fi
 
-# 6. The instruction-counting plugin, from this repository's C source.
+# 5. The instruction-counting plugin, from this repository's C source.
 PLUGIN=$ARM_HOME/insn_count.so
 if [ ! -e "$PLUGIN" ] || [ "$HERE/arm_sim/insn_count.c" -nt "$PLUGIN" ]; then
     gcc -shared -fPIC -O2 -Wall -o "$PLUGIN.tmp" "$HERE/arm_sim/insn_count.c" && mv "$PLUGIN.tmp" "$PLUGIN" \
@@ -152,7 +151,7 @@ if [ ! -e "$PLUGIN" ] || [ "$HERE/arm_sim/insn_count.c" -nt "$PLUGIN" ]; then
     say "compiled $PLUGIN"
 fi
 
-# 7. A smoke run: the guest imports LiteRT under the plugin-capable emulator with the pinned CPU.
+# 6. A smoke run: the guest imports LiteRT under the plugin-capable emulator with the pinned CPU.
 QEMU=$(command -v qemu-aarch64)
 env -i PYTHONPATH=/opt/litegate/site PYTHONNOUSERSITE=1 "$QEMU" -L "$ROOT" -cpu cortex-a76 \
     -plugin "$PLUGIN" "$ROOT/usr/bin/$guest_python" -c 'import ai_edge_litert.interpreter' \

@@ -104,7 +104,7 @@ def cell_threads(backend: str, threads: Sequence[int]) -> tuple[int, ...]:
     return (1,) if is_arm_backend(backend) else tuple(threads)
 
 
-ARM_BENCH_SAMPLES = 8  # inferences counted per arm64-emu cell: the counts agree to a few instructions
+ARM_BENCH_SAMPLES = 8  # inferences counted per arm64-emu cell; the median is its count
 
 
 def _arm_cell(*, path: str | Path, backend: str, inputs_npz: str | Path, timeout_s: float, mem_mb: int | None,
