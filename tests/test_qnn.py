@@ -190,6 +190,7 @@ def test_release_report_shows_the_qnn_column_beside_the_legacy_hexagon_nn_rules(
     assert q["status"] == "ok" and q["delegated_fraction"] == 1.0 and q["extra"]["compiled_bytes"] > 0
     html = (tmp_path / "out" / "report.html").read_text()
     assert "hexagon_nn (legacy)" in html and "qnn:SM8650" in html
+    assert "Accuracy on other backends" in html and "qnn:SM8650 (emulated HTP)" in html
 
 
 @pytest.fixture(scope="module")
