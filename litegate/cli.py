@@ -413,8 +413,10 @@ def doctor(as_json: bool, verbose: bool) -> None:
               help=f"Comma-separated targets to check: rule-based delegates ({', '.join(DELEGATES)}), a rule file "
                    "(.json), or qnn[:SOC] (Qualcomm's HTP compiler, e.g. qnn:SM8650; needs litegate[qualcomm]).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--fail-under", "fail_under", type=click.FloatRange(0, 100), default=None, metavar="PCT",
+              help="Exit 1 when a target that gave a verdict delegates less than PCT % of the ops.")
 @verbose_option
-def check(model: Path, delegates: str, fmt: str, verbose: bool) -> None:
+def check(model: Path, delegates: str, fmt: str, fail_under: float | None, verbose: bool) -> None:
     """Check which ops of MODEL (.tflite) each delegate or NPU compiler would take.
 
     Prints per target the delegated fraction by op count and by MACs, the partitions, and the ops
@@ -426,6 +428,7 @@ def check(model: Path, delegates: str, fmt: str, verbose: bool) -> None:
       litegate check demo.tflite --delegate gpu,xnnpack
       litegate check demo-int8.tflite --delegate qnn:SM8650,qnn:SM8450
       litegate check demo.tflite --format json > compat.json
+      litegate check demo-int8.tflite --delegate gpu,qnn:SM8650 --fail-under 100
     """
     from litegate.compat.check import (  # imports LiteRT's flatbuffer schema: not at CLI start
         check_model,
@@ -445,6 +448,17 @@ def check(model: Path, delegates: str, fmt: str, verbose: bool) -> None:
         click.echo(json.dumps([r.to_dict() for r in reports], indent=2))
     else:
         click.echo(render_table(reports), nl=False)
+    if fail_under is not None:
+        below = [r for r in reports if r.status is Status.OK and 100 * r.delegated_fraction < fail_under]
+        for r in reports:
+            if r.status is not Status.OK:
+                click.echo(f"litegate: {r.delegate}: not judged by --fail-under ({r.status.value}: {r.reason})",
+                           err=True)
+        for r in below:
+            click.echo(f"litegate: {r.delegate} delegates {100 * r.delegated_fraction:.1f}% of the ops "
+                       f"({r.delegated_ops}/{r.total_ops}), below --fail-under {fail_under:g}%", err=True)
+        if below:
+            sys.exit(1)
 
 def _sigterm(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
