@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -31,22 +32,56 @@ from litegate.version import __version__
 
 _T0 = time.monotonic()
 _LAST_STEP: list[str] = []
+HEARTBEAT_S = 30.0  # in CI logs, a line at least this often while a stage works silently
 
 
-def _progress(msg: str) -> None:
-    """Progress lines: on a terminal the current step's line is updated in place; in CI logs, one line each."""
-    line = f"[{time.monotonic() - _T0:6.1f}s] {msg}"
-    if not sys.stderr.isatty():
-        click.echo(line, err=True)
-        return
-    step = msg.split(":", 1)[0]
-    same = bool(_LAST_STEP) and _LAST_STEP[0] == step
-    prefix = "\r\033[K" if same else ("\n" if _LAST_STEP else "")
-    sys.stderr.write(prefix + click.style(line, fg="cyan" if step != "report" else "green"))
-    sys.stderr.flush()
-    _LAST_STEP[:] = [step]
-    if step == "report":
-        sys.stderr.write("\n")
+class _Progress:
+    """Progress lines: on a terminal the current step's line is updated in place, its elapsed time ticking; in CI
+    logs one line each, and a heartbeat line naming the stage still at work when nothing was said for
+    :data:`HEARTBEAT_S` seconds (a conversion or an emulator can be silent for minutes)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last = ""
+        self.since = time.monotonic()
+        self.stop = threading.Event()
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, msg: str) -> None:
+        with self.lock:
+            self.last, self.since = msg, time.monotonic()
+            self._write(msg)
+
+    def _write(self, msg: str, *, beat: bool = False) -> None:
+        line = f"[{time.monotonic() - _T0:6.1f}s] {msg}"
+        if not self.tty:
+            click.echo(line, err=True)
+            return
+        step = msg.split(":", 1)[0]
+        same = bool(_LAST_STEP) and _LAST_STEP[0] == step
+        prefix = "\r\033[K" if same or beat else ("\n" if _LAST_STEP else "")
+        sys.stderr.write(prefix + click.style(line, fg="cyan" if step != "report" else "green"))
+        sys.stderr.flush()
+        _LAST_STEP[:] = [step]
+        if step == "report":
+            sys.stderr.write("\n")
+
+    def _beat(self) -> None:
+        every = 1.0 if self.tty else HEARTBEAT_S
+        while not self.stop.wait(min(every, 5.0)):
+            with self.lock:
+                quiet = time.monotonic() - self.since
+                if self.last and quiet >= every:
+                    self._write(f"{self.last} (still working: {quiet:.0f} s)", beat=True)
+                    if not self.tty:
+                        self.since = time.monotonic()
+
+    def __enter__(self) -> _Progress:
+        threading.Thread(target=self._beat, name="litegate-heartbeat", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
 
 
 # Shared options, defined once and stacked on commands.
@@ -117,7 +152,8 @@ def run(config: Path, output: Path | None, data: Path | None, baseline: Path | N
     from litegate.pipeline import run_release  # imports LiteRT: not at CLI start
 
     cfg = load_config(config).with_overrides(output=output, data=data, baseline=baseline)
-    rep = run_release(cfg, progress=None if quiet else _progress)
+    with _Progress() as progress:
+        rep = run_release(cfg, progress=None if quiet else progress)
     click.echo((cfg.output_dir / "report.md").read_text().splitlines()[0].lstrip("# ").replace("**", ""))
     click.echo(f"report: {cfg.output_dir / 'report.json'}")
     if not rep.passed:
