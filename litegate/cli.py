@@ -7,6 +7,7 @@ Exit codes: 0 pass, 1 gate failed, 2 usage/config error, 3 model load, 4 data, 5
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import sys
@@ -154,8 +155,12 @@ def run(config: Path, output: Path | None, data: Path | None, baseline: Path | N
     cfg = load_config(config).with_overrides(output=output, data=data, baseline=baseline)
     with _Progress() as progress:
         rep = run_release(cfg, progress=None if quiet else progress)
-    click.echo((cfg.output_dir / "report.md").read_text().splitlines()[0].lstrip("# ").replace("**", ""))
-    click.echo(f"report: {cfg.output_dir / 'report.json'}")
+    md = (cfg.output_dir / "report.md").read_text().splitlines()
+    if not sys.stdout.isatty():  # a CI log: the results table itself, not only where to find it
+        table = list(itertools.takewhile(str.strip, itertools.dropwhile(lambda x: not x.startswith("|"), md)))
+        click.echo("\n".join(table) + "\n")
+    click.echo(md[0].lstrip("# ").replace("**", ""))
+    click.echo(f"report: {cfg.output_dir / 'report.md'} (also report.html, report.json, junit.xml)")
     if not rep.passed:
         sys.exit(1)
 

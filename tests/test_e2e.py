@@ -175,3 +175,14 @@ def test_ci_logs_get_a_heartbeat_naming_the_stage_while_it_works_silently(tmp_pa
     assert res.exit_code in (0, 1), res.output
     beats = [line for line in res.stderr.splitlines() if "(still working:" in line]
     assert any("convert: building fp32 in a child process (still working:" in line for line in beats), res.stderr
+
+
+def test_ci_logs_end_with_the_results_table_the_verdict_and_report_md(tmp_path):
+    """Without a terminal (CI), `run` prints the main results table, then the verdict, then where report.md is."""
+    cfg = write_config(tmp_path, model=DEMO / "model", seq_len=16, variants=("fp32", "dynamic-int8"))
+    r = run_cli("run", str(cfg))
+    assert r.returncode in (0, 1), r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("| variant | recipe |") and any(x.startswith("| **dynamic-int8** |") for x in lines)
+    assert lines[-2].startswith(("✅ litegate: PASS", "❌ litegate: FAIL"))
+    assert lines[-1] == f"report: {tmp_path / 'out' / 'report.md'} (also report.html, report.json, junit.xml)"
