@@ -14,7 +14,7 @@ from typing import Any
 from litegate.benchmarks.accuracy import htp_row_name
 from litegate.compat import coreml, qnn
 from litegate.config import Budget, ReleaseConfig
-from litegate.types import SourceKind, Status, VariantResult, Verdict
+from litegate.types import AccuracyResult, SourceKind, Status, VariantResult, Verdict
 
 
 def _limit(check: str, variant: str, value: float, limit: float, unit: str, *, upper: bool = True,
@@ -66,20 +66,30 @@ def variant_verdicts(v: VariantResult, budget: Budget) -> list[Verdict]:
             out.append(Verdict(check=acc.metric, variant=v.name, passed=acc.status is Status.NOT_RUN,
                                message=f"{v.name}: {acc.metric} {acc.status.value}: {acc.reason}"))
             return out
-        if acc.metric == "accuracy":
-            if budget.max_accuracy_drop is not None and acc.delta is not None:
-                out.append(_limit("accuracy drop", v.name, 0.0 - acc.delta, budget.max_accuracy_drop, " pts"))
-            if budget.min_accuracy is not None:
-                out.append(_limit("accuracy", v.name, acc.value, budget.min_accuracy, "%", upper=False))
-        if acc.metric == "cosine_to_reference" and budget.min_cosine is not None:
-            out.append(_limit("cosine to reference", v.name, acc.value, budget.min_cosine, "", upper=False))
-        if acc.metric == "perplexity" and budget.max_perplexity_ratio is not None and acc.reference:
-            out.append(_limit("perplexity ratio", v.name, acc.value / acc.reference, budget.max_perplexity_ratio, "×"))
-        if budget.min_agreement is not None:
-            agree = next((acc.extra[k] for k in ("agreement_with_reference", "top1_agreement", "nn_agreement")
-                          if k in acc.extra), None)
-            if agree is not None:
-                out.append(_limit("agreement with reference", v.name, agree, budget.min_agreement, "%", upper=False))
+        out.extend(quality_verdicts(acc, v.name, budget))
+    return out
+
+
+def quality_verdicts(acc: AccuracyResult, variant: str, budget: Budget) -> list[Verdict]:
+    """The quality budgets (accuracy drop and floor, cosine, perplexity ratio, agreement) judged on one ok
+    accuracy row: the evaluation backend's, or another backend's (e.g. a Snapdragon's emulated HTP)."""
+    out: list[Verdict] = []
+    if acc.value is None:
+        return out
+    if acc.metric == "accuracy":
+        if budget.max_accuracy_drop is not None and acc.delta is not None:
+            out.append(_limit("accuracy drop", variant, 0.0 - acc.delta, budget.max_accuracy_drop, " pts"))
+        if budget.min_accuracy is not None:
+            out.append(_limit("accuracy", variant, acc.value, budget.min_accuracy, "%", upper=False))
+    if acc.metric == "cosine_to_reference" and budget.min_cosine is not None:
+        out.append(_limit("cosine to reference", variant, acc.value, budget.min_cosine, "", upper=False))
+    if acc.metric == "perplexity" and budget.max_perplexity_ratio is not None and acc.reference:
+        out.append(_limit("perplexity ratio", variant, acc.value / acc.reference, budget.max_perplexity_ratio, "×"))
+    if budget.min_agreement is not None:
+        agree = next((acc.extra[k] for k in ("agreement_with_reference", "top1_agreement", "nn_agreement")
+                      if k in acc.extra), None)
+        if agree is not None:
+            out.append(_limit("agreement with reference", variant, agree, budget.min_agreement, "%", upper=False))
     return out
 
 
@@ -200,10 +210,8 @@ def _emulation_refusal(v: VariantResult, target: str, cfg: ReleaseConfig) -> str
         return None
     if row.status is not Status.OK:
         return row.reason
-    drop = cfg.budget_for(v.name).max_accuracy_drop
-    if row.metric == "accuracy" and drop is not None and row.delta is not None and -row.delta > drop:
-        return f"accuracy on the emulated HTP drops {-row.delta:.2f} points (budget {drop:g})"
-    return None
+    failed = [x for x in quality_verdicts(row, v.name, cfg.budget_for(v.name)) if not x.passed]
+    return f"on the emulated HTP: {failed[0].message}" if failed else None
 
 
 def recommend(passing: Sequence[VariantResult], cfg: ReleaseConfig) -> str | None:
