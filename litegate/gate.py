@@ -117,13 +117,20 @@ def evaluate(cfg: ReleaseConfig, variants: Sequence[VariantResult]) -> tuple[lis
     return verdicts, info
 
 
+def cpu_backend(cfg: ReleaseConfig) -> str:
+    """The backend whose latency ranks variants for this machine's CPU: the first local CPU backend of ``[bench]``
+    (not a GPU, a phone or an emulator), else ``xnnpack``."""
+    local = [b for b in cfg.bench.backends if b in ("xnnpack", "cpu") or b.startswith("external:")]
+    return local[0] if local else "xnnpack"
+
+
 def recommend_per_target(passing: Sequence[VariantResult], variants: Sequence[VariantResult],
                          cfg: ReleaseConfig) -> list[dict[str, Any]]:
     """Per target, the variant to ship there: on the CPU the fastest that meets its budgets (:func:`recommend`); on
     each checked delegate or NPU the smallest that meets its budgets and that the target takes whole (latency here says
     nothing about a phone's GPU or NPU). Where none is taken whole, the closest one and what stays on the CPU."""
     cpu = recommend(passing, cfg)
-    backend = cfg.bench.backends[0] if cfg.bench.backends else "xnnpack"
+    backend = cpu_backend(cfg)
     rows: list[dict[str, Any]] = [{"target": f"CPU ({backend}×{max(cfg.bench.threads)})", "variant": cpu,
                                    "why": "fastest measured median latency among the variants that meet their budgets"
                                    if cpu else "no variant meets its budgets"}]
@@ -216,7 +223,7 @@ def _emulation_refusal(v: VariantResult, target: str, cfg: ReleaseConfig) -> str
 
 def recommend(passing: Sequence[VariantResult], cfg: ReleaseConfig) -> str | None:
     """Among variants that meet their budgets: the fastest measured p50 at the most threads, then the smallest."""
-    backend = cfg.bench.backends[0] if cfg.bench.backends else "xnnpack"
+    backend = cpu_backend(cfg)
     threads = max(cfg.bench.threads) if cfg.bench.threads else 1
 
     def key(v: VariantResult) -> tuple[float, float]:
