@@ -207,8 +207,11 @@ def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any]) -> None:
 @contextlib.contextmanager
 def output_lock(out_dir: Path) -> Iterator[None]:
     """Exclusive lock on ``out_dir``: a second run on the same directory is refused, never interleaved."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_dir / ".litegate.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out_dir / ".litegate.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot write the output directory: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -7,9 +7,11 @@ Exit codes: 0 pass, 1 gate failed, 2 usage/config error, 3 model load, 4 data, 5
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -31,22 +33,56 @@ from litegate.version import __version__
 
 _T0 = time.monotonic()
 _LAST_STEP: list[str] = []
+HEARTBEAT_S = 30.0  # in CI logs, a line at least this often while a stage works silently
 
 
-def _progress(msg: str) -> None:
-    """Progress lines: on a terminal the current step's line is updated in place; in CI logs, one line each."""
-    line = f"[{time.monotonic() - _T0:6.1f}s] {msg}"
-    if not sys.stderr.isatty():
-        click.echo(line, err=True)
-        return
-    step = msg.split(":", 1)[0]
-    same = bool(_LAST_STEP) and _LAST_STEP[0] == step
-    prefix = "\r\033[K" if same else ("\n" if _LAST_STEP else "")
-    sys.stderr.write(prefix + click.style(line, fg="cyan" if step != "report" else "green"))
-    sys.stderr.flush()
-    _LAST_STEP[:] = [step]
-    if step == "report":
-        sys.stderr.write("\n")
+class _Progress:
+    """Progress lines: on a terminal the current step's line is updated in place, its elapsed time ticking; in CI
+    logs one line each, and a heartbeat line naming the stage still at work when nothing was said for
+    :data:`HEARTBEAT_S` seconds (a conversion or an emulator can be silent for minutes)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last = ""
+        self.since = time.monotonic()
+        self.stop = threading.Event()
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, msg: str) -> None:
+        with self.lock:
+            self.last, self.since = msg, time.monotonic()
+            self._write(msg)
+
+    def _write(self, msg: str, *, beat: bool = False) -> None:
+        line = f"[{time.monotonic() - _T0:6.1f}s] {msg}"
+        if not self.tty:
+            click.echo(line, err=True)
+            return
+        step = msg.split(":", 1)[0]
+        same = bool(_LAST_STEP) and _LAST_STEP[0] == step
+        prefix = "\r\033[K" if same or beat else ("\n" if _LAST_STEP else "")
+        sys.stderr.write(prefix + click.style(line, fg="cyan" if step != "report" else "green"))
+        sys.stderr.flush()
+        _LAST_STEP[:] = [step]
+        if step == "report":
+            sys.stderr.write("\n")
+
+    def _beat(self) -> None:
+        every = 1.0 if self.tty else HEARTBEAT_S
+        while not self.stop.wait(min(every, 5.0)):
+            with self.lock:
+                quiet = time.monotonic() - self.since
+                if self.last and quiet >= every:
+                    self._write(f"{self.last} (still working: {quiet:.0f} s)", beat=True)
+                    if not self.tty:
+                        self.since = time.monotonic()
+
+    def __enter__(self) -> _Progress:
+        threading.Thread(target=self._beat, name="litegate-heartbeat", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
 
 
 # Shared options, defined once and stacked on commands.
@@ -117,9 +153,14 @@ def run(config: Path, output: Path | None, data: Path | None, baseline: Path | N
     from litegate.pipeline import run_release  # imports LiteRT: not at CLI start
 
     cfg = load_config(config).with_overrides(output=output, data=data, baseline=baseline)
-    rep = run_release(cfg, progress=None if quiet else _progress)
-    click.echo((cfg.output_dir / "report.md").read_text().splitlines()[0].lstrip("# ").replace("**", ""))
-    click.echo(f"report: {cfg.output_dir / 'report.json'}")
+    with _Progress() as progress:
+        rep = run_release(cfg, progress=None if quiet else progress)
+    md = (cfg.output_dir / "report.md").read_text().splitlines()
+    if not sys.stdout.isatty():  # a CI log: the results table itself, not only where to find it
+        table = list(itertools.takewhile(str.strip, itertools.dropwhile(lambda x: not x.startswith("|"), md)))
+        click.echo("\n".join(table) + "\n")
+    click.echo(md[0].lstrip("# ").replace("**", ""))
+    click.echo(f"report: {cfg.output_dir / 'report.md'} (also report.html, report.json, junit.xml)")
     if not rep.passed:
         sys.exit(1)
 
@@ -416,8 +457,10 @@ def doctor(as_json: bool, verbose: bool) -> None:
               help=f"Comma-separated targets to check: rule-based delegates ({', '.join(DELEGATES)}), a rule file "
                    "(.json), or qnn[:SOC] (Qualcomm's HTP compiler, e.g. qnn:SM8650; needs litegate[qualcomm]).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--fail-under", "fail_under", type=click.FloatRange(0, 100), default=None, metavar="PCT",
+              help="Exit 1 when a target that gave a verdict delegates less than PCT % of the ops.")
 @verbose_option
-def check(model: Path, delegates: str, fmt: str, verbose: bool) -> None:
+def check(model: Path, delegates: str, fmt: str, fail_under: float | None, verbose: bool) -> None:
     """Check which ops of MODEL (.tflite) each delegate or NPU compiler would take.
 
     Prints per target the delegated fraction by op count and by MACs, the partitions, and the ops
@@ -429,6 +472,7 @@ def check(model: Path, delegates: str, fmt: str, verbose: bool) -> None:
       litegate check demo.tflite --delegate gpu,xnnpack
       litegate check demo-int8.tflite --delegate qnn:SM8650,qnn:SM8450
       litegate check demo.tflite --format json > compat.json
+      litegate check demo-int8.tflite --delegate gpu,qnn:SM8650 --fail-under 100
     """
     from litegate.compat.check import (  # imports LiteRT's flatbuffer schema: not at CLI start
         check_model,
@@ -448,6 +492,17 @@ def check(model: Path, delegates: str, fmt: str, verbose: bool) -> None:
         click.echo(json.dumps([r.to_dict() for r in reports], indent=2))
     else:
         click.echo(render_table(reports), nl=False)
+    if fail_under is not None:
+        below = [r for r in reports if r.status is Status.OK and 100 * r.delegated_fraction < fail_under]
+        for r in reports:
+            if r.status is not Status.OK:
+                click.echo(f"litegate: {r.delegate}: not judged by --fail-under ({r.status.value}: {r.reason})",
+                           err=True)
+        for r in below:
+            click.echo(f"litegate: {r.delegate} delegates {100 * r.delegated_fraction:.1f}% of the ops "
+                       f"({r.delegated_ops}/{r.total_ops}), below --fail-under {fail_under:g}%", err=True)
+        if below:
+            sys.exit(1)
 
 def _sigterm(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt

@@ -16,7 +16,7 @@ from litegate.backends.spec import is_arm_backend
 from litegate.benchmarks.accuracy import htp_row_name
 from litegate.compat import coreml, qnn
 from litegate.config import Budget, ReleaseConfig
-from litegate.types import BenchResult, SourceKind, Status, VariantResult, Verdict
+from litegate.types import AccuracyResult, BenchResult, SourceKind, Status, VariantResult, Verdict
 
 
 def _limit(check: str, variant: str, value: float, limit: float, unit: str, *, upper: bool = True,
@@ -71,20 +71,30 @@ def variant_verdicts(v: VariantResult, budget: Budget) -> list[Verdict]:
             out.append(Verdict(check=acc.metric, variant=v.name, passed=acc.status is Status.NOT_RUN,
                                message=f"{v.name}: {acc.metric} {acc.status.value}: {acc.reason}"))
             return out
-        if acc.metric == "accuracy":
-            if budget.max_accuracy_drop is not None and acc.delta is not None:
-                out.append(_limit("accuracy drop", v.name, 0.0 - acc.delta, budget.max_accuracy_drop, " pts"))
-            if budget.min_accuracy is not None:
-                out.append(_limit("accuracy", v.name, acc.value, budget.min_accuracy, "%", upper=False))
-        if acc.metric == "cosine_to_reference" and budget.min_cosine is not None:
-            out.append(_limit("cosine to reference", v.name, acc.value, budget.min_cosine, "", upper=False))
-        if acc.metric == "perplexity" and budget.max_perplexity_ratio is not None and acc.reference:
-            out.append(_limit("perplexity ratio", v.name, acc.value / acc.reference, budget.max_perplexity_ratio, "×"))
-        if budget.min_agreement is not None:
-            agree = next((acc.extra[k] for k in ("agreement_with_reference", "top1_agreement", "nn_agreement")
-                          if k in acc.extra), None)
-            if agree is not None:
-                out.append(_limit("agreement with reference", v.name, agree, budget.min_agreement, "%", upper=False))
+        out.extend(quality_verdicts(acc, v.name, budget))
+    return out
+
+
+def quality_verdicts(acc: AccuracyResult, variant: str, budget: Budget) -> list[Verdict]:
+    """The quality budgets (accuracy drop and floor, cosine, perplexity ratio, agreement) judged on one ok
+    accuracy row: the evaluation backend's, or another backend's (e.g. a Snapdragon's emulated HTP)."""
+    out: list[Verdict] = []
+    if acc.value is None:
+        return out
+    if acc.metric == "accuracy":
+        if budget.max_accuracy_drop is not None and acc.delta is not None:
+            out.append(_limit("accuracy drop", variant, 0.0 - acc.delta, budget.max_accuracy_drop, " pts"))
+        if budget.min_accuracy is not None:
+            out.append(_limit("accuracy", variant, acc.value, budget.min_accuracy, "%", upper=False))
+    if acc.metric == "cosine_to_reference" and budget.min_cosine is not None:
+        out.append(_limit("cosine to reference", variant, acc.value, budget.min_cosine, "", upper=False))
+    if acc.metric == "perplexity" and budget.max_perplexity_ratio is not None and acc.reference:
+        out.append(_limit("perplexity ratio", variant, acc.value / acc.reference, budget.max_perplexity_ratio, "×"))
+    if budget.min_agreement is not None:
+        agree = next((acc.extra[k] for k in ("agreement_with_reference", "top1_agreement", "nn_agreement")
+                      if k in acc.extra), None)
+        if agree is not None:
+            out.append(_limit("agreement with reference", variant, agree, budget.min_agreement, "%", upper=False))
     return out
 
 
@@ -125,13 +135,20 @@ def evaluate(cfg: ReleaseConfig, variants: Sequence[VariantResult]) -> tuple[lis
     return verdicts, info
 
 
+def cpu_backend(cfg: ReleaseConfig) -> str:
+    """The backend whose latency ranks variants for this machine's CPU: the first local CPU backend of ``[bench]``
+    (not a GPU, a phone or an emulator), else ``xnnpack``."""
+    local = [b for b in cfg.bench.backends if b in ("xnnpack", "cpu") or b.startswith("external:")]
+    return local[0] if local else "xnnpack"
+
+
 def recommend_per_target(passing: Sequence[VariantResult], variants: Sequence[VariantResult],
                          cfg: ReleaseConfig) -> list[dict[str, Any]]:
     """Per target, the variant to ship there: on the CPU the fastest that meets its budgets (:func:`recommend`); on
     each checked delegate or NPU the smallest that meets its budgets and that the target takes whole (latency here says
     nothing about a phone's GPU or NPU). Where none is taken whole, the closest one and what stays on the CPU."""
     cpu = recommend(passing, cfg)
-    backend = _latency_backend(cfg)
+    backend = cpu_backend(cfg)
     rows: list[dict[str, Any]] = [{"target": f"CPU ({backend}×{max(cfg.bench.threads)})", "variant": cpu,
                                    "why": "fastest measured median latency among the variants that meet their budgets"
                                    if cpu else "no variant meets its budgets"}]
@@ -218,15 +235,13 @@ def _emulation_refusal(v: VariantResult, target: str, cfg: ReleaseConfig) -> str
         return None
     if row.status is not Status.OK:
         return row.reason
-    drop = cfg.budget_for(v.name).max_accuracy_drop
-    if row.metric == "accuracy" and drop is not None and row.delta is not None and -row.delta > drop:
-        return f"accuracy on the emulated HTP drops {-row.delta:.2f} points (budget {drop:g})"
-    return None
+    failed = [x for x in quality_verdicts(row, v.name, cfg.budget_for(v.name)) if not x.passed]
+    return f"on the emulated HTP: {failed[0].message}" if failed else None
 
 
 def recommend(passing: Sequence[VariantResult], cfg: ReleaseConfig) -> str | None:
     """Among variants that meet their budgets: the fastest measured p50 at the most threads, then the smallest."""
-    backend = _latency_backend(cfg)
+    backend = cpu_backend(cfg)
     threads = max(cfg.bench.threads) if cfg.bench.threads else 1
 
     def key(v: VariantResult) -> tuple[float, float]:
@@ -236,8 +251,3 @@ def recommend(passing: Sequence[VariantResult], cfg: ReleaseConfig) -> str | Non
 
     ranked = sorted(passing, key=key)
     return ranked[0].name if ranked else None
-
-
-def _latency_backend(cfg: ReleaseConfig) -> str:
-    """The backend whose latency ranks the variants: the first of ``bench.backends`` that measures time."""
-    return next((b for b in cfg.bench.backends if not is_arm_backend(b)), "xnnpack")

@@ -199,6 +199,32 @@ def _core_ml(rep: Report) -> str:
             + "</table>")
 
 
+def _backend_accuracy(rep: Report) -> str:
+    """The task metric on backends other than the evaluation one (GPU delegate, emulated HTP, ARM kernels under QEMU,
+    phones), one row each."""
+    rows = []
+    for v in rep.variants:
+        for a in v.accuracy[1:]:
+            if a.status is Status.OK and a.value is not None:
+                agree = a.extra.get("agreement_with_reference", a.extra.get("cosine_min"))
+                diff = a.extra.get("max_abs_logit_diff")
+                x86 = a.extra.get("max_abs_diff_vs_x86")
+                note = ("numerics only, no latency" if a.extra.get("emulated") or "instructions_per_inference" in a.extra
+                        else "") + ("" if x86 is None else f"; vs the same variant on x86: max |Δ| {x86:.3g}")
+                cells = (f"{a.value:.4g}", "—" if a.delta is None else f"{a.delta:+.3g}",
+                         "—" if agree is None else f"{agree:.4g}", "—" if diff is None else f"{diff:.3g}",
+                         str(a.n_samples), note)
+            else:
+                cells = (a.status.value.replace("_", " "), "—", "—", "—", "—", a.reason[:240])
+            rows.append(f"<tr><td>{_esc(v.name)}</td><td>{_esc(a.backend)}</td>"
+                        + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return ""
+    return ("<h2>Accuracy on other backends</h2><table class='backend-accuracy'><tr><th>variant</th><th>backend</th>"
+            "<th>task metric</th><th>Δ vs ref CPU</th><th>fidelity</th><th>max |Δ output|</th><th>samples</th>"
+            "<th>note</th></tr>" + "".join(rows) + "</table>")
+
+
 def to_html(rep: Report, markdown_headline: str) -> str:
     variants_rows = []
     for v in rep.variants:
@@ -227,6 +253,7 @@ tr.fail td {{ background: #fdecea; }} .chart {{ width: 100%; max-width: {W}px; b
 <h2>Variants</h2>
 <table><tr><th>variant</th><th>recipe</th><th>status</th><th>MB</th><th>task metric</th><th>reason</th></tr>
 {"".join(variants_rows)}</table>
+{_backend_accuracy(rep)}
 <h2>Latency vs quality vs size</h2>
 {tradeoff_chart(rep)}
 <h2>Latency per backend</h2>

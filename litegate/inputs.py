@@ -66,6 +66,16 @@ class EvalData:
     sha256: str | None = None
 
 
+def _label_names(source: Source) -> dict[int, str] | None:
+    """The model's classes (index -> name) where its files name them (``model.labels`` or the checkpoint's
+    ``id2label``), else None (then any integer label is read as is)."""
+    labels = source.info.get("labels") or {}
+    try:
+        return {int(k): str(v) for k, v in labels.items()} or None
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
 def eval_data(cfg: ReleaseConfig, source: Source, encoder: TextEncoder | None, work: Path) -> EvalData:
     task = cfg.model.source.task
     data = EvalData(task=task)
@@ -89,7 +99,8 @@ def eval_data(cfg: ReleaseConfig, source: Source, encoder: TextEncoder | None, w
     texts: list[str] = []
     if cfg.data.eval is not None:
         if task is Task.TEXT_CLASSIFICATION:
-            data.labelled = read_labelled_tsv(cfg.data.eval, limit=cfg.data.max_eval_samples)
+            data.labelled = read_labelled_tsv(cfg.data.eval, limit=cfg.data.max_eval_samples,
+                                              label_names=_label_names(source))
             data.labels = np.array(data.labelled.labels)
             texts = list(data.labelled.sentences)
         else:

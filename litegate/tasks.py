@@ -6,6 +6,7 @@ Nothing here imports TensorFlow: evaluation and cache-hit runs must not pay for 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,24 +44,37 @@ def _read_lines(path: str | Path, what: str) -> list[tuple[int, str]]:
     return out
 
 
-def read_labelled_tsv(path: str | Path, *, limit: int | None = None) -> LabelledText:
+def read_labelled_tsv(path: str | Path, *, limit: int | None = None,
+                      label_names: Mapping[int, str] | None = None) -> LabelledText:
     """Read ``sentence<TAB>label`` rows (a header row with ``label`` is skipped).
 
+    With the model's ``label_names`` (class index -> name), a label is a class index or a class name (any case), and
+    anything else is refused: a label the model cannot predict would only lower the accuracy quietly.
+
     Raises:
-        DataError: missing file, invalid UTF-8, a malformed row, or no rows at all.
+        DataError: missing file, invalid UTF-8, a malformed row, a label outside the model's classes, or no rows.
     """
     rows = _read_lines(path, "evaluation data")
     if rows and rows[0][1].lower().split("\t")[-1].strip() == "label":
         rows = rows[1:]
+    by_name = {name.lower(): i for i, name in (label_names or {}).items()}
+    known = (f"{min(label_names)}..{max(label_names)} or {', '.join(label_names[i] for i in sorted(label_names))}"
+             if label_names else "")
     sentences, labels = [], []
     for no, text in rows:
         parts = text.split("\t")
         if len(parts) < 2:
             raise DataError(f"{path}:{no}: expected 'sentence<TAB>label'")
+        raw = parts[-1].strip()
         try:
-            label = int(parts[-1].strip())
+            label = int(raw)
         except ValueError:
-            raise DataError(f"{path}:{no}: label {parts[-1].strip()!r} is not an integer") from None
+            if raw.lower() not in by_name:
+                raise DataError(f"{path}:{no}: label {raw!r} is not an integer"
+                                + (f" or one of the model's labels ({known})" if known else "")) from None
+            label = by_name[raw.lower()]
+        if label_names and label not in label_names:
+            raise DataError(f"{path}:{no}: label {label} is not one of the model's labels ({known})")
         sentences.append("\t".join(parts[:-1]).strip())
         labels.append(label)
         if limit and len(sentences) >= limit:

@@ -367,17 +367,27 @@ def test_accuracy_on_the_phone_is_its_own_row_scored_against_the_cpu_reference(h
     the phone with its agreement and largest output difference against the reference on the CPU."""
     from types import SimpleNamespace
 
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
     from litegate.backends.runtime import Runner
     from litegate.benchmarks.accuracy import evaluate_variants
     from litegate.types import Task
 
+    # tensor names as TensorFlow's converter writes them, unlike the signature's keys (x, y): AI Hub names outputs by
+    # tensor, so the phone's outputs are matched by position
+    m = schema.ModelT.InitFromPackedBuf(model.read_bytes(), 0)
+    m.subgraphs[0].tensors[0].name, m.subgraphs[0].tensors[1].name = b"serving_default_x:0", b"StatefulPartitionedCall:0"
+    b = flatbuffers.Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    model.write_bytes(b.Output())
     x = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
     np.savez(tmp_path / "eval.npz", x=x)
     cpu = Runner(model, backend="cpu").run_batch({"x": x})["y"]
     labels = cpu.argmax(-1)
     phone = cpu.copy()
     phone[0] = -phone[0]  # the phone disagrees on the first sample
-    hub.script.append({"outputs": {"y": [phone[i:i + 1] for i in range(6)]}})
+    hub.script.append({"outputs": {"StatefulPartitionedCall_0": [phone[i:i + 1] for i in range(6)]}})
     art = Artifact(path=str(model), sha256=SHA, size_bytes=model.stat().st_size, parent_sha256=None,
                    produced_by="test", step_config={}, tool_versions={})
     v = VariantResult(name="fp32", recipe=Recipe("fp32", "float", {}), status=Status.OK, artifact=art)
@@ -400,3 +410,38 @@ def test_accuracy_on_the_phone_is_its_own_row_scored_against_the_cpu_reference(h
     row = again.accuracy[1]
     assert row.backend == "aihub:Pixel 8" and row.status is Status.FAILED
     assert row.reason == "AI Hub job j00000002 finished without an output dataset"
+
+
+def test_a_job_id_that_cannot_be_saved_is_still_polled_and_the_cell_says_it_cannot_be_resumed(hub, model,
+                                                                                                 monkeypatch):
+    """Offline, against recorded client messages (not a device measurement): the job store cannot be written (disk
+    full): the submitted job is still measured in this run, and its note says a re-run cannot resume it."""
+    def full(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(aihub.JobStore, "_save", full)
+    hub.script.append({"profile": recorded_profile()})
+    r = cell(model)
+    assert r.status is Status.OK and r.latency is not None
+    assert "submitted as j00000001, but its id could not be saved to" in r.reason
+    assert "No space left on device" in r.reason
+
+
+def test_a_saved_job_that_ai_hub_no_longer_has_is_forgotten_and_submitted_afresh_next_time(hub, model, monkeypatch):
+    """Offline, against recorded client messages (not a device measurement): resuming a saved job that AI Hub answers
+    404 for fails that cell once, drops the id, and the next run submits a new job."""
+    hub.script.append({"profile": recorded_profile()})
+    assert cell(model).status is Status.OK
+    real_get_job = hub.get_job
+
+    def gone(config, job_id):
+        raise rest.APIException(status_code=404)
+
+    monkeypatch.setattr(rest, "get_job", gone)
+    r = cell(model)
+    assert r.status is Status.FAILED and "forgotten: the next run submits afresh" in r.reason
+    assert store_of(model) == {}
+    monkeypatch.setattr(rest, "get_job", real_get_job)
+    hub.script.append({"profile": recorded_profile()})
+    again = cell(model)
+    assert again.status is Status.OK and again.protocol["job_id"] == "j00000002" and not again.protocol["resumed"]

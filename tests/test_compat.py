@@ -359,6 +359,20 @@ def test_cli_check_table_is_default(tmp_path):
     assert "FULLY_CONNECTED" in res.output and "Snapdragon" in res.output
 
 
+def test_cli_check_fail_under_exits_1_naming_each_target_below_it(tmp_path, capsys):
+    """ADD, GATHER, MUL: GATHER stays on the CPU and splits the graph; the GPU delegate takes one partition: 1 of 3."""
+    model = tmp_path / "m.tflite"
+    model.write_bytes(_ops_model(["ADD", "GATHER", "MUL"]))
+    with pytest.raises(SystemExit) as exc:
+        main(["check", str(model), "--delegate", "gpu", "--fail-under", "100"])
+    assert exc.value.code == 1
+    assert "litegate: gpu delegates 33.3% of the ops (1/3), below --fail-under 100%" in capsys.readouterr().err
+    res = CliRunner().invoke(cli, ["check", str(model), "--delegate", "gpu", "--fail-under", "30"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["check", str(model), "--delegate", "gpu", "--fail-under", "101"])
+    assert res.exit_code == 2 and "101" in res.output
+
+
 def test_cli_check_unknown_delegate_exits_2(tmp_path, capsys):
     model = tmp_path / "m.tflite"
     model.write_bytes(_mlp_bytes())

@@ -49,6 +49,21 @@ def test_full_integer_and_pruned_variants_are_not_run_with_the_reason(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing converted, nothing written
 
 
+def test_int8_weights_below_ios16_are_not_run_and_a_stale_package_is_removed(tmp_path):
+    """coremltools raises an int8-weight program to iOS16's specification, so an iOS15 target cannot load it: that
+    cell is not run rather than written under a name that promises iOS15. A package an earlier run left for a
+    variant that has none now is removed."""
+    source = ModelSource(kind="hf-bert", path=str(DEMO / "model"), task="text-classification", seq_len=16)
+    stale = tmp_path / "int8.iOS15.mlpackage"
+    stale.mkdir()
+    (stale / "Manifest.json").write_text("{}")
+    out = coreml.convert_variants(_variants("dynamic-int8", "int8"), source, "mlprogram:iOS15", tmp_path)
+    assert out["dynamic-int8"].status is Status.NOT_RUN
+    if coreml.coremltools_version() is not None:
+        assert out["dynamic-int8"].reason.startswith("int8 weights need iOS16 or later")
+    assert not stale.exists() and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_tiny_bert_with_exact_gelu_converts_to_ml_programs(tmp_path):
     ct = _coremltools()

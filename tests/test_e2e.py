@@ -160,3 +160,29 @@ def test_readme_and_ci_contract():
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_ci_logs_get_a_heartbeat_naming_the_stage_while_it_works_silently(tmp_path, monkeypatch):
+    """Without a terminal, a stage that says nothing for HEARTBEAT_S seconds (here 0.5 s; 30 s in use) gets a line
+    naming what is still running, so a CI log never goes silent for minutes."""
+    from click.testing import CliRunner
+
+    from litegate import cli as cli_module
+
+    monkeypatch.setattr(cli_module, "HEARTBEAT_S", 0.5)
+    cfg = write_config(tmp_path, model=DEMO / "model", seq_len=16)
+    res = CliRunner().invoke(cli_module.cli, ["run", str(cfg)])
+    assert res.exit_code in (0, 1), res.output
+    beats = [line for line in res.stderr.splitlines() if "(still working:" in line]
+    assert any("convert: building fp32 in a child process (still working:" in line for line in beats), res.stderr
+
+
+def test_ci_logs_end_with_the_results_table_the_verdict_and_report_md(tmp_path):
+    """Without a terminal (CI), `run` prints the main results table, then the verdict, then where report.md is."""
+    cfg = write_config(tmp_path, model=DEMO / "model", seq_len=16, variants=("fp32", "dynamic-int8"))
+    r = run_cli("run", str(cfg))
+    assert r.returncode in (0, 1), r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("| variant | recipe |") and any(x.startswith("| **dynamic-int8** |") for x in lines)
+    assert lines[-2].startswith(("✅ litegate: PASS", "❌ litegate: FAIL"))
+    assert lines[-1] == f"report: {tmp_path / 'out' / 'report.md'} (also report.html, report.json, junit.xml)"

@@ -297,3 +297,16 @@ def test_second_concurrent_run_on_same_output_is_refused(tmp_path, tiny_checkpoi
     first.communicate(timeout=600)
     assert first.returncode == 0
     assert json.loads((tmp_path / "out" / "report.json").read_text())["passed"] is True
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "under-proc"])
+def test_an_output_directory_that_cannot_be_made_exits_12_with_one_line(tmp_path, where):
+    """`-o` where no directory can be made (below a regular file; below /proc) is an output error (exit 12, one
+    line naming it), not an internal error."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    out = blocker / "out" if where == "under-a-file" else Path("/proc/litegate-test-out")
+    r = run_cli("run", str(write_config(tmp_path / "cfg", model=DEMO / "model")), "-o", str(out))
+    assert r.returncode == 12, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"litegate: error: {out}: cannot write the output directory")

@@ -190,6 +190,7 @@ def test_release_report_shows_the_qnn_column_beside_the_legacy_hexagon_nn_rules(
     assert q["status"] == "ok" and q["delegated_fraction"] == 1.0 and q["extra"]["compiled_bytes"] > 0
     html = (tmp_path / "out" / "report.html").read_text()
     assert "hexagon_nn (legacy)" in html and "qnn:SM8650" in html
+    assert "Accuracy on other backends" in html and "qnn:SM8650 (emulated HTP)" in html
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +250,10 @@ def test_only_whole_htp_models_on_a_known_soc_are_emulated():
     assert htp.emulation_refusal("SM8650", whole) is None
     assert "1 op(s) stay on the CPU (StridedSlice)" in (htp.emulation_refusal("SM8650", split) or "")
     assert "no HTP emulator settings for SA8295" in (htp.emulation_refusal("SA8295", whole) or "")
+    two = {"subgraphs": [{"index": 0, "offloaded": 9, "total": 9, "partitions": 1},
+                         {"index": 1, "offloaded": 4, "total": 4, "partitions": 1}], "refused": []}
+    assert "compiled into 2 subgraph(s), 2 partitions" in (htp.emulation_refusal("SM8650", two) or "")
+    assert "names no partitioned subgraph" in (htp.emulation_refusal("SM8650", {"subgraphs": []}) or "")
 
 
 def test_qnn_targets_are_named_as_their_reports_name_them(tmp_path):

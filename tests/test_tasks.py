@@ -71,3 +71,30 @@ def test_text_encoder_adds_bert_template_when_tokenizer_file_lacks_it(tmp_path):
     ids = enc.encode(["a good film"])["input_ids"][0]
     assert ids[0] == enc.tokenizer.token_to_id("[CLS]")
     assert ids[4] == enc.tokenizer.token_to_id("[SEP]")
+
+
+def test_labels_outside_the_models_classes_are_refused_and_names_are_mapped(tmp_path):
+    names = {0: "negative", 1: "positive"}
+    ok = tmp_path / "ok.tsv"
+    ok.write_text("sentence\tlabel\na fine film\tPositive\na dull film\tnegative\nan odd film\t1\n")
+    assert read_labelled_tsv(ok, label_names=names).labels == (1, 0, 1)
+    seven = tmp_path / "seven.tsv"
+    seven.write_text("sentence\tlabel\na fine film\t1\na dull film\t7\n")
+    assert read_labelled_tsv(seven).labels == (1, 7)  # without the model's classes, any integer is read as is
+    with pytest.raises(DataError, match=r"seven.tsv:3: label 7 is not one of the model's labels "
+                                        r"\(0\.\.1 or negative, positive\)"):
+        read_labelled_tsv(seven, label_names=names)
+    with pytest.raises(DataError, match=r"ok.tsv:1: label 'great' is not an integer or one of the model's labels"):
+        (tmp_path / "ok.tsv").write_text("a fine film\tgreat\n")
+        read_labelled_tsv(ok, label_names=names)
+
+
+def test_a_run_with_a_label_the_model_cannot_predict_exits_4_naming_file_and_line(tmp_path):
+    from conftest import run_cli, write_config
+
+    bad = tmp_path / "eval.tsv"
+    bad.write_text("sentence\tlabel\na fine film\t1\na dull film\t7\n")
+    r = run_cli("run", str(write_config(tmp_path / "cfg", model=DEMO / "model", eval_path=bad)))
+    assert r.returncode == 4, r.stderr
+    assert f"{bad}:3: label 7 is not one of the model's labels (0..1 or negative, positive)" in r.stderr
+    assert not list((tmp_path / "cfg" / "out").glob("litegate-run-*"))  # nothing half-written left behind

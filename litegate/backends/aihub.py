@@ -36,6 +36,7 @@ deadline bounds the polling, and each HTTP call is bounded by the client's own r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -171,6 +172,7 @@ class JobStore:
         except (OSError, ValueError) as exc:
             raise BenchmarkError(f"{self.path}: unreadable AI Hub job store ({exc}); move it away to submit afresh") from None
         self._jobs: dict[str, dict[str, Any]] = dict(data.get("jobs", {})) if isinstance(data, dict) else {}
+        self.unsaved: dict[str, str] = {}  # key -> why its job id is not on disk (a re-run cannot resume it)
 
     @staticmethod
     def key(sha256: str, spec: AihubSpec, kind: str) -> str:
@@ -185,8 +187,10 @@ class JobStore:
         self._save()
 
     def drop(self, key: str) -> None:
+        """Forget a job (failed, or gone on AI Hub); an unwritable store keeps it on disk, and a re-run finds out."""
         if self._jobs.pop(key, None) is not None:
-            self._save()
+            with contextlib.suppress(OSError):
+                self._save()
 
     def _save(self) -> None:
         atomic_write_text(self.path, json.dumps({"jobs": self._jobs}, indent=1, sort_keys=True) + "\n")
@@ -229,6 +233,17 @@ def _client_errors() -> tuple[type[BaseException], ...]:
     return Error, APIException, OSError, ValueError
 
 
+def _not_found(exc: BaseException) -> bool:
+    """True for AI Hub's answer that a job does not exist (deleted or expired). The client re-raises the REST
+    layer's 404 as a ``UserError`` ``from None``; the original stays its ``__context__``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if getattr(seen, "status_code", None) == 404:
+            return True
+        seen = seen.__context__
+    return False
+
+
 def _run_jobs(requests: Sequence[_Request], *, client: Client, store: JobStore, timeout_s: float,
               poll_s: float) -> dict[str, _Outcome]:
     """Resume saved jobs and submit the rest, then poll all of them together until they finish or the deadline."""
@@ -252,20 +267,31 @@ def _run_jobs(requests: Sequence[_Request], *, client: Client, store: JobStore, 
                 continue
             if req.sha256 not in models:
                 models[req.sha256] = client.upload_model(req.path, name=Path(req.path).name)
+            # retry=False: the client's own rate-limit retry sleeps up to 10 min per request and prints to stdout,
+            # past litegate's deadline; a refused request is this cell's failure instead
             job = client.submit_inference_job(models[req.sha256], device=Device(req.spec.device),
                                               inputs=dict(req.inputs) if req.inputs is not None else None,
-                                              name=req.name, options=req.spec.options, profile=req.kind == PROFILE)
+                                              name=req.name, options=req.spec.options, profile=req.kind == PROFILE,
+                                              retry=False)
         except errors as exc:
             if saved is None:
                 outcomes[req.key] = _Outcome(Status.FAILED, f"submitting to AI Hub failed: {_one_line(exc)}")
             else:
+                if _not_found(exc):  # the job is gone on AI Hub's side: forget it, submit afresh next time
+                    store.drop(req.key)
                 outcomes[req.key] = _Outcome(Status.FAILED, f"resuming AI Hub job {saved['job_id']} failed: "
-                                             f"{_one_line(exc)} (remove its entry from {store.path} to submit afresh)",
+                                             f"{_one_line(exc)}" + (" (forgotten: the next run submits afresh)"
+                                                                    if _not_found(exc) else
+                                                                    f" (remove its entry from {store.path} to submit "
+                                                                    "afresh)"),
                                              job_id=saved["job_id"], resumed=True)
             continue
-        store.put(req.key, {"job_id": job.job_id, "sha256": req.sha256, "device": req.spec.device,
-                            "compute_unit": req.spec.compute_unit, "kind": req.kind, "name": req.name,
-                            "submitted": datetime.now(UTC).isoformat(timespec="seconds")})
+        try:
+            store.put(req.key, {"job_id": job.job_id, "sha256": req.sha256, "device": req.spec.device,
+                                "compute_unit": req.spec.compute_unit, "kind": req.kind, "name": req.name,
+                                "submitted": datetime.now(UTC).isoformat(timespec="seconds")})
+        except OSError as exc:  # the job runs anyway: poll it now, and say that a re-run cannot resume it
+            store.unsaved[req.key] = f"submitted as {job.job_id}, but its id could not be saved to {store.path}: {exc}"
         jobs[req.key] = (job, False)
     pending = dict(jobs)
     states: dict[str, str] = {}
@@ -298,6 +324,10 @@ def _run_jobs(requests: Sequence[_Request], *, client: Client, store: JobStore, 
         outcomes[key] = _Outcome(Status.TIMEOUT, f"AI Hub job {job.job_id} still {states.get(key, 'UNKNOWN')} after "
                                  f"{timeout_s:g} s; its id is saved in {store.path}: a re-run resumes it",
                                  job_id=job.job_id, state=states.get(key, ""), resumed=resumed)
+    for key, why in store.unsaved.items():
+        if key in outcomes:
+            o = outcomes[key]
+            outcomes[key] = dataclasses.replace(o, reason=f"{o.reason}; {why}" if o.reason else why)
     return outcomes
 
 
@@ -433,9 +463,12 @@ def bench_cells(cells: Sequence[Cell], *, store_path: str | os.PathLike[str], ti
                 profiles[req.key] = _read_profile(oc, req.spec)
             got = profiles[req.key]
             if isinstance(got, str):
-                out[i] = result(cells[i], Status.FAILED, got, protocol=base)
+                store.drop(req.key)  # a finished job whose profile cannot be read: submit afresh next time
+                out[i] = result(cells[i], Status.FAILED, f"{got} (forgotten: the next run submits afresh)",
+                                protocol=base)
                 continue
-            out[i] = result(cells[i], Status.OK, got["note"], init_ms=got["init_ms"], latency=got["latency"],
+            note = "; ".join(x for x in (got["note"], oc.reason) if x)
+            out[i] = result(cells[i], Status.OK, note, init_ms=got["init_ms"], latency=got["latency"],
                             peak_rss_mb=got["peak_rss_mb"], samples_ms=got["samples_ms"],
                             protocol={**base, "measured_on": "a real phone, through Qualcomm AI Hub",
                                       "runs": "AI Hub's profiler iterations (litegate's warm-up, run counts and "
@@ -513,8 +546,10 @@ def run_outputs(path: str | os.PathLike[str], inputs: Mapping[str, np.ndarray], 
     try:
         data = outcome.job.download_output_data()
     except _client_errors() as exc:
-        raise AihubJobError(f"downloading the outputs of AI Hub job {outcome.job_id} failed: {_one_line(exc)}",
-                            status=Status.FAILED) from None
+        store.drop(req.key)  # e.g. an expired output dataset: the job cannot give its outputs again
+        raise AihubJobError(f"downloading the outputs of AI Hub job {outcome.job_id} failed: {_one_line(exc)} "
+                            "(forgotten: the next run submits afresh)", status=Status.FAILED) from None
     if not data:
+        store.drop(req.key)
         raise AihubJobError(f"AI Hub job {outcome.job_id} finished without an output dataset", status=Status.FAILED)
     return {name: np.concatenate([np.asarray(a) for a in arrays], axis=0) for name, arrays in data.items()}

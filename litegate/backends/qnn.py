@@ -103,8 +103,12 @@ def compile_model(path: str | Path, soc: str, *, timeout_s: float = TIMEOUT_S,
                 "--soc_manufacturer=Qualcomm", f"--soc_model={soc}", f"--libs={tools['plugin']}"]
         env = {**os.environ, "LD_LIBRARY_PATH": f"{tools['qnn']}:{shim}", "TMPDIR": tmp}
         t0 = time.monotonic()
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                errors="replace", start_new_session=True)
+        try:
+            proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    errors="replace", start_new_session=True)
+        except OSError as exc:  # e.g. the binary lost its exec bit, or a noexec mount
+            return {"status": "setup_error", "seconds": 0.0, "subgraphs": [], "refused": [],
+                    "errors": [f"cannot start {tools['tool']}: {exc}"]}
         try:
             stdout, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -206,11 +210,16 @@ def emulation_refusal(soc: str, verdict: dict[str, Any]) -> str | None:
     if soc not in HTP_SOCS:
         return f"no HTP emulator settings for {soc} (emulated: {', '.join(HTP_SOCS)})"
     subs = verdict.get("subgraphs", [])
+    if not subs:
+        return "the compiler's log names no partitioned subgraph, so what it offloaded is unknown"
     left = sum(s["total"] - s["offloaded"] for s in subs)
-    if left or len(subs) != 1 or subs[0]["partitions"] != 1:
+    whole = "the HTP emulator runs whole-HTP models only (one subgraph in one partition)"
+    if left:
         ops = sorted({r["op"] for r in verdict.get("refused", [])})
-        return (f"the HTP emulator runs whole-HTP models only; {left} op(s) stay on the CPU"
-                + (f" ({', '.join(ops)})" if ops else "") + " and would need LiteRT's CPU runtime beside it")
+        return (f"{whole}; {left} op(s) stay on the CPU" + (f" ({', '.join(ops)})" if ops else "")
+                + " and would need LiteRT's CPU runtime beside it")
+    if len(subs) != 1 or subs[0]["partitions"] != 1:
+        return f"{whole}; this one compiled into {len(subs)} subgraph(s), {sum(s['partitions'] for s in subs)} partitions"
     return None
 
 

@@ -314,25 +314,35 @@ def _phone_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarra
     if reason := why_not_runnable(backend):
         return row(Status.NOT_RUN, reason)
     say(f"eval: {v.name} on {backend}")
-    runner = Runner(v.artifact.path, backend="cpu")  # the signature's (de)quantization, applied around the phone
-    order = {t: i for i, t in enumerate(load_model(v.artifact.path).subgraph_inputs[0])}
-    names = sorted(runner.inputs, key=lambda k: order.get(runner.inputs[k]["index"], len(order)))
-    with np.load(data.inputs_npz) as arrays:
-        feeds = {k: arrays[k] for k in arrays.files}
-    prepared = [runner.prepare({k: a[i:i + 1] for k, a in feeds.items()}) for i in range(data.n)]
-    inputs = {k: np.concatenate([p[k] for p in prepared]) for k in names}
     try:
-        raw = aihub.run_outputs(v.artifact.path, inputs, backend, timeout_s=timeout_s)
+        outputs = _phone_outputs(v.artifact.path, data.inputs_npz, data.n, backend, timeout_s=timeout_s)
     except aihub.AihubJobError as exc:
         return row(exc.status, exc.message)
     except LitegateError as exc:
         return row(Status.FAILED, exc.message)
-    if set(raw) != set(runner.outputs):
-        if len(raw) != 1 or len(runner.outputs) != 1:
-            return row(Status.FAILED, f"the phone's outputs {sorted(raw)} do not match the model's "
-                                      f"{sorted(runner.outputs)}")
-        raw = {next(iter(runner.outputs)): next(iter(raw.values()))}
-    outputs = runner.dequantize(raw)
+    except (ValueError, OSError) as exc:
+        return row(Status.FAILED, f"{backend}: {exc}")
     metric, value, extra = summarize_task(task.value, outputs, ref, data.labels, data.windows)
     return AccuracyResult(task=task, metric=metric, value=value, backend=backend, n_samples=data.n,
                           reference=ref_value, delta=None if ref_value is None else value - ref_value, extra=extra)
+
+
+def _phone_outputs(path: str, inputs_npz: Path, n: int, backend: str, *, timeout_s: float) -> dict[str, np.ndarray]:
+    """Every sample of ``inputs_npz`` run on the phone, (de)quantized like the CPU's and keyed by signature name.
+
+    Inputs go in the model's input order and outputs come back in its output order (AI Hub names the tensors, not
+    the signature's keys)."""
+    runner = Runner(path, backend="cpu")  # the signature's (de)quantization, applied around the phone
+    model = load_model(path)
+    in_order = {t: i for i, t in enumerate(model.subgraph_inputs[0])}
+    out_order = {t: i for i, t in enumerate(model.subgraph_outputs[0])}
+    names = sorted(runner.inputs, key=lambda k: in_order.get(runner.inputs[k]["index"], len(in_order)))
+    outs = sorted(runner.outputs, key=lambda k: out_order.get(runner.outputs[k]["index"], len(out_order)))
+    with np.load(inputs_npz) as arrays:
+        feeds = {k: arrays[k] for k in arrays.files}
+    prepared = [runner.prepare({k: a[i:i + 1] for k, a in feeds.items()}) for i in range(n)]
+    raw = aihub.run_outputs(path, {k: np.concatenate([p[k] for p in prepared]) for k in names}, backend,
+                            timeout_s=timeout_s)
+    if len(raw) != len(outs):
+        raise ValueError(f"the phone returned {len(raw)} outputs ({', '.join(raw)}); the model has {len(outs)}")
+    return runner.dequantize(dict(zip(outs, raw.values(), strict=True)))

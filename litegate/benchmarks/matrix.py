@@ -30,6 +30,10 @@ from litegate.isolation import run_isolated
 from litegate.timing import summarize
 from litegate.types import BenchResult, LatencyStats, Status, VariantResult
 
+# AI Hub profiles a model's first signature; a generator is timed per token on its decode/step signature
+AIHUB_SIGNATURE = ("AI Hub profiles the model's first signature (a generator's prefill), not the per-token "
+                   "signature this cell times")
+
 
 def run_cell(*, path: str | Path, sha256: str, variant: str, backend: str, threads: int, inputs_npz: str | Path,
              protocol: dict[str, Any], timeout_s: float, mem_mb: int | None = None,
@@ -46,6 +50,8 @@ def run_cell(*, path: str | Path, sha256: str, variant: str, backend: str, threa
         return _adb_cell(path=path, sha256=sha256, backend=backend, threads=threads, protocol=protocol,
                          timeout_s=timeout_s, mem_mb=mem_mb, result=result)
     if aihub.is_aihub_backend(backend):
+        if signature is not None:
+            return result(Status.NOT_RUN, AIHUB_SIGNATURE)
         return _aihub_cell(path=path, sha256=sha256, variant=variant, backend=backend, threads=threads,
                            timeout_s=timeout_s)
     reason = why_not_runnable(backend)
@@ -157,11 +163,12 @@ def bench_variant(v: VariantResult, *, backends: Sequence[str], threads: Sequenc
     assert v.artifact is not None
     hub = iter(aihub.bench_cells([aihub.Cell(path=v.artifact.path, sha256=v.artifact.sha256, variant=v.name,
                                              backend=b, threads=t)
-                                  for b in backends if aihub.is_aihub_backend(b) for t in threads],
+                                  for b in backends if aihub.is_aihub_backend(b) and signature is None
+                                  for t in threads],
                                  store_path=Path(v.artifact.path).parent / aihub.STORE_NAME, timeout_s=timeout_s))
     for backend in backends:
         for t in cell_threads(backend, threads):
-            if aihub.is_aihub_backend(backend):
+            if aihub.is_aihub_backend(backend) and signature is None:
                 yield next(hub)
                 continue
             yield run_cell(path=v.artifact.path, sha256=v.artifact.sha256, variant=v.name, backend=backend, threads=t,

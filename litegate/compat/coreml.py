@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -109,6 +110,22 @@ def precision_for(variant: VariantConfig) -> tuple[str | None, str]:
     return precision, ""
 
 
+# the first deployment target of each OS family with compressed (constexpr) weights: coremltools' weight
+# quantization raises an older program's specification to iOS16's
+_INT8_WEIGHTS_SINCE = {"iOS": 16, "macOS": 13, "watchOS": 9, "tvOS": 16}
+
+
+def _too_old_for_int8_weights(deployment: str) -> str:
+    """Why ``deployment`` cannot load an int8-weight ML Program, or ""."""
+    m = re.fullmatch(r"([a-zA-Z]+?)(\d+)", deployment)
+    family, version = (m.group(1), int(m.group(2))) if m else ("", 0)
+    since = _INT8_WEIGHTS_SINCE.get(family)
+    if since is not None and version < since:
+        return (f"int8 weights need {family}{since} or later (coremltools raises the program to that specification); "
+                f"this target is {deployment}")
+    return ""
+
+
 def source_reason(source: ModelSource) -> str:
     """Why ``source`` cannot be converted to Core ML here, or ""."""
     if source.kind is SourceKind.TFLITE:
@@ -136,13 +153,15 @@ def convert_variants(variants: Sequence[VariantConfig], source: ModelSource, tar
     blocked = source_reason(source) or ("" if version else f"coremltools is not installed: {INSTALL}")
     for v in variants:
         precision, why = precision_for(v)
+        if precision == "fp16-int8w" and (old := _too_old_for_int8_weights(deployment)):
+            precision, why = None, old
         if precision is None or blocked:
             results[v.name] = CoreMLResult(status=Status.NOT_RUN, reason=blocked or why,
                                            precision=PRECISION_TEXT.get(precision or "", ""), **base)
         else:
             jobs.append({"name": v.name, "precision": precision})
     if not jobs:
-        return results
+        return _without_stale(results, out_dir, deployment)
     with tempfile.TemporaryDirectory(prefix=".litegate-coreml-", dir=out_dir) as tmp:
         for j in jobs:
             j["out"] = str(Path(tmp) / f"{j['name']}.{deployment}.mlpackage")
@@ -155,7 +174,7 @@ def convert_variants(variants: Sequence[VariantConfig], source: ModelSource, tar
             for j in jobs:
                 results[j["name"]] = CoreMLResult(status=status, reason=f"coremltools: {exc.message}",
                                                   precision=PRECISION_TEXT[j["precision"]], **base)
-            return results
+            return _without_stale(results, out_dir, deployment)
         for j in jobs:
             r = done[j["name"]]
             precision = PRECISION_TEXT[j["precision"]]
@@ -165,17 +184,43 @@ def convert_variants(variants: Sequence[VariantConfig], source: ModelSource, tar
                                                   precision=precision, **base)
                 continue
             final = out_dir / Path(j["out"]).name
-            _move_into_place(Path(j["out"]), final, Path(tmp))
+            try:
+                _move_into_place(Path(j["out"]), final, Path(tmp))
+            except OSError as exc:
+                results[j["name"]] = CoreMLResult(status=Status.FAILED, reason=f"writing {final} failed: {exc}",
+                                                  precision=precision, **base)
+                continue
             results[j["name"]] = CoreMLResult(status=Status.OK, precision=precision, mil_ops=r["mil_ops"],
                                               package=str(final), package_bytes=int(r["bytes"]),
                                               seconds=float(r["seconds"]), **base)
+    return _without_stale(results, out_dir, deployment)
+
+
+def _without_stale(results: dict[str, CoreMLResult], out_dir: Path, deployment: str) -> dict[str, CoreMLResult]:
+    """``results``, after removing the packages an earlier run left for variants that have none now."""
+    for name, r in results.items():
+        if r.status is not Status.OK:
+            _remove_stale(out_dir / f"{name}.{deployment}.mlpackage")
     return results
 
 
 def _move_into_place(new: Path, final: Path, scratch: Path) -> None:
-    """Replace the folder ``final`` with ``new`` (same file system): the old one is moved aside, then removed."""
+    """Replace the folder ``final`` with ``new`` (same file system): the old one is moved aside, the new one moved
+    in, and only then the old one removed, so a failure leaves either package whole."""
+    old = scratch / (final.name + ".old")
     if final.exists():
-        old = scratch / (final.name + ".old")
         final.rename(old)
-        shutil.rmtree(old)
-    new.rename(final)
+    try:
+        new.rename(final)
+    except OSError:
+        if old.exists():
+            old.rename(final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale(final: Path) -> None:
+    """A package an earlier run wrote for a variant that has none now: removed, so no stale file sits beside a
+    report that calls the variant failed or not run."""
+    if final.exists():
+        shutil.rmtree(final, ignore_errors=True)
