@@ -50,7 +50,9 @@ from litegate.types import DEFAULT_SEQ_LEN, ModelSource, Recipe, SourceKind, Tas
 
 BUDGET_KEYS = ("max_size_mb", "max_gzip_mb", "max_latency_p50_ms", "max_latency_p90_ms", "max_accuracy_drop",
                "min_accuracy", "max_peak_rss_mb", "min_cosine", "max_perplexity_ratio", "min_agreement",
-               "max_instructions_m")
+               "max_instructions_m", "max_cold_start_ms")
+# budgets per compatibility target: {target = percent}, e.g. min_delegated_ops_pct = { gpu = 100, "qnn:SM8650" = 100 }
+COVERAGE_KEYS = ("min_delegated_ops_pct", "min_delegated_macs_pct")
 _TYPES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a table"}
 
 
@@ -135,8 +137,11 @@ class Budget:
     max_perplexity_ratio: float | None = None  # text-generation: perplexity / reference perplexity
     min_agreement: float | None = None  # % of predictions (class, next token, nearest neighbour) equal to the reference
     max_instructions_m: float | None = None  # millions of instructions per inference on an emulated CPU (arm64-emu)
+    max_cold_start_ms: float | None = None  # model load + first inference, per measured cell
+    min_delegated_ops_pct: Mapping[str, float] | None = None  # compatibility target -> % of ops it must take
+    min_delegated_macs_pct: Mapping[str, float] | None = None  # compatibility target -> % of MACs it must take
 
-    def merged(self, override: Mapping[str, float]) -> Budget:
+    def merged(self, override: Mapping[str, Any]) -> Budget:
         return dataclasses.replace(self, **override)
 
 
@@ -193,14 +198,24 @@ def _path(base: Path, value: str, key: str, file: Path, *, must_exist: bool = Tr
     return p
 
 
-def _budget(t: _Table) -> dict[str, float]:
-    out = {}
+def _budget(t: _Table) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for key in BUDGET_KEYS:
         if key in t.data:
             v = t.get(key, float)
             if v < 0:
                 raise ConfigError(f"{t.file}: '{t._name(key)}' must be >= 0")
             out[key] = v
+    for key in COVERAGE_KEYS:
+        if key in t.data:
+            targets = t.table(key)
+            pcts = {}
+            for target in list(targets.data):
+                pct = targets.get(target, float)
+                if not 0 <= pct <= 100:
+                    raise ConfigError(f"{t.file}: '{targets._name(target)}' must be a percentage in [0, 100]")
+                pcts[target] = pct
+            out[key] = pcts
     return out
 
 
@@ -225,6 +240,7 @@ def load(path: str | Path) -> ReleaseConfig:
     budget, variant_budgets = _budgets(top.table("budgets"), names)
     gate = _gate(top.table("gate"), names)
     delegates, emulate_samples = _check(top.table("check"))
+    budget, variant_budgets = _coverage_targets(budget, variant_budgets, delegates, file)
     debug = _quantize(top.table("quantize"))
     convert_timeout, mem_mb = _limits(top.table("limits"))
     top.done()
@@ -398,7 +414,7 @@ def _budgets(bt: _Table, names: list[str]) -> tuple[Budget, dict[str, Budget]]:
     default = Budget(**_budget(bt))
     per_variant = {}
     for key in list(bt.data):
-        if key in BUDGET_KEYS:
+        if key in BUDGET_KEYS or key in COVERAGE_KEYS:
             continue
         if key not in names:
             if isinstance(bt.data[key], dict):
@@ -409,6 +425,34 @@ def _budgets(bt: _Table, names: list[str]) -> tuple[Budget, dict[str, Budget]]:
         vt.done()
     bt.done()
     return default, per_variant
+
+
+def _coverage_targets(budget: Budget, per_variant: dict[str, Budget], delegates: tuple[str, ...],
+                      file: Path) -> tuple[Budget, dict[str, Budget]]:
+    """Coverage budgets name targets of ``[check] delegates`` (as the reports name them: ``qnn`` is
+    ``qnn:SM8650``); a target that is not checked could never be judged, so it is refused here."""
+    from litegate.compat.check import canonical_target  # imports LiteRT's flatbuffer schema: not at CLI start
+
+    def fixed(b: Budget) -> Budget:
+        changes: dict[str, Any] = {}
+        for key in COVERAGE_KEYS:
+            pcts = getattr(b, key)
+            if not pcts:
+                continue
+            named = {}
+            for target, pct in pcts.items():
+                try:
+                    name = canonical_target(target)
+                except ValueError as exc:
+                    raise ConfigError(f"{file}: 'budgets.{key}': {exc}") from None
+                if name not in delegates:
+                    raise ConfigError(f"{file}: 'budgets.{key}' names {target!r}, which check.delegates does not "
+                                      f"check (checked: {', '.join(delegates)})")
+                named[name] = pct
+            changes[key] = named
+        return dataclasses.replace(b, **changes) if changes else b
+
+    return fixed(budget), {k: fixed(b) for k, b in per_variant.items()}
 
 
 class _Gate(NamedTuple):

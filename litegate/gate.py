@@ -63,6 +63,8 @@ def variant_verdicts(v: VariantResult, budget: Budget) -> list[Verdict]:
                      "peak memory": cell.peak_rss_mb or 0.0}[k]
             unit = " MB" if k == "peak memory" else " ms"
             out.append(_limit(k, v.name, value, lim, unit, backend=cell.backend, threads=cell.threads))
+    out.extend(_cold_start_verdicts(v, budget))
+    out.extend(_coverage_verdicts(v, budget))
     acc = v.primary_accuracy()
     quality = (budget.max_accuracy_drop, budget.min_accuracy, budget.min_cosine, budget.max_perplexity_ratio,
                budget.min_agreement)
@@ -72,6 +74,42 @@ def variant_verdicts(v: VariantResult, budget: Budget) -> list[Verdict]:
                                message=f"{v.name}: {acc.metric} {acc.status.value}: {acc.reason}"))
             return out
         out.extend(quality_verdicts(acc, v.name, budget))
+    return out
+
+
+def _cold_start_verdicts(v: VariantResult, budget: Budget) -> list[Verdict]:
+    """``max_cold_start_ms``: model load plus the first inference, on every cell that measured both (an emulated
+    timing is not a cold start); no such cell at all fails the budget, never passes it silently."""
+    if budget.max_cold_start_ms is None:
+        return []
+    cells = [c for c in v.bench if c.status is Status.OK and c.init_ms is not None and c.first_ms is not None
+             and not c.protocol.get("latency_emulated")]
+    if not cells:
+        return [Verdict(check="cold start", variant=v.name, passed=False, limit=budget.max_cold_start_ms,
+                        message=f"{v.name}: cold start not measured (no cell measured both load and first inference)")]
+    return [_limit("cold start", v.name, (c.init_ms or 0.0) + (c.first_ms or 0.0), budget.max_cold_start_ms, " ms",
+                   backend=c.backend, threads=c.threads) for c in cells]
+
+
+def _coverage_verdicts(v: VariantResult, budget: Budget) -> list[Verdict]:
+    """``min_delegated_ops_pct`` / ``min_delegated_macs_pct`` per compatibility target: the share of the variant's
+    ops (MACs) the target takes. A target that gave no verdict (not run, failed) fails the budget."""
+    out: list[Verdict] = []
+    for key, what in (("min_delegated_ops_pct", "ops"), ("min_delegated_macs_pct", "MACs")):
+        for target, pct in (getattr(budget, key) or {}).items():
+            c = v.compat_for(target)
+            check = f"{target} delegated {what}"
+            if c is None or c.status is not Status.OK:
+                why = "not checked" if c is None else f"{c.status.value.replace('_', ' ')}: {c.reason}"
+                out.append(Verdict(check=check, variant=v.name, passed=False, limit=pct,
+                                   message=f"{v.name}: {check} not judged ({why})"))
+                continue
+            frac = c.delegated_fraction if what == "ops" else c.delegated_mac_fraction
+            if frac is None:
+                out.append(Verdict(check=check, variant=v.name, passed=False, limit=pct,
+                                   message=f"{v.name}: {check} not judged (the model has no MACs)"))
+                continue
+            out.append(_limit(check, v.name, 100 * frac, pct, "%", upper=False))
     return out
 
 

@@ -181,3 +181,57 @@ def test_gate_fails_a_25pct_slower_model_and_passes_five_identical_reruns(tmp_pa
     assert min(v["value"] for v in failed) > 20  # percent slower
     c = run_cli("compare", str(baseline), str(tmp_path / "slow" / "out" / "report.json"))
     assert c.returncode == 1 and "FAIL" in c.stdout
+
+
+def test_cold_start_budget_judges_load_plus_first_inference_and_fails_when_unmeasured():
+    import dataclasses
+
+    from litegate.config import Budget
+    from litegate.gate import variant_verdicts
+
+    v = _variant("fp32", [1.0, 1.1, 1.2])
+    cell = dataclasses.replace(v.bench[0], init_ms=40.0, first_ms=5.0)
+    timed = dataclasses.replace(v, bench=(cell,))
+    (ok,) = [x for x in variant_verdicts(timed, Budget(max_cold_start_ms=50.0)) if x.check == "cold start"]
+    assert ok.passed and ok.value == 45.0 and ok.message == "fp32 on xnnpackx1: cold start 45 ms <= 50 ms"
+    (slow,) = [x for x in variant_verdicts(timed, Budget(max_cold_start_ms=40.0)) if x.check == "cold start"]
+    assert not slow.passed and slow.message == "fp32 on xnnpackx1: cold start 45 ms > 40 ms"
+    (none,) = [x for x in variant_verdicts(v, Budget(max_cold_start_ms=40.0)) if x.check == "cold start"]
+    assert not none.passed and "cold start not measured" in none.message
+
+
+def test_coverage_budgets_judge_each_targets_share_of_ops_and_fail_an_unjudged_target(tmp_path):
+    import dataclasses
+
+    from test_compat import _ops_model
+
+    from litegate.compat.check import check_model
+    from litegate.config import Budget
+    from litegate.gate import variant_verdicts
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(_ops_model(["ADD", "GATHER", "MUL"]))
+    v = dataclasses.replace(_variant("fp32", [1.0]), compat=tuple(check_model(model, ["gpu", "xnnpack"])))
+    verdicts = variant_verdicts(v, Budget(min_delegated_ops_pct={"gpu": 100.0, "xnnpack": 60.0, "hexagon": 10.0}))
+    got = {x.check: x for x in verdicts if "delegated ops" in x.check}
+    assert not got["gpu delegated ops"].passed
+    assert got["gpu delegated ops"].message == "fp32: gpu delegated ops 33.33% < 100%"
+    assert got["xnnpack delegated ops"].passed == (got["xnnpack delegated ops"].value >= 60.0)
+    assert not got["hexagon delegated ops"].passed and "not judged (not checked)" in got["hexagon delegated ops"].message
+
+
+def test_a_coverage_budget_for_a_target_that_is_not_checked_is_a_config_error(tmp_path):
+    from litegate.config import load
+    from litegate.errors import ConfigError
+
+    cfg = write_config(tmp_path, model=DEMO / "model", extra='[check]\ndelegates = ["gpu", "qnn"]\n',
+                       budgets='[budgets]\nmin_delegated_ops_pct = { gpu = 100, qnn = 100 }\n')
+    b = load(cfg).budget
+    assert b.min_delegated_ops_pct == {"gpu": 100.0, "qnn:SM8650": 100.0}  # named as the reports name it
+    bad = write_config(tmp_path / "b", model=DEMO / "model", budgets='[budgets]\nmin_delegated_ops_pct = { hexagon = 50 }\n',
+                       extra='[check]\ndelegates = ["gpu"]\n')
+    with pytest.raises(ConfigError, match="names 'hexagon', which check.delegates does not check"):
+        load(bad)
+    pct = write_config(tmp_path / "c", model=DEMO / "model", budgets='[budgets]\nmin_delegated_macs_pct = { gpu = 101 }\n')
+    with pytest.raises(ConfigError, match=r"must be a percentage in \[0, 100\]"):
+        load(pct)
