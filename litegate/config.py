@@ -161,6 +161,7 @@ class ReleaseConfig:
     cache_dir: Path
     reference: str = "fp32"
     require: str = "all"
+    ship: tuple[str, ...] = ()  # the variants that ship: the gate judges these (empty: require over the candidates)
     delegates: tuple[str, ...] = DELEGATES
     emulate_samples: int = 200
     debug: bool = False
@@ -247,7 +248,7 @@ def load(path: str | Path) -> ReleaseConfig:
     return ReleaseConfig(
         path=file.resolve(), name=name, model=model, data=data, variants=variants, bench=bench, budget=budget,
         variant_budgets=variant_budgets, output_dir=output_dir, cache_dir=cache_dir, reference=gate.reference,
-        require=gate.require, convert_timeout_s=convert_timeout, mem_mb=mem_mb, delegates=delegates,
+        require=gate.require, ship=gate.ship, convert_timeout_s=convert_timeout, mem_mb=mem_mb, delegates=delegates,
         emulate_samples=emulate_samples, debug=debug,
         # resolved last: unknown keys anywhere are reported before a missing baseline file
         baseline=_path(base, gate.baseline, "gate.baseline", file) if gate.baseline else None, compare=gate.compare,
@@ -458,6 +459,7 @@ def _coverage_targets(budget: Budget, per_variant: dict[str, Budget], delegates:
 class _Gate(NamedTuple):
     reference: str
     require: str
+    ship: tuple[str, ...]
     baseline: str  # as written; resolved by load() once every key has been checked
     compare: CompareConfig
 
@@ -482,8 +484,12 @@ def _gate(g: _Table, names: list[str]) -> _Gate:
         raise ConfigError(f"{file}: 'gate.confidence' must be in [0.5, 1), got {compare_cfg.confidence}")
     if reference not in names:
         raise ConfigError(f"{file}: 'gate.reference' = {reference!r} is not a variant (variants: {', '.join(names)})")
+    ship = tuple(g.get("ship", list, []))
+    for v in ship:
+        if v not in names:
+            raise ConfigError(f"{file}: 'gate.ship' names {v!r}, which is not a variant (variants: {', '.join(names)})")
     g.done()
-    return _Gate(reference, require, baseline, compare_cfg)
+    return _Gate(reference, require, ship, baseline, compare_cfg)
 
 
 def _check(ct: _Table) -> tuple[tuple[str, ...], int]:

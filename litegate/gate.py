@@ -150,7 +150,8 @@ def _instruction_verdicts(variant: str, cell: BenchResult, budget: Budget) -> li
 
 
 def evaluate(cfg: ReleaseConfig, variants: Sequence[VariantResult]) -> tuple[list[Verdict], dict[str, Any]]:
-    """All verdicts, and the gate decision (``require = all | any``) with a recommended variant."""
+    """All verdicts, and the gate decision with a recommended variant: every shipped variant (``[gate] ship``) meets
+    its budgets; without ``ship``, ``require = all | any`` of the candidates (:func:`judged_variants`)."""
     verdicts: list[Verdict] = []
     passing: list[VariantResult] = []
     for v in variants:
@@ -158,12 +159,15 @@ def evaluate(cfg: ReleaseConfig, variants: Sequence[VariantResult]) -> tuple[lis
         verdicts.extend(vs)
         if all(x.passed for x in vs):
             passing.append(v)
-    if cfg.require == "all":
-        passed = len(passing) == len(variants)
+    judged = judged_variants(cfg, variants)
+    if cfg.ship or cfg.require == "all":
+        passed = all(v in passing for v in judged)
     else:
-        passed = bool(passing)
+        passed = any(v in passing for v in judged)
     info = {
         "require": cfg.require,
+        "ship": list(cfg.ship),
+        "judged_variants": [v.name for v in judged],
         "passed": passed,
         "passing_variants": [v.name for v in passing],
         "failing_variants": [v.name for v in variants if v not in passing],
@@ -171,6 +175,14 @@ def evaluate(cfg: ReleaseConfig, variants: Sequence[VariantResult]) -> tuple[lis
         "recommended_per_target": recommend_per_target(passing, variants, cfg),
     }
     return verdicts, info
+
+
+def judged_variants(cfg: ReleaseConfig, variants: Sequence[VariantResult]) -> list[VariantResult]:
+    """The variants the gate decides on: those ``[gate] ship`` names; without it, every candidate, the reference
+    (the yardstick the others are measured against) excluded unless it is the only variant."""
+    if cfg.ship:
+        return [v for v in variants if v.name in cfg.ship]
+    return [v for v in variants if v.name != cfg.reference] or list(variants)
 
 
 def cpu_backend(cfg: ReleaseConfig) -> str:

@@ -236,10 +236,16 @@ def _compat_details(rep: Report, delegates: list[str]) -> list[str]:
 
 def headline(rep: Report) -> str:
     gate: dict[str, Any] = dict(rep.run.get("gate", {}))
-    failed = [v for v in rep.verdicts if not v.passed]
+    judged = gate.get("judged_variants")
+    # the checks that decided: those of the variants the gate judges (a report without the field: all of them)
+    failed = [v for v in rep.verdicts if not v.passed and (judged is None or v.variant in judged)]
     if rep.passed:
         rec = gate.get("recommended")
         extra = f"; recommended variant: **{rec}**" if rec else ""
+        if gate.get("ship"):
+            shipped = ", ".join(f"**{x}**" for x in gate["ship"])
+            verb = "meets its" if len(gate["ship"]) == 1 else "meet their"
+            return f"## ✅ litegate: PASS — shipped {shipped} {verb} budgets"
         n = len(gate.get("passing_variants", []))
         return f"## ✅ litegate: PASS — {n} of {len(rep.variants)} variants meet their budgets{extra}"
     first = failed[0].message if failed else "no variant meets its budgets"

@@ -235,3 +235,45 @@ def test_a_coverage_budget_for_a_target_that_is_not_checked_is_a_config_error(tm
     pct = write_config(tmp_path / "c", model=DEMO / "model", budgets='[budgets]\nmin_delegated_macs_pct = { gpu = 101 }\n')
     with pytest.raises(ConfigError, match=r"must be a percentage in \[0, 100\]"):
         load(pct)
+
+
+def test_the_gate_judges_the_shipped_variants_and_never_counts_the_reference_as_a_candidate(tmp_path):
+    """fp32 is the yardstick: its accuracy drop is 0 by definition, so with `require = "any"` it must not make a gate
+    pass that every real candidate fails; with `ship`, only the shipped variants decide."""
+    import dataclasses
+
+    from litegate.config import load
+    from litegate.gate import evaluate
+    from litegate.report import headline
+
+    variants = [_variant("fp32", [1.0], acc=80.0), _variant("int8", [1.0], acc=70.0),
+                _variant("dynamic-int8", [1.0], acc=79.5)]
+
+    def gate(text):
+        cfg = load(write_config(tmp_path / str(abs(hash(text))), model=DEMO / "model",
+                                variants=("fp32", "int8", "dynamic-int8"),
+                                budgets="[budgets]\nmax_accuracy_drop = 1.0\n", extra=text))
+        verdicts, info = evaluate(cfg, variants)
+        rep = dataclasses.replace(_report(variants, verdicts), passed=info["passed"])
+        return info, headline(dataclasses.replace(rep, run={**rep.run, "gate": info}))
+
+    info, line = gate('[gate]\nrequire = "any"\n')
+    assert info["judged_variants"] == ["int8", "dynamic-int8"] and info["passed"]  # dynamic-int8 is within 1 point
+    info, line = gate('[gate]\nrequire = "any"\nship = ["int8"]\n')
+    assert not info["passed"] and line.startswith("## ❌ litegate: FAIL — int8: accuracy drop 10 pts > 1 pts")
+    info, line = gate('[gate]\nship = ["dynamic-int8"]\n')
+    assert info["passed"] and line == "## ✅ litegate: PASS — shipped **dynamic-int8** meets its budgets"
+    info, _ = gate('[gate]\nrequire = "all"\n')
+    assert not info["passed"] and info["judged_variants"] == ["int8", "dynamic-int8"]
+    only_ref = [variants[1]]
+    cfg = load(write_config(tmp_path / "one", model=DEMO / "model", variants=("int8",),
+                            extra='[gate]\nreference = "int8"\n'))
+    assert evaluate(cfg, only_ref)[1]["judged_variants"] == ["int8"]  # the reference alone is judged
+
+
+def test_ship_must_name_variants(tmp_path):
+    from litegate.config import load
+    from litegate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'gate.ship' names 'int4', which is not a variant"):
+        load(write_config(tmp_path, model=DEMO / "model", extra='[gate]\nship = ["int4"]\n'))
