@@ -388,18 +388,20 @@ def generate(model: Path, prompt: str, tokens: int, temperature: float, seed: in
 
 @cli.command()
 @click.argument("report_json", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "html", "junit", "json"]), default="md",
+              show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
 @verbose_option
 def report(report_json: Path, fmt: str, output: Path | None, verbose: bool) -> None:
-    """Render a report.json as Markdown (or re-emit validated JSON).
+    """Render a report.json as Markdown, HTML or JUnit XML (or re-emit validated JSON).
 
     \b
     Example:
       litegate report reports/demo/report.json > comment.md
+      litegate report reports/demo/report.json --format html -o report.html
     """
     rep = rpt.load(report_json)
-    text = rpt.to_markdown(rep) if fmt == "md" else rpt.to_json(rep)
+    text = {"md": rpt.to_markdown, "html": rpt.to_html_page, "junit": rpt.to_junit, "json": rpt.to_json}[fmt](rep)
     if output:
         atomic_write_text(output, text)
     else:

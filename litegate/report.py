@@ -43,9 +43,14 @@ def write(rep: Report, out_dir: Path) -> None:
     """Write report.md, report.html, junit.xml and report.json atomically (the JSON last: it marks completion)."""
     md = to_markdown(rep)
     atomic_write_text(out_dir / "report.md", md)
-    atomic_write_text(out_dir / "report.html", to_html(rep, md.splitlines()[0]))
+    atomic_write_text(out_dir / "report.html", to_html_page(rep))
     atomic_write_text(out_dir / "junit.xml", to_junit(rep))
     atomic_write_text(out_dir / "report.json", to_json(rep))
+
+
+def to_html_page(rep: Report) -> str:
+    """The self-contained HTML page, headed by the same verdict line as report.md."""
+    return to_html(rep, headline(rep))
 
 
 def to_junit(rep: Report) -> str:

@@ -81,10 +81,12 @@ def test_second_run_reuses_cached_conversions(demo_runs):
     assert "(cached)" in second.stderr and "child process" not in second.stderr
 
 
-def test_report_command_renders_markdown_from_json(demo_runs):
+def test_report_command_renders_every_format_from_json(demo_runs):
+    """`litegate report` re-renders any file the run wrote, byte for byte, from report.json alone."""
     out = demo_runs[0]
-    r = run_cli("report", str(out / "report.json"))
-    assert r.returncode == 0 and r.stdout == (out / "report.md").read_text()
+    for fmt, name in (("md", "report.md"), ("html", "report.html"), ("junit", "junit.xml")):
+        r = run_cli("report", str(out / "report.json"), "--format", fmt)
+        assert r.returncode == 0 and r.stdout == (out / name).read_text(), fmt
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "sst2" / "dev.tsv").is_file(), reason="../shared/data/sst2 not present")
