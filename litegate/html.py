@@ -225,16 +225,33 @@ def _backend_accuracy(rep: Report) -> str:
             "<th>note</th></tr>" + "".join(rows) + "</table>")
 
 
+def _mark(passed: bool) -> str:
+    """A pass/fail mark drawn in CSS (emoji render as empty boxes where no emoji font is installed)."""
+    return f"<span class='mark {'pass' if passed else 'fail'}'>{'PASS' if passed else 'FAIL'}</span>"
+
+
+def _budget_status(rep: Report, v: VariantResult) -> tuple[str, bool | None]:
+    """A variant's status as the gate sees it: not built, or built and meeting / failing its budgets."""
+    if v.status is not Status.OK:
+        return f"not built ({v.status.value})", False
+    failed = [x for x in rep.verdicts if x.variant == v.name and not x.passed]
+    if failed:
+        return f"fails {len(failed)} budget check{'s' if len(failed) > 1 else ''}", False
+    return "meets its budgets", True
+
+
 def to_html(rep: Report, markdown_headline: str) -> str:
     variants_rows = []
     for v in rep.variants:
         acc = v.primary_accuracy()
         size = f"{v.size.bytes / 1e6:.2f}" if v.size else "—"
         acc_s = f"{acc.value:.4g}" if acc and acc.value is not None else (acc.status.value if acc else "—")
-        variants_rows.append(f"<tr><td>{_esc(v.name)}</td><td>{_esc(v.recipe.name)}</td><td>{_esc(v.status.value)}</td>"
+        status, ok = _budget_status(rep, v)
+        variants_rows.append(f"<tr class='{'pass' if ok else 'fail'}'><td>{_esc(v.name)}</td>"
+                             f"<td>{_esc(v.recipe.name)}</td><td>{_mark(bool(ok))} {_esc(status)}</td>"
                              f"<td>{size}</td><td>{acc_s}</td><td>{_esc(v.reason[:200])}</td></tr>")
     compat = "".join(f"<h3>{_esc(v.name)}</h3>{_table(v)}" for v in rep.variants if v.compat)
-    verdicts = "".join(f"<tr class='{'pass' if x.passed else 'fail'}'><td>{'✅' if x.passed else '❌'}</td>"
+    verdicts = "".join(f"<tr class='{'pass' if x.passed else 'fail'}'><td>{_mark(x.passed)}</td>"
                        f"<td>{_esc(x.message)}</td></tr>" for x in sorted(rep.verdicts, key=lambda x: x.passed))
     data = json.dumps({"passed": rep.passed, "variants": [v.name for v in rep.variants]})
     title = markdown_headline.lstrip("# ").replace("**", "").replace("✅ ", "").replace("❌ ", "")
@@ -247,9 +264,12 @@ table {{ border-collapse: collapse; margin: .5rem 0 1rem; font-size: 13px; }}
 td, th {{ border: 1px solid #ddd; padding: 4px 8px; text-align: left; }}
 tr.fail td {{ background: #fdecea; }} .chart {{ width: 100%; max-width: {W}px; border: 1px solid #eee; }}
 .note {{ color: #666; font-size: 12px; }}
+.mark {{ display: inline-block; padding: 0 6px; border-radius: 3px; font: bold 11px/18px system-ui, sans-serif;
+         color: #fff; }}
+.mark.pass {{ background: #2e7d32; }} .mark.fail {{ background: #c62828; }}
 </style></head>
 <body data-charts="0">
-<h1>{_esc(title)}</h1>
+<h1>{_mark(rep.passed)} {_esc(title)}</h1>
 <h2>Variants</h2>
 <table><tr><th>variant</th><th>recipe</th><th>status</th><th>MB</th><th>task metric</th><th>reason</th></tr>
 {"".join(variants_rows)}</table>

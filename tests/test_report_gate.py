@@ -150,6 +150,8 @@ def _chromium_check(page: Path, tmp: Path) -> None:
     assert 'data-charts="3"' in dom, "expected 3 SVG charts"
     assert 'id="chart-tradeoff"' in dom and 'class="point"' in dom and 'class="bar"' in dom
     assert 'id="chart-layers"' in dom and "<table class=\"compat\">" in dom
+    # pass/fail marks are drawn in CSS: emoji render as empty boxes in a headless browser without an emoji font
+    assert "✅" not in dom and "❌" not in dom and 'class="mark pass"' in dom
     console_errors = [ln for ln in r.stderr.splitlines() if "CONSOLE" in ln and ("Uncaught" in ln or "Error" in ln)]
     assert not console_errors, console_errors
 
@@ -277,3 +279,17 @@ def test_ship_must_name_variants(tmp_path):
 
     with pytest.raises(ConfigError, match="'gate.ship' names 'int4', which is not a variant"):
         load(write_config(tmp_path, model=DEMO / "model", extra='[gate]\nship = ["int4"]\n'))
+
+
+def test_html_variant_status_is_what_the_gate_says_not_just_that_it_was_built():
+    from litegate.types import Verdict
+
+    ok, slow = _variant("fp32", [1.0]), _variant("int8", [9.0])
+    verdicts = (Verdict(check="latency p50", variant="int8", passed=False, value=9.0, limit=5.0,
+                        message="int8 on xnnpackx1: latency p50 9 ms > 5 ms"),
+                Verdict(check="latency p50", variant="fp32", passed=True, value=1.0, limit=5.0,
+                        message="fp32 on xnnpackx1: latency p50 1 ms <= 5 ms"))
+    html = to_html(_report([ok, slow], verdicts), "## ❌ litegate: FAIL — int8 on xnnpackx1: latency p50 9 ms > 5 ms")
+    assert "<td>int8</td><td>int8</td><td><span class='mark fail'>FAIL</span> fails 1 budget check</td>" in html
+    assert "<td>fp32</td><td>fp32</td><td><span class='mark pass'>PASS</span> meets its budgets</td>" in html
+    assert "✅" not in html and "❌" not in html
