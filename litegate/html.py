@@ -78,6 +78,7 @@ def tradeoff_chart(rep: Report) -> str:
         path = " ".join(f"{_scale(p[1], l_lo, l_hi, PAD, W - PAD):.1f},{_scale(p[2], q_lo, q_hi, H - PAD, PAD):.1f}"
                         for p in fpts)
         out.append(f'<polyline class="pareto" points="{path}" fill="none" stroke="#888" stroke-dasharray="4 3"/>')
+    labels: list[tuple[float, float, str]] = []
     for i, (name, x, y, size) in enumerate(pts):
         cx, cy = _scale(x, l_lo, l_hi, PAD, W - PAD), _scale(y, q_lo, q_hi, H - PAD, PAD)
         r = 5 + 14 * (size / smax) ** 0.5
@@ -85,11 +86,28 @@ def tradeoff_chart(rep: Report) -> str:
         out.append(f'<circle class="point" cx="{cx:.1f}" cy="{cy:.1f}" r="{r:.1f}" fill="{COLORS[i % len(COLORS)]}" '
                    f'fill-opacity="0.7"><title>{_esc(name)}: {x:.3f} ms, {metric} {y:.4g}, '
                    f'{size / 1e6:.2f} MB</title></circle>')
-        out.append(f'<text x="{cx + r + 3:.1f}" y="{cy + 4:.1f}" font-size="12">{_esc(name)}{star}</text>')
+        labels.append((cx + r + 3, cy + 4, f"{name}{star}"))
+    for lx, ly, text in _spread(labels):
+        out.append(f'<text class="label" x="{lx:.1f}" y="{ly:.1f}" font-size="12">{_esc(text)}</text>')
     out.append("</svg>")
     out.append(f'<p class="note">Bubble area ∝ file size. ★ = Pareto front (no other variant is faster, smaller and '
                f'at least as good). {"Higher" if higher else "Lower"} {metric} is better.</p>')
     return "\n".join(out)
+
+
+LABEL_H = 14.0  # px between label baselines (12 px text)
+
+
+def _spread(labels: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """Labels moved down, in order of height, until none overlaps another (variants with equal metrics, such as
+    fp32 and fp16, sit on the same spot)."""
+    placed: list[tuple[float, float, str]] = []
+    for x, y, text in sorted(labels, key=lambda t: (t[1], t[0])):
+        width = 7.0 * len(text)
+        while any(abs(y - py) < LABEL_H and x < px + 7.0 * len(pt) and px < x + width for px, py, pt in placed):
+            y += LABEL_H
+        placed.append((x, y, text))
+    return placed
 
 
 def _axes(xlabel: str, ylabel: str, x0: float, x1: float, y0: float, y1: float) -> str:

@@ -293,3 +293,18 @@ def test_html_variant_status_is_what_the_gate_says_not_just_that_it_was_built():
     assert "<td>int8</td><td>int8</td><td><span class='mark fail'>FAIL</span> fails 1 budget check</td>" in html
     assert "<td>fp32</td><td>fp32</td><td><span class='mark pass'>PASS</span> meets its budgets</td>" in html
     assert "✅" not in html and "❌" not in html
+
+
+def test_chart_labels_of_variants_on_the_same_spot_do_not_overlap():
+    """fp32 and fp16 often have the same accuracy and nearly the same latency: their labels are stacked apart."""
+    import re
+
+    html = to_html(_report([_variant("fp32", [1.0, 1.0], acc=80.0), _variant("fp16", [1.0, 1.0], acc=80.0),
+                            _variant("int8", [3.0, 3.0], acc=70.0)]), "## t")
+    boxes = [(float(x), float(y), text) for x, y, text in
+             re.findall(r'<text class="label" x="([\d.]+)" y="([\d.]+)" font-size="12">([^<]+)</text>', html)]
+    assert sorted(t.split(" ")[0] for _, _, t in boxes) == ["fp16", "fp32", "int8"]
+    for i, (x1, y1, t1) in enumerate(boxes):
+        for x2, y2, t2 in boxes[i + 1:]:
+            overlap_x = x1 < x2 + 7 * len(t2) and x2 < x1 + 7 * len(t1)
+            assert not (overlap_x and abs(y1 - y2) < 14), (t1, t2)
