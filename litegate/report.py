@@ -262,6 +262,7 @@ def to_markdown(rep: Report) -> str:
     """Render the PR comment. Always under :data:`MAX_MARKDOWN_CHARS`."""
     delegates = [c.delegate for c in next((v.compat for v in rep.variants if v.compat), ())]
     lines = [headline(rep), ""]
+    lines.extend(_failing_first(rep))
     lines.extend(_model_line(rep))
     lines.extend(_summary_table(rep, delegates))
     lines.extend(_per_target(rep))
@@ -414,6 +415,25 @@ def _core_ml_table(rep: Report) -> list[str]:
         lines.append(f"- Core ML prediction cells ({', '.join(names)}): {text}")
     lines.append("")
     return lines
+
+
+MAX_FAILING_SHOWN = 20
+
+
+def _failing_first(rep: Report) -> list[str]:
+    """A failed gate's failing checks of the judged variants, each with its measured value, limit and units, right
+    under the verdict (the folded list at the end keeps every check)."""
+    if rep.passed:
+        return []
+    judged = rep.run.get("gate", {}).get("judged_variants")
+    failed = [x for x in rep.verdicts if not x.passed and (judged is None or x.variant in judged)]
+    if not failed:
+        return []
+    lines = [f"**Failing checks ({len(failed)}):**", ""]
+    lines += [f"- ❌ {x.message}" for x in failed[:MAX_FAILING_SHOWN]]
+    if len(failed) > MAX_FAILING_SHOWN:
+        lines.append(f"- … {len(failed) - MAX_FAILING_SHOWN} more in *Gate checks* below")
+    return lines + [""]
 
 
 def _gate_details(rep: Report) -> list[str]:

@@ -308,3 +308,21 @@ def test_chart_labels_of_variants_on_the_same_spot_do_not_overlap():
         for x2, y2, t2 in boxes[i + 1:]:
             overlap_x = x1 < x2 + 7 * len(t2) and x2 < x1 + 7 * len(t1)
             assert not (overlap_x and abs(y1 - y2) < 14), (t1, t2)
+
+
+def test_a_failing_report_lists_every_failing_check_with_units_right_under_the_verdict():
+    import dataclasses
+
+    from litegate.types import Verdict
+
+    verdicts = (Verdict(check="latency p50", variant="int8", passed=False, value=9.0, limit=5.0,
+                        message="int8 on xnnpackx1: latency p50 9 ms > 5 ms"),
+                Verdict(check="size", variant="int8", passed=False, value=12.0, limit=8.0,
+                        message="int8: size 12 MB > 8 MB"),
+                Verdict(check="size", variant="fp32", passed=True, value=3.0, limit=8.0, message="fp32: size 3 MB <= 8 MB"))
+    rep = _report([_variant("fp32", [1.0]), _variant("int8", [9.0])], verdicts)
+    md = to_markdown(dataclasses.replace(rep, run={**rep.run, "gate": {**rep.run["gate"], "passed": False}}))
+    lines = md.splitlines()
+    assert lines[0] == "## ❌ litegate: FAIL — int8 on xnnpackx1: latency p50 9 ms > 5 ms (+1 more failed checks)"
+    assert lines[2:5] == ["**Failing checks (2):**", "", "- ❌ int8 on xnnpackx1: latency p50 9 ms > 5 ms"]
+    assert lines[5] == "- ❌ int8: size 12 MB > 8 MB"
