@@ -387,6 +387,28 @@ def generate(model: Path, prompt: str, tokens: int, temperature: float, seed: in
 
 
 @cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("release.toml"),
+              show_default=True, help="Where to write the starter config.")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+@verbose_option
+def init(model: Path, output: Path, force: bool, verbose: bool) -> None:
+    """Write a commented starter release.toml for MODEL (its kind and task read from its files).
+
+    \b
+    Example:
+      litegate init models/all-MiniLM-L6-v2 -o release.toml
+      litegate init my_model.keras
+    """
+    from litegate.starter import detect, write_starter  # imports the config loader's LiteRT parts
+
+    found = detect(model)
+    write_starter(model, output, force=force)
+    click.echo(f"wrote {output}: {found['kind'].value}, {found['task'].value} ({found['why']}); "
+               f"set [data] eval (and calibration for int8), then: litegate run {output}")
+
+
+@cli.command()
 @click.argument("report_json", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["md", "html", "junit", "json"]), default="md",
               show_default=True)

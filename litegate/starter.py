@@ -1,0 +1,164 @@
+"""``litegate init MODEL``: a commented starter ``release.toml`` for a model, its kind and task read from its files.
+
+Only the files are read (``config.json``, ``saved_model.pb``, the file suffix), never the model run: a Hugging Face
+BERT folder whose ``architectures`` name a sequence classifier (or whose ``id2label`` has labels) is a text
+classifier, another BERT an embedding model (mean pooling), a GPT-2 folder a text generator; a SavedModel, Keras
+file or ``.tflite`` keeps its own outputs. The written file is loaded back with :func:`litegate.config.load` before
+it is kept, so what ``init`` writes always parses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from litegate.artifacts import atomic_write_text
+from litegate.config import load
+from litegate.errors import ModelLoadError, OutputError
+from litegate.types import Head, SourceKind, Task
+
+
+def detect(model: Path) -> dict[str, Any]:
+    """Source kind, task, head and what was read to decide, for the model at ``model``.
+
+    Raises:
+        ModelLoadError: nothing litegate can convert is there.
+    """
+    if model.is_dir() and (model / "config.json").is_file():
+        try:
+            cfg = json.loads((model / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{model / 'config.json'}: unreadable ({exc})") from None
+        if not isinstance(cfg, dict):
+            raise ModelLoadError(f"{model / 'config.json'}: not a JSON object")
+        kind = str(cfg.get("model_type", "")).lower()
+        positions = cfg.get("max_position_embeddings") or cfg.get("n_positions") or 128
+        seq = min(128, positions) if isinstance(positions, int) and positions > 0 else 128
+        if kind == "gpt2":
+            return {"kind": SourceKind.HF_GPT2, "task": Task.TEXT_GENERATION, "head": None, "seq_len": min(seq, 64),
+                    "why": "config.json: model_type gpt2"}
+        if kind == "bert":
+            arch = " ".join(cfg.get("architectures") or [])
+            labels = cfg.get("id2label") or {}
+            if "SequenceClassification" in arch or (isinstance(labels, dict) and len(labels) >= 2
+                                                     and "LABEL_0" not in labels.values()):
+                named = arch or "labels " + ", ".join(map(str, labels.values()))
+                return {"kind": SourceKind.HF_BERT, "task": Task.TEXT_CLASSIFICATION, "head": Head.CLASSIFICATION,
+                        "seq_len": seq, "why": f"config.json: model_type bert, {named}"}
+            return {"kind": SourceKind.HF_BERT, "task": Task.SENTENCE_EMBEDDING, "head": Head.MEAN, "seq_len": seq,
+                    "why": "config.json: model_type bert without a classification head (embeddings, mean pooling)"}
+        raise ModelLoadError(f"{model / 'config.json'}: model_type {kind or '(none)'!r}: litegate converts "
+                             "Hugging Face bert and gpt2 checkpoints")
+    if model.is_dir() and (model / "saved_model.pb").is_file():
+        return {"kind": SourceKind.SAVED_MODEL, "task": Task.TEXT_CLASSIFICATION, "head": None,
+                "why": "saved_model.pb (task assumed: set model.task if it is not a classifier)"}
+    if model.is_file() and model.suffix in (".keras", ".h5"):
+        return {"kind": SourceKind.KERAS, "task": Task.TEXT_CLASSIFICATION, "head": None,
+                "why": f"a {model.suffix} file (task assumed: set model.task if it is not a classifier)"}
+    if model.is_file() and model.suffix == ".tflite":
+        return {"kind": SourceKind.TFLITE, "task": Task.TEXT_CLASSIFICATION, "head": None,
+                "why": "a .tflite file (task assumed: set model.task if it is not a classifier)"}
+    raise ModelLoadError(f"{model}: not a Hugging Face checkpoint folder (config.json), a SavedModel folder "
+                         "(saved_model.pb), a .keras/.h5 file or a .tflite file")
+
+
+def starter_text(model: Path, config_dir: Path) -> str:
+    """The commented starter config for ``model``, with paths relative to ``config_dir``."""
+    found = detect(model)
+    kind, task, head = found["kind"], found["task"], found["head"]
+    rel = Path(_relative(model.resolve(), config_dir.resolve()))
+    generator = task is Task.TEXT_GENERATION
+    if kind is SourceKind.TFLITE:
+        variants = [("fp32", "fp32")]
+    elif generator:
+        variants = [("fp32", "fp32"), ("dynamic-int8", "dynamic-int8")]
+    else:
+        variants = [("fp32", "fp32"), ("fp16", "fp16"), ("dynamic-int8", "dynamic-int8")]
+    lines = [
+        f"# litegate release config for {model.name}, written by `litegate init` ({found['why']}).",
+        "# Run it with: litegate run release.toml   (exit code: 0 = the gate passed, 1 = it failed)",
+        f'name = "{_name(model)}"',
+        "",
+        "[model]",
+        f'source = "{kind.value}"',
+        f'path = "{rel.as_posix()}"',
+        f'task = "{task.value}"',
+    ]
+    if head is not None:
+        lines.append(f'head = "{head.value}"')
+    lines += [
+        f"seq_len = {found.get('seq_len', 128)}"
+        + "                 # the static sequence length the phone runs (GPU/NPU delegates need one)",
+        "",
+        "[data]",
+        "# eval = \"eval.tsv\"           # " + ("held-out text (perplexity)" if generator else
+                                             "sentence<TAB>label (index or label name)" if task is Task.TEXT_CLASSIFICATION
+                                             else "one sentence per line (fidelity to fp32)"),
+        "# calibration = \"calibration.txt\"   # unlabelled text: needed by the int8 / int16x8 recipes below",
+        "",
+        "[output]",
+        'dir = "reports/release"',
+        "",
+    ]
+    for name, recipe in variants:
+        lines += ["[[variants]]", f'name = "{name}"', f'recipe = "{recipe}"', ""]
+    lines += [
+        "# Full integer (what an NPU wants) needs [data] calibration:",
+        "# [[variants]]",
+        '# name = "int8"',
+        '# recipe = "int8"',
+        "",
+        "[bench]",
+        'backends = ["xnnpack"]        # also: gpu, arm64-emu, adb[:SERIAL], aihub:DEVICE (litegate doctor lists them)',
+        "threads = [1, 4]",
+        "",
+        "[check]",
+        'delegates = ["gpu", "xnnpack"]   # add "qnn:SM8650" (pip install \'litegate[qualcomm]\'), "mlprogram"',
+        "",
+        "[budgets]",
+        "max_size_mb = 100.0",
+        "max_latency_p50_ms = 50.0",
+    ]
+    if task is Task.TEXT_CLASSIFICATION:
+        lines.append("max_accuracy_drop = 1.0       # percentage points below fp32 (needs [data] eval)")
+    lines += [
+        "",
+        "[gate]",
+        'reference = "fp32"',
+        f'ship = ["{variants[-1][0]}"]' + "        # the variant(s) that ship: the gate judges these",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_starter(model: Path, out: Path, *, force: bool = False) -> Path:
+    """Write the starter config for ``model`` to ``out`` (refusing to overwrite unless ``force``); it is loaded
+    back before it is kept.
+
+    Raises:
+        ModelLoadError: no model litegate can convert at ``model``.
+        OutputError: ``out`` exists (without ``force``) or cannot be written.
+        ConfigError: the written config does not load (a litegate bug: the file is not kept).
+    """
+    if out.exists() and not force:
+        raise OutputError(f"{out}: already exists (use --force to replace it)")
+    text = starter_text(model, out.parent)
+    scratch = out.with_name(f".{out.name}.check.toml")
+    try:
+        atomic_write_text(scratch, text)
+        load(scratch)  # raises ConfigError: then nothing is kept
+        atomic_write_text(out, text)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write it: {exc.strerror or exc}") from None
+    finally:
+        scratch.unlink(missing_ok=True)
+    return out
+
+
+def _name(model: Path) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in model.stem).strip("-") or "release"
+
+
+def _relative(target: Path, base: Path) -> str:
+    return os.path.relpath(target, base)
