@@ -66,11 +66,27 @@ def compare_instructions(variant: str, base: BenchResult, new: BenchResult,
     return row, verdict
 
 
+FINGERPRINT = ("arch", "cpu", "cores_available", "isa")  # what must match for two runs' latencies to compare
+
+
+def machine_difference(base: dict[str, Any], new: dict[str, Any]) -> str:
+    """How the baseline's machine differs from this one ("" when their fingerprints match, or either is unknown)."""
+    if not base or not new:
+        return ""
+    diff = [f"{k}: {base.get(k)!r} vs {new.get(k)!r}" for k in FINGERPRINT if base.get(k) != new.get(k)]
+    return "; ".join(diff)
+
+
 def compare(base: Report, new: Report, cfg: CompareConfig | None = None) -> tuple[list[Verdict], list[dict[str, Any]]]:
     """Verdicts for ``new`` against ``base``, and a row per compared quantity for the report."""
     cfg = cfg or CompareConfig()
     verdicts: list[Verdict] = []
     rows: list[dict[str, Any]] = []
+    other = machine_difference(base.run.get("machine", {}), new.run.get("machine", {}))
+    if other:
+        verdicts.append(Verdict(check="latency vs baseline", variant="*", passed=True,
+                                message=f"latency not compared with the baseline: it was measured on another machine "
+                                        f"({other}); size, accuracy and instruction counts are"))
     for v in new.variants:
         b = base.variant(v.name)
         if b is None or v.status is not Status.OK or b.status is not Status.OK:
@@ -90,7 +106,7 @@ def compare(base: Report, new: Report, cfg: CompareConfig | None = None) -> tupl
                 rows.append(row)
                 verdicts.append(verdict)
                 continue
-            if (cell.status is not Status.OK or bc is None or bc.status is not Status.OK or not cell.samples_ms
+            if (other or cell.status is not Status.OK or bc is None or bc.status is not Status.OK or not cell.samples_ms
                     or not bc.samples_ms or cell.protocol.get("latency_emulated")):
                 continue
             ratio, lo, hi = bootstrap_ratio(bc.samples_ms, cell.samples_ms, confidence=cfg.confidence,

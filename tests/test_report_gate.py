@@ -326,3 +326,22 @@ def test_a_failing_report_lists_every_failing_check_with_units_right_under_the_v
     assert lines[0] == "## ❌ litegate: FAIL — int8 on xnnpackx1: latency p50 9 ms > 5 ms (+1 more failed checks)"
     assert lines[2:5] == ["**Failing checks (2):**", "", "- ❌ int8 on xnnpackx1: latency p50 9 ms > 5 ms"]
     assert lines[5] == "- ❌ int8: size 12 MB > 8 MB"
+
+
+def test_latency_is_not_compared_with_a_baseline_from_another_machine():
+    """A baseline measured on another CPU says nothing about this run's latency: that comparison is refused with a
+    line naming the difference, while size and accuracy still compare."""
+    import dataclasses
+
+    base = _report([_variant("fp32", [1.0] * 30)])
+    slow = _report([_variant("fp32", [2.0] * 30, size=1_100_000)])
+    verdicts, rows = compare(base, slow)
+    assert any(v.check == "latency vs baseline" and not v.passed for v in verdicts)  # same machine: a regression
+    other = dataclasses.replace(slow, run={**slow.run, "machine": {**slow.run["machine"], "cpu": "Apple M3"}})
+    verdicts, rows = compare(base, other)
+    (note,) = [v for v in verdicts if v.check == "latency vs baseline"]
+    assert note.passed and note.message == ("latency not compared with the baseline: it was measured on another "
+                                            "machine (cpu: 'c' vs 'Apple M3'); size, accuracy and instruction "
+                                            "counts are")
+    assert not any(r["what"].startswith("p50") for r in rows)
+    assert any(v.check == "size vs baseline" and not v.passed for v in verdicts)  # +10% size still fails
