@@ -428,3 +428,12 @@ def test_gitlab_job_says_when_there_is_no_baseline_or_token(scratch: Scratch):
     assert "--baseline" not in scratch.calls("litegate")[0]
     assert not (scratch.work / "baseline" / "report.json").exists()  # the 404 body is not taken for a report
     assert "LITEGATE_API_TOKEN is not set" in result.stdout
+
+
+@needs_bash
+@needs_jq
+def test_comment_input_false_posts_nothing(scratch: Scratch):
+    result = scratch.gate(COMMENT="false", FAKE_LITEGATE_EXIT="1")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert scratch.comment_calls() == []
+    assert "not commenting (comment is 'false')" in result.stdout
