@@ -185,7 +185,7 @@ def evaluate_variants(variants: Sequence[VariantResult], data: EvalInputs, *, re
         gpu_row = _gpu_accuracy(v, data, ref, ref_value, threads=threads, timeout_s=timeout_s, mem_mb=mem_mb, say=say) if on_gpu else ()
         htp_rows = tuple(_htp_accuracy(v, data, ref, soc, samples=htp_samples, timeout_s=timeout_s, mem_mb=mem_mb,
                                        work=work, say=say) for soc in htp_socs)
-        phone_rows = tuple(_phone_accuracy(v, data, ref, ref_value, phone, timeout_s=timeout_s, say=say)
+        phone_rows = tuple(_phone_accuracy(v, data, ref, phone, timeout_s=timeout_s, say=say)
                            for phone in phones)
         arm_rows = tuple(_arm_accuracy(v, data, ref, outputs.get(v.name), backend=b, samples=htp_samples,
                                        timeout_s=timeout_s, mem_mb=mem_mb, say=say) for b in arm_backends)
@@ -227,23 +227,44 @@ def htp_row_name(soc: str) -> str:
     return f"qnn:{soc} (emulated HTP)"
 
 
+def _unscored(data: EvalInputs, backend: str, status: Status, reason: str) -> AccuracyResult:
+    """An accuracy row with no value: not run here, failed or timed out, and why."""
+    return AccuracyResult(task=data.task, metric="accuracy", value=None, backend=backend, n_samples=0, status=status,
+                          reason=reason)
+
+
+def _refusal(v: VariantResult, data: EvalInputs, backend: str, generator_reason: str) -> AccuracyResult | None:
+    """The row of a variant another backend cannot score (a generator; no evaluation data), else None."""
+    if data.task is Task.TEXT_GENERATION:
+        return _unscored(data, backend, Status.NOT_RUN, generator_reason)
+    if v.artifact is None or data.inputs_npz is None:
+        return _unscored(data, backend, Status.NOT_RUN, "no evaluation data")
+    return None
+
+
+def _scored_first(data: EvalInputs, backend: str, outputs: Mapping[str, np.ndarray],
+                  ref: Mapping[str, np.ndarray] | None, n: int, extra: Mapping[str, float]) -> AccuracyResult:
+    """The row of outputs for the first ``n`` evaluation samples, scored against the reference on the same ``n``."""
+    ref_n = None if ref is None else {k: a[:n] for k, a in ref.items()}
+    labels = None if data.labels is None else data.labels[:n]
+    metric, value, scores = summarize_task(data.task.value, outputs, ref_n, labels, data.windows)
+    ref_value = None if ref_n is None else summarize_task(data.task.value, ref_n, ref_n, labels, data.windows)[1]
+    return AccuracyResult(task=data.task, metric=metric, value=value, backend=backend, n_samples=n,
+                          reference=ref_value, delta=None if ref_value is None else value - ref_value,
+                          extra={**scores, **extra})
+
+
 def _htp_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray] | None, soc: str, *, samples: int,
                   timeout_s: float, mem_mb: int | None, work: Path, say: Callable[[str], None]) -> AccuracyResult:
     """The task metric with the variant compiled for ``soc``'s HTP and run on QNN's HTP emulator, its own row.
 
     Its delta and agreement are against the reference variant on the CPU over the same (first ``samples``) inputs.
     """
-    task, name = data.task, htp_row_name(soc)
-
-    def row(status: Status, reason: str) -> AccuracyResult:
-        return AccuracyResult(task=task, metric="accuracy", value=None, backend=name, n_samples=0, status=status,
-                              reason=reason)
-
-    if task is Task.TEXT_GENERATION:
-        return row(Status.NOT_RUN, "the emulated HTP runs one-signature models; a generator's prefill and decode "
-                                   "are two")
-    if v.artifact is None or data.inputs_npz is None:
-        return row(Status.NOT_RUN, "no evaluation data")
+    name = htp_row_name(soc)
+    if refused := _refusal(v, data, name, "the emulated HTP runs one-signature models; a generator's prefill and "
+                                          "decode are two"):
+        return refused
+    assert v.artifact is not None and data.inputs_npz is not None
     n = min(samples, data.n)
     inputs = work / f"htp-inputs-{n}.npz"
     if not inputs.is_file():
@@ -252,14 +273,9 @@ def _htp_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray]
     say(f"eval: {v.name} on the emulated HTP of {soc} ({n} samples)")
     run = htp.emulate(v.artifact.path, soc, inputs, timeout_s=timeout_s, mem_mb=mem_mb)
     if run.outputs is None:
-        return row(Status(run.status), run.reason)
-    ref_n = None if ref is None else {k: a[:n] for k, a in ref.items()}
-    labels = None if data.labels is None else data.labels[:n]
-    metric, value, extra = summarize_task(task.value, run.outputs, ref_n, labels, data.windows)
-    ref_value = None if ref_n is None else summarize_task(task.value, ref_n, ref_n, labels, data.windows)[1]
-    return AccuracyResult(task=task, metric=metric, value=value, backend=name, n_samples=n, reference=ref_value,
-                          delta=None if ref_value is None else value - ref_value,
-                          extra={**extra, "emulated": 1.0, "compile_s": float(run.compile.get("seconds", 0.0))})
+        return _unscored(data, name, Status(run.status), run.reason)
+    return _scored_first(data, name, run.outputs, ref, n,
+                         {"emulated": 1.0, "compile_s": float(run.compile.get("seconds", 0.0))})
 
 
 def _arm_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray] | None,
@@ -268,63 +284,44 @@ def _arm_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray]
     """The task metric on ARM kernels (aarch64 LiteRT under QEMU, ``backend`` = ``arm64-emu[?kernels=...]``), its
     own row: delta and agreement against the reference variant on the CPU over the same (first ``samples``) inputs,
     and ``max_abs_diff_vs_x86``, the largest difference to the same variant's outputs on this machine's CPU."""
-    task = data.task
-
-    def row(status: Status, reason: str) -> AccuracyResult:
-        return AccuracyResult(task=task, metric="accuracy", value=None, backend=backend, n_samples=0, status=status,
-                              reason=reason)
-
-    if task is Task.TEXT_GENERATION:
-        return row(Status.NOT_RUN, "arm64-emu scores one-signature models; a generator's prefill and decode are two")
-    if v.artifact is None or data.inputs_npz is None:
-        return row(Status.NOT_RUN, "no evaluation data")
+    if refused := _refusal(v, data, backend, "arm64-emu scores one-signature models; a generator's prefill and "
+                                             "decode are two"):
+        return refused
+    assert v.artifact is not None and data.inputs_npz is not None
     if reason := why_not_runnable(backend):
-        return row(Status.NOT_RUN, reason)
+        return _unscored(data, backend, Status.NOT_RUN, reason)
     n = min(samples, data.n)
     say(f"eval: {v.name} on {backend} ({n} samples, emulated)")
     try:
         run = arm.run_arm(v.artifact.path, data.inputs_npz, backend, samples=n, timeout_s=timeout_s, mem_mb=mem_mb)
     except LitegateError as exc:
-        return row(Status.FAILED, exc.message)
-    ref_n = None if ref is None else {k: a[:n] for k, a in ref.items()}
-    labels = None if data.labels is None else data.labels[:n]
-    metric, value, extra = summarize_task(task.value, run.outputs, ref_n, labels, data.windows)
-    ref_value = None if ref_n is None else summarize_task(task.value, ref_n, ref_n, labels, data.windows)[1]
-    extra = {**extra, "instructions_per_inference": float(run.per_inference)}
+        return _unscored(data, backend, Status.FAILED, exc.message)
+    extra = {"instructions_per_inference": float(run.per_inference)}
     diffs = [float(np.max(np.abs(run.outputs[k] - x86[k][:n]))) for k in run.outputs if x86 is not None and k in x86]
     if diffs:
         extra["max_abs_diff_vs_x86"] = max(diffs)
-    return AccuracyResult(task=task, metric=metric, value=value, backend=backend, n_samples=n, reference=ref_value,
-                          delta=None if ref_value is None else value - ref_value, extra=extra)
+    return _scored_first(data, backend, run.outputs, ref, n, extra)
 
 
-def _phone_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray] | None, ref_value: float | None,
-                    backend: str, *, timeout_s: float, say: Callable[[str], None]) -> AccuracyResult:
+def _phone_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray] | None, backend: str, *,
+                    timeout_s: float, say: Callable[[str], None]) -> AccuracyResult:
     """The task metric with every evaluation sample run on a real phone through Qualcomm AI Hub, its own row."""
-    task = data.task
-
-    def row(status: Status, reason: str) -> AccuracyResult:
-        return AccuracyResult(task=task, metric="accuracy", value=None, backend=backend, n_samples=0, status=status,
-                              reason=reason)
-
-    if task is Task.TEXT_GENERATION:
-        return row(Status.NOT_RUN, "a generator is scored through its prefill signature; AI Hub runs the first one")
-    if v.artifact is None or data.inputs_npz is None:
-        return row(Status.NOT_RUN, "no evaluation data")
+    if refused := _refusal(v, data, backend, "a generator is scored through its prefill signature; AI Hub runs "
+                                             "the first one"):
+        return refused
+    assert v.artifact is not None and data.inputs_npz is not None
     if reason := why_not_runnable(backend):
-        return row(Status.NOT_RUN, reason)
+        return _unscored(data, backend, Status.NOT_RUN, reason)
     say(f"eval: {v.name} on {backend}")
     try:
         outputs = _phone_outputs(v.artifact.path, data.inputs_npz, data.n, backend, timeout_s=timeout_s)
     except aihub.AihubJobError as exc:
-        return row(exc.status, exc.message)
+        return _unscored(data, backend, exc.status, exc.message)
     except LitegateError as exc:
-        return row(Status.FAILED, exc.message)
+        return _unscored(data, backend, Status.FAILED, exc.message)
     except (ValueError, OSError) as exc:
-        return row(Status.FAILED, f"{backend}: {exc}")
-    metric, value, extra = summarize_task(task.value, outputs, ref, data.labels, data.windows)
-    return AccuracyResult(task=task, metric=metric, value=value, backend=backend, n_samples=data.n,
-                          reference=ref_value, delta=None if ref_value is None else value - ref_value, extra=extra)
+        return _unscored(data, backend, Status.FAILED, f"{backend}: {exc}")
+    return _scored_first(data, backend, outputs, ref, data.n, {})
 
 
 def _phone_outputs(path: str, inputs_npz: Path, n: int, backend: str, *, timeout_s: float) -> dict[str, np.ndarray]:
