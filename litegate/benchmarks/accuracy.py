@@ -233,12 +233,16 @@ def _unscored(data: EvalInputs, backend: str, status: Status, reason: str) -> Ac
                           reason=reason)
 
 
-def _refusal(v: VariantResult, data: EvalInputs, backend: str, generator_reason: str) -> AccuracyResult | None:
-    """The row of a variant another backend cannot score (a generator; no evaluation data), else None."""
+def _refusal(v: VariantResult, data: EvalInputs, backend: str, generator_reason: str, *,
+             registered: bool = True) -> AccuracyResult | None:
+    """The row of a variant another backend cannot score (a generator; no evaluation data; a ``registered``
+    backend that cannot run here), else None."""
     if data.task is Task.TEXT_GENERATION:
         return _unscored(data, backend, Status.NOT_RUN, generator_reason)
     if v.artifact is None or data.inputs_npz is None:
         return _unscored(data, backend, Status.NOT_RUN, "no evaluation data")
+    if registered and (reason := why_not_runnable(backend)):
+        return _unscored(data, backend, Status.NOT_RUN, reason)
     return None
 
 
@@ -262,7 +266,7 @@ def _htp_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray]
     """
     name = htp_row_name(soc)
     if refused := _refusal(v, data, name, "the emulated HTP runs one-signature models; a generator's prefill and "
-                                          "decode are two"):
+                                          "decode are two", registered=False):
         return refused
     assert v.artifact is not None and data.inputs_npz is not None
     n = min(samples, data.n)
@@ -288,8 +292,6 @@ def _arm_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray]
                                              "decode are two"):
         return refused
     assert v.artifact is not None and data.inputs_npz is not None
-    if reason := why_not_runnable(backend):
-        return _unscored(data, backend, Status.NOT_RUN, reason)
     n = min(samples, data.n)
     say(f"eval: {v.name} on {backend} ({n} samples, emulated)")
     try:
@@ -310,8 +312,6 @@ def _phone_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarra
                                              "the first one"):
         return refused
     assert v.artifact is not None and data.inputs_npz is not None
-    if reason := why_not_runnable(backend):
-        return _unscored(data, backend, Status.NOT_RUN, reason)
     say(f"eval: {v.name} on {backend}")
     try:
         outputs = _phone_outputs(v.artifact.path, data.inputs_npz, data.n, backend, timeout_s=timeout_s)
