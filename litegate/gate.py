@@ -68,12 +68,29 @@ def variant_verdicts(v: VariantResult, budget: Budget) -> list[Verdict]:
     acc = v.primary_accuracy()
     quality = (budget.max_accuracy_drop, budget.min_accuracy, budget.min_cosine, budget.max_perplexity_ratio,
                budget.min_agreement)
+    out.extend(_evidence_verdicts(v, judged_quality=any(q is not None for q in quality)))
     if acc is not None and any(q is not None for q in quality):
         if acc.status is not Status.OK or acc.value is None:
             out.append(Verdict(check=acc.metric, variant=v.name, passed=acc.status is Status.NOT_RUN,
                                message=f"{v.name}: {acc.metric} {acc.status.value}: {acc.reason}"))
             return out
         out.extend(quality_verdicts(acc, v.name, budget))
+    return out
+
+
+def _evidence_verdicts(v: VariantResult, *, judged_quality: bool) -> list[Verdict]:
+    """A variant cannot pass on nothing: when every benchmark cell it tried failed or timed out, or its evaluation
+    failed, that is a failed check whatever budgets are set (a budget that was judged already says so)."""
+    out: list[Verdict] = []
+    tried = [c for c in v.bench if c.status is not Status.NOT_RUN]
+    if tried and not any(c.status is Status.OK for c in tried):
+        out.append(Verdict(check="benchmark evidence", variant=v.name, passed=False,
+                           message=f"{v.name}: no benchmark cell measured anything ({len(tried)} failed or timed "
+                                   f"out; first: {tried[0].backend}x{tried[0].threads}: {tried[0].reason})"))
+    acc = v.primary_accuracy()
+    if not judged_quality and acc is not None and acc.status in (Status.FAILED, Status.TIMEOUT):
+        out.append(Verdict(check="evaluation evidence", variant=v.name, passed=False,
+                           message=f"{v.name}: the evaluation {acc.status.value}: {acc.reason}"))
     return out
 
 

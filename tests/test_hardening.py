@@ -200,12 +200,15 @@ def test_calibration_producing_nan_fails_that_variant_with_a_reason(tmp_path):
 # 13: a memory cap hit in the conversion child -> classified out of memory -------------------------------
 
 def test_memory_cap_in_conversion_is_classified_oom(tmp_path):
-    # resident memory here: importing TensorFlow takes ~700 MB, converting the demo fp32 + int8 peaks at ~965 MB
-    cfg = write_config(tmp_path, model=DEMO / "model", variants=("fp32", "int8"), extra="[limits]\nmemory_mb = 850\n")
+    # Resident memory here: importing TensorFlow takes ~700 MB; one variant of the demo at seq 32 converts in about
+    # 850 MB, the shared child (fp32 + int8) in ~965 MB. A cap of 850 MB sat on the single-variant peak: the
+    # per-variant retry passed or failed by a few MB from one environment to the next. 600 MB is under the import,
+    # so the shared child and both retries are killed, every time.
+    cfg = write_config(tmp_path, model=DEMO / "model", variants=("fp32", "int8"), extra="[limits]\nmemory_mb = 600\n")
     r = run_cli("run", str(cfg), "-q")
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     for v in rep["variants"]:
-        assert v["status"] == "failed" and "out of memory" in v["reason"] and "850 MB" in v["reason"], v["reason"]
+        assert v["status"] == "failed" and "out of memory" in v["reason"] and "600 MB" in v["reason"], v["reason"]
     assert r.returncode == 1
 
 

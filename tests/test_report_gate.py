@@ -345,3 +345,27 @@ def test_latency_is_not_compared_with_a_baseline_from_another_machine():
                                             "counts are")
     assert not any(r["what"].startswith("p50") for r in rows)
     assert any(v.check == "size vs baseline" and not v.passed for v in verdicts)  # +10% size still fails
+
+
+def test_a_variant_cannot_pass_on_nothing_whatever_its_budgets():
+    """Every benchmark cell timed out and the evaluation failed, with only a size budget set: the variant still
+    fails, and the verdicts say which evidence is missing."""
+    import dataclasses
+
+    from litegate.config import Budget
+    from litegate.gate import variant_verdicts
+
+    v = _variant("int8", [1.0])
+    dead = BenchResult(artifact_sha256="a" * 64, variant="int8", backend="xnnpack", threads=1, status="timeout",
+                       reason="ran past 0.001 s")
+    failed_eval = AccuracyResult(task="text-classification", metric="accuracy", value=None, backend="xnnpack",
+                                 n_samples=0, status="failed", reason="out of memory: hit the 50 MB memory cap")
+    v = dataclasses.replace(v, bench=(dead,), accuracy=(failed_eval,))
+    verdicts = variant_verdicts(v, Budget(max_size_mb=8.0))
+    failing = {x.check: x.message for x in verdicts if not x.passed}
+    assert failing == {
+        "benchmark evidence": "int8: no benchmark cell measured anything (1 failed or timed out; first: xnnpackx1: "
+                              "ran past 0.001 s)",
+        "evaluation evidence": "int8: the evaluation failed: out of memory: hit the 50 MB memory cap"}
+    healthy = variant_verdicts(_variant("fp32", [1.0]), Budget(max_size_mb=8.0))
+    assert all(x.passed for x in healthy)
