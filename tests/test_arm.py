@@ -224,8 +224,11 @@ def test_instructions_budget_fails_a_variant_above_it_and_latency_budgets_skip_t
     assert "8.414 M/inference > 8 M/inference" in v.message
     (v,) = variant_verdicts(_variant(_cell(8_414_307)), Budget(max_instructions_m=9.0))
     assert v.passed
-    (v,) = variant_verdicts(_variant(_cell(None, status="failed")), budget)
+    # the budget says why the count is missing; the evidence check says the variant measured nothing at all
+    v, evidence = variant_verdicts(_variant(_cell(None, status="failed")), budget)
     assert not v.passed and "instructions not counted: the arm64 guest failed" in v.message
+    assert (evidence.check, evidence.passed) == ("benchmark evidence", False)
+    assert "no benchmark cell measured anything (1 failed" in evidence.message
     assert variant_verdicts(_variant(_cell(8_414_307)), Budget(max_latency_p50_ms=1.0)) == []
 
 
