@@ -6,7 +6,7 @@ SHARED ?= ../shared/data
 MODELS ?= models
 STAMP  := $(VENV)/.installed
 
-.PHONY: qualcomm aihub coreml install demo test test-fast lint typecheck fixtures models clean help gpu-sim arm-sim browser release-check report compare perf soak
+.PHONY: qualcomm aihub coreml install demo test test-fast lint typecheck fixtures models clean help gpu-sim arm-sim browser release-check report compare perf soak gate-calibration
 
 help:
 	@echo "make demo       set up .venv and run the release pipeline on the embedded default"
@@ -139,3 +139,7 @@ $(PEERS): pyproject.toml | $(STAMP)
 perf: $(STAMP)
 	-@$(MAKE) --no-print-directory $(PEERS)
 	$(BIN)/python -m tools.perf
+
+## The latency gate's false-alarm rate (identical models) and detection rate (a simulated 10% slowdown) here.
+gate-calibration: $(STAMP)
+	$(BIN)/python -m tools.gate_calibration

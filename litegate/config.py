@@ -476,7 +476,14 @@ def _gate(g: _Table, names: list[str]) -> _Gate:
         threshold=g.get("regression_threshold", float, 0.05), confidence=g.get("confidence", float, 0.95),
         max_size_increase=g.get("max_size_increase", float, 0.02),
         max_accuracy_regression=g.get("max_accuracy_regression", float, 1.0),
-        instructions_tolerance=g.get("instructions_tolerance", float, 0.0005))
+        instructions_tolerance=g.get("instructions_tolerance", float, 0.0005),
+        between_run_noise=g.get("between_run_noise", float, 0.10), paired_rounds=g.get("paired_rounds", int, 15))
+    if not 0.0 <= compare_cfg.between_run_noise < 1.0:
+        raise ConfigError(f"{file}: 'gate.between_run_noise' must be in [0, 1) (a fraction: 0.10 is 10%), "
+                          f"got {compare_cfg.between_run_noise}")
+    if not 0 <= compare_cfg.paired_rounds <= 1000:
+        raise ConfigError(f"{file}: 'gate.paired_rounds' must be in 0..1000 (0 compares unpaired), "
+                          f"got {compare_cfg.paired_rounds}")
     if not 0.0 <= compare_cfg.instructions_tolerance < 1.0:
         raise ConfigError(f"{file}: 'gate.instructions_tolerance' must be in [0, 1) (a fraction: 0.0005 is 0.05%), "
                           f"got {compare_cfg.instructions_tolerance}")

@@ -30,6 +30,7 @@ from litegate.backends.spec import is_aihub_backend, is_arm_backend
 from litegate.baseline import compare
 from litegate.benchmarks.accuracy import evaluate_variants, generator_bench_inputs
 from litegate.benchmarks.matrix import bench_variant
+from litegate.benchmarks.paired import PairedProtocol, find_baseline_model, remeasure
 from litegate.benchmarks.peak import measure_peak, with_efficiency
 from litegate.benchmarks.profile import profile_slowest
 from litegate.benchmarks.size import measure_size
@@ -42,7 +43,7 @@ from litegate.quantize.variants import BuildPlan, build_variants
 from litegate.tasks import TextEncoder, load_tokenizer
 from litegate.tflite.summary import graph_summary
 from litegate.tflite.verify import load_model
-from litegate.types import BenchResult, RecipeKind, Report, Status, Task, VariantResult
+from litegate.types import BenchResult, PairedCell, RecipeKind, Report, Status, Task, VariantResult
 from litegate.version import __version__
 
 Progress = Callable[[str], None]
@@ -91,6 +92,8 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
                 variants = [with_efficiency(v, peak) for v in variants]
             profile = profile_slowest(variants, inputs_npz=data.bench_npz, runs=cfg.bench.profile_runs,
                                       timeout_s=cfg.bench.timeout_s, generator=generator, say=say)
+            base = report.load(cfg.baseline) if cfg.baseline is not None else None
+            paired = _remeasure_baseline(cfg, base, variants, data, work, say) if base is not None else {}
         run_info = {
             "name": cfg.name,
             "config": str(cfg.path),
@@ -110,14 +113,14 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
         model_info = {"source": cfg.model.source.to_dict(), "sha256": source.sha256, "seq_len": cfg.model.source.seq_len,
                       "tokenizer": str(source.tokenizer), **source.info}
         verdicts, gate_info = gate.evaluate(cfg, variants)
-        if cfg.baseline is not None:
-            base = report.load(cfg.baseline)
+        if base is not None:
             draft = Report(run=run_info, model=model_info, variants=tuple(variants), verdicts=(), passed=False)
-            base_verdicts, rows = compare(base, draft, cfg.compare)
+            base_verdicts, rows = compare(base, draft, cfg.compare, paired)
             verdicts = verdicts + base_verdicts
             gate_info["passed"] = bool(gate_info["passed"]) and all(x.passed for x in base_verdicts)
             run_info["baseline"] = {"path": str(cfg.baseline), "started_at": base.run.get("started_at"),
-                                    "config": dataclasses.asdict(cfg.compare), "rows": rows}
+                                    "config": dataclasses.asdict(cfg.compare), "rows": rows,
+                                    "paired": [p.to_dict() for p in paired.values()]}
         run_info["gate"] = gate_info
         rep = Report(run=run_info, model=model_info, variants=tuple(variants), verdicts=tuple(verdicts),
                      passed=bool(gate_info["passed"]))
@@ -197,8 +200,9 @@ def inspect_variant(v: VariantResult, delegates: tuple[str, ...]) -> VariantResu
     return dataclasses.replace(v, graph=graph_summary(model), compat=compat)
 
 
-def _bench_cells(cfg: ReleaseConfig, v: VariantResult, data: EvalData, work: Path) -> Iterator[BenchResult]:
-    """Latency cells of one variant; a generator is timed per token on its decode/step signature."""
+def _bench_inputs(v: VariantResult, data: EvalData, work: Path) -> tuple[Path, str | None]:
+    """The inputs a variant is timed on, and the signature: a generator is timed per token on its decode/step
+    signature."""
     assert v.artifact is not None
     inputs, signature = data.bench_npz, None
     if data.task is Task.TEXT_GENERATION:
@@ -206,6 +210,43 @@ def _bench_cells(cfg: ReleaseConfig, v: VariantResult, data: EvalData, work: Pat
         inputs = work / f"{v.name}.bench_inputs.npz"
         save_npz(inputs, feeds)
     assert inputs is not None
+    return inputs, signature
+
+
+def _remeasure_baseline(cfg: ReleaseConfig, base: Report, variants: list[VariantResult], data: EvalData,
+                        work: Path, say: Progress) -> dict[tuple[str, str, int], PairedCell]:
+    """Each measured local-CPU cell whose baseline variant's model file is at hand, re-timed beside the baseline's
+    model in one child (:mod:`litegate.benchmarks.paired`); the comparison judges these pairs, not two runs."""
+    if cfg.compare.paired_rounds == 0:
+        return {}
+    assert cfg.baseline is not None
+    protocol = PairedProtocol(rounds=cfg.compare.paired_rounds)
+    out: dict[tuple[str, str, int], PairedCell] = {}
+    for v in variants:
+        b = base.variant(v.name)
+        cells = [c for c in v.bench if c.status is Status.OK and c.latency is not None
+                 and (c.backend in ("xnnpack", "cpu") or c.backend.startswith("external:"))]
+        if b is None or b.artifact is None or v.artifact is None or not cells:
+            continue
+        model = find_baseline_model(cfg.baseline, b.artifact.path, b.artifact.sha256)
+        if model is None:
+            say(f"baseline: {v.name}: the baseline's model ({Path(b.artifact.path).name}, sha256 "
+                f"{b.artifact.sha256[:12]}) is not next to {cfg.baseline.name}: latency compared unpaired")
+            continue
+        inputs, signature = _bench_inputs(v, data, work)
+        for c in cells:
+            say(f"baseline: {v.name} on {c.backend}x{c.threads}, re-timed beside the baseline's model")
+            out[(v.name, c.backend, c.threads)] = remeasure(
+                variant=v.name, base_path=model, new_path=v.artifact.path, backend=c.backend, threads=c.threads,
+                inputs_npz=inputs, signature=signature, protocol=protocol, timeout_s=cfg.bench.timeout_s,
+                mem_mb=cfg.mem_mb)
+    return out
+
+
+def _bench_cells(cfg: ReleaseConfig, v: VariantResult, data: EvalData, work: Path) -> Iterator[BenchResult]:
+    """Latency cells of one variant."""
+    inputs, signature = _bench_inputs(v, data, work)
+    assert v.artifact is not None
     yield from bench_variant(v, backends=cfg.bench.backends, threads=cfg.bench.threads, inputs_npz=inputs,
                              protocol=cfg.bench.protocol(), timeout_s=cfg.bench.timeout_s, mem_mb=cfg.mem_mb,
                              signature=signature)

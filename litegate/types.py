@@ -196,6 +196,24 @@ class LatencyStats(_Record):
 
 
 @dataclasses.dataclass(frozen=True)
+class PairedCell(_Record):
+    """The baseline's model re-timed beside a variant's in one child (:mod:`litegate.benchmarks.paired`): the
+    block medians (ms) of both, round by round; ``reason`` says why the pair could not be timed."""
+
+    variant: str
+    backend: str
+    threads: int
+    base_path: str
+    base_blocks: tuple[float, ...] = ()
+    new_blocks: tuple[float, ...] = ()
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _check(len(self.base_blocks) == len(self.new_blocks), "paired cell needs as many baseline as new blocks")
+        _check(bool(self.reason) or len(self.base_blocks) > 0, "paired cell needs blocks or a reason")
+
+
+@dataclasses.dataclass(frozen=True)
 class BenchResult(_Record):
     """One latency/memory cell: a variant on a backend with a thread count.
 

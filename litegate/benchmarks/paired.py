@@ -1,0 +1,126 @@
+"""Paired re-measurement: the baseline's model timed beside the candidate's, in one child, in interleaved blocks.
+
+Two runs of one byte-identical model on a shared CI machine differ by more than either run's own spread: the machine
+drifts between runs (other tenants, frequency, cache state), and a bootstrap over one run's samples cannot see that.
+So when the baseline's model file is at hand, litegate does not compare figures from two runs: it loads the
+baseline's model and the candidate's in the same child process, on the same backend and thread count, and times them
+in alternating blocks (``warmup`` untimed runs, then ``block`` timed runs each; which model goes first is shuffled
+every round). Drift then hits both models of a round alike, and the statistic is the median over rounds of
+``median(candidate block) / median(baseline block)``, with a bootstrap interval over rounds. ``make gate-calibration``
+measures its false-alarm rate on identical models and its detection rate for a 10% slowdown on this machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from litegate.backends.runtime import Runner
+from litegate.errors import LitegateError
+from litegate.isolation import run_isolated
+from litegate.types import PairedCell
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedProtocol:
+    """How the pair is timed: ``rounds`` rounds of one block per model (``warmup`` untimed + ``block`` timed runs)."""
+
+    rounds: int = 15
+    block: int = 10
+    warmup: int = 2
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def paired_job(payload: dict[str, Any]) -> dict[str, Any]:
+    """Child entry: time ``base`` and ``new`` in alternating blocks. payload: base, new, backend, threads,
+    inputs_npz, signature, protocol (PairedProtocol fields), slowdown (calibration only: the candidate busy-waits
+    that fraction of each of its own inferences, a simulated regression)."""
+    p = PairedProtocol(**payload.get("protocol", {}))
+    with np.load(payload["inputs_npz"]) as data:
+        arrays = {k: data[k] for k in data.files}
+    n_inputs = len(next(iter(arrays.values())))
+    runners = {side: Runner(payload[side], backend=payload["backend"], threads=int(payload["threads"]),
+                            signature=payload.get("signature")) for side in ("base", "new")}
+    feeds = {side: [r.prepare(_fit({k: v[i:i + 1] for k, v in arrays.items()}, r)) for i in range(n_inputs)]
+             for side, r in runners.items()}
+    slowdown = {"base": 0.0, "new": float(payload.get("slowdown", 0.0))}
+    blocks: dict[str, list[float]] = {"base": [], "new": []}
+    rng = random.Random(p.seed)
+    order = ["base", "new"]
+    done = 0
+    for _ in range(p.rounds):
+        rng.shuffle(order)
+        for side in order:
+            runner, side_feeds, extra = runners[side], feeds[side], slowdown[side]
+            samples = []
+            for i in range(p.warmup + p.block):
+                feed = side_feeds[(done + i) % n_inputs]
+                t = time.perf_counter()
+                runner.invoke(feed)
+                if extra:
+                    until = time.perf_counter() + (time.perf_counter() - t) * extra
+                    while time.perf_counter() < until:
+                        pass
+                if i >= p.warmup:
+                    samples.append((time.perf_counter() - t) * 1e3)
+            blocks[side].append(float(np.median(samples)))
+        done += p.warmup + p.block
+    return {"base": blocks["base"], "new": blocks["new"]}
+
+
+def _fit(sample: dict[str, np.ndarray], runner: Runner) -> dict[str, np.ndarray]:
+    """The same token rows at this model's own sequence length (zero-padded or cut on the last axis): a candidate
+    built at another ``seq_len`` is timed on the same texts, its length being part of its cost."""
+    length = int(next(iter(runner.inputs.values()))["shape"][-1])
+    out = {}
+    for k, v in sample.items():
+        if v.ndim >= 2 and v.shape[-1] != length:
+            v = v[..., :length] if v.shape[-1] > length else np.concatenate(
+                [v, np.zeros((*v.shape[:-1], length - v.shape[-1]), v.dtype)], axis=-1)
+        out[k] = v
+    return out
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_baseline_model(baseline_report: Path, recorded_path: str, sha256: str) -> Path | None:
+    """The baseline variant's model file: the file next to the baseline's report.json with the recorded name (how a
+    downloaded CI artifact holds it), else the recorded path; only a file whose sha256 is the recorded one counts."""
+    name = Path(recorded_path).name
+    for candidate in (baseline_report.parent / name, Path(recorded_path)):
+        if candidate.is_file() and sha256_of(candidate) == sha256:
+            return candidate
+    return None
+
+
+def remeasure(*, variant: str, base_path: Path, new_path: str, backend: str, threads: int, inputs_npz: Path,
+              signature: str | None, protocol: PairedProtocol, timeout_s: float, mem_mb: int | None = None,
+              slowdown: float = 0.0) -> PairedCell:
+    """Time the baseline's model beside the candidate's in one child; a failure becomes ``reason``, never raises."""
+    payload: Mapping[str, Any] = {"base": str(base_path), "new": new_path, "backend": backend, "threads": threads,
+                                  "inputs_npz": str(inputs_npz), "signature": signature,
+                                  "protocol": protocol.to_dict(), "slowdown": slowdown}
+    cell = PairedCell(variant=variant, backend=backend, threads=threads, base_path=str(base_path),
+                      reason="not timed yet")
+    try:
+        r = run_isolated("litegate.benchmarks.paired:paired_job", dict(payload), timeout_s=timeout_s, mem_mb=mem_mb)
+    except LitegateError as exc:
+        return dataclasses.replace(cell, reason=f"paired re-measurement failed: {exc.message}")
+    return dataclasses.replace(cell, base_blocks=tuple(round(x, 5) for x in r["base"]),
+                               new_blocks=tuple(round(x, 5) for x in r["new"]), reason="")
