@@ -72,7 +72,7 @@ def _ms(x: float | None) -> str:
     return "—" if x is None else (f"{x:.3f}" if x < 10 else f"{x:.1f}")
 
 
-def _cell_text(v: VariantResult, backend: str, threads: int) -> str:
+def _cell_text(v: VariantResult, backend: str, threads: int, vs_base: Mapping[str, Any] | None = None) -> str:
     cell = v.bench_cell(backend, threads)
     if cell is None:
         return "—"
@@ -80,8 +80,18 @@ def _cell_text(v: VariantResult, backend: str, threads: int) -> str:
         return f"— (emulated: {cell.instructions / 1e6:.2f} M instructions/inference)"
     if cell.status is Status.OK and cell.latency is not None:
         emulated = " (emulated)" if cell.protocol.get("latency_emulated") else ""
-        return f"{_ms(cell.latency.p50)} / {_ms(cell.latency.p90)}{emulated}"
+        return f"{_ms(cell.latency.p50)} / {_ms(cell.latency.p90)}{emulated}{_delta_text(vs_base)}"
     return "not run" if cell.status is Status.NOT_RUN else cell.status.value
+
+
+def _delta_text(row: Mapping[str, Any] | None) -> str:
+    """`` · Δ +1.2% [-0.3, +2.7] paired`` from a baseline comparison row (bold when it regressed); "" without one."""
+    if not row or row.get("change") is None or not row.get("ci"):
+        return ""
+    lo, hi = row["ci"]
+    text = (f"Δ {row['change'] * 100:+.1f}% [{lo * 100:+.1f}, {hi * 100:+.1f}] "
+            f"{'paired' if row.get('paired') else 'unpaired'}")
+    return f" · **{text}, regressed**" if row.get("verdict") == "regressed" else f" · {text}"
 
 
 def _acc_text(v: VariantResult) -> tuple[str, str, str]:
@@ -301,6 +311,9 @@ def _summary_table(rep: Report, delegates: list[str]) -> list[str]:
     if delegates:
         labels = [next((c.label for v in rep.variants for c in v.compat if c.delegate == d), d) for d in delegates]
         head.append("delegated ops % (" + " / ".join(labels) + ")")
+    if rep.run.get("baseline"):
+        head[4:4 + len(cells)] = [f"{h} · Δ vs baseline [95% CI]" for h in head[4:4 + len(cells)]]
+    vs_base = {(r["variant"], r["what"]): r for r in (rep.run.get("baseline") or {}).get("rows", [])}
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in rep.variants:
         if v.status is not Status.OK:
@@ -310,7 +323,8 @@ def _summary_table(rep: Report, delegates: list[str]) -> list[str]:
             size = f"{v.size.bytes / 1e6:.2f}" if v.size else "—"
             gz = f"{v.size.gzip_bytes / 1e6:.2f}" if v.size else "—"
             acc, delta, fid = _acc_text(v)
-            row = [f"**{v.name}**", v.recipe.name, size, gz] + [_cell_text(v, b, t) for b, t in cells] + [acc, delta, fid]
+            row = [f"**{v.name}**", v.recipe.name, size, gz] + [_cell_text(v, b, t, vs_base.get((v.name, f"p50 {b}x{t}")))
+                                                                 for b, t in cells] + [acc, delta, fid]
             if delegates:
                 fr = [v.compat_for(d) for d in delegates]
                 row.append(" / ".join("—" if c is None else c.status.value.replace("_", " ") if c.status is not Status.OK

@@ -123,3 +123,19 @@ def test_paired_child_reads_a_copy_as_unchanged_and_a_slower_candidate_as_slower
     assert lo > 1.05 and 1.2 < r < 1.6, (r, lo, hi)
     broken = remeasure(**{**kw, "base_path": tmp_path / "missing.tflite"})
     assert broken.reason.startswith("paired re-measurement failed") and not broken.base_blocks
+
+
+def test_main_table_shows_each_cells_delta_vs_baseline_with_its_interval():
+    import dataclasses
+
+    from litegate.report import to_markdown
+
+    base, new = _report([1.0] * 30), _report([1.12] * 30)
+    pc = PairedCell(variant="fp32", backend="xnnpack", threads=1, base_path="/b/fp32.tflite",
+                    base_blocks=(1.0,) * 15, new_blocks=(1.12,) * 15)
+    verdicts, rows = compare(base, new, CompareConfig(), {("fp32", "xnnpack", 1): pc})
+    rep = dataclasses.replace(new, run={**new.run, "baseline": {"path": "b/report.json", "rows": rows}})
+    table = [ln for ln in to_markdown(rep).splitlines() if ln.startswith("| ")]
+    assert "xnnpack×1 p50/p90 ms · Δ vs baseline [95% CI]" in table[0]
+    assert "**Δ +12.0% [+12.0, +12.0] paired, regressed**" in table[1]
+    assert "Δ vs baseline" not in to_markdown(new)  # no baseline: no column suffix, no delta
