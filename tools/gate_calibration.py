@@ -14,6 +14,7 @@ Usage: python -m tools.gate_calibration [--model M.tflite | --seq-len 64] [--pai
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -49,11 +50,14 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=30)
     ap.add_argument("--slowdown", type=float, default=0.10)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--interleave", choices=("block", "run"), default=None, help="default: the gate's")
     ap.add_argument("--seq-len", type=int, default=64, help="of the embedded default, when no --model is given")
     ap.add_argument("--out", default=str(ROOT / "reports" / "gate-calibration.json"))
     args = ap.parse_args()
     cfg = CompareConfig()
     protocol = PairedProtocol(rounds=cfg.paired_rounds)
+    if args.interleave:
+        protocol = dataclasses.replace(protocol, interleave=args.interleave)
     with tempfile.TemporaryDirectory(prefix="litegate-calibration-") as tmp:
         work = Path(tmp)
         model = _model(args.model, args.seq_len, work)

@@ -36,6 +36,7 @@ class PairedProtocol:
     block: int = 10
     warmup: int = 2
     seed: int = 0
+    interleave: str = "block"  # "block": one block per model per round; "run": the models alternate per inference
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -54,26 +55,39 @@ def paired_job(payload: dict[str, Any]) -> dict[str, Any]:
     feeds = {side: [r.prepare(_fit({k: v[i:i + 1] for k, v in arrays.items()}, r)) for i in range(n_inputs)]
              for side, r in runners.items()}
     slowdown = {"base": 0.0, "new": float(payload.get("slowdown", 0.0))}
+
+    def timed(side: str, i: int) -> float:
+        t = time.perf_counter()
+        runners[side].invoke(feeds[side][i % n_inputs])
+        if slowdown[side]:
+            until = time.perf_counter() + (time.perf_counter() - t) * slowdown[side]
+            while time.perf_counter() < until:
+                pass
+        return (time.perf_counter() - t) * 1e3
+
     blocks: dict[str, list[float]] = {"base": [], "new": []}
     rng = random.Random(p.seed)
     order = ["base", "new"]
     done = 0
     for _ in range(p.rounds):
-        rng.shuffle(order)
+        samples: dict[str, list[float]] = {"base": [], "new": []}
+        if p.interleave == "run":  # the two models take turns inference by inference: drift on any time scale
+            for side in order:    # above one inference hits both
+                for i in range(p.warmup):
+                    timed(side, done + i)
+            for i in range(p.block):
+                rng.shuffle(order)
+                for side in order:
+                    samples[side].append(timed(side, done + i))
+        else:  # blocks: each model's caches stay warm within its block
+            rng.shuffle(order)
+            for side in order:
+                for i in range(p.warmup + p.block):
+                    ms = timed(side, done + i)
+                    if i >= p.warmup:
+                        samples[side].append(ms)
         for side in order:
-            runner, side_feeds, extra = runners[side], feeds[side], slowdown[side]
-            samples = []
-            for i in range(p.warmup + p.block):
-                feed = side_feeds[(done + i) % n_inputs]
-                t = time.perf_counter()
-                runner.invoke(feed)
-                if extra:
-                    until = time.perf_counter() + (time.perf_counter() - t) * extra
-                    while time.perf_counter() < until:
-                        pass
-                if i >= p.warmup:
-                    samples.append((time.perf_counter() - t) * 1e3)
-            blocks[side].append(float(np.median(samples)))
+            blocks[side].append(float(np.median(samples[side])))
         done += p.warmup + p.block
     return {"base": blocks["base"], "new": blocks["new"]}
 
