@@ -95,7 +95,7 @@ def convert_model(source: ModelSource, out: Path, *, recipe: str = "fp32",
             if encoder is None:
                 raise QuantizationError(f"recipe {rec.name!r} needs a tokenizer to encode calibration text")
             calib_npz = Path(tmp) / "calibration.npz"
-            save_npz(calib_npz, encoder.encode(read_texts(calibration, limit=samples)))
+            save_npz(calib_npz, encoder.encode(read_texts(calibration, limit=samples), source=calibration))
         if debug and not rec.needs_calibration:
             raise QuantizationError(f"--debug compares a calibrated quantized model to float; recipe {rec.name!r} "
                                     "is not calibrated (use int8 or auto)")
@@ -163,18 +163,19 @@ def prune_model(source: ModelSource, out: Path, *, recipe: str, then: str | None
         inputs_npz, calib_npz = Path(tmp) / "inputs.npz", Path(tmp) / "calib.npz"
         label_array: np.ndarray | None = None
         if generator:
-            windows = generator_windows(tok, read_texts(calibration), source.seq_len, samples)  # type: ignore[arg-type]
+            windows = generator_windows(tok, read_texts(calibration), source.seq_len, samples,  # type: ignore[arg-type]
+                                        source=calibration)
             save_npz(inputs_npz, {"tokens": windows["tokens"]})
             if settings.mode == "labels":
                 label_array = windows["labels"]
         else:
             texts = list(labelled.sentences) if labelled else read_texts(calibration, limit=samples)  # type: ignore[arg-type]
-            save_npz(inputs_npz, encoder.encode(texts))
+            save_npz(inputs_npz, encoder.encode(texts, source=labels or calibration))
             if labelled is not None:
                 label_array = np.asarray(labelled.labels, dtype=np.int64)
         if then_rec.needs_calibration and not generator:
             calib_texts = read_texts(calibration, limit=samples) if calibration else texts
-            save_npz(calib_npz, encoder.encode(calib_texts))
+            save_npz(calib_npz, encoder.encode(calib_texts, source=calibration or labels))
         prune_data = {"npz": str(inputs_npz), "labels": None if label_array is None else label_array.tolist()}
         job, result = _build(source, out, Path(tmp), recipe=then_rec, prune=rec,
                              calibration_npz=calib_npz if calib_npz.is_file() else None, prune_data=prune_data,
@@ -204,7 +205,7 @@ def bench_model(model: Path, *, text: Path, backends: list[str], threads: list[i
     out = []
     with tempfile.TemporaryDirectory(prefix="litegate-bench-") as tmp:
         npz = Path(tmp) / "inputs.npz"
-        save_npz(npz, encoder.encode(read_texts(text, limit=32)))
+        save_npz(npz, encoder.encode(read_texts(text, limit=32), source=text))
         for backend in backends:
             for t in cell_threads(backend, threads):
                 out.append(run_cell(path=model, sha256=sha, variant=model.stem, backend=backend, threads=t,

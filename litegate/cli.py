@@ -560,6 +560,14 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         click.echo(f"litegate: internal error: {type(exc).__name__}: {exc} (rerun with -v for the traceback)", err=True)
         sys.exit(10)
+    except BaseException as exc:  # noqa: BLE001 - a Rust panic (pyo3's PanicException) is no Exception: not exit 1
+        if isinstance(exc, (SystemExit, GeneratorExit)):
+            raise
+        if verbose:
+            traceback.print_exc()
+        first = (str(exc).splitlines() or [""])[0]
+        click.echo(f"litegate: internal error: {type(exc).__name__}: {first} (rerun with -v for the traceback)", err=True)
+        sys.exit(10)
     sys.exit(0)
 
 

@@ -2,6 +2,8 @@
 
 Paths inside the file are relative to the file's folder. Every mistake (unknown key, wrong
 type, missing file, bad value) is a :class:`ConfigError` that names the file and the key.
+Numbers are read through :meth:`_Table.number`: never NaN or infinite (TOML has ``nan`` and ``inf``, and a NaN
+budget compares False with everything, so it would pass every measurement), and within the key's range.
 
 Example::
 
@@ -35,6 +37,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,6 +82,19 @@ class _Table:
         if not ok:
             raise ConfigError(f"{self.file}: '{self._name(key)}' must be {_TYPES.get(typ, typ.__name__)}, "
                               f"got {type(value).__name__} {value!r}")
+        return value
+
+    def number(self, key: str, typ: type = float, default: Any = dataclasses.MISSING, *, low: float = 0.0,
+               high: float = math.inf, above: bool = False) -> Any:
+        """A finite number in ``[low, high]`` (``(low, high]`` with ``above``); the default is not checked."""
+        if key not in self.data:
+            return self.get(key, typ, default)
+        value = self.get(key, typ)
+        if not math.isfinite(value):
+            raise ConfigError(f"{self.file}: '{self._name(key)}' must be a finite number, got {value}")
+        if value < low or (above and value == low) or value > high:
+            bounds = f"{'>' if above else '>='} {low:g}" + (f" and <= {high:g}" if high != math.inf else "")
+            raise ConfigError(f"{self.file}: '{self._name(key)}' must be {bounds}, got {value:g}")
         return value
 
     def table(self, key: str) -> _Table:
@@ -203,20 +219,11 @@ def _budget(t: _Table) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in BUDGET_KEYS:
         if key in t.data:
-            v = t.get(key, float)
-            if v < 0:
-                raise ConfigError(f"{t.file}: '{t._name(key)}' must be >= 0")
-            out[key] = v
+            out[key] = t.number(key)
     for key in COVERAGE_KEYS:
         if key in t.data:
             targets = t.table(key)
-            pcts = {}
-            for target in list(targets.data):
-                pct = targets.get(target, float)
-                if not 0 <= pct <= 100:
-                    raise ConfigError(f"{t.file}: '{targets._name(target)}' must be a percentage in [0, 100]")
-                pcts[target] = pct
-            out[key] = pcts
+            out[key] = {target: targets.number(target, high=100.0) for target in list(targets.data)}
     return out
 
 
@@ -394,11 +401,13 @@ def _bench(b: _Table, base: Path) -> BenchConfig:
     protocol = timing.DEFAULT
     bench = BenchConfig(
         backends=backends, threads=threads,
-        warmup_runs=b.get("warmup_runs", int, protocol.warmup_runs), min_runs=b.get("min_runs", int, protocol.min_runs),
-        min_seconds=b.get("min_seconds", float, protocol.min_seconds),
+        warmup_runs=b.number("warmup_runs", int, protocol.warmup_runs),
+        min_runs=b.get("min_runs", int, protocol.min_runs),
+        min_seconds=b.number("min_seconds", float, protocol.min_seconds),
         max_runs=b.get("max_runs", int, protocol.max_runs),
-        timeout_s=b.get("timeout_s", float, 300.0),
-        eval_backend=b.get("eval_backend", str, "xnnpack"), eval_threads=b.get("eval_threads", int, max(threads)),
+        timeout_s=b.number("timeout_s", float, 300.0, above=True),
+        eval_backend=b.get("eval_backend", str, "xnnpack"),
+        eval_threads=b.number("eval_threads", int, max(threads), low=1),
         peak_probe=b.get("peak_probe", bool, True),
         profile_runs=b.get("profile_runs", int, 20),
     )
@@ -473,17 +482,12 @@ def _gate(g: _Table, names: list[str]) -> _Gate:
         raise ConfigError(f"{file}: 'gate.require' must be 'all' or 'any', got {require!r}")
     baseline = g.get("baseline", str, "")
     compare_cfg = CompareConfig(
-        threshold=g.get("regression_threshold", float, 0.05), confidence=g.get("confidence", float, 0.95),
-        max_size_increase=g.get("max_size_increase", float, 0.02),
-        max_accuracy_regression=g.get("max_accuracy_regression", float, 1.0),
-        instructions_tolerance=g.get("instructions_tolerance", float, 0.0005),
-        between_run_noise=g.get("between_run_noise", float, 0.10), paired_rounds=g.get("paired_rounds", int, 15))
-    if not 0.0 <= compare_cfg.between_run_noise < 1.0:
-        raise ConfigError(f"{file}: 'gate.between_run_noise' must be in [0, 1) (a fraction: 0.10 is 10%), "
-                          f"got {compare_cfg.between_run_noise}")
-    if not 0 <= compare_cfg.paired_rounds <= 1000:
-        raise ConfigError(f"{file}: 'gate.paired_rounds' must be in 0..1000 (0 compares unpaired), "
-                          f"got {compare_cfg.paired_rounds}")
+        threshold=g.number("regression_threshold", float, 0.05), confidence=g.number("confidence", float, 0.95),
+        max_size_increase=g.number("max_size_increase", float, 0.02),
+        max_accuracy_regression=g.number("max_accuracy_regression", float, 1.0),
+        instructions_tolerance=g.number("instructions_tolerance", float, 0.0005),
+        between_run_noise=g.number("between_run_noise", float, 0.10, high=0.99),
+        paired_rounds=g.number("paired_rounds", int, 15, high=1000))
     if not 0.0 <= compare_cfg.instructions_tolerance < 1.0:
         raise ConfigError(f"{file}: 'gate.instructions_tolerance' must be in [0, 1) (a fraction: 0.0005 is 0.05%), "
                           f"got {compare_cfg.instructions_tolerance}")
@@ -531,8 +535,8 @@ def _quantize(qt: _Table) -> bool:
 
 def _limits(lim: _Table) -> tuple[float, int | None]:
     """``[limits]``: the conversion timeout in seconds and the memory limit in MB (None: none)."""
-    convert_timeout = lim.get("convert_timeout_s", float, 900.0)
-    mem_mb = lim.get("memory_mb", int, 0)
+    convert_timeout = lim.number("convert_timeout_s", float, 900.0, above=True)
+    mem_mb = lim.number("memory_mb", int, 0)
     lim.done()
     return convert_timeout, mem_mb or None
 

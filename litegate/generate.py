@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from litegate.errors import ModelLoadError
-from litegate.tasks import load_tokenizer
+from litegate.tasks import load_tokenizer, token_ids
 from litegate.tflite.verify import verify_tflite
 
 Call = Callable[[str, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
@@ -131,5 +131,5 @@ def generate_text(model: Path, prompt: str, n_tokens: int, *, tokenizer: Path | 
         raise ModelLoadError(f"{model}: no tokenizer sidecar ({model.with_suffix('.tokenizer.json').name}); pass --tokenizer")
     tok = load_tokenizer(tok_path)
     gen = tflite_generator(model)
-    ids = gen.generate(list(tok.encode(prompt).ids), n_tokens, temperature=temperature, seed=seed)
+    ids = gen.generate(token_ids(tok, prompt, source="the prompt"), n_tokens, temperature=temperature, seed=seed)
     return decode_ids(tok, ids)

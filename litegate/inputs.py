@@ -21,6 +21,7 @@ from litegate.tasks import (
     load_tokenizer,
     read_labelled_tsv,
     read_texts,
+    token_ids,
 )
 from litegate.types import SourceKind, Task
 
@@ -83,7 +84,7 @@ def eval_data(cfg: ReleaseConfig, source: Source, encoder: TextEncoder | None, w
         if cfg.data.eval is None:
             raise DataError("a text-generation run needs data.eval (a text file; its last 10% is the held-out part)")
         text = "\n".join(read_texts(cfg.data.eval))
-        ids = list(load_tokenizer(source.tokenizer).encode(text).ids)
+        ids = token_ids(load_tokenizer(source.tokenizer), text, source=cfg.data.eval)
         try:
             data.windows = lm_windows(ids, cfg.model.source.seq_len, cfg.data.max_eval_samples or 32)
         except ValueError as exc:
@@ -106,14 +107,14 @@ def eval_data(cfg: ReleaseConfig, source: Source, encoder: TextEncoder | None, w
         else:
             texts = read_texts(cfg.data.eval, limit=cfg.data.max_eval_samples)
         data.inputs_npz = work / "eval_inputs.npz"
-        save_npz(data.inputs_npz, encoder.encode(texts))
+        save_npz(data.inputs_npz, encoder.encode(texts, source=cfg.data.eval))
         data.n = len(texts)
         data.sha256 = sha256_tree(cfg.data.eval)
-    bench_texts = texts or (read_texts(cfg.data.calibration) if cfg.data.calibration else [])
+    bench_texts = texts or (read_texts(cfg.data.calibration, limit=BENCH_INPUTS) if cfg.data.calibration else [])
     if not bench_texts:
         raise DataError("no text to build benchmark inputs from: set data.eval or data.calibration")
     data.bench_npz = work / "bench_inputs.npz"
-    save_npz(data.bench_npz, encoder.encode(bench_texts[:BENCH_INPUTS]))
+    save_npz(data.bench_npz, encoder.encode(bench_texts[:BENCH_INPUTS], source=cfg.data.eval or cfg.data.calibration))
     data.bench_desc = f"{min(len(bench_texts), BENCH_INPUTS)} real sentences, cycled"
     return data
 
@@ -139,12 +140,12 @@ def calibration(cfg: ReleaseConfig, source: Source, encoder: TextEncoder | None,
     key = sha256_tree(cfg.data.calibration) + f":{len(texts)}"
     path = work / "calibration.npz"
     if encoder is not None:
-        save_npz(path, encoder.encode(texts))
+        save_npz(path, encoder.encode(texts, source=cfg.data.calibration))
         return path, key
 
     # windows of seq_len + steps tokens: generator_windows cuts L + 1 tokens into inputs and next-token labels
     windows = generator_windows(source.tokenizer, texts, cfg.model.source.seq_len + GENERATOR_CALIBRATION_STEPS - 1,
-                                cfg.data.calibration_samples)
+                                cfg.data.calibration_samples, source=cfg.data.calibration)
     save_npz(path, {"tokens": np.concatenate([windows["tokens"], windows["labels"][:, -1:]], axis=1)})
     return path, key + f":gen{GENERATOR_CALIBRATION_STEPS}"
 
@@ -157,10 +158,10 @@ def prune_data(cfg: ReleaseConfig, source: Source, work: Path) -> dict[str, Any]
     npz = work / "prune_inputs.npz"
     if cfg.data.train is not None:
         train = read_labelled_tsv(cfg.data.train, limit=cfg.data.train_samples)
-        save_npz(npz, encoder.encode(train.sentences))
+        save_npz(npz, encoder.encode(train.sentences, source=cfg.data.train))
         return {"npz": str(npz), "labels": list(train.labels), "sha256": sha256_tree(cfg.data.train) + f":{len(train.labels)}"}
     if cfg.data.calibration is None:
         raise DataError("pruned variants need recovery data: set data.train (labelled) or data.calibration (distillation)")
     texts = read_texts(cfg.data.calibration, limit=cfg.data.train_samples)
-    save_npz(npz, encoder.encode(texts))
+    save_npz(npz, encoder.encode(texts, source=cfg.data.calibration))
     return {"npz": str(npz), "labels": None, "sha256": sha256_tree(cfg.data.calibration) + f":{len(texts)}"}

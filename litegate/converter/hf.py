@@ -1,6 +1,13 @@
 """Reading Hugging Face checkpoint folders (config.json, model.safetensors, vocab.txt / tokenizer.json).
 
 No TensorFlow here: this module is imported on cache hits and by the evaluators.
+
+Every config.json value litegate builds a graph from is checked before any conversion starts (the rules are the
+tables :data:`BERT_SIZES` and :data:`GPT2_SIZES`, and the helpers below them): sizes are positive integers, the
+hidden size divides into the heads, layer-norm epsilons are finite and in (0, 1), ``id2label`` maps class indices to
+names (and ``label2id`` does not contradict it), and the model the sizes describe has at most
+:data:`MAX_PARAMETERS` parameters. Anything else is a one-line :class:`ModelLoadError` naming the file, the key and
+the value, not a NaN model, a division by zero in the conversion child or a conversion that runs out its timeout.
 """
 
 from __future__ import annotations
@@ -8,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import dataclasses as _dc
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +38,108 @@ def read_config_json(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ModelLoadError(f"{path}: config is not a JSON object")
     return raw
+
+
+_REQUIRED = object()
+MAX_SIZE = 2**31 - 1  # any one size: TFLite shapes are int32
+MAX_PARAMETERS = 2_000_000_000  # a bigger model is not a mobile model, and its conversion would only run out the timeout
+
+# config.json sizes read, per architecture: key -> default (_REQUIRED: the key must be there)
+BERT_SIZES: dict[str, Any] = {"vocab_size": _REQUIRED, "hidden_size": _REQUIRED, "num_hidden_layers": _REQUIRED,
+                              "num_attention_heads": _REQUIRED, "intermediate_size": _REQUIRED,
+                              "max_position_embeddings": _REQUIRED, "type_vocab_size": 2}
+GPT2_SIZES: dict[str, Any] = {"vocab_size": _REQUIRED, "n_positions": _REQUIRED, "n_embd": _REQUIRED,
+                              "n_layer": _REQUIRED, "n_head": _REQUIRED}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _sizes(raw: Mapping[str, Any], rules: Mapping[str, Any], path: Path) -> dict[str, int]:
+    """The sizes ``rules`` names, each a positive integer (an integral float such as ``768.0`` is read as one)."""
+    out = {}
+    for key, default in rules.items():
+        if key not in raw:
+            if default is _REQUIRED:
+                raise ModelLoadError(f"{path}: missing key {key!r}")
+            out[key] = int(default)
+            continue
+        value = raw[key]
+        integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not integral or not 1 <= value <= MAX_SIZE:
+            raise ModelLoadError(f"{path}: {key} must be a positive integer (at most {MAX_SIZE}), got {_shown(value)}")
+        out[key] = int(value)
+    return out
+
+
+def _epsilon(raw: Mapping[str, Any], key: str, default: float, path: Path) -> float:
+    """A layer-norm epsilon: a finite number in (0, 1) (NaN would make every output NaN)."""
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and 0 < value < 1):
+        raise ModelLoadError(f"{path}: {key} must be a finite number in (0, 1), got {_shown(value)}")
+    return float(value)
+
+
+def _divisible(sizes: Mapping[str, int], hidden: str, heads: str, path: Path) -> None:
+    if sizes[hidden] % sizes[heads]:
+        raise ModelLoadError(f"{path}: {hidden} {sizes[hidden]} is not divisible by {heads} {sizes[heads]}")
+
+
+def _class_index(key: Any) -> int | None:
+    """A class index written as JSON allows it (``"3"`` as an object key, ``3`` as a value), else None."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key if key >= 0 else None
+    if isinstance(key, str) and key.strip().isascii() and key.strip().isdigit():
+        return int(key)
+    return None
+
+
+def _labels(raw: Mapping[str, Any], path: Path) -> tuple[dict[str, str], int]:
+    """``id2label`` (class index -> name, keys as decimal strings, by index) and ``num_labels``.
+
+    ``label2id``, when there, must be a name -> index object that does not contradict ``id2label`` (names that
+    ``id2label`` does not have, such as transformers' stale ``LABEL_0`` defaults, are left alone).
+    """
+    id2label = raw.get("id2label")
+    if id2label is None:
+        id2label = {}
+    if not isinstance(id2label, dict):
+        raise ModelLoadError(f"{path}: id2label must be an object of class index -> name, got {_shown(id2label)}")
+    names: dict[int, str] = {}
+    for key, name in id2label.items():
+        index = _class_index(key)
+        if index is None:
+            raise ModelLoadError(f"{path}: id2label key {_shown(key)} is not a class index (0, 1, ...)")
+        if not isinstance(name, str):
+            raise ModelLoadError(f"{path}: id2label[{key!r}] must be a string, got {_shown(name)}")
+        if index in names:
+            raise ModelLoadError(f"{path}: id2label names class {index} twice")
+        names[index] = name
+    label2id = raw.get("label2id")
+    if label2id is not None:
+        if not isinstance(label2id, dict):
+            raise ModelLoadError(f"{path}: label2id must be an object of name -> class index, got {_shown(label2id)}")
+        by_name = {name: index for index, name in names.items()}
+        for name, value in label2id.items():
+            index = _class_index(value)
+            if index is None:
+                raise ModelLoadError(f"{path}: label2id[{name!r}] must be a class index, got {_shown(value)}")
+            if name in by_name and by_name[name] != index:
+                raise ModelLoadError(f"{path}: label2id[{name!r}] = {index} contradicts id2label, which gives "
+                                     f"{name!r} class {by_name[name]}")
+    num_labels = _sizes(raw, {"num_labels": len(names) or 2}, path)["num_labels"]
+    if names and max(names) >= num_labels:
+        raise ModelLoadError(f"{path}: id2label has class {max(names)}, but num_labels is {num_labels}")
+    return {str(i): names[i] for i in sorted(names)}, num_labels
+
+
+def _at_most_max_parameters(count: int, sizes: Mapping[str, int], path: Path) -> None:
+    if count > MAX_PARAMETERS:
+        described = ", ".join(f"{k} {v}" for k, v in sizes.items())
+        raise ModelLoadError(f"{path}: the config describes a model of about {count / 1e9:.3g} billion parameters "
+                             f"({described}); litegate refuses more than {MAX_PARAMETERS / 1e9:g} billion")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,26 +174,20 @@ class BertConfig:
         act = raw.get("hidden_act", "gelu")
         if act not in SUPPORTED_ACTS:
             raise ModelLoadError(f"{path}: hidden_act {act!r} is not supported (supported: {', '.join(SUPPORTED_ACTS)})")
-        try:
-            id2label = {str(k): str(v) for k, v in (raw.get("id2label") or {}).items()}
-            cfg = cls(
-                vocab_size=int(raw["vocab_size"]),
-                hidden_size=int(raw["hidden_size"]),
-                num_hidden_layers=int(raw["num_hidden_layers"]),
-                num_attention_heads=int(raw["num_attention_heads"]),
-                intermediate_size=int(raw["intermediate_size"]),
-                max_position_embeddings=int(raw["max_position_embeddings"]),
-                type_vocab_size=int(raw.get("type_vocab_size", 2)),
-                hidden_act=act,
-                layer_norm_eps=float(raw.get("layer_norm_eps", 1e-12)),
-                num_labels=int(raw.get("num_labels", len(id2label) or 2)),
-                id2label=id2label,
-            )
-        except KeyError as exc:
-            raise ModelLoadError(f"{path}: missing key {exc.args[0]!r}") from None
-        if cfg.hidden_size % cfg.num_attention_heads:
-            raise ModelLoadError(f"{path}: hidden_size {cfg.hidden_size} is not divisible by num_attention_heads")
+        sizes = _sizes(raw, BERT_SIZES, path)
+        _divisible(sizes, "hidden_size", "num_attention_heads", path)
+        id2label, num_labels = _labels(raw, path)
+        cfg = cls(**sizes, hidden_act=act, layer_norm_eps=_epsilon(raw, "layer_norm_eps", 1e-12, path),
+                  num_labels=num_labels, id2label=id2label)
+        _at_most_max_parameters(cfg.parameters(), sizes, path)
         return cfg
+
+    def parameters(self) -> int:
+        """How many parameters the graph built from this config holds (pooler and classifier included)."""
+        h, i = self.hidden_size, self.intermediate_size
+        embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h
+        layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h
+        return embeddings + self.num_hidden_layers * layer + h * h + h + self.num_labels * (h + 1)
 
     def to_hf_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -204,15 +308,16 @@ class GPT2Config:
         act = raw.get("activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu", "relu"):
             raise ModelLoadError(f"{path}: activation_function {act!r} is not supported")
-        try:
-            cfg = cls(vocab_size=int(raw["vocab_size"]), n_positions=int(raw["n_positions"]), n_embd=int(raw["n_embd"]),
-                      n_layer=int(raw["n_layer"]), n_head=int(raw["n_head"]),
-                      layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)), activation_function=act)
-        except KeyError as exc:
-            raise ModelLoadError(f"{path}: missing key {exc.args[0]!r}") from None
-        if cfg.n_embd % cfg.n_head:
-            raise ModelLoadError(f"{path}: n_embd {cfg.n_embd} is not divisible by n_head {cfg.n_head}")
+        sizes = _sizes(raw, GPT2_SIZES, path)
+        _divisible(sizes, "n_embd", "n_head", path)
+        cfg = cls(**sizes, layer_norm_epsilon=_epsilon(raw, "layer_norm_epsilon", 1e-5, path), activation_function=act)
+        _at_most_max_parameters(cfg.parameters(), sizes, path)
         return cfg
+
+    def parameters(self) -> int:
+        """How many parameters the graph built from this config holds (the LM head is tied to the embeddings)."""
+        e = self.n_embd
+        return (self.vocab_size + self.n_positions) * e + self.n_layer * (12 * e * e + 13 * e) + 2 * e
 
     def to_hf_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}
