@@ -121,9 +121,15 @@ def _latency(variant: str, cell: BenchResult, bc: BenchResult | None, cfg: Compa
         base_ms, new_ms = (bc.latency.p50 if bc.latency else None), (cell.latency.p50 if cell.latency else None)
     regressed = lo > 1.0 + margin
     improved = hi < 1.0 - margin
+    # an interval wider than twice the margin cannot resolve a regression of the margin's size: say so, not "unchanged"
+    inconclusive = not regressed and not improved and hi - lo > 2 * margin
+    if inconclusive:
+        how += (f"; inconclusive: the interval is {(hi - lo) * 100:.0f} points wide, too noisy here to resolve "
+                f"+{margin * 100:g}%")
     row = {"variant": variant, "what": f"p50 {where}", "base": base_ms, "new": new_ms, "change": ratio - 1.0,
            "ci": [lo - 1.0, hi - 1.0], "paired": pc is not None and not pc.reason,
-           "verdict": "regressed" if regressed else "improved" if improved else "unchanged"}
+           "verdict": "regressed" if regressed else "improved" if improved else
+                      "inconclusive" if inconclusive else "unchanged"}
     verdict = Verdict(
         check="latency vs baseline", variant=variant, passed=not regressed, value=round((ratio - 1) * 100, 2),
         limit=round(margin * 100, 4), backend=cell.backend, threads=cell.threads,

@@ -139,3 +139,14 @@ def test_main_table_shows_each_cells_delta_vs_baseline_with_its_interval():
     assert "xnnpack×1 p50/p90 ms · Δ vs baseline [95% CI]" in table[0]
     assert "**Δ +12.0% [+12.0, +12.0] paired, regressed**" in table[1]
     assert "Δ vs baseline" not in to_markdown(new)  # no baseline: no column suffix, no delta
+
+
+def test_a_pair_too_noisy_to_resolve_the_threshold_is_called_inconclusive_not_unchanged():
+    base, new = _report([1.0] * 30), _report([1.0] * 30)
+    pc = PairedCell(variant="fp32", backend="xnnpack", threads=1, base_path="/b/fp32.tflite",
+                    base_blocks=(1.0,) * 15, new_blocks=(0.6, 1.5, 0.7, 1.4, 1.0, 0.5, 1.6, 1.0, 0.8, 1.3, 0.9, 1.2,
+                                                         1.1, 0.6, 1.5))
+    verdicts, rows = compare(base, new, CompareConfig(), {("fp32", "xnnpack", 1): pc})
+    (lat,) = [v for v in verdicts if v.check == "latency vs baseline"]
+    (row,) = [r for r in rows if r["what"] == "p50 xnnpackx1"]
+    assert lat.passed and "inconclusive" in lat.message and row["verdict"] == "inconclusive"
