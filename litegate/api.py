@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from litegate import errors
-from litegate.artifacts import atomic_copy, atomic_write_text, save_npz, write_model_card
+from litegate.artifacts import atomic_copy, atomic_write_text, check_output_path, save_npz, write_model_card
 from litegate.backends.runtime import Runner
 from litegate.benchmarks.matrix import cell_threads, run_cell
 from litegate.benchmarks.size import measure_size
@@ -25,7 +25,7 @@ from litegate.errors import ConfigError, ConversionError, DataError, ModelLoadEr
 from litegate.isolation import run_isolated
 from litegate.quantize import recipes
 from litegate.quantize.prune import PruneSettings
-from litegate.quantize.variants import BUILD_JOB
+from litegate.quantize.variants import BUILD_JOB, BUILD_PRELOAD
 from litegate.tasks import TextEncoder, generator_windows, read_labelled_tsv, read_texts
 from litegate.tflite.verify import verify_tflite
 from litegate.timing import DEFAULT_PROTOCOL
@@ -46,13 +46,38 @@ def _build(source: ModelSource, out: Path, work: Path, *, recipe: Recipe, prune:
                              "prune": prune.to_dict() if prune else None}],
                "calibration_npz": str(calibration_npz) if calibration_npz else None,
                "prune_data": dict(prune_data or {}), "debug": debug, "debug_dir": str(work)}
-    job = run_isolated(BUILD_JOB, payload, timeout_s=timeout_s)
+    job = run_isolated(BUILD_JOB, payload, timeout_s=timeout_s, preload=BUILD_PRELOAD)
     result = job["variants"][recipe.name]
     if not result["ok"]:
         cls = getattr(errors, result.get("type", ""), ConversionError)
         raise cls(result["error"])
     atomic_copy(tmp_out, out)
     return job, result
+
+
+def sidecar_paths(out: Path, *, debug: bool = False) -> dict[str, Path]:
+    """The files written beside a model at ``out``: its metadata, its tokenizer (and ``--debug``'s layer table)."""
+    paths = {"metadata": out.with_suffix(".json"), "tokenizer": out.with_suffix(".tokenizer.json")}
+    if debug:
+        paths["layer table"] = out.with_suffix(".layers.csv")
+    return paths
+
+
+def check_model_output(out: Path, *, debug: bool = False) -> None:
+    """Refuse an output the sidecars would overwrite, and one that cannot be written, before any conversion.
+
+    Raises:
+        ConfigError: ``out`` is the path of one of its own sidecars (``-o model.json``: the metadata would
+            replace the model).
+        OutputError: ``out`` or a sidecar cannot be written (a parent that is a file, a read-only or
+            immutable directory, /proc, a device such as /dev/null).
+    """
+    for what, side in sidecar_paths(out, debug=debug).items():
+        if side.absolute() == out.absolute():
+            raise ConfigError(f"{out}: the model's {what} sidecar is written to this same path and would replace "
+                              "the model; give the output a .tflite name")
+    for path in (out, *sidecar_paths(out, debug=debug).values()):
+        check_output_path(path)
 
 
 def _write_sidecars(out: Path, *, source: ModelSource, tokenizer: str | None, info: Mapping[str, Any],
@@ -77,10 +102,14 @@ def convert_model(source: ModelSource, out: Path, *, recipe: str = "fp32",
     seq_len, recipe, labels, input names, notes), so an app and ``litegate eval`` need nothing else.
 
     Raises:
-        ModelLoadError, ConversionError, QuantizationError, DataError, IsolationError.
+        ConfigError: ``out`` is one of its own sidecars' paths (``-o model.json``).
+        OutputError: ``out`` or a sidecar cannot be written (checked before the conversion starts).
+        ModelLoadError, ConversionError, QuantizationError, DataError, IsolationError (``timeout_s``: kind
+        ``timeout``).
     """
     if source.kind is SourceKind.TFLITE:
         raise ModelLoadError(f"{source.path}: already a .tflite; use it directly (run, bench, check)")
+    check_model_output(out, debug=debug)
     info = check_source(source)
     rec = recipes.load(recipe)
     if rec.prunes:
@@ -103,7 +132,7 @@ def convert_model(source: ModelSource, out: Path, *, recipe: str = "fp32",
                              debug=debug, timeout_s=timeout_s)
         layers_csv = Path(tmp) / f"{rec.name}.layers.csv"
         if debug and layers_csv.is_file():
-            atomic_copy(layers_csv, out.with_suffix(".layers.csv"))
+            atomic_copy(layers_csv, sidecar_paths(out, debug=True)["layer table"])
     extra = result.get("extra", {})
     _write_sidecars(out, source=source, tokenizer=encoder.to_json() if encoder else None, info=info,
                     job=job, recipe=rec.name, extra=extra)
@@ -129,7 +158,8 @@ def prune_model(source: ModelSource, out: Path, *, recipe: str, then: str | None
         (:func:`litegate.quantize.prune.sparsity_report` without the tensor list), ``notes``.
 
     Raises:
-        ConfigError: unknown recipe, or a recipe of the wrong kind.
+        ConfigError: unknown recipe, or a recipe of the wrong kind; ``out`` is one of its own sidecars' paths.
+        OutputError: ``out`` or a sidecar cannot be written (checked before the pruning starts).
         DataError: no or unreadable recovery text.
         ModelLoadError, QuantizationError, ConversionError, IsolationError.
     """
@@ -143,6 +173,7 @@ def prune_model(source: ModelSource, out: Path, *, recipe: str, then: str | None
         raise ConfigError(f"--then {then_rec.name!r} is a pruning recipe; give a quantization recipe")
     if source.kind is SourceKind.TFLITE:
         raise QuantizationError(f"{source.path}: a .tflite cannot be pruned; start from the TensorFlow model")
+    check_model_output(out)
     info = check_source(source)
     tok = source_tokenizer(source)
     if tok is None:
@@ -196,8 +227,12 @@ def model_seq_len(path: Path) -> int:
 
 
 def bench_model(model: Path, *, text: Path, backends: list[str], threads: list[int], tokenizer: Path | None = None,
-                protocol: dict[str, Any] | None = None, timeout_s: float = 300.0) -> list[BenchResult]:
-    """Latency of one .tflite per backend × threads, each cell in its own child process."""
+                protocol: dict[str, Any] | None = None, timeout_s: float = 300.0,
+                mem_mb: int | None = None) -> list[BenchResult]:
+    """Latency of one .tflite per backend × threads, each cell in its own child process.
+
+    ``mem_mb`` caps each cell's child (its process group's resident memory); a cell over it is ``failed`` with
+    an "out of memory" reason naming the cap."""
     verify_tflite(model)
     sha = hashlib.sha256(model.read_bytes()).hexdigest()
     encoder = TextEncoder(tokenizer or find_tokenizer(model), model_seq_len(model))
@@ -209,5 +244,5 @@ def bench_model(model: Path, *, text: Path, backends: list[str], threads: list[i
         for backend in backends:
             for t in cell_threads(backend, threads):
                 out.append(run_cell(path=model, sha256=sha, variant=model.stem, backend=backend, threads=t,
-                                    inputs_npz=npz, protocol=proto, timeout_s=timeout_s))
+                                    inputs_npz=npz, protocol=proto, timeout_s=timeout_s, mem_mb=mem_mb))
     return out

@@ -2,6 +2,12 @@
 
 A step's output is cached under a hash of (input hash, step name, step config, tool versions).
 A cache entry is verified by re-hashing before it is used; a corrupted entry is discarded.
+
+Every write failure (a parent that is a file, a read-only or immutable directory, ``/proc``, a full disk) is
+an :class:`~litegate.errors.OutputError` naming the path; a destination that exists but is not a regular file
+(a directory, ``/dev/null`` or another device, a FIFO) is refused rather than replaced by a rename.
+:func:`check_output_path` runs those checks before minutes of conversion; :func:`write_file_set` writes
+several files that belong together (a report) so that they are replaced together.
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -66,18 +75,81 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _refuse_non_regular(final: Path) -> None:
+    """An existing ``final`` that is not a regular file (a directory, a device such as /dev/null, a FIFO) is not
+    replaced: a rename would put a regular file where the device or directory was."""
+    try:
+        st = os.stat(final)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            raise OutputError(f"{final}: cannot write: {_file_ancestor(final)} is not a directory") from None
+        raise OutputError(f"{final}: cannot write: {_reason(exc)}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or \
+            stat.S_ISBLK(st.st_mode) else "not a regular file"
+        raise OutputError(f"{final}: cannot write: it exists and is {kind}; give a file path")
+
+
+def _file_ancestor(final: Path) -> Path:
+    """The nearest existing ancestor of ``final`` (a file when a parent "directory" is one)."""
+    d = final.parent
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    return d
+
+
+def _make_parent(final: Path) -> None:
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"{final}: cannot write: {_file_ancestor(final)} is not a directory") from None
+    except OSError as exc:
+        raise OutputError(f"{final}: cannot write: {_reason(exc)}") from None
+
+
+def check_output_path(final: str | os.PathLike[str]) -> None:
+    """Fail fast, before the work that produces it, when ``final`` could not be written.
+
+    Checks that ``final`` is not an existing directory or device, that its nearest existing ancestor is a
+    directory, and that a file can be created there (a probe file, removed at once; nothing else is created).
+
+    Raises:
+        OutputError: ``final`` could not be written, naming why.
+    """
+    final = Path(final)
+    _refuse_non_regular(final)
+    d = _file_ancestor(final)
+    if not d.is_dir():
+        raise OutputError(f"{final}: cannot write: {d} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".probe", dir=d)
+    except OSError as exc:
+        raise OutputError(f"{final}: cannot write in {d}: {_reason(exc)}") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path in the final file's directory; on success fsync and rename it into place.
 
-    On any exception the temp file is removed and the final path is left untouched.
+    On any exception the temp file is removed and the final path is left untouched. Failures to create, write,
+    sync or rename the file are :class:`OutputError`; an existing ``final`` that is not a regular file is refused.
     """
     final = Path(final)
+    _refuse_non_regular(final)
+    _make_parent(final)
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     except OSError as exc:
-        raise OutputError(f"{final}: cannot write: {exc.strerror or exc}") from None
+        raise OutputError(f"{final}: cannot write: {_reason(exc)}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     umask = os.umask(0)
@@ -91,10 +163,87 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
-            raise OutputError(f"{final}: {exc.strerror or 'cannot write'}; nothing was written there "
+        if isinstance(exc, OSError) and (exc.errno in _NO_SPACE or exc.errno == errno.EIO
+                                         or exc.filename in (str(tmp), str(final))):
+            raise OutputError(f"{final}: {_reason(exc)}; nothing was written there "
                               "(the previous file, if any, is intact)") from None
         raise
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (in the main thread) until the block is done, then deliver them.
+
+    For a few renames that belong together: an interrupt lands before or after them, not between.
+    Elsewhere (another thread, a handler not set from Python) the block runs unprotected.
+    """
+    caught: list[int] = []
+    saved: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old = signal.getsignal(sig)
+            if old is not None:
+                saved[sig] = old
+                signal.signal(sig, lambda num, _frame: caught.append(num))
+    try:
+        yield
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+        for num in caught[:1]:
+            signal.raise_signal(num)
+
+
+def write_file_set(out_dir: str | os.PathLike[str], files: Sequence[tuple[str, str | bytes]]) -> None:
+    """Write ``files`` ((name, content), in order) into ``out_dir`` so that they are replaced together.
+
+    All are written and synced into a temporary directory inside ``out_dir`` first; only then is each renamed
+    into place, in the order given (put the file that marks completion last), with SIGINT/SIGTERM held off
+    (:func:`deferred_signals`). A failure or interrupt before the renames leaves the previous set untouched
+    and no temporary files. What is left: a SIGKILL, a crash or a power cut during the renames (microseconds
+    for a handful of files) can leave the first files new and the rest old; since the last file is renamed
+    last, a new last file means the whole set is new.
+
+    Raises:
+        OutputError: a file could not be written or renamed (nothing replaced unless the renames had begun:
+            then the message says so).
+    """
+    out = Path(out_dir)
+    for name, _ in files:
+        _refuse_non_regular(out / name)
+    _make_parent(out / "x")
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".litegate-write-", dir=out))
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write: {_reason(exc)}") from None
+    try:
+        try:
+            for name, content in files:
+                data = content.encode("utf-8") if isinstance(content, str) else content
+                with open(stage / name, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError as exc:
+            raise OutputError(f"{out}: {_reason(exc)} writing {', '.join(n for n, _ in files)}; nothing was "
+                              "replaced (the previous files, if any, are intact)") from None
+        done: list[str] = []
+        with deferred_signals():
+            try:
+                for name, _ in files:
+                    os.replace(stage / name, out / name)
+                    done.append(name)
+            except OSError as exc:
+                raise OutputError(f"{out}: {_reason(exc)} renaming the new files into place; replaced "
+                                  f"{', '.join(done) or 'none'}, the others are the previous ones") from None
+        with contextlib.suppress(OSError):
+            dfd = os.open(out, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def atomic_write_bytes(final: str | os.PathLike[str], data: bytes) -> None:

@@ -2,7 +2,7 @@
 
 Exit codes: 0 pass, 1 gate failed, 2 usage/config error, 3 model load, 4 data, 5 conversion,
 6 quantization, 7 delegate, 8 benchmark, 9 isolated child failed, 10 internal, 11 output busy,
-130 interrupted.
+12 an output could not be written, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -87,6 +87,12 @@ class _Progress:
 
 # Shared options, defined once and stacked on commands.
 verbose_option = click.option("-v", "--verbose", is_flag=True, help="Show tracebacks on errors.")
+
+
+def timeout_option(default: float) -> Any:
+    return click.option("--timeout", "timeout_s", type=click.FloatRange(1), default=default, show_default=True,
+                        help="Seconds before the conversion's child process is killed (exit 9, a timeout).")
+
 source_options = [
     click.option("--seq-len", type=click.IntRange(1, 4096), default=DEFAULT_SEQ_LEN, show_default=True,
                  help="Static sequence length of the exported model (a generator's prefill length)."),
@@ -168,9 +174,10 @@ def run(config: Path, output: Path | None, data: Path | None, baseline: Path | N
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .tflite.")
+@timeout_option(900.0)
 @_stack(source_options)
 @verbose_option
-def convert(path: Path, output: Path, verbose: bool, **source: Any) -> None:
+def convert(path: Path, output: Path, timeout_s: float, verbose: bool, **source: Any) -> None:
     """Convert the model at PATH to a float32 .tflite (with tokenizer and metadata sidecars).
 
     \b
@@ -178,7 +185,7 @@ def convert(path: Path, output: Path, verbose: bool, **source: Any) -> None:
       litegate convert --from hf-bert examples/demo/model -o demo.tflite --seq-len 64
       litegate convert --from saved_model bert_savedmodel/ --tokenizer vocab.txt -o bert.tflite
     """
-    _convert(path, output, source, "fp32", None, 0)
+    _convert(path, output, source, "fp32", None, 0, timeout_s=timeout_s)
 
 
 @cli.command()
@@ -189,10 +196,11 @@ def convert(path: Path, output: Path, verbose: bool, **source: Any) -> None:
 @click.option("--samples", type=click.IntRange(1), default=200, show_default=True, help="Calibration samples.")
 @click.option("--debug", is_flag=True,
               help="Run TensorFlow's QuantizationDebugger: per-layer error to OUT.layers.csv, most sensitive first.")
+@timeout_option(900.0)
 @_stack(source_options)
 @verbose_option
-def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, samples: int, debug: bool, verbose: bool,
-             **source: Any) -> None:
+def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, samples: int, debug: bool,
+             timeout_s: float, verbose: bool, **source: Any) -> None:
     """Convert and quantize the model at PATH with a recipe.
 
     \b
@@ -202,7 +210,7 @@ def quantize(path: Path, output: Path, recipe: str, calibration: Path | None, sa
     """
     if recipes.load(recipe).needs_calibration and calibration is None:
         raise click.BadParameter(f"recipe {recipe!r} is calibrated: give --calibration TEXT", param_hint="--calibration")
-    _convert(path, output, source, recipe, calibration, samples, debug)
+    _convert(path, output, source, recipe, calibration, samples, debug, timeout_s=timeout_s)
 
 
 def _echo_notes_and_layers(info: dict[str, Any], output: Path) -> None:
@@ -218,12 +226,12 @@ def _echo_notes_and_layers(info: dict[str, Any], output: Path) -> None:
 
 
 def _convert(path: Path, output: Path, source: dict[str, Any], recipe: str,
-             calibration: Path | None, samples: int, debug: bool = False) -> None:
+             calibration: Path | None, samples: int, debug: bool = False, *, timeout_s: float) -> None:
     from litegate.api import convert_model  # imports LiteRT: not at CLI start
 
     src = _model_source(path, source)
     info = convert_model(src, output, recipe=recipe, calibration=calibration, samples=samples or 200,
-                         debug=debug)
+                         debug=debug, timeout_s=timeout_s)
     click.echo(f"wrote {info['path']} ({info['recipe']}, {info['bytes'] / 1e6:.2f} MB, gzip {info['gzip_bytes'] / 1e6:.2f} MB)")
     _echo_notes_and_layers(info, output)
 
@@ -265,10 +273,11 @@ def _model_source(path: Path, source: dict[str, Any]) -> ModelSource:
               help="sentence<TAB>label file: recovery fine-tuning on the task labels (classifiers).")
 @click.option("--samples", type=click.IntRange(1), default=200, show_default=True,
               help="Recovery (and calibration) samples.")
+@timeout_option(1800.0)
 @_stack(source_options)
 @verbose_option
 def prune(path: Path, output: Path, recipe: str, then: str | None, calibration: Path | None, labels: Path | None,
-          samples: int, verbose: bool, **source: Any) -> None:
+          samples: int, timeout_s: float, verbose: bool, **source: Any) -> None:
     """Prune the model at PATH (magnitude pruning + recovery fine-tuning), convert, optionally quantize.
 
     Dense (and LSTM/GRU) kernels are pruned; embeddings and layer norms are kept. Prints the
@@ -287,7 +296,7 @@ def prune(path: Path, output: Path, recipe: str, then: str | None, calibration: 
         raise click.BadParameter("pruning needs recovery text: give --calibration TEXT or --labels TSV",
                                  param_hint="--calibration/--labels")
     info = prune_model(_model_source(path, source), output, recipe=recipe, then=then, calibration=calibration,
-                       labels=labels, samples=samples)
+                       labels=labels, samples=samples, timeout_s=timeout_s)
     p, t = info["pruning"], info["tflite"]
     click.echo(f"wrote {info['path']} ({info['recipe']} then {info['then']}, {info['bytes'] / 1e6:.2f} MB, "
                f"gzip {info['gzip_bytes'] / 1e6:.2f} MB)")
@@ -310,10 +319,13 @@ def prune(path: Path, output: Path, recipe: str, then: str | None, calibration: 
 @click.option("--min-seconds", type=click.FloatRange(0), default=timing.DEFAULT.min_seconds, show_default=True)
 @click.option("--timeout", "timeout_s", type=click.FloatRange(1), default=300.0, show_default=True,
               help="Seconds before a cell's child process is killed and the cell recorded as a timeout.")
+@click.option("--memory-mb", "mem_mb", type=click.IntRange(1), default=None,
+              help="Cap on each cell's child process group's resident memory, in MB (a cell over it fails as out "
+                   "of memory). Default: no cap.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @verbose_option
 def bench(model: Path, text: Path, backends: str, threads: str, tokenizer: Path | None, min_runs: int,
-          min_seconds: float, timeout_s: float, as_json: bool, verbose: bool) -> None:
+          min_seconds: float, timeout_s: float, mem_mb: int | None, as_json: bool, verbose: bool) -> None:
     """Measure latency and memory of MODEL on each backend and thread count.
 
     \b
@@ -335,7 +347,8 @@ def bench(model: Path, text: Path, backends: str, threads: str, tokenizer: Path 
         raise click.BadParameter(f"{threads!r} is not a comma-separated list of positive integers",
                                  param_hint="--threads") from None
     results = bench_model(model, text=text, backends=names, threads=counts, tokenizer=tokenizer,
-                          protocol={"min_runs": min_runs, "min_seconds": min_seconds}, timeout_s=timeout_s)
+                          protocol={"min_runs": min_runs, "min_seconds": min_seconds}, timeout_s=timeout_s,
+                          mem_mb=mem_mb)
     failed = [r for r in results if r.status in (Status.FAILED, Status.TIMEOUT)]
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))

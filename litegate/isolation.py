@@ -12,8 +12,16 @@ when it goes over. An address-space rlimit is not used: TensorFlow reserves far 
 than it touches, and some libraries (OpenBLAS's thread start-up in scipy) retry a failed ``mmap``
 forever instead of failing, which turned a capped conversion into a 15-minute hang.
 
+When the cap kills a child before it could even import its job and the heavy modules the caller names
+(``preload``: Python and TensorFlow's import need ~700 MB resident), the error says that the cap is too low
+to start the child, naming it, rather than blaming the job.
+
 A child whose litegate parent disappears (killed by CI, by a timeout one level up) kills its own
 process group rather than running on as an orphan.
+
+Each child gets a private ``TMPDIR`` inside its scratch directory, removed with it when the call returns
+(however the child ended): TensorFlow's autograph writes ``__autograph_generated_file*.py`` modules to the
+temporary directory on every conversion and never removes them.
 """
 
 from __future__ import annotations
@@ -36,7 +44,9 @@ from typing import Any
 from litegate import errors
 
 CRASH_HOOK_ENV = "LITEGATE_TEST_CRASH_IN"
-_PARENT_ENV = "LITEGATE_ISOLATION_PARENT"  # the parent's pid, for the child's orphan check  # test hook: a target name whose child kills itself with SIGSEGV
+_PARENT_ENV = "LITEGATE_ISOLATION_PARENT"  # the parent's pid, for the child's orphan check
+_READY_SUFFIX = ".ready"  # OUT.json.ready: the child imported its job (so the cap did not stop its start-up)
+_PRELOAD_ENV = "LITEGATE_ISOLATION_PRELOAD"  # comma-separated modules the child imports before it counts as started
 _STDERR_TAIL = 4000
 
 
@@ -99,6 +109,7 @@ def run_isolated(
     timeout_s: float,
     mem_mb: int | None = None,
     env: Mapping[str, str] | None = None,
+    preload: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Call ``target`` (``"package.module:function"``) with ``payload`` in a child process.
 
@@ -108,6 +119,8 @@ def run_isolated(
         timeout_s: wall-clock limit; on expiry the whole child process group is killed.
         mem_mb: optional cap on the resident memory (RSS) of the child's process group, in MB.
         env: extra environment variables for the child.
+        preload: modules the child imports before calling ``target`` (e.g. ``("tensorflow",)`` for a job that
+            imports it lazily): a memory cap hit before they are imported is reported as too low to start.
 
     Returns:
         The function's result.
@@ -119,10 +132,14 @@ def run_isolated(
     with tempfile.TemporaryDirectory(prefix="litegate-child-") as tmp:
         in_path, out_path, err_path = (Path(tmp) / n for n in ("in.json", "out.json", "stderr.txt"))
         in_path.write_text(json.dumps(dict(payload)))
+        private_tmp = Path(tmp) / "tmp"
+        private_tmp.mkdir()
         child_env = dict(os.environ)
+        child_env["TMPDIR"] = str(private_tmp)  # removed with the scratch directory (autograph's leftovers too)
         child_env.update(env or {})
         child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         child_env[_PARENT_ENV] = str(os.getpid())
+        child_env[_PRELOAD_ENV] = ",".join(preload)
         with open(err_path, "wb") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "litegate.isolation", target, str(in_path), str(out_path)],
@@ -151,6 +168,12 @@ def run_isolated(
         if rc < 0:
             name = _signal_name(-rc)
             if mem_mb and (name == "SIGKILL" or _looks_oom(stderr)):
+                if not Path(str(out_path) + _READY_SUFFIX).exists():
+                    modules = " and ".join(dict.fromkeys((target.split(":")[0], *preload)))
+                    raise errors.IsolationError(
+                        f"{target}: out of memory: the {mem_mb} MB memory cap is too low to even start the child "
+                        f"(Python and the import of {modules} reached {peak_mb:.0f} MB resident; {name} after "
+                        f"{elapsed:.1f} s, before the job ran): raise the memory cap", kind="oom", stderr=stderr)
                 raise errors.IsolationError(f"{target}: out of memory: hit the {mem_mb} MB memory cap (resident "
                                             f"{peak_mb:.0f} MB, {name} after {elapsed:.1f} s)", kind="oom",
                                             stderr=stderr)
@@ -223,6 +246,9 @@ def _child_main(argv: list[str]) -> int:
     module_name, func_name = target.split(":")
     try:
         func = getattr(importlib.import_module(module_name), func_name)
+        for heavy in filter(None, os.environ.get(_PRELOAD_ENV, "").split(",")):
+            importlib.import_module(heavy)
+        Path(out_path + _READY_SUFFIX).touch()
         out: dict[str, Any] = {"result": func(payload)}
         code = 0
     except errors.LitegateError as exc:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from litegate.artifacts import atomic_write_text
+from litegate.artifacts import write_file_set
 from litegate.errors import ConfigError
 from litegate.html import to_html
 from litegate.types import Report, Status, VariantResult
@@ -40,12 +40,18 @@ def load(path: str | Path) -> Report:
 
 
 def write(rep: Report, out_dir: Path) -> None:
-    """Write report.md, report.html, junit.xml and report.json atomically (the JSON last: it marks completion)."""
-    md = to_markdown(rep)
-    atomic_write_text(out_dir / "report.md", md)
-    atomic_write_text(out_dir / "report.html", to_html_page(rep))
-    atomic_write_text(out_dir / "junit.xml", to_junit(rep))
-    atomic_write_text(out_dir / "report.json", to_json(rep))
+    """Write report.md, report.html, junit.xml and report.json as one set (the JSON last: it marks completion).
+
+    All four are rendered, then written to a temporary directory in ``out_dir``, then renamed into place
+    (:func:`litegate.artifacts.write_file_set`): a failure or an interrupt before the renames leaves the previous
+    report's files as they were, never new Markdown next to an old report.json.
+
+    Raises:
+        OutputError: the files could not be written.
+    """
+    files = [("report.md", to_markdown(rep)), ("report.html", to_html_page(rep)), ("junit.xml", to_junit(rep)),
+             ("report.json", to_json(rep))]
+    write_file_set(out_dir, files)
 
 
 def to_html_page(rep: Report) -> str:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from litegate.artifacts import atomic_write_text
+from litegate.artifacts import atomic_write_text, check_output_path
 from litegate.config import load
 from litegate.errors import ModelLoadError, OutputError
 from litegate.types import Head, SourceKind, Task
@@ -143,6 +143,7 @@ def write_starter(model: Path, out: Path, *, force: bool = False) -> Path:
     """
     if out.exists() and not force:
         raise OutputError(f"{out}: already exists (use --force to replace it)")
+    check_output_path(out)  # a directory or a device (/dev/null) is refused, even with force
     text = starter_text(model, out.parent)
     scratch = out.with_name(f".{out.name}.check.toml")
     try:

@@ -80,3 +80,19 @@ def record_pid_and_hang(payload):
     with open(payload["pid_file"], "w") as f:
         f.write(str(os.getpid()))
     time.sleep(600)
+
+
+def import_tf_then_allocate(payload):
+    # a conversion-like child: TensorFlow's import (~700 MB resident), then memory that keeps growing
+    import tensorflow as tf  # noqa: F401
+
+    return allocate(payload)
+
+
+def write_in_tempdir(payload):
+    # what TensorFlow's autograph does on every conversion: a module file in the temporary directory, left there
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix="__autograph_generated_file", suffix=".py")
+    os.close(fd)
+    return {"tempdir": tempfile.gettempdir(), "file": name}

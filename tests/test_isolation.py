@@ -103,3 +103,22 @@ def test_an_isolated_child_dies_with_its_parent(tmp_path):
         time.sleep(0.2)
     os.kill(child, signal.SIGKILL)
     pytest.fail(f"isolated child {child} outlived its killed parent by 30 s")
+
+
+@pytest.mark.parametrize("cap", [50, 300])
+def test_a_cap_too_low_to_start_the_child_says_so_naming_the_cap(cap):
+    """`memory_mb = 50`: Python and the conversion job's imports (TensorFlow's, ~700 MB resident) cannot start under
+    it; the error said "exited 1 without a result", then "hit the cap" as if the job had run."""
+    with pytest.raises(IsolationError, match=rf"out of memory: the {cap} MB memory cap is too low to even start") as info:
+        run_isolated("litegate.quantize.build:build_job", {}, timeout_s=120, mem_mb=cap, preload=("tensorflow",))
+    assert info.value.kind == "oom"
+
+
+def test_a_tensorflow_child_over_a_generous_cap_is_out_of_memory_not_a_timeout():
+    """`memory_mb = 1500`: the conversion child spun at the cap until the timeout (an address-space rlimit). Under
+    the resident-memory cap a child that imported TensorFlow and keeps growing is killed at the cap."""
+    t0 = time.monotonic()
+    with pytest.raises(IsolationError, match=r"out of memory: hit the 1500 MB memory cap") as info:
+        run_isolated("child_targets:import_tf_then_allocate", {"mb": 4000}, timeout_s=300, mem_mb=1500, env=ENV)
+    assert info.value.kind == "oom"
+    assert time.monotonic() - t0 < 120

@@ -15,6 +15,7 @@ from litegate.isolation import run_isolated
 from litegate.types import ModelSource, RecipeKind, SourceKind, Status, VariantConfig, VariantResult
 
 BUILD_JOB = "litegate.quantize.build:build_job"
+BUILD_PRELOAD = ("tensorflow",)  # imported lazily by the job; a memory cap under it is "too low to start"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +88,7 @@ def build_variants(plan: BuildPlan, versions: dict[str, str], work: Path,
         t0 = time.monotonic()
         try:
             out = run_isolated(BUILD_JOB, payload,
-                               timeout_s=plan.timeout_s, mem_mb=plan.mem_mb)["variants"]
+                               timeout_s=plan.timeout_s, mem_mb=plan.mem_mb, preload=BUILD_PRELOAD)["variants"]
         except IsolationError as exc:
             out = {v.name: {"ok": False, "error": exc.message, "stderr": exc.stderr} for v, _, _ in todo}
             if exc.kind in ("crashed", "oom") and len(todo) > 1:
@@ -99,7 +100,7 @@ def build_variants(plan: BuildPlan, versions: dict[str, str], work: Path,
                     try:
                         out.update(run_isolated(BUILD_JOB,
                                                 {**payload, "variants": [entry]}, timeout_s=plan.timeout_s,
-                                                mem_mb=plan.mem_mb)["variants"])
+                                                mem_mb=plan.mem_mb, preload=BUILD_PRELOAD)["variants"])
                     except IsolationError as one:
                         out[entry["name"]] = {"ok": False, "error": one.message, "stderr": one.stderr}
         say(f"convert: done in {time.monotonic() - t0:.1f} s")
