@@ -178,6 +178,9 @@ class ReleaseConfig:
     reference: str = "fp32"
     require: str = "all"
     ship: tuple[str, ...] = ()  # the variants that ship: the gate judges these (empty: require over the candidates)
+    # ship per target (``ship = { cpu = "dynamic-int8", gpu = "fp16" }``): target -> the variants shipped there; a
+    # target's coverage budgets then judge only the variants shipped to it ({} when ``ship`` is a list)
+    ship_targets: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     delegates: tuple[str, ...] = DELEGATES
     emulate_samples: int = 200
     debug: bool = False
@@ -249,13 +252,14 @@ def load(path: str | Path) -> ReleaseConfig:
     gate = _gate(top.table("gate"), names)
     delegates, emulate_samples = _check(top.table("check"))
     budget, variant_budgets = _coverage_targets(budget, variant_budgets, delegates, file)
+    ship_targets = _ship_targets(gate.ship_targets, delegates, file)
     debug = _quantize(top.table("quantize"))
     convert_timeout, mem_mb = _limits(top.table("limits"))
     top.done()
     return ReleaseConfig(
         path=file.resolve(), name=name, model=model, data=data, variants=variants, bench=bench, budget=budget,
         variant_budgets=variant_budgets, output_dir=output_dir, cache_dir=cache_dir, reference=gate.reference,
-        require=gate.require, ship=gate.ship, convert_timeout_s=convert_timeout, mem_mb=mem_mb, delegates=delegates,
+        require=gate.require, ship=gate.ship, ship_targets=ship_targets, convert_timeout_s=convert_timeout, mem_mb=mem_mb, delegates=delegates,
         emulate_samples=emulate_samples, debug=debug,
         # resolved last: unknown keys anywhere are reported before a missing baseline file
         baseline=_path(base, gate.baseline, "gate.baseline", file) if gate.baseline else None, compare=gate.compare,
@@ -469,6 +473,7 @@ class _Gate(NamedTuple):
     reference: str
     require: str
     ship: tuple[str, ...]
+    ship_targets: Mapping[str, tuple[str, ...]]  # target as written -> variants ({} when ship is a list)
     baseline: str  # as written; resolved by load() once every key has been checked
     compare: CompareConfig
 
@@ -495,12 +500,44 @@ def _gate(g: _Table, names: list[str]) -> _Gate:
         raise ConfigError(f"{file}: 'gate.confidence' must be in [0.5, 1), got {compare_cfg.confidence}")
     if reference not in names:
         raise ConfigError(f"{file}: 'gate.reference' = {reference!r} is not a variant (variants: {', '.join(names)})")
-    ship = tuple(g.get("ship", list, []))
+    raw_ship = g.data.get("ship", [])
+    per_target: dict[str, tuple[str, ...]] = {}
+    if isinstance(raw_ship, dict):  # ship per target: { cpu = "dynamic-int8", gpu = ["fp16"] }
+        g.taken.add("ship")
+        for target, vs in raw_ship.items():
+            vs = [vs] if isinstance(vs, str) else vs
+            if not isinstance(vs, list) or not vs or not all(isinstance(x, str) for x in vs):
+                raise ConfigError(f"{file}: 'gate.ship.{target}' must be a variant name or a list of them, got {vs!r}")
+            per_target[target] = tuple(vs)
+        ship = tuple(dict.fromkeys(x for vs in per_target.values() for x in vs))
+    else:
+        ship = tuple(g.get("ship", list, []))
     for v in ship:
         if v not in names:
             raise ConfigError(f"{file}: 'gate.ship' names {v!r}, which is not a variant (variants: {', '.join(names)})")
     g.done()
-    return _Gate(reference, require, ship, baseline, compare_cfg)
+    return _Gate(reference, require, ship, per_target, baseline, compare_cfg)
+
+
+def _ship_targets(per_target: Mapping[str, tuple[str, ...]], delegates: tuple[str, ...],
+                  file: Path) -> dict[str, tuple[str, ...]]:
+    """``ship``'s targets: ``cpu``, or a target of ``[check] delegates`` (named as the reports name it)."""
+    from litegate.compat.check import canonical_target  # imports LiteRT's flatbuffer schema: not at CLI start
+
+    out: dict[str, tuple[str, ...]] = {}
+    for target, vs in per_target.items():
+        if target == "cpu":
+            out[target] = vs
+            continue
+        try:
+            name = canonical_target(target)
+        except ValueError as exc:
+            raise ConfigError(f"{file}: 'gate.ship': {exc}") from None
+        if name not in delegates:
+            raise ConfigError(f"{file}: 'gate.ship' names target {target!r}, which is neither 'cpu' nor checked by "
+                              f"check.delegates (checked: {', '.join(delegates)})")
+        out[name] = vs
+    return out
 
 
 def _check(ct: _Table) -> tuple[tuple[str, ...], int]:

@@ -9,13 +9,14 @@ its instructions per inference instead.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 from litegate.backends.spec import is_arm_backend
 from litegate.benchmarks.accuracy import htp_row_name
 from litegate.compat import coreml, qnn
-from litegate.config import Budget, ReleaseConfig
+from litegate.config import COVERAGE_KEYS, Budget, ReleaseConfig
 from litegate.types import AccuracyResult, BenchResult, SourceKind, Status, VariantResult, Verdict
 
 
@@ -172,7 +173,7 @@ def evaluate(cfg: ReleaseConfig, variants: Sequence[VariantResult]) -> tuple[lis
     verdicts: list[Verdict] = []
     passing: list[VariantResult] = []
     for v in variants:
-        vs = variant_verdicts(v, cfg.budget_for(v.name))
+        vs = variant_verdicts(v, shipped_budget(cfg, v.name))
         verdicts.extend(vs)
         if all(x.passed for x in vs):
             passing.append(v)
@@ -184,6 +185,7 @@ def evaluate(cfg: ReleaseConfig, variants: Sequence[VariantResult]) -> tuple[lis
     info = {
         "require": cfg.require,
         "ship": list(cfg.ship),
+        "ship_targets": {t: list(vs) for t, vs in cfg.ship_targets.items()},
         "judged_variants": [v.name for v in judged],
         "passed": passed,
         "passing_variants": [v.name for v in passing],
@@ -192,6 +194,18 @@ def evaluate(cfg: ReleaseConfig, variants: Sequence[VariantResult]) -> tuple[lis
         "recommended_per_target": recommend_per_target(passing, variants, cfg),
     }
     return verdicts, info
+
+
+def shipped_budget(cfg: ReleaseConfig, variant: str) -> Budget:
+    """The variant's budgets; with ``ship`` per target, a target's coverage budgets judge only the variants shipped to
+    that target (the CPU variant need not be taken whole by the GPU)."""
+    budget = cfg.budget_for(variant)
+    targets = {t for t, vs in cfg.ship_targets.items() if variant in vs}
+    if not targets:
+        return budget
+    narrowed: dict[str, Any] = {key: {t: pct for t, pct in pcts.items() if t in targets}
+                                for key in COVERAGE_KEYS if (pcts := getattr(budget, key))}
+    return dataclasses.replace(budget, **narrowed)
 
 
 def judged_variants(cfg: ReleaseConfig, variants: Sequence[VariantResult]) -> list[VariantResult]:

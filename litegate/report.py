@@ -263,6 +263,10 @@ def headline(rep: Report) -> str:
     if rep.passed:
         rec = gate.get("recommended")
         extra = f"; recommended variant: **{rec}**" if rec else ""
+        if gate.get("ship_targets"):
+            shipped = ", ".join(f"**{x}** ({t})" for t, xs in gate["ship_targets"].items() for x in xs)
+            n = sum(len(xs) for xs in gate["ship_targets"].values())
+            return f"## ✅ litegate: PASS — shipped {shipped} {'meets its' if n == 1 else 'meet their'} budgets"
         if gate.get("ship"):
             shipped = ", ".join(f"**{x}**" for x in gate["ship"])
             verb = "meets its" if len(gate["ship"]) == 1 else "meet their"

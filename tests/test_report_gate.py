@@ -369,3 +369,46 @@ def test_a_variant_cannot_pass_on_nothing_whatever_its_budgets():
         "evaluation evidence": "int8: the evaluation failed: out of memory: hit the 50 MB memory cap"}
     healthy = variant_verdicts(_variant("fp32", [1.0]), Budget(max_size_mb=8.0))
     assert all(x.passed for x in healthy)
+
+
+def test_ship_per_target_judges_a_targets_coverage_only_on_the_variant_shipped_there(tmp_path):
+    """``ship = { cpu = "dynamic-int8", gpu = "fp16" }``: "the GPU must take 100% of ops" is the GPU variant's budget;
+    the CPU variant is not failed because the GPU would not take it whole."""
+    import dataclasses
+
+    from test_compat import _ops_model
+
+    from litegate.compat.check import check_model
+    from litegate.config import load
+    from litegate.errors import ConfigError
+    from litegate.gate import evaluate
+    from litegate.report import headline
+
+    whole, partial = tmp_path / "whole.tflite", tmp_path / "partial.tflite"
+    whole.write_bytes(_ops_model(["ADD", "MUL"]))
+    partial.write_bytes(_ops_model(["ADD", "GATHER", "MUL"]))  # GATHER stays off the GPU here
+    variants = [dataclasses.replace(_variant(name, [1.0]), compat=tuple(check_model(m, ["gpu"])))
+                for name, m in (("fp32", whole), ("dynamic-int8", partial), ("fp16", whole))]
+
+    def gate(ship: str):
+        cfg = load(write_config(tmp_path / str(abs(hash(ship))), model=DEMO / "model",
+                                variants=("fp32", "dynamic-int8", "fp16"),
+                                budgets="[budgets]\nmin_delegated_ops_pct = { gpu = 100 }\n",
+                                extra=f'[check]\ndelegates = ["gpu"]\n[gate]\nship = {ship}\n'))
+        verdicts, info = evaluate(cfg, variants)
+        rep = dataclasses.replace(_report(variants, verdicts), passed=info["passed"])
+        return info, verdicts, headline(dataclasses.replace(rep, run={**rep.run, "gate": info}))
+
+    info, verdicts, line = gate('{ cpu = "dynamic-int8", gpu = "fp16" }')
+    assert info["passed"] and info["judged_variants"] == ["dynamic-int8", "fp16"]
+    assert info["ship_targets"] == {"cpu": ["dynamic-int8"], "gpu": ["fp16"]}
+    assert line == "## ✅ litegate: PASS — shipped **dynamic-int8** (cpu), **fp16** (gpu) meet their budgets"
+    assert not any(v.variant == "dynamic-int8" and "gpu delegated" in v.check for v in verdicts)
+    info, _, line = gate('{ cpu = "fp16", gpu = ["dynamic-int8"] }')  # the GPU variant is not taken whole: fail
+    assert not info["passed"] and "dynamic-int8: gpu delegated ops 33.33% < 100%" in line
+    info, _, _ = gate('["dynamic-int8"]')  # a plain list: every coverage budget applies to every shipped variant
+    assert not info["passed"]
+    with pytest.raises(ConfigError, match="names target 'qnn', which is neither 'cpu' nor checked"):
+        gate('{ qnn = "fp16" }')
+    with pytest.raises(ConfigError, match=r"'gate.ship.gpu' must be a variant name or a list of them"):
+        gate("{ gpu = 3 }")
