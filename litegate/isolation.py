@@ -12,6 +12,10 @@ when it goes over. An address-space rlimit is not used: TensorFlow reserves far 
 than it touches, and some libraries (OpenBLAS's thread start-up in scipy) retry a failed ``mmap``
 forever instead of failing, which turned a capped conversion into a 15-minute hang.
 
+With ``sandbox`` (the children that load an untrusted model), the child confines itself with
+:func:`litegate.sandbox.confine` before it imports the job: it may write only beneath its scratch folder (its
+``TMPDIR``) and the folders the caller names, and it has no network.
+
 A child whose litegate parent disappears (killed by CI, by a timeout one level up) kills its own
 process group rather than running on as an orphan.
 """
@@ -29,14 +33,15 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from litegate import errors
+from litegate import errors, sandbox
 
 CRASH_HOOK_ENV = "LITEGATE_TEST_CRASH_IN"
 _PARENT_ENV = "LITEGATE_ISOLATION_PARENT"  # the parent's pid, for the child's orphan check  # test hook: a target name whose child kills itself with SIGSEGV
+_SANDBOX_ENV = "LITEGATE_SANDBOX_WRITABLE"  # JSON list of the folders a sandboxed child may write beneath
 _STDERR_TAIL = 4000
 
 
@@ -99,6 +104,7 @@ def run_isolated(
     timeout_s: float,
     mem_mb: int | None = None,
     env: Mapping[str, str] | None = None,
+    sandbox: Sequence[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Call ``target`` (``"package.module:function"``) with ``payload`` in a child process.
 
@@ -108,6 +114,8 @@ def run_isolated(
         timeout_s: wall-clock limit; on expiry the whole child process group is killed.
         mem_mb: optional cap on the resident memory (RSS) of the child's process group, in MB.
         env: extra environment variables for the child.
+        sandbox: confine the child (see :mod:`litegate.sandbox`): it may write only beneath these folders
+            and its own scratch folder (its ``TMPDIR``), and has no network. ``None``: not confined.
 
     Returns:
         The function's result.
@@ -123,6 +131,11 @@ def run_isolated(
         child_env.update(env or {})
         child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         child_env[_PARENT_ENV] = str(os.getpid())
+        if sandbox is not None:
+            scratch = Path(tmp) / "scratch"
+            scratch.mkdir()
+            child_env["TMPDIR"] = str(scratch)
+            child_env[_SANDBOX_ENV] = json.dumps([tmp, *(str(p) for p in sandbox)])
         with open(err_path, "wb") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "litegate.isolation", target, str(in_path), str(out_path)],
@@ -216,6 +229,8 @@ def _die_with_parent(parent: int) -> None:
 
 def _child_main(argv: list[str]) -> int:
     target, in_path, out_path = argv
+    if os.environ.get(_SANDBOX_ENV):  # first, while this process has one thread: every later one inherits it
+        sandbox.confine(json.loads(os.environ[_SANDBOX_ENV]))
     _die_with_parent(int(os.environ.get(_PARENT_ENV, os.getppid())))
     payload = json.loads(Path(in_path).read_text())
     if os.environ.get(CRASH_HOOK_ENV) == target:
