@@ -21,6 +21,7 @@ from litegate.backends.runtime import Runner
 from litegate.benchmarks.matrix import cell_threads, run_cell
 from litegate.benchmarks.size import measure_size
 from litegate.converter.preflight import check_source, find_tokenizer, source_tokenizer
+from litegate.converter.trust import sandboxed
 from litegate.errors import ConfigError, ConversionError, DataError, ModelLoadError, QuantizationError
 from litegate.isolation import run_isolated
 from litegate.quantize import recipes
@@ -46,7 +47,8 @@ def _build(source: ModelSource, out: Path, work: Path, *, recipe: Recipe, prune:
                              "prune": prune.to_dict() if prune else None}],
                "calibration_npz": str(calibration_npz) if calibration_npz else None,
                "prune_data": dict(prune_data or {}), "debug": debug, "debug_dir": str(work)}
-    job = run_isolated(BUILD_JOB, payload, timeout_s=timeout_s, preload=BUILD_PRELOAD)
+    job = run_isolated(BUILD_JOB, payload, timeout_s=timeout_s, preload=BUILD_PRELOAD,
+                       sandbox=[work] if sandboxed(source) else None)
     result = job["variants"][recipe.name]
     if not result["ok"]:
         cls = getattr(errors, result.get("type", ""), ConversionError)

@@ -107,6 +107,9 @@ source_options = [
                  help="Keep the sequence dimension dynamic (GPU, Hexagon and Core ML delegates need static shapes)."),
     click.option("--unsafe-allow-lambda", is_flag=True,
                  help="Load Keras models with Lambda layers (runs code from the file: only for files you trust)."),
+    click.option("--unsafe-allow-ops", is_flag=True,
+                 help="Load SavedModels whose graphs read or write files, run Python or use the network (refused "
+                      "by default; the model still loads in the sandbox). Only for files you trust."),
     click.option("--gpu-friendly/--no-gpu-friendly", default=False, show_default=True,
                  help="hf-bert / hf-gpt2: spell embedding lookups as 1-D gathers and slices without shrink masks so "
                       "LiteRT's GPU delegate takes every op (same outputs)."),
@@ -248,6 +251,8 @@ def _model_source(path: Path, source: dict[str, Any]) -> ModelSource:
         options["dynamic_shapes"] = True
     if source["unsafe_allow_lambda"]:
         options["allow_lambda"] = True
+    if source.get("unsafe_allow_ops"):
+        options["allow_unsafe_ops"] = True
     if source["max_len"]:
         options["max_len"] = source["max_len"]
     if source.get("gpu_friendly"):

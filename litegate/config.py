@@ -329,6 +329,8 @@ def _model_options(m: _Table, base: Path, head: str, source_kind: SourceKind, gp
         options["dynamic_shapes"] = True
     if m.get("allow_lambda", bool, False):
         options["allow_lambda"] = True
+    if m.get("allow_unsafe_ops", bool, False):
+        options["allow_unsafe_ops"] = True
     if m.get("check_determinism", bool, False):
         options["check_determinism"] = True
     # GPU-friendly graph (1-D embedding gathers, no shrink-mask slices): on by default when the release

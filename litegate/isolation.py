@@ -16,6 +16,10 @@ When the cap kills a child before it could even import its job and the heavy mod
 (``preload``: Python and TensorFlow's import need ~700 MB resident), the error says that the cap is too low
 to start the child, naming it, rather than blaming the job.
 
+With ``sandbox`` (the children that load an untrusted model), the child confines itself with
+:func:`litegate.sandbox.confine` before it imports the job: it may write only beneath its scratch folder (its
+``TMPDIR``) and the folders the caller names, and it has no network.
+
 A child whose litegate parent disappears (killed by CI, by a timeout one level up) kills its own
 process group rather than running on as an orphan.
 
@@ -37,16 +41,17 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from litegate import errors
+from litegate import errors, sandbox
 
 CRASH_HOOK_ENV = "LITEGATE_TEST_CRASH_IN"
 _PARENT_ENV = "LITEGATE_ISOLATION_PARENT"  # the parent's pid, for the child's orphan check
 _READY_SUFFIX = ".ready"  # OUT.json.ready: the child imported its job (so the cap did not stop its start-up)
 _PRELOAD_ENV = "LITEGATE_ISOLATION_PRELOAD"  # comma-separated modules the child imports before it counts as started
+_SANDBOX_ENV = "LITEGATE_SANDBOX_WRITABLE"  # JSON list of the folders a sandboxed child may write beneath
 _STDERR_TAIL = 4000
 
 
@@ -110,6 +115,7 @@ def run_isolated(
     mem_mb: int | None = None,
     env: Mapping[str, str] | None = None,
     preload: tuple[str, ...] = (),
+    sandbox: Sequence[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Call ``target`` (``"package.module:function"``) with ``payload`` in a child process.
 
@@ -121,6 +127,8 @@ def run_isolated(
         env: extra environment variables for the child.
         preload: modules the child imports before calling ``target`` (e.g. ``("tensorflow",)`` for a job that
             imports it lazily): a memory cap hit before they are imported is reported as too low to start.
+        sandbox: confine the child (see :mod:`litegate.sandbox`): it may write only beneath these folders
+            and its own scratch folder (its ``TMPDIR``), and has no network. ``None``: not confined.
 
     Returns:
         The function's result.
@@ -140,6 +148,8 @@ def run_isolated(
         child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         child_env[_PARENT_ENV] = str(os.getpid())
         child_env[_PRELOAD_ENV] = ",".join(preload)
+        if sandbox is not None:  # its private TMPDIR lies beneath tmp
+            child_env[_SANDBOX_ENV] = json.dumps([tmp, *(str(p) for p in sandbox)])
         with open(err_path, "wb") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "litegate.isolation", target, str(in_path), str(out_path)],
@@ -239,6 +249,8 @@ def _die_with_parent(parent: int) -> None:
 
 def _child_main(argv: list[str]) -> int:
     target, in_path, out_path = argv
+    if os.environ.get(_SANDBOX_ENV):  # first, while this process has one thread: every later one inherits it
+        sandbox.confine(json.loads(os.environ[_SANDBOX_ENV]))
     _die_with_parent(int(os.environ.get(_PARENT_ENV, os.getppid())))
     payload = json.loads(Path(in_path).read_text())
     if os.environ.get(CRASH_HOOK_ENV) == target:

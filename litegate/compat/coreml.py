@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from litegate.converter.trust import sandboxed
 from litegate.errors import IsolationError, LitegateError
 from litegate.isolation import run_isolated
 from litegate.types import (
@@ -168,7 +169,7 @@ def convert_variants(variants: Sequence[VariantConfig], source: ModelSource, tar
         payload = {"source": source.to_dict(), "deployment": deployment, "variants": jobs}
         try:
             done = run_isolated("litegate.converter.coreml:convert_job", payload, timeout_s=timeout_s,
-                                mem_mb=mem_mb)["variants"]
+                                mem_mb=mem_mb, sandbox=[tmp] if sandboxed(source) else None)["variants"]
         except LitegateError as exc:
             status = Status.TIMEOUT if isinstance(exc, IsolationError) and exc.kind == "timeout" else Status.FAILED
             for j in jobs:

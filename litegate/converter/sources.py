@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from litegate.converter.hf import read_checkpoint
+from litegate.converter.trust import check_saved_model
 from litegate.errors import ModelLoadError
 from litegate.types import ModelSource, SourceKind, Task
 
@@ -47,9 +48,11 @@ def load(source: ModelSource) -> Loaded:
     """Load ``source`` and give it a static input signature.
 
     Raises:
-        ModelLoadError: missing path, unreadable model, refused Lambda layer, unknown signature.
+        ModelLoadError: missing path, unreadable model, refused Lambda layer, refused unsafe op (file system,
+            network, Python: see :mod:`litegate.converter.trust`), unknown signature.
     """
     path, seq_len = Path(source.path), source.seq_len
+    allow_ops = bool(source.options.get("allow_unsafe_ops", False))
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file or directory")
     dynamic = bool(source.options.get("dynamic_shapes", False))
@@ -60,9 +63,9 @@ def load(source: ModelSource) -> Loaded:
     if source.kind is SourceKind.KERAS and source.task is Task.TEXT_GENERATION:
         return _keras_generator(path, seq_len)
     if source.kind is SourceKind.SAVED_MODEL:
-        return _saved_model(path, str(source.options.get("signature", "serving_default")), seq_len, dynamic)
+        return _saved_model(path, str(source.options.get("signature", "serving_default")), seq_len, dynamic, allow_ops)
     if source.kind is SourceKind.KERAS:
-        return _keras(path, seq_len, dynamic, bool(source.options.get("allow_lambda", False)))
+        return _keras(path, seq_len, dynamic, bool(source.options.get("allow_lambda", False)), allow_ops)
     raise ModelLoadError(f"source kind {source.kind.value!r} is not a TensorFlow model")
 
 
@@ -163,22 +166,36 @@ def _keras_generator(path: Path, seq_len: int) -> Loaded:
                   notes=[f"recurrent generator with step and prefill (length {seq_len}) signatures, explicit state"])
 
 
-def _saved_model(path: Path, signature: str, seq_len: int, dynamic: bool) -> Loaded:
+def _saved_model(path: Path, signature: str, seq_len: int, dynamic: bool, allow_unsafe_ops: bool) -> Loaded:
     import tensorflow as tf  # TensorFlow: build child only
 
     if not path.is_dir() or not ((path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()):
         raise ModelLoadError(f"{path}: not a TensorFlow SavedModel folder (no saved_model.pb)")
+    warnings = check_saved_model(path, allow_unsafe_ops)  # before anything of the model runs
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # TF raises many types here
-        raise ModelLoadError(f"{path}: cannot load SavedModel: {str(exc).splitlines()[0]}") from None
+        raise ModelLoadError(f"{path}: cannot load SavedModel: {_tf_error(exc)}") from None
     sigs = getattr(loaded, "signatures", {})
     if signature not in sigs:
         raise ModelLoadError(f"{path}: no signature {signature!r} (has: {', '.join(sigs) or 'none'})")
     sig = sigs[signature]
     specs = {k: _fixed(v, seq_len, dynamic) for k, v in sig.structured_input_signature[1].items()}
     return Loaded(serve=serving_function(lambda **kw: sig(**kw), specs), owner=loaded, dynamic=dynamic,
-                  notes=[f"SavedModel signature {signature!r}"])
+                  notes=[f"SavedModel signature {signature!r}", *warnings])
+
+
+def _tf_error(exc: Exception) -> str:
+    """One line for a TensorFlow error: a graph execution error names its class and the op's own message
+    (``PermissionDeniedError: ...; in node WriteFile``), not just its first line ("Graph execution error:")."""
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    node = next((ln.split("Detected at node", 1)[1].split()[0] for ln in lines if "Detected at node" in ln), "")
+    detail = next((ln.strip() for ln in reversed(lines[1:]) if not ln.startswith((" ", "\t")) and "Detected at node"
+                   not in ln and not ln.startswith("File ")), "") if node else ""
+    text = f"{type(exc).__name__}: {detail[:300]}" if detail else lines[0]
+    return f"{text} (node {node})" if node else text
 
 
 def keras_file_info(path: Path) -> dict[str, Any]:
@@ -224,7 +241,7 @@ def _class_names(config: Any) -> set[str]:
     return found
 
 
-def _keras(path: Path, seq_len: int, dynamic: bool, allow_lambda: bool) -> Loaded:
+def _keras(path: Path, seq_len: int, dynamic: bool, allow_lambda: bool, allow_unsafe_ops: bool) -> Loaded:
     import tensorflow as tf  # TensorFlow: build child only
 
     info = keras_file_info(path)
@@ -245,7 +262,7 @@ def _keras(path: Path, seq_len: int, dynamic: bool, allow_lambda: bool) -> Loade
             model.export(str(export), format="tf_saved_model", verbose=False)
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"{path}: cannot export Keras 3 model: {str(exc).splitlines()[0]}") from None
-        loaded = _saved_model(export, "serving_default", seq_len, dynamic)
+        loaded = _saved_model(export, "serving_default", seq_len, dynamic, allow_unsafe_ops)
         loaded.notes.append("Keras 3 model, converted through a SavedModel export; pruning is not available for "
                             "Keras 3 models (tensorflow-model-optimization needs tf_keras)")
         loaded._tmp = tmp

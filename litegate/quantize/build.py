@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from litegate import sandbox
 from litegate.artifacts import atomic_write_bytes
 from litegate.backends.runtime import Runner
 from litegate.converter.convert import convert, convert_signatures, input_names
@@ -98,7 +99,8 @@ def build_job(payload: dict[str, Any]) -> dict[str, Any]:
             results[v["name"]] = {"ok": False, "type": type(exc).__name__, "error": exc.message}
     inputs = input_names(loaded.serve) if loaded.serve is not None else {
         k: list(f.structured_input_signature[1]) for k, f in loaded.signatures.items()}
-    return {"variants": results, "notes": loaded.notes, "inputs": inputs}
+    notice = str(sandbox.status()["notice"])  # a sandboxed child where a layer could not be applied
+    return {"variants": results, "notes": loaded.notes + ([notice] if notice else []), "inputs": inputs}
 
 
 def _generator(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any], extra: dict[str, Any]) -> bytes:

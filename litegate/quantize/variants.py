@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from litegate.artifacts import StepCache, make_artifact
+from litegate.converter.trust import sandboxed
 from litegate.errors import IsolationError
 from litegate.isolation import run_isolated
 from litegate.types import ModelSource, RecipeKind, SourceKind, Status, VariantConfig, VariantResult
@@ -86,9 +87,18 @@ def build_variants(plan: BuildPlan, versions: dict[str, str], work: Path,
             "auto_eval": dict(plan.auto_eval),
         }
         t0 = time.monotonic()
+        writable = [work]
+        if plan.debug:
+            plan.debug_dir.mkdir(parents=True, exist_ok=True)
+            writable.append(plan.debug_dir)
+        jail = writable if sandboxed(plan.source) else None
         try:
-            out = run_isolated(BUILD_JOB, payload,
-                               timeout_s=plan.timeout_s, mem_mb=plan.mem_mb, preload=BUILD_PRELOAD)["variants"]
+            job = run_isolated(BUILD_JOB, payload, timeout_s=plan.timeout_s, mem_mb=plan.mem_mb, preload=BUILD_PRELOAD,
+                               sandbox=jail)
+            out = job["variants"]
+            for note in job.get("notes", []):  # the unsafe-ops opt-in's warning, an incomplete sandbox
+                if note.startswith(("warning:", "sandbox")):
+                    say(f"convert: {note}")
         except IsolationError as exc:
             out = {v.name: {"ok": False, "error": exc.message, "stderr": exc.stderr} for v, _, _ in todo}
             if exc.kind in ("crashed", "oom") and len(todo) > 1:
@@ -100,7 +110,7 @@ def build_variants(plan: BuildPlan, versions: dict[str, str], work: Path,
                     try:
                         out.update(run_isolated(BUILD_JOB,
                                                 {**payload, "variants": [entry]}, timeout_s=plan.timeout_s,
-                                                mem_mb=plan.mem_mb, preload=BUILD_PRELOAD)["variants"])
+                                                mem_mb=plan.mem_mb, preload=BUILD_PRELOAD, sandbox=jail)["variants"])
                     except IsolationError as one:
                         out[entry["name"]] = {"ok": False, "error": one.message, "stderr": one.stderr}
         say(f"convert: done in {time.monotonic() - t0:.1f} s")
