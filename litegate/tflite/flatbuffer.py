@@ -165,6 +165,7 @@ class ModelInfo:
     subgraph_outputs: tuple[tuple[int, ...], ...]
     size_bytes: int
     signatures: tuple[SignatureInfo, ...] = ()
+    buffer_bytes: tuple[int, ...] = ()  # bytes of data each buffer holds (0: none)
 
     def signature(self, key: str | None = None) -> SignatureInfo:
         """The signature ``key`` (default: the first, as LiteRT's runner picks it).
@@ -297,6 +298,7 @@ class _Reader:
         codes = [self.op_code(m, j) for j in range(self.vector(m.OperatorCodesLength(), 4, "operator_codes"))]
         n_buffers = self.vector(m.BuffersLength(), 4, "buffers")
         buffers = [self.table(m.Buffers(j), f"buffer {j}") for j in range(n_buffers)]
+        buffer_bytes = tuple(self.buffer_bytes(b, j) for j, b in enumerate(buffers))
         n_sub = self.vector(m.SubgraphsLength(), 4, "subgraphs")
         if n_sub == 0:
             raise self.fail("the model has no subgraphs")
@@ -325,7 +327,17 @@ class _Reader:
         return ModelInfo(schema_version=version, description=self.string(m.Description()), ops=tuple(ops),
                          subgraph_names=tuple(names), subgraph_tensors=tuple(tensors_all),
                          subgraph_inputs=tuple(ins_all), subgraph_outputs=tuple(outs_all), size_bytes=self.size,
-                         signatures=signatures)
+                         signatures=signatures, buffer_bytes=buffer_bytes)
+
+    def buffer_bytes(self, buffer: Any, j: int) -> int:
+        """Bytes of data buffer ``j`` holds: inline, or external (``offset``/``size`` into this file, checked)."""
+        offset, length = int(buffer.Offset()), int(buffer.Size())
+        if offset > 1 or length > 0:  # external data (files > 2 GB): offset/size into this file
+            if offset + length > self.size:
+                raise ModelLoadError(f"{self.source}: buffer {j} points at bytes {offset}..{offset + length}, past "
+                                     f"the end of the {self.size}-byte file")
+            return length
+        return self.count(buffer.DataLength(), 1, f"buffer {j}")
 
     def indices(self, raw: Any, n_tensors: int, what: str, *, optional: bool = True) -> tuple[int, ...]:
         """Tensor indices, each in range (-1, an omitted optional tensor, only where ``optional``)."""

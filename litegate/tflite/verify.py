@@ -13,7 +13,7 @@ structural read in :mod:`litegate.tflite.flatbuffer`:
   definitions (subgraph, named inputs and outputs, at least one of each) (the structural reader);
 * work linear in the file size: the reader decodes at most the file's size (plus a small constant)
   however often a crafted file shares one vector between tables;
-* every buffer's external ``offset + size`` inside the file;
+* every buffer's external ``offset + size`` inside the file (the reader);
 * every tensor's dimensions >= 0 (``shape_signature`` may use -1), element count × element size
   below :data:`MAX_TENSOR_BYTES`, the sum over all tensors of the model below
   :data:`MAX_MODEL_TENSOR_BYTES`, and a constant tensor's data exactly as long as its shape × dtype
@@ -26,8 +26,6 @@ that only need a model's inputs never open it with LiteRT in their own process.
 from __future__ import annotations
 
 from pathlib import Path
-
-from ai_edge_litert import schema_py_generated as schema
 
 from litegate.errors import ModelLoadError
 from litegate.tflite.flatbuffer import ModelInfo, read_model
@@ -50,19 +48,7 @@ def verify_bytes(data: bytes, *, source: str = "<bytes>") -> ModelInfo:
     if len(data) < 8:
         raise ModelLoadError(f"{source}: not a TFLite model ({len(data)} bytes is too short for a flatbuffer)")
     info = read_model(data, source=source)  # identifier, schema version, structural bounds, indices, budget
-    size = len(data)
-    m = schema.Model.GetRootAs(data, 0)
-    buffer_bytes: list[int] = []
-    for j in range(m.BuffersLength()):  # the reader checked every buffer table and charged the vector
-        b = m.Buffers(j)
-        offset, length = int(b.Offset()), int(b.Size())
-        if offset > 1 or length > 0:  # external data (files > 2 GB): offset/size into this file
-            if offset < 0 or length < 0 or offset + length > size:
-                raise ModelLoadError(f"{source}: buffer {j} points at bytes {offset}..{offset + length}, past the end "
-                                     f"of the {size}-byte file")
-            buffer_bytes.append(length)
-        else:
-            buffer_bytes.append(int(b.DataLength()))
+    buffer_bytes = info.buffer_bytes  # the reader checked external offset + size against the file
     total = 0
     for s, tensors in enumerate(info.subgraph_tensors):
         for tensor in tensors:
