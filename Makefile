@@ -6,13 +6,14 @@ SHARED ?= ../shared/data
 MODELS ?= models
 STAMP  := $(VENV)/.installed
 
-.PHONY: qualcomm aihub coreml install demo test test-fast lint typecheck fixtures models clean help gpu-sim arm-sim browser release-check report compare perf soak gate-calibration
+.PHONY: qualcomm aihub coreml install demo test test-fast lint typecheck fixtures models clean help gpu-sim arm-sim browser release-check report compare perf soak gate-calibration fuzz
 
 help:
 	@echo "make demo       set up .venv and run the release pipeline on the embedded default"
 	@echo "make test       run the test suite (what CI runs)"
 	@echo "make gpu-sim    install Mesa's software Vulkan (lavapipe) so LiteRT's GPU delegate runs here (root)"
 	@echo "make arm-sim    build an arm64 root with aarch64 LiteRT under QEMU for the arm64-emu backend (root)"
+	@echo "make fuzz       coverage-guided fuzzing of the .tflite verifier for FUZZ_SECONDS (atheris)"
 	@echo "make lint | typecheck | fixtures | models | clean"
 
 $(STAMP): pyproject.toml
@@ -143,3 +144,16 @@ perf: $(STAMP)
 ## The latency gate's false-alarm rate (identical models) and detection rate (a simulated 10% slowdown) here.
 gate-calibration: $(STAMP)
 	$(BIN)/python -m tools.gate_calibration
+
+## Coverage-guided fuzzing of the .tflite verifier with atheris (not in CI: `make test` runs the fixed corpus of
+## tests/test_fuzz.py). FUZZ_SECONDS of fuzzing from the seed corpus tests/fuzz/corpus; crash inputs are saved under
+## reports/fuzz/ and the last line says executions per second and the crashes found.
+FUZZ_SECONDS ?= 1800
+FUZZ := $(VENV)/.fuzz-installed
+
+$(FUZZ): pyproject.toml | $(STAMP)
+	$(BIN)/pip install -q -e '.[fuzz]' && touch $@
+
+fuzz: $(FUZZ)
+	-$(BIN)/python -m tools.fuzz_verify --seconds $(FUZZ_SECONDS) --corpus tests/fuzz/corpus --artifacts reports/fuzz
+	@n=$$(ls reports/fuzz/crash-* 2>/dev/null | wc -l); echo "fuzz: $$n crash inputs in reports/fuzz/"; test $$n -eq 0

@@ -17,7 +17,6 @@ import numpy as np
 
 from litegate import errors
 from litegate.artifacts import atomic_copy, atomic_write_text, check_output_path, save_npz, write_model_card
-from litegate.backends.runtime import Runner
 from litegate.benchmarks.matrix import cell_threads, run_cell
 from litegate.benchmarks.size import measure_size
 from litegate.converter.preflight import check_source, find_tokenizer, source_tokenizer
@@ -28,7 +27,7 @@ from litegate.quantize import recipes
 from litegate.quantize.prune import PruneSettings
 from litegate.quantize.variants import BUILD_JOB, BUILD_PRELOAD
 from litegate.tasks import TextEncoder, generator_windows, read_labelled_tsv, read_texts
-from litegate.tflite.verify import verify_tflite
+from litegate.tflite.verify import load_model, verify_tflite
 from litegate.timing import DEFAULT_PROTOCOL
 from litegate.types import BenchResult, ModelSource, Recipe, SourceKind, Task
 
@@ -223,9 +222,20 @@ def prune_model(source: ModelSource, out: Path, *, recipe: str, then: str | None
 
 
 def model_seq_len(path: Path) -> int:
-    runner = Runner(path, backend="cpu")
-    shape = next(iter(runner.inputs.values()))["shape"]
-    return int(shape[-1])
+    """The last dimension of the first input of the model's first signature (the runner's default).
+
+    Read from the verified flatbuffer: nothing native opens an untrusted file in this process.
+
+    Raises:
+        ModelLoadError: the model is unsound, has no signatures, or its first input has no sequence dimension.
+    """
+    try:
+        name, tensor = next(iter(load_model(path).signature_inputs().items()))
+    except ModelLoadError as exc:
+        raise ModelLoadError(exc.message if exc.message.startswith(str(path)) else f"{path}: {exc.message}") from None
+    if not tensor.shape or tensor.shape[-1] < 1:
+        raise ModelLoadError(f"{path}: input {name!r} has shape {list(tensor.shape)}: no sequence length to feed")
+    return int(tensor.shape[-1])
 
 
 def bench_model(model: Path, *, text: Path, backends: list[str], threads: list[int], tokenizer: Path | None = None,
@@ -235,8 +245,7 @@ def bench_model(model: Path, *, text: Path, backends: list[str], threads: list[i
 
     ``mem_mb`` caps each cell's child (its process group's resident memory); a cell over it is ``failed`` with
     an "out of memory" reason naming the cap."""
-    verify_tflite(model)
-    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    sha = hashlib.sha256(verify_tflite(model)).hexdigest()
     encoder = TextEncoder(tokenizer or find_tokenizer(model), model_seq_len(model))
     proto = {**DEFAULT_PROTOCOL, **(protocol or {})}
     out = []

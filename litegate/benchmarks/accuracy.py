@@ -24,7 +24,7 @@ from litegate.backends import qnn as htp
 from litegate.backends.gpu import run_gpu
 from litegate.backends.registry import why_not_runnable
 from litegate.backends.runtime import Runner
-from litegate.errors import LitegateError
+from litegate.errors import LitegateError, ModelLoadError
 from litegate.isolation import run_isolated
 from litegate.tasks import agreement, classification_metrics, cosine
 from litegate.tflite.verify import load_model
@@ -50,7 +50,14 @@ def lm_metrics(logits: np.ndarray, windows: np.ndarray, ref_logits: np.ndarray |
     """Perplexity of next-token prediction, and top-1 agreement with reference logits.
 
     logits: [N, P, V] for token windows [N, P]; position t predicts token t + 1.
+
+    Raises:
+        ModelLoadError: the logits are not [N, P, V] over a vocabulary holding every token of ``windows``.
     """
+    logits, windows = np.asarray(logits), np.asarray(windows)
+    if logits.ndim != 3 or logits.shape[:2] != windows.shape or not windows.size or logits.shape[2] <= windows.max():
+        raise ModelLoadError(f"the generator's prefill logits have shape {list(logits.shape)}, not [windows, positions, "
+                             f"vocabulary] for token windows of shape {list(windows.shape)}")
     z = logits[:, :-1, :].astype(np.float64)
     target = windows[:, 1:]
     z = z - z.max(axis=-1, keepdims=True)
@@ -83,29 +90,42 @@ def lm_eval_job(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def generator_bench_inputs(path: Path, tokens: list[int], n: int = 16) -> tuple[str, dict[str, np.ndarray]]:
-    """The per-token signature of a generator (``decode`` or ``step``) and ``n`` realistic feeds for it."""
-    sigs = Runner(path, backend="cpu").interpreter.get_signature_list()
-    name = "decode" if "decode" in sigs else "step"
-    runner = Runner(path, backend="cpu", signature=name)
+    """The per-token signature of a generator (``decode`` or ``step``) and ``n`` realistic feeds for it.
+
+    Shapes and dtypes come from the verified flatbuffer (:func:`litegate.tflite.verify.load_model`): this runs in
+    the pipeline's own process, where nothing native may open the file.
+
+    Raises:
+        ModelLoadError: the model is unsound, or has neither a ``decode`` nor a ``step`` signature.
+    """
+    model = load_model(path)
+    keys = [s.key for s in model.signatures]
+    name = "decode" if "decode" in keys else "step"
+    if name not in keys:
+        raise ModelLoadError(f"{path}: not a litegate text generator: signatures {', '.join(keys) or 'none'} "
+                             "(expected step, or prefill + decode)")
+    inputs = model.signature_inputs(name)
+    cache_len = next((int(t.shape[2]) for k, t in inputs.items() if "_cache_" in k and len(t.shape) > 2), 1)
     feeds: dict[str, list[np.ndarray]] = {}
     for i in range(n):
-        for k, d in runner.inputs.items():
-            shape = tuple(int(s) for s in d["shape"])
+        for k, t in inputs.items():
+            shape = tuple(max(int(s), 1) for s in t.shape)
+            dtype = TFLITE_DTYPES.get(t.type)
+            if dtype is None:
+                raise ModelLoadError(f"{path}: signature {name!r} input {k!r} is {t.type}, not a type litegate feeds")
             if k == "token":
                 v = np.array([[tokens[i % len(tokens)]]], np.int32)
             elif k == "pos":
-                v = np.array([min(i + 8, (runner_cache_len(runner) or 1) - 1)], np.int32)
+                v = np.array([min(i + 8, max(cache_len, 1) - 1)], np.int32)
             else:  # recurrent state or KV cache: a realistic scale, not zeros (kernels skip no work either way)
-                v = (np.random.default_rng(i).standard_normal(shape) * 0.5).astype(d["dtype"])
+                v = (np.random.default_rng(i).standard_normal(shape) * 0.5).astype(dtype)
             feeds.setdefault(k, []).append(v[0] if v.ndim and v.shape[0] == 1 else v)
     return name, {k: np.stack(v) for k, v in feeds.items()}
 
 
-def runner_cache_len(runner: Any) -> int | None:
-    for k, d in runner.inputs.items():
-        if "_cache_" in k:
-            return int(d["shape"][2])
-    return None
+TFLITE_DTYPES: dict[str, type[np.generic]] = {
+    "FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "INT64": np.int64, "INT16": np.int16,
+    "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_, "FLOAT64": np.float64}
 
 
 def summarize_task(task: str, outputs: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray] | None,

@@ -18,6 +18,17 @@ Facts the delegate rules need and that this module extracts per op:
   (``fused_activation_function: "RELU6"``);
 * the multiply-accumulates of the op (FULLY_CONNECTED, BATCH_MATMUL, CONV_2D,
   DEPTHWISE_CONV_2D, TRANSPOSE_CONV; 0 for everything else).
+
+It also reads the signature definitions (key, subgraph, input and output tensors by name), so that
+nothing native has to open an untrusted file to learn a model's inputs.
+
+Every index LiteRT dereferences is range-checked here: op code, tensor (operator inputs, outputs
+and intermediates, subgraph inputs and outputs, signature inputs and outputs), buffer and subgraph
+indices. The work is linear in the file size: flatbuffers let many tables share one vector (20,000
+operators sharing one 20,000-entry inputs vector are 400 million references in a 160 KB file), so
+every table visited and every vector or string decoded is charged, before it is decoded, against a
+budget of :data:`DECODE_SLACK` bytes plus the file's size. A converter writes each table and vector
+once, so a real model never decodes more bytes than its file holds.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ __all__ = [
     "TYPE_NAMES",
     "ModelInfo",
     "OpInfo",
+    "SignatureInfo",
     "TensorInfo",
     "count_macs",
     "read_model",
@@ -45,6 +57,8 @@ __all__ = [
 
 SCHEMA_VERSION = 3
 SMALL_CONST_ELEMENTS = 64  # integer constants up to this many elements keep their values
+DECODE_SLACK = 1 << 16  # bytes decoded beyond the file's own size before a file counts as a shared-vector bomb
+_TABLE_COST = 8  # a table's offset in its parent's vector + its own vtable offset: never shared in a real file
 
 BUILTIN_NAMES: dict[int, str] = {v: k for k, v in vars(schema.BuiltinOperator).items() if k.isupper()}
 TYPE_NAMES: dict[int, str] = {v: k for k, v in vars(schema.TensorType).items() if k.isupper()}
@@ -78,6 +92,8 @@ class TensorInfo:
     per_channel: bool = False
     values: tuple[int, ...] | None = None
     zero_point: int | None = None  # the first (per-tensor) zero point of a quantized tensor
+    buffer: int = 0  # index into the model's buffers (0: no data)
+    sparse: bool = False  # has sparsity parameters (its buffer holds compressed data)
 
     @property
     def rank(self) -> int:
@@ -123,6 +139,20 @@ class OpInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class SignatureInfo:
+    """One signature definition: what an app calls, by name, and the tensors behind each name.
+
+    ``inputs`` and ``outputs`` are (name, tensor index in ``subgraph``) pairs sorted by name, the
+    order LiteRT's signature runner lists them in.
+    """
+
+    key: str
+    subgraph: int
+    inputs: tuple[tuple[str, int], ...]
+    outputs: tuple[tuple[str, int], ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelInfo:
     """A parsed .tflite model: every subgraph's ops in execution order."""
 
@@ -134,6 +164,28 @@ class ModelInfo:
     subgraph_inputs: tuple[tuple[int, ...], ...]
     subgraph_outputs: tuple[tuple[int, ...], ...]
     size_bytes: int
+    signatures: tuple[SignatureInfo, ...] = ()
+    buffer_bytes: tuple[int, ...] = ()  # bytes of data each buffer holds (0: none)
+
+    def signature(self, key: str | None = None) -> SignatureInfo:
+        """The signature ``key`` (default: the first, as LiteRT's runner picks it).
+
+        Raises:
+            ModelLoadError: the model has no signatures, or none named ``key``.
+        """
+        if not self.signatures:
+            raise ModelLoadError("model has no signatures")
+        if key is None:
+            return self.signatures[0]
+        for sig in self.signatures:
+            if sig.key == key:
+                return sig
+        raise ModelLoadError(f"no signature {key!r} (has {', '.join(s.key for s in self.signatures)})")
+
+    def signature_inputs(self, key: str | None = None) -> dict[str, TensorInfo]:
+        """Input name -> tensor of signature ``key`` (default: the first), in LiteRT's order."""
+        sig = self.signature(key)
+        return {name: self.subgraph_tensors[sig.subgraph][t] for name, t in sig.inputs}
 
     def subgraph_ops(self, subgraph: int = 0) -> tuple[OpInfo, ...]:
         return tuple(o for o in self.ops if o.subgraph == subgraph)
@@ -173,15 +225,28 @@ def read_model(data: bytes, *, source: str = "<bytes>") -> ModelInfo:
 
 
 class _Reader:
-    """Walks the generated accessors, checking every position it is handed before using it."""
+    """Walks the generated accessors, checking every position it is handed before using it.
+
+    ``budget`` is what may still be decoded, in bytes: each table visited costs :data:`_TABLE_COST`,
+    each vector its length x element size and each string its length, charged before the decoding.
+    """
 
     def __init__(self, buf: bytes, source: str) -> None:
         self.buf = buf
         self.size = len(buf)
         self.source = source
+        self.budget = self.size + DECODE_SLACK
+        self.charged_buffers: set[int] = set()  # a converter may share one constant buffer between tensors
 
     def fail(self, what: str) -> ModelLoadError:
         return ModelLoadError(f"{self.source}: corrupt TFLite flatbuffer: {what}")
+
+    def charge(self, n_bytes: int, what: str) -> None:
+        """Spend ``n_bytes`` of the decode budget on ``what``; refuse the file when it runs out."""
+        self.budget -= n_bytes
+        if self.budget < 0:
+            raise self.fail(f"reading {what} decodes more than {self.size + DECODE_SLACK} bytes from a "
+                            f"{self.size}-byte file (tables or vectors shared many times over)")
 
     def table(self, obj: Any, what: str) -> Any:
         """Check that a generated table object and its vtable lie inside the buffer."""
@@ -192,6 +257,7 @@ class _Reader:
 
     def check_table_at(self, pos: int, what: str) -> None:
         """Check that the table at ``pos``, its vtable and its inline body lie inside the buffer."""
+        self.charge(_TABLE_COST, what)
         if not 0 <= pos <= self.size - 4:
             raise self.fail(f"{what} at offset {pos} is outside the {self.size}-byte file")
         vtable = pos - struct.unpack_from("<i", self.buf, pos)[0]
@@ -207,8 +273,18 @@ class _Reader:
             raise self.fail(f"{what} claims {n} entries, more than a {self.size}-byte file holds")
         return n
 
-    def string(self, raw: bytes | None) -> str:
-        return raw.decode("utf-8", errors="replace") if raw else ""
+    def vector(self, n: int, elem_size: int, what: str) -> int:
+        """:meth:`count`, and charge the vector to the budget: for vectors that are decoded or iterated."""
+        self.count(n, elem_size, what)
+        if n:
+            self.charge(4 + n * elem_size, what)
+        return n
+
+    def string(self, raw: bytes | None, what: str = "a name") -> str:
+        if not raw:
+            return ""
+        self.charge(4 + len(raw), what)
+        return raw.decode("utf-8", errors="replace")
 
     def model(self) -> ModelInfo:
         (root,) = struct.unpack_from("<I", self.buf, 0)
@@ -219,33 +295,87 @@ class _Reader:
         if version != SCHEMA_VERSION:
             raise ModelLoadError(f"{self.source}: TFLite schema version {version} is not supported "
                                  f"(expected {SCHEMA_VERSION})")
-        codes = [self.op_code(m, j) for j in range(self.count(m.OperatorCodesLength(), 4, "operator_codes"))]
-        n_buffers = self.count(m.BuffersLength(), 4, "buffers")
+        codes = [self.op_code(m, j) for j in range(self.vector(m.OperatorCodesLength(), 4, "operator_codes"))]
+        n_buffers = self.vector(m.BuffersLength(), 4, "buffers")
         buffers = [self.table(m.Buffers(j), f"buffer {j}") for j in range(n_buffers)]
-        n_sub = self.count(m.SubgraphsLength(), 4, "subgraphs")
+        buffer_bytes = tuple(self.buffer_bytes(b, j) for j, b in enumerate(buffers))
+        n_sub = self.vector(m.SubgraphsLength(), 4, "subgraphs")
         if n_sub == 0:
             raise self.fail("the model has no subgraphs")
         ops: list[OpInfo] = []
         names, tensors_all, ins_all, outs_all = [], [], [], []
         for s in range(n_sub):
             sg = self.table(m.Subgraphs(s), f"subgraph {s}")
-            tensors = tuple(self.tensor(sg, t, buffers) for t in range(self.count(sg.TensorsLength(), 4, "tensors")))
+            n_tensors = self.vector(sg.TensorsLength(), 4, f"tensors of subgraph {s}")
+            tensors = tuple(self.tensor(sg, s, t, buffers) for t in range(n_tensors))
             names.append(self.string(sg.Name()))
             tensors_all.append(tensors)
-            ins_all.append(self.indices(sg.InputsAsNumpy() if sg.InputsLength() else (), len(tensors), "input"))
-            outs_all.append(self.indices(sg.OutputsAsNumpy() if sg.OutputsLength() else (), len(tensors), "output"))
-            for i in range(self.count(sg.OperatorsLength(), 4, "operators")):
+            n_in = self.vector(sg.InputsLength(), 4, f"inputs of subgraph {s}")
+            n_out = self.vector(sg.OutputsLength(), 4, f"outputs of subgraph {s}")
+            ins_all.append(self.indices(sg.InputsAsNumpy() if n_in else (), n_tensors, f"subgraph {s} input",
+                                        optional=False))
+            outs_all.append(self.indices(sg.OutputsAsNumpy() if n_out else (), n_tensors, f"subgraph {s} output",
+                                         optional=False))
+            for i in range(self.vector(sg.OperatorsLength(), 4, f"operators of subgraph {s}")):
                 ops.append(self.operator(sg, s, i, codes, tensors))
+        signatures = tuple(self.signature(m, k, tensors_all)
+                           for k in range(self.vector(m.SignatureDefsLength(), 4, "signature_defs")))
+        for k in range(self.vector(m.MetadataLength(), 4, "metadata")):
+            meta = self.table(m.Metadata(k), f"metadata {k}")
+            if not 0 <= int(meta.Buffer()) < n_buffers:
+                raise self.fail(f"metadata {k} points at buffer {meta.Buffer()}, but the model has {n_buffers} buffers")
         return ModelInfo(schema_version=version, description=self.string(m.Description()), ops=tuple(ops),
                          subgraph_names=tuple(names), subgraph_tensors=tuple(tensors_all),
-                         subgraph_inputs=tuple(ins_all), subgraph_outputs=tuple(outs_all), size_bytes=self.size)
+                         subgraph_inputs=tuple(ins_all), subgraph_outputs=tuple(outs_all), size_bytes=self.size,
+                         signatures=signatures, buffer_bytes=buffer_bytes)
 
-    def indices(self, raw: Any, n_tensors: int, what: str) -> tuple[int, ...]:
+    def buffer_bytes(self, buffer: Any, j: int) -> int:
+        """Bytes of data buffer ``j`` holds: inline, or external (``offset``/``size`` into this file, checked)."""
+        offset, length = int(buffer.Offset()), int(buffer.Size())
+        if offset > 1 or length > 0:  # external data (files > 2 GB): offset/size into this file
+            if offset + length > self.size:
+                raise ModelLoadError(f"{self.source}: buffer {j} points at bytes {offset}..{offset + length}, past "
+                                     f"the end of the {self.size}-byte file")
+            return length
+        return self.count(buffer.DataLength(), 1, f"buffer {j}")
+
+    def indices(self, raw: Any, n_tensors: int, what: str, *, optional: bool = True) -> tuple[int, ...]:
+        """Tensor indices, each in range (-1, an omitted optional tensor, only where ``optional``)."""
         out = tuple(int(x) for x in raw)
+        low = -1 if optional else 0
         for t in out:
-            if not -1 <= t < n_tensors:
+            if not low <= t < n_tensors:
                 raise self.fail(f"{what} tensor index {t} is out of range (subgraph has {n_tensors} tensors)")
         return out
+
+    def signature(self, m: Any, k: int, tensors: Sequence[Sequence[TensorInfo]]) -> SignatureInfo:
+        """Signature definition ``k``: a key, a subgraph in range, named inputs (at least one) and outputs."""
+        sig = self.table(m.SignatureDefs(k), f"signature {k}")
+        key = self.string(sig.SignatureKey())
+        what = f"signature {k} ({key!r})" if key else f"signature {k}"
+        if not key:
+            raise self.fail(f"{what} has no signature_key")
+        s = int(sig.SubgraphIndex())
+        if not 0 <= s < len(tensors):
+            raise self.fail(f"{what} runs subgraph {s}, but the model has {len(tensors)} subgraphs")
+        maps: dict[str, tuple[tuple[str, int], ...]] = {}
+        for side, length, get in (("input", sig.InputsLength, sig.Inputs), ("output", sig.OutputsLength, sig.Outputs)):
+            n = self.vector(length(), 4, f"{what} {side}s")
+            if n == 0:
+                raise self.fail(f"{what} has no {side}s")
+            pairs = {}
+            for j in range(n):
+                tmap = self.table(get(j), f"{what} {side} {j}")
+                name = self.string(tmap.Name())
+                if not name:
+                    raise self.fail(f"{what} {side} {j} has no name")
+                t = int(tmap.TensorIndex())
+                if not t < len(tensors[s]):
+                    raise self.fail(f"{what} {side} {name!r} is tensor {t}, but subgraph {s} has "
+                                    f"{len(tensors[s])} tensors")
+                pairs[name] = t
+            maps[side] = tuple(sorted(pairs.items()))
+        return SignatureInfo(key=key, subgraph=s, inputs=maps["input"], outputs=maps["output"])
 
     def op_code(self, m: Any, j: int) -> tuple[str, int, str | None]:
         code = self.table(m.OperatorCodes(j), f"operator code {j}")
@@ -255,15 +385,17 @@ class _Reader:
         custom = code.CustomCode()
         return name, int(code.Version()), (self.string(custom) if custom is not None else None)
 
-    def tensor(self, sg: Any, t: int, buffers: Sequence[Any]) -> TensorInfo:
-        tensor = self.table(sg.Tensors(t), f"tensor {t}")
-        shape = tuple(int(d) for d in (tensor.ShapeAsNumpy() if self.count(tensor.ShapeLength(), 4, "shape") else ()))
-        sig_len = self.count(tensor.ShapeSignatureLength(), 4, "shape_signature")
+    def tensor(self, sg: Any, s: int, t: int, buffers: Sequence[Any]) -> TensorInfo:
+        tensor = self.table(sg.Tensors(t), f"tensor {t} of subgraph {s}")
+        n_shape = self.vector(tensor.ShapeLength(), 4, f"shape of tensor {t} of subgraph {s}")
+        shape = tuple(int(d) for d in (tensor.ShapeAsNumpy() if n_shape else ()))
+        sig_len = self.vector(tensor.ShapeSignatureLength(), 4, f"shape_signature of tensor {t} of subgraph {s}")
         signature = tuple(int(d) for d in tensor.ShapeSignatureAsNumpy()) if sig_len else shape
         type_name = TYPE_NAMES.get(int(tensor.Type()), f"UNKNOWN_TYPE_{tensor.Type()}")
         b = int(tensor.Buffer())
         if not 0 <= b < max(len(buffers), 1):
-            raise self.fail(f"tensor {t} points at buffer {b}, but the model has {len(buffers)} buffers")
+            raise self.fail(f"tensor {t} of subgraph {s} points at buffer {b}, but the model has {len(buffers)} "
+                            "buffers")
         is_const, values = False, None
         if b > 0:
             buffer = buffers[b]
@@ -271,38 +403,49 @@ class _Reader:
             is_const = n_bytes > 0 or (buffer.Offset() > 1 and buffer.Size() > 0)
             fmt = _INT_TYPES.get(type_name)
             if n_bytes and fmt and n_bytes // struct.calcsize(fmt) <= SMALL_CONST_ELEMENTS:
+                if b not in self.charged_buffers:
+                    self.charged_buffers.add(b)
+                    self.charge(n_bytes, f"buffer {b}")
                 raw = buffer.DataAsNumpy().tobytes()
                 step = struct.calcsize(fmt)
                 values = tuple(struct.unpack_from(fmt, raw, k)[0] for k in range(0, len(raw) - step + 1, step))
         quant = tensor.Quantization()
         n_scales, zero_point = 0, None
         if quant is not None:
-            self.table(quant, f"quantization of tensor {t}")
+            self.table(quant, f"quantization of tensor {t} of subgraph {s}")
             n_scales = self.count(quant.ScaleLength(), 4, "scales")
             if n_scales and self.count(quant.ZeroPointLength(), 8, "zero points"):
                 zero_point = int(quant.ZeroPoint(0))
         return TensorInfo(index=t, name=self.string(tensor.Name()), type=type_name, shape=shape,
                           shape_signature=signature, is_const=is_const, is_variable=bool(tensor.IsVariable()),
-                          quantized=n_scales > 0, per_channel=n_scales > 1, values=values, zero_point=zero_point)
+                          quantized=n_scales > 0, per_channel=n_scales > 1, values=values, zero_point=zero_point,
+                          buffer=b, sparse=tensor.Sparsity() is not None)
 
     def operator(self, sg: Any, s: int, i: int, codes: Sequence[tuple[str, int, str | None]],
                  tensors: Sequence[TensorInfo]) -> OpInfo:
-        op = self.table(sg.Operators(i), f"operator {i} of subgraph {s}")
+        where = f"operator {i} of subgraph {s}"
+        op = self.table(sg.Operators(i), where)
         k = int(op.OpcodeIndex())
         if not 0 <= k < len(codes):
-            raise self.fail(f"operator {i} uses opcode index {k}, but the model has {len(codes)} op codes")
+            raise self.fail(f"{where} uses opcode index {k}, but the model has {len(codes)} op codes")
         name, version, custom = codes[k]
-        n_in = self.count(op.InputsLength(), 4, "operator inputs")
-        n_out = self.count(op.OutputsLength(), 4, "operator outputs")
-        ins = self.indices(op.InputsAsNumpy() if n_in else (), len(tensors), f"operator {i} input")
-        outs = self.indices(op.OutputsAsNumpy() if n_out else (), len(tensors), f"operator {i} output")
+        n_in = self.vector(op.InputsLength(), 4, f"inputs of {where}")
+        n_out = self.vector(op.OutputsLength(), 4, f"outputs of {where}")
+        n_mid = self.vector(op.IntermediatesLength(), 4, f"intermediates of {where}")
+        ins = self.indices(op.InputsAsNumpy() if n_in else (), len(tensors), f"{where} input")
+        outs = self.indices(op.OutputsAsNumpy() if n_out else (), len(tensors), f"{where} output")
+        self.indices(op.IntermediatesAsNumpy() if n_mid else (), len(tensors), f"{where} intermediate")
+        offset, length = int(op.LargeCustomOptionsOffset()), int(op.LargeCustomOptionsSize())
+        if (offset > 1 or length > 0) and offset + length > self.size:
+            raise self.fail(f"{where} has custom options at bytes {offset}..{offset + length}, past the end of the "
+                            f"{self.size}-byte file")
         inputs = tuple(tensors[t] if t >= 0 else None for t in ins)
         outputs = tuple(tensors[t] for t in outs if t >= 0)
-        options = self.options(op)
+        options = self.options(op, where)
         return OpInfo(index=i, subgraph=s, op=name, version=version, custom_code=custom, inputs=inputs,
                       outputs=outputs, options=options, macs=count_macs(name, inputs, outputs, options))
 
-    def options(self, op: Any) -> dict[str, Any]:
+    def options(self, op: Any, where: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for type_fn, table_fn, creator in ((op.BuiltinOptionsType, op.BuiltinOptions, schema.BuiltinOptionsCreator),
                                            (op.BuiltinOptions2Type, op.BuiltinOptions2,
@@ -313,15 +456,27 @@ class _Reader:
             table = table_fn()
             if table is None:
                 continue
-            self.check_table_at(table.Pos, "builtin options")
+            self.check_table_at(table.Pos, f"builtin options of {where}")
             obj = creator(kind, table)
             if obj is None:
                 continue
             if creator is schema.BuiltinOptionsCreator:
                 out["_options_type"] = _OPTION_NAMES.get(kind, str(kind))
             for key, value in vars(obj).items():
+                self.charge(_decoded_size(value), f"builtin options of {where}")
                 out[_snake(key)] = _plain_option(_snake(key), value)
         return out
+
+
+def _decoded_size(value: Any) -> int:
+    """Bytes an option value took in the file (vectors and strings; 0 for scalars), for the decode budget."""
+    if hasattr(value, "nbytes"):
+        return int(value.nbytes)
+    if isinstance(value, str | bytes):
+        return len(value)
+    if isinstance(value, list | tuple):
+        return 4 * len(value)
+    return 0
 
 
 def _snake(name: str) -> str:

@@ -3,80 +3,79 @@
 TFLite's Python bindings run only the flatbuffers verifier (structure), which does not check the
 uint64 external buffer ``offset``/``size`` fields nor whether a tensor's shape × dtype fits its
 buffer; crafted files that pass it have crashed kernels (integer overflow in shape products,
-out-of-bounds reads). This module adds those semantic checks, overflow-safe (Python integers),
-on top of the bounds-checked structural read in :mod:`litegate.tflite.flatbuffer`:
+out-of-bounds reads) and LiteRT itself (a signature naming a subgraph the file does not have). This
+module adds those semantic checks, overflow-safe (Python integers), on top of the bounds-checked
+structural read in :mod:`litegate.tflite.flatbuffer`:
 
 * file identifier ``TFL3`` and schema version 3;
-* every table, vector and index inside the file (the structural reader);
-* every buffer's external ``offset + size`` inside the file;
+* every table, vector and index inside the file, and every index LiteRT dereferences in range: op
+  codes, buffers, operator inputs/outputs/intermediates, subgraph inputs/outputs, signature
+  definitions (subgraph, named inputs and outputs, at least one of each) (the structural reader);
+* work linear in the file size: the reader decodes at most the file's size (plus a small constant)
+  however often a crafted file shares one vector between tables;
+* every buffer's external ``offset + size`` inside the file (the reader);
 * every tensor's dimensions >= 0 (``shape_signature`` may use -1), element count × element size
-  below :data:`MAX_TENSOR_BYTES`, and a constant tensor's data exactly as long as its shape ×
-  dtype says.
+  below :data:`MAX_TENSOR_BYTES`, the sum over all tensors of the model below
+  :data:`MAX_MODEL_TENSOR_BYTES`, and a constant tensor's data exactly as long as its shape × dtype
+  says.
+
+Nothing here runs native code on the file: :func:`load_model` also gives the signatures, so callers
+that only need a model's inputs never open it with LiteRT in their own process.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ai_edge_litert import schema_py_generated as schema
-
 from litegate.errors import ModelLoadError
-from litegate.tflite.flatbuffer import TYPE_NAMES, ModelInfo, read_model
+from litegate.tflite.flatbuffer import ModelInfo, read_model
 
 MAX_TENSOR_BYTES = 1 << 34  # 16 GiB: beyond any phone model; shapes claiming more are crafted
+MAX_MODEL_TENSOR_BYTES = 1 << 34  # 16 GiB declared by all tensors together (weights + activations + state)
 _ELEMENT_BYTES = {"FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "UINT8": 1, "INT64": 8, "BOOL": 1, "INT16": 2,
                   "COMPLEX64": 8, "INT8": 1, "FLOAT64": 8, "COMPLEX128": 16, "UINT64": 8, "UINT32": 4, "UINT16": 2,
                   "BFLOAT16": 2}
 
 
-def verify_bytes(data: bytes, *, source: str = "<bytes>") -> None:
-    """Raise :class:`ModelLoadError` naming the first problem; return None for a sound model."""
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
+
+
+def verify_bytes(data: bytes, *, source: str = "<bytes>") -> ModelInfo:
+    """Raise :class:`ModelLoadError` naming the first problem; return the parsed model when it is sound."""
     if len(data) == 0:
         raise ModelLoadError(f"{source}: empty file (0 bytes), not a TFLite model")
     if len(data) < 8:
         raise ModelLoadError(f"{source}: not a TFLite model ({len(data)} bytes is too short for a flatbuffer)")
-    read_model(data, source=source)  # identifier, schema version, structural bounds
-    size = len(data)
-    m = schema.Model.GetRootAs(data, 0)
-    n_buffers = m.BuffersLength()
-    buffer_bytes: list[int | None] = []
-    for j in range(n_buffers):
-        b = m.Buffers(j)
-        offset, length = int(b.Offset()), int(b.Size())
-        if offset > 1 or length > 0:  # external data (files > 2 GB): offset/size into this file
-            if offset < 0 or length < 0 or offset + length > size:
-                raise ModelLoadError(f"{source}: buffer {j} points at bytes {offset}..{offset + length}, past the end "
-                                     f"of the {size}-byte file")
-            buffer_bytes.append(length)
-        else:
-            buffer_bytes.append(int(b.DataLength()))
-    for s in range(m.SubgraphsLength()):
-        sg = m.Subgraphs(s)
-        for t in range(sg.TensorsLength()):
-            tensor = sg.Tensors(t)
-            shape = [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
-            sig = [int(d) for d in tensor.ShapeSignatureAsNumpy()] if tensor.ShapeSignatureLength() else []
-            name = (tensor.Name() or b"").decode("utf-8", "replace")
-            where = f"tensor {t} ({name!r}) of subgraph {s}"
+    info = read_model(data, source=source)  # identifier, schema version, structural bounds, indices, budget
+    buffer_bytes = info.buffer_bytes  # the reader checked external offset + size against the file
+    total = 0
+    for s, tensors in enumerate(info.subgraph_tensors):
+        for tensor in tensors:
+            shape, sig = list(tensor.shape), list(tensor.shape_signature)
+            where = f"tensor {tensor.index} ({tensor.name!r}) of subgraph {s}"
             if any(d < 0 for d in shape) or any(d < -1 for d in sig):
                 raise ModelLoadError(f"{source}: {where} has a negative dimension {shape or sig}")
-            type_name = TYPE_NAMES.get(int(tensor.Type()), "")
-            elem = _ELEMENT_BYTES.get(type_name, 1)
+            elem = _ELEMENT_BYTES.get(tensor.type, 1)
             count = 1
             for d in shape:
                 count *= d
             if count * elem > MAX_TENSOR_BYTES:
-                raise ModelLoadError(f"{source}: {where} has shape {shape}: {count * elem} bytes of {type_name}, "
+                raise ModelLoadError(f"{source}: {where} has shape {shape}: {count * elem} bytes of {tensor.type}, "
                                      f"more than any model can hold (overflowing shape)")
-            bi = int(tensor.Buffer())
+            total += count * elem
+            if total > MAX_MODEL_TENSOR_BYTES:
+                raise ModelLoadError(f"{source}: the tensors declare more than {_gib(MAX_MODEL_TENSOR_BYTES)} in all "
+                                     f"(at {where}, shape {shape}: {_gib(total)}), more than any model can hold")
+            bi = tensor.buffer
             if bi <= 0 or bi >= len(buffer_bytes):
                 continue
             have = buffer_bytes[bi]
-            dense = tensor.Sparsity() is None  # sparse tensors store compressed data
-            if have and dense and type_name in _ELEMENT_BYTES:
+            if have and not tensor.sparse and tensor.type in _ELEMENT_BYTES:  # sparse tensors store compressed data
                 if have != count * elem:
-                    raise ModelLoadError(f"{source}: {where} has shape {shape} of {type_name} ({count * elem} bytes) "
-                                         f"but its buffer {bi} holds {have} bytes")
+                    raise ModelLoadError(f"{source}: {where} has shape {shape} of {tensor.type} ({count * elem} "
+                                         f"bytes) but its buffer {bi} holds {have} bytes")
+    return info
 
 
 def verify_tflite(path: str | Path) -> bytes:
@@ -99,4 +98,7 @@ def load_model(path: str | Path) -> ModelInfo:
     Raises:
         ModelLoadError: the file is missing, not a TFLite model, truncated or corrupt.
     """
-    return read_model(verify_tflite(path), source=str(path))
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"{p}: no such model file")
+    return verify_bytes(p.read_bytes(), source=str(p))
