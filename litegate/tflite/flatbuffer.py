@@ -199,6 +199,15 @@ class ModelInfo:
         return sum(o.macs for o in self.ops)
 
 
+# Builtin ops whose kernels accept an omitted (-1) input: a bias, an LSTM's peephole/projection/state tensors. Any
+# other op given -1 makes the kernel read tensor -1 (a fuzzed ADD with input -1 killed LiteRT), so it is refused.
+OPTIONAL_INPUT_OPS = frozenset({
+    "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D", "CONV_3D_TRANSPOSE",
+    "LSTM", "UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_RNN",
+    "UNIDIRECTIONAL_SEQUENCE_RNN", "RNN", "SVDF", "BATCH_MATMUL", "CALL_ONCE", "WHILE", "IF",
+})
+
+
 def read_model(data: bytes, *, source: str = "<bytes>") -> ModelInfo:
     """Parse TFLite flatbuffer bytes with LiteRT's generated schema code.
 
@@ -432,7 +441,8 @@ class _Reader:
         n_in = self.vector(op.InputsLength(), 4, f"inputs of {where}")
         n_out = self.vector(op.OutputsLength(), 4, f"outputs of {where}")
         n_mid = self.vector(op.IntermediatesLength(), 4, f"intermediates of {where}")
-        ins = self.indices(op.InputsAsNumpy() if n_in else (), len(tensors), f"{where} input")
+        ins = self.indices(op.InputsAsNumpy() if n_in else (), len(tensors), f"{where} input",
+                           optional=name in OPTIONAL_INPUT_OPS or custom is not None)
         outs = self.indices(op.OutputsAsNumpy() if n_out else (), len(tensors), f"{where} output")
         self.indices(op.IntermediatesAsNumpy() if n_mid else (), len(tensors), f"{where} intermediate")
         offset, length = int(op.LargeCustomOptionsOffset()), int(op.LargeCustomOptionsSize())
