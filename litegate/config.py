@@ -447,25 +447,13 @@ def _coverage_targets(budget: Budget, per_variant: dict[str, Budget], delegates:
                       file: Path) -> tuple[Budget, dict[str, Budget]]:
     """Coverage budgets name targets of ``[check] delegates`` (as the reports name them: ``qnn`` is
     ``qnn:SM8650``); a target that is not checked could never be judged, so it is refused here."""
-    from litegate.compat.check import canonical_target  # imports LiteRT's flatbuffer schema: not at CLI start
-
     def fixed(b: Budget) -> Budget:
         changes: dict[str, Any] = {}
         for key in COVERAGE_KEYS:
             pcts = getattr(b, key)
             if not pcts:
                 continue
-            named = {}
-            for target, pct in pcts.items():
-                try:
-                    name = canonical_target(target)
-                except ValueError as exc:
-                    raise ConfigError(f"{file}: 'budgets.{key}': {exc}") from None
-                if name not in delegates:
-                    raise ConfigError(f"{file}: 'budgets.{key}' names {target!r}, which check.delegates does not "
-                                      f"check (checked: {', '.join(delegates)})")
-                named[name] = pct
-            changes[key] = named
+            changes[key] = {_checked_target(t, delegates, f"budgets.{key}", file): pct for t, pct in pcts.items()}
         return dataclasses.replace(b, **changes) if changes else b
 
     return fixed(budget), {k: fixed(b) for k, b in per_variant.items()}
@@ -524,22 +512,24 @@ def _gate(g: _Table, names: list[str]) -> _Gate:
 def _ship_targets(per_target: Mapping[str, tuple[str, ...]], delegates: tuple[str, ...],
                   file: Path) -> dict[str, tuple[str, ...]]:
     """``ship``'s targets: ``cpu``, or a target of ``[check] delegates`` (named as the reports name it)."""
+    return {_checked_target(t, delegates, "gate.ship", file, cpu=True): vs for t, vs in per_target.items()}
+
+
+def _checked_target(target: str, delegates: tuple[str, ...], key: str, file: Path, *, cpu: bool = False) -> str:
+    """A target named under ``key``, as the reports name it (``qnn`` is ``qnn:SM8650``); one that ``[check]
+    delegates`` does not check could never be judged, so it is refused (``cpu`` passes where ``cpu`` is allowed)."""
     from litegate.compat.check import canonical_target  # imports LiteRT's flatbuffer schema: not at CLI start
 
-    out: dict[str, tuple[str, ...]] = {}
-    for target, vs in per_target.items():
-        if target == "cpu":
-            out[target] = vs
-            continue
-        try:
-            name = canonical_target(target)
-        except ValueError as exc:
-            raise ConfigError(f"{file}: 'gate.ship': {exc}") from None
-        if name not in delegates:
-            raise ConfigError(f"{file}: 'gate.ship' names target {target!r}, which is neither 'cpu' nor checked by "
-                              f"check.delegates (checked: {', '.join(delegates)})")
-        out[name] = vs
-    return out
+    if cpu and target == "cpu":
+        return target
+    try:
+        name = canonical_target(target)
+    except ValueError as exc:
+        raise ConfigError(f"{file}: '{key}': {exc}") from None
+    if name not in delegates:
+        raise ConfigError(f"{file}: '{key}' names {target!r}, which check.delegates does not check"
+                          f"{' (nor is it cpu)' if cpu else ''} (checked: {', '.join(delegates)})")
+    return name
 
 
 def _check(ct: _Table) -> tuple[tuple[str, ...], int]:
