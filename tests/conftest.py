@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,10 @@ import pytest
 import litegate  # noqa: F401  (its __init__ selects tf_keras before any test touches tf.keras)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across exec: the interrupt
+# tests (which send SIGINT to litegate, or to this process) would then test nothing. They need Python's default.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo"
