@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from litegate.backends.spec import is_arm_backend
+from litegate.backends.spec import is_arm_backend, is_local_cpu_backend
 from litegate.benchmarks.accuracy import htp_row_name
 from litegate.compat import coreml, qnn
 from litegate.config import COVERAGE_KEYS, Budget, ReleaseConfig
@@ -219,7 +219,7 @@ def judged_variants(cfg: ReleaseConfig, variants: Sequence[VariantResult]) -> li
 def cpu_backend(cfg: ReleaseConfig) -> str:
     """The backend whose latency ranks variants for this machine's CPU: the first local CPU backend of ``[bench]``
     (not a GPU, a phone or an emulator), else ``xnnpack``."""
-    local = [b for b in cfg.bench.backends if b in ("xnnpack", "cpu") or b.startswith("external:")]
+    local = [b for b in cfg.bench.backends if is_local_cpu_backend(b)]
     return local[0] if local else "xnnpack"
 
 

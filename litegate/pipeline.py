@@ -26,7 +26,7 @@ from litegate.artifacts import (
     write_model_card,
 )
 from litegate.backends.runtime import signatures_of
-from litegate.backends.spec import is_aihub_backend, is_arm_backend
+from litegate.backends.spec import is_aihub_backend, is_arm_backend, is_local_cpu_backend
 from litegate.baseline import compare
 from litegate.benchmarks.accuracy import evaluate_variants, generator_bench_inputs
 from litegate.benchmarks.matrix import bench_variant
@@ -224,8 +224,7 @@ def _remeasure_baseline(cfg: ReleaseConfig, base: Report, variants: list[Variant
     out: dict[tuple[str, str, int], PairedCell] = {}
     for v in variants:
         b = base.variant(v.name)
-        cells = [c for c in v.bench if c.status is Status.OK and c.latency is not None
-                 and (c.backend in ("xnnpack", "cpu") or c.backend.startswith("external:"))]
+        cells = [c for c in v.bench if c.status is Status.OK and c.latency is not None and is_local_cpu_backend(c.backend)]
         if b is None or b.artifact is None or v.artifact is None or not cells:
             continue
         model = find_baseline_model(cfg.baseline, b.artifact.path, b.artifact.sha256)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from litegate.artifacts import save_npz
+from litegate.artifacts import save_npz, sha256_file
 from litegate.baseline import CompareConfig, compare, paired_ratio
-from litegate.benchmarks.paired import PairedProtocol, find_baseline_model, remeasure, sha256_of
+from litegate.benchmarks.paired import PairedProtocol, find_baseline_model, remeasure
 from litegate.types import (
     Artifact,
     BenchResult,
@@ -106,7 +106,7 @@ def test_paired_child_reads_a_copy_as_unchanged_and_a_slower_candidate_as_slower
     copy.parent.mkdir()
     shutil.copy(small_model, copy)
     (copy.parent / "report.json").write_text("{}")
-    assert find_baseline_model(copy.parent / "report.json", "/elsewhere/fp32.tflite", sha256_of(small_model)) == copy
+    assert find_baseline_model(copy.parent / "report.json", "/elsewhere/fp32.tflite", sha256_file(small_model)) == copy
     assert find_baseline_model(copy.parent / "report.json", "/elsewhere/fp32.tflite", "0" * 64) is None
     rng = np.random.default_rng(0)
     ids = rng.integers(5, 90, size=(8, 24)).astype(np.int32)  # 24 tokens: the 16-token model is fed its own length

@@ -34,6 +34,12 @@ def is_external_backend(backend: str) -> bool:
     return backend.startswith(EXTERNAL_PREFIX)
 
 
+def is_local_cpu_backend(backend: str) -> bool:
+    """True for a backend timed on this machine's CPU (LiteRT's kernels or an external delegate): not a GPU, a
+    phone or an emulator."""
+    return backend in RUNNABLE or is_external_backend(backend)
+
+
 def parse_external(backend: str) -> ExternalSpec:
     """Parse ``external:PATH[?key=value&key2=value2]``.
 

@@ -13,7 +13,6 @@ measures its false-alarm rate on identical models and its detection rate for a 1
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import random
 import time
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from litegate.artifacts import sha256_file
 from litegate.backends.runtime import Runner
 from litegate.errors import LitegateError
 from litegate.isolation import run_isolated
@@ -105,20 +105,12 @@ def _fit(sample: dict[str, np.ndarray], runner: Runner) -> dict[str, np.ndarray]
     return out
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def find_baseline_model(baseline_report: Path, recorded_path: str, sha256: str) -> Path | None:
     """The baseline variant's model file: the file next to the baseline's report.json with the recorded name (how a
     downloaded CI artifact holds it), else the recorded path; only a file whose sha256 is the recorded one counts."""
     name = Path(recorded_path).name
     for candidate in (baseline_report.parent / name, Path(recorded_path)):
-        if candidate.is_file() and sha256_of(candidate) == sha256:
+        if candidate.is_file() and sha256_file(candidate) == sha256:
             return candidate
     return None
 
