@@ -67,7 +67,9 @@ def test_run_on_embedded_default_reports_every_variant_measured(demo_runs):
     assert prof["variant"] == slowest["name"] and prof["threads"] == 1 and prof["runs"] == 20
     assert 99.0 <= sum(r["pct"] for r in prof["by_type"]) <= 101.0 and prof["by_type"][0]["ms_per_run"] > 0
     assert [o["ms_per_run"] for o in prof["top_ops"]] == sorted((o["ms_per_run"] for o in prof["top_ops"]), reverse=True)
-    assert f"Where the time goes: `{slowest['name']}`" in md
+    # report.md on disk is the second (cached) run's: its profile names that run's slowest variant
+    latest = json.loads((out / "report.json").read_text())["run"]["op_profile"]
+    assert f"Where the time goes: `{latest['variant']}`" in md
     peak = rep["run"]["machine_peak"]
     assert set(peak["probes"]) == {"numpy", "xnnpack"} and peak["gflops"]["1"] > 0
 
