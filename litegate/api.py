@@ -87,7 +87,7 @@ def _write_sidecars(out: Path, *, source: ModelSource, tokenizer: str | None, in
     app and ``litegate bench`` need nothing else."""
     if tokenizer is not None:
         atomic_write_text(out.with_suffix(".tokenizer.json"), tokenizer)
-    spelling = {k: extra[k] for k in ("residual_smoothing", "mask_penalty") if k in extra}
+    spelling = {k: extra[k] for k in ("residual_smoothing", "mask_penalty", "integer_pooling") if k in extra}
     write_model_card(out.with_suffix(".json"), task=source.task, seq_len=source.seq_len, recipe=recipe,
                      **({"pruning": pruning} if pruning else {}), labels=info.get("labels", {}),
                      inputs=job.get("inputs", []), notes=job.get("notes", []), source=source.to_dict(),

@@ -218,3 +218,42 @@ def test_unsupported_model_type_and_long_seq_len_are_refused(tmp_path):
     (ck / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match="model_type 'roberta' is not supported"):
         read_checkpoint(ck)
+
+
+def test_integer_pooling_keeps_the_function_and_saves_int16x8_embeddings(tmp_path):
+    """The mean-pooling head in its integer spelling (:func:`integer_pooling`) computes the same embedding in
+    float, and the shipped int16x8 recipe (which uses it) keeps a tiny sentence encoder's embeddings within
+    cosine 0.995 of fp32, where the same recipe over the float spelling saturates (TFLite gives the token
+    count's SUM the mask's ±1 range, so the mean overflows its int16 scale)."""
+    from litegate.api import convert_model
+    from litegate.backends.runtime import Runner
+    from litegate.converter.bert import integer_pooling
+    from litegate.converter.sources import load
+    from litegate.tasks import cosine
+    from litegate.types import ModelSource
+
+    ck = make_checkpoint(tmp_path / "enc", seed=5, prefix="", with_head=False)
+    source = ModelSource(kind="hf-bert", path=str(ck), task="sentence-embedding", seq_len=24, options={"head": "mean"})
+    x = _inputs(ck, n=40)
+    loaded = load(source)
+    with integer_pooling():
+        spelled = loaded.serve.retraced()
+    for j in range(6):
+        feed = {k: v[j : j + 1] for k, v in x.items()}
+        assert np.max(np.abs(spelled(**feed)["embedding"].numpy() - loaded.serve(**feed)["embedding"].numpy())) < 1e-5
+
+    texts = [t.split("\t")[0] for t in (DEMO / "eval.tsv").read_text().splitlines()[1:41]]
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(texts) + "\n")
+    plain = tmp_path / "int16x8-plain.json"
+    plain.write_text(json.dumps({"name": "int16x8-plain", "kind": "int16x8", "params": {
+        "optimizations": ["DEFAULT"], "supported_ops": ["EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8"]}}))
+    emb = {}
+    for recipe in ("fp32", "int16x8", str(plain)):
+        out = tmp_path / f"{Path(recipe).stem}.tflite"
+        info = convert_model(source, out, recipe=recipe, calibration=calib, samples=40)
+        emb[recipe] = Runner(out).run_batch(x)["embedding"]
+        if recipe == "int16x8":
+            assert "integer_pooling" in info["extra"]
+    fixed, broken = (float(np.mean(cosine(emb[r], emb["fp32"]))) for r in ("int16x8", str(plain)))
+    assert fixed > 0.995 and broken < 0.99, (fixed, broken)

@@ -137,8 +137,9 @@ def _prepared(child: _Child, model: Loaded, recipe: Recipe, extra: dict[str, Any
     return serve
 
 
-def _spelled_as(recipe: Recipe) -> tuple[Any, Any]:
-    return recipe.params.get("smooth_residual"), recipe.params.get("mask_penalty")
+def _spelled_as(recipe: Recipe) -> tuple[Any, Any, Any]:
+    return (recipe.params.get("smooth_residual"), recipe.params.get("mask_penalty"),
+            bool(recipe.params.get("integer_pooling")))
 
 
 def _debug_layers(child: _Child, calibrated: bytes, v: Mapping[str, Any], extra: dict[str, Any]) -> None:
@@ -208,17 +209,20 @@ def int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray]
 
     ``smooth_residual`` (a channel maximum): feed-forward residuals smoothed with scales from the float
     model's residuals on the calibration samples (:func:`litegate.converter.bert.residual_smoothing`);
-    ``mask_penalty``: the attention mask's penalty (:func:`litegate.converter.bert.mask_penalty`).
+    ``mask_penalty``: the attention mask's penalty (:func:`litegate.converter.bert.mask_penalty`);
+    ``integer_pooling``: the mean-pooling head's integer spelling (:func:`litegate.converter.bert.integer_pooling`).
     Other models are returned unchanged.
     """
-    target, penalty = recipe.params.get("smooth_residual"), recipe.params.get("mask_penalty")
-    if not (target or penalty) or loaded.serve is None or not samples:
+    target, penalty, pooling = _spelled_as(recipe)
+    if not (target or penalty or pooling) or loaded.serve is None or not samples:
         return loaded.serve, {}
     import tensorflow as tf  # heavy: TensorFlow, in the build child only
 
     from litegate.converter.bert import (  # imports TensorFlow at module level
         LayerNorm,
+        MeanPool,
         ffn_residual_maxima,
+        integer_pooling,
         mask_penalty,
         residual_smoothing,
         smoothing_scales,
@@ -240,6 +244,9 @@ def int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray]
             if penalty:
                 stack.enter_context(mask_penalty(float(penalty)))
                 info["mask_penalty"] = float(penalty)
+            if pooling and any(isinstance(layer, MeanPool) for layer in loaded.keras_model.layers):
+                stack.enter_context(integer_pooling())
+                info["integer_pooling"] = "softmax(mask) @ hidden, x · rsqrt(MEAN(x²)) / sqrt(H)"
             serve = loaded.serve.retraced()
     except (ValueError, TypeError, tf.errors.OpError) as exc:  # this variant fails, not the whole child
         raise QuantizationError(f"recipe {recipe.name!r}: int8 spelling failed: {str(exc).splitlines()[0]}") from None

@@ -26,6 +26,7 @@ _ALLOWED_PARAMS = {
     "rank_samples": int,
     "smooth_residual": float,
     "mask_penalty": float,
+    "integer_pooling": bool,
 }
 _ENUMS: dict[str, tuple[str, ...]] = {
     "optimizations": ("DEFAULT",),
