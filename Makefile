@@ -6,7 +6,7 @@ SHARED ?= ../shared/data
 MODELS ?= models
 STAMP  := $(VENV)/.installed
 
-.PHONY: qualcomm aihub coreml install demo test test-fast lint typecheck fixtures models clean help gpu-sim arm-sim browser release-check report compare perf soak gate-calibration fuzz
+.PHONY: qualcomm aihub coreml install demo test test-fast lint typecheck fixtures models clean help gpu-sim arm-sim browser release-check report compare perf quantizer-compare soak gate-calibration fuzz
 
 help:
 	@echo "make demo       set up .venv and run the release pipeline on the embedded default"
@@ -135,11 +135,17 @@ PEERS := $(VENV)/.peers-installed
 
 $(PEERS): pyproject.toml | $(STAMP)
 	@$(BIN)/pip install -q -e '.[peers]' && touch $@ || \
-	  echo "peers: could not install '.[peers]' (onnxruntime, onnx, sympy): the ONNX Runtime peer will not run"
+	  echo "peers: could not install '.[peers]' (onnxruntime, onnx, sympy, litert-quantizer): those peers will not run"
 
 perf: $(STAMP)
 	-@$(MAKE) --no-print-directory $(PEERS)
 	$(BIN)/python -m tools.perf
+
+## litegate's quantized MiniLM variants beside litert-quantizer's recipes (also part of `make perf`): cosine to fp32 on
+## 200 SST-2 dev sentences, size and paired latency ratios. Needs `make models`.
+quantizer-compare: $(STAMP)
+	-@$(MAKE) --no-print-directory $(PEERS)
+	$(BIN)/python -m tools.quantizer_compare
 
 ## The latency gate's false-alarm rate (identical models) and detection rate (a simulated 10% slowdown) here.
 gate-calibration: $(STAMP)

@@ -24,6 +24,8 @@
   64) and the char GPT-2 (``prefill`` signature, 128 tokens; ONNX Runtime from
   ``tools/export_onnx_gpt2.py``), each with ``summary`` lines saying by how much a target is
   missed; ``targets`` collects those lines for every model.
+* ``quantizer_comparison``: litegate's quantized MiniLM variants beside litert-quantizer's recipes on the same fp32
+  file and calibration sentences (:mod:`tools.quantizer_compare`, also ``make quantizer-compare``).
 * ``pipeline``: wall time of ``litegate run`` for the embedded default and MiniLM (convert + 4 PTQ
   variants + static checks + CPU bench + report), cold (empty cache) and warm.
 
@@ -64,7 +66,7 @@ from litegate.tasks import TextEncoder, cosine, generator_windows, read_texts
 from litegate.tflite.verify import load_model
 from litegate.timing import measure, summarize
 from litegate.types import ModelSource, SourceKind, Task
-from tools import export_onnx, export_onnx_gpt2
+from tools import export_onnx, export_onnx_gpt2, quantizer_compare
 from tools.isolated import child_env, run_tool_job
 from tools.onnx_graph import FILES, ort_runner, session, time_interleaved
 
@@ -515,6 +517,9 @@ def main() -> int:
     report["targets"] = summarize_targets("MiniLM", report["best_vs_onnxruntime"], report["fp32_efficiency"], threads) + [
         line for o in others.values() for line in o.get("summary", [f"not run: {o.get('not_run')}"])]
 
+    print("quantizer comparison: litegate's recipes beside litert-quantizer's on MiniLM", flush=True)
+    report["quantizer_comparison"] = quantizer_compare.compare(work / "quantizer-compare")
+
     print("pipeline wall time", flush=True)
     pipes = {"demo": pipeline_times(ROOT / "examples" / "demo" / "perf.toml", work / "pipeline-demo")}
     if have_minilm and SST2.is_dir():
@@ -527,6 +532,8 @@ def main() -> int:
     atomic_write_text(ROOT / "reports" / "perf.json", json.dumps(report, indent=2) + "\n")
     shown = {k: report[k] for k in ("harness_overhead", "stability", "accuracy", "best_vs_onnxruntime",
                                     "fp32_efficiency", "pipeline", "targets")}
+    qc = report["quantizer_comparison"]
+    shown["quantizer_comparison"] = qc.get("table", qc.get("not_run"))
     shown["peers"] = {k: v for k, v in peers.items() if k != "onnxruntime_export"}
     if "by_type" in report["op_profile"]:
         shown["op_profile_top"] = {"variant": report["op_profile"]["variant"],
