@@ -124,15 +124,20 @@ def compare(work: Path) -> dict[str, Any]:
         for threads in (1, 2):
             base = files[f"litegate {REFERENCE}"]
             rows[label][f"latency_vs_{REFERENCE}_x{threads}"] = 1.0 if path == base else _ratio(base, path, inputs, threads)
-    verdicts = {}
+    return {"model": str(MINILM.relative_to(ROOT)), "config": str(CONFIG.relative_to(ROOT)),
+            "litert_quantizer_version": version, "sentences": SAMPLES, "reference": "fp32.tflite of the same run",
+            "paired_protocol": PROTOCOL.to_dict(), "rows": rows, "litegate_at_least_as_good": verdicts(rows),
+            "notes": notes, "table": table(rows)}
+
+
+def verdicts(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, bool]]:
+    """Per litegate recipe and its litert-quantizer counterpart: is litegate's fidelity at least as good, per column."""
+    out = {}
     for ours, theirs in COUNTERPART.items():
         a, b = rows.get(f"litegate {ours}"), rows.get(f"litert-quantizer {theirs}")
         if a and b:
-            verdicts[f"{ours} vs {theirs}"] = {col: a[col] >= b[col] for col in ("cosine_mean", "cosine_min")}
-    return {"model": str(MINILM.relative_to(ROOT)), "config": str(CONFIG.relative_to(ROOT)),
-            "litert_quantizer_version": version, "sentences": SAMPLES, "reference": "fp32.tflite of the same run",
-            "paired_protocol": PROTOCOL.to_dict(), "rows": rows, "litegate_at_least_as_good": verdicts,
-            "notes": notes, "table": table(rows)}
+            out[f"{ours} vs {theirs}"] = {col: a[col] >= b[col] for col in ("cosine_mean", "cosine_min")}
+    return out
 
 
 def table(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
