@@ -48,6 +48,7 @@ REFERENCE = "dynamic-int8"
 
 def litert_quantize_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child: quantize ``src`` with litert-quantizer's recipe ``recipe`` (calibrated on ``calibration_npz`` rows)."""
+    import litert_quantizer
     from litert_quantizer import quantizer
     from litert_quantizer import recipe as recipes
 
@@ -60,8 +61,6 @@ def litert_quantize_job(payload: dict[str, Any]) -> dict[str, Any]:
         result = q.calibrate({"serving_default": rows}, num_threads=2)
     out = q.quantize(result, enable_progress_report=False)
     Path(payload["out"]).write_bytes(out.quantized_model)
-    import litert_quantizer
-
     return {"bytes": len(out.quantized_model), "version": getattr(litert_quantizer, "__version__", "unknown")}
 
 
@@ -95,13 +94,14 @@ def compare(work: Path) -> dict[str, Any]:
     except ImportError:
         return {"not_run": "litert-quantizer is not installed (pip install -e '.[peers]')"}
     work.mkdir(parents=True, exist_ok=True)
-    run_dir = RUN_DIR  # the config's own output folder: its conversion cache is reused from run to run
+    # The config's own output folder (RUN_DIR): its conversion cache is reused from run to run. Exit 0 or 1 (the
+    # gate's verdict) means this run wrote its report; any other exit leaves at most an earlier run's files there.
     proc = subprocess.run([sys.executable, "-m", "litegate", "run", str(CONFIG)], capture_output=True, text=True)
-    if not (run_dir / "report.json").is_file():
+    if proc.returncode not in (0, 1) or not (RUN_DIR / "report.json").is_file():
         return {"not_run": f"litegate run {CONFIG.name} wrote no report (exit {proc.returncode}): "
                            f"{(proc.stderr.strip().splitlines() or [''])[-1]}"}
-    files = {f"litegate {v}": run_dir / f"{v}.tflite" for v in OURS if (run_dir / f"{v}.tflite").is_file()}
-    fp32 = run_dir / "fp32.tflite"
+    files = {f"litegate {v}": RUN_DIR / f"{v}.tflite" for v in OURS if (RUN_DIR / f"{v}.tflite").is_file()}
+    fp32 = RUN_DIR / "fp32.tflite"
     calibration = _encoded(SST2 / "train.tsv", work / "calibration.npz")
     inputs = _encoded(SST2 / "dev.tsv", work / "inputs.npz")
     notes: dict[str, str] = {}
@@ -116,13 +116,13 @@ def compare(work: Path) -> dict[str, Any]:
         except LitegateError as exc:
             notes[f"litert-quantizer {recipe}"] = f"not run: {exc.message}"
     reference = _embeddings(fp32, inputs, work)
+    base = files[f"litegate {REFERENCE}"]
     rows: dict[str, dict[str, Any]] = {}
     for label, path in files.items():
         cos = cosine(_embeddings(path, inputs, work), reference)
         rows[label] = {"cosine_mean": round(float(cos.mean()), 4), "cosine_min": round(float(cos.min()), 4),
                        "mb": round(path.stat().st_size / 1e6, 2)}
         for threads in (1, 2):
-            base = files[f"litegate {REFERENCE}"]
             rows[label][f"latency_vs_{REFERENCE}_x{threads}"] = 1.0 if path == base else _ratio(base, path, inputs, threads)
     return {"model": str(MINILM.relative_to(ROOT)), "config": str(CONFIG.relative_to(ROOT)),
             "litert_quantizer_version": version, "sentences": SAMPLES, "reference": "fp32.tflite of the same run",
