@@ -19,8 +19,8 @@ from typing import Any
 
 import click
 
+from litegate import history, timing
 from litegate import report as rpt
-from litegate import timing
 from litegate.artifacts import atomic_write_text
 from litegate.baseline import CompareConfig
 from litegate.baseline import compare as do_compare
@@ -146,10 +146,15 @@ def cli() -> None:
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Override output.dir.")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), help="Override data.eval (a sentence<TAB>label file).")
 @click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path),
-              help="A report.json to compare against (e.g. from main): regressions fail the gate.")
+              help="A report.json to compare against (e.g. from main): regressions fail the gate. history:REF: the "
+                   "latest passing run of git ref REF on this machine, from the run history.")
+@click.option("-j", "--jobs", type=click.IntRange(1), default=1, show_default=True,
+              help="Convert and evaluate this many variants at once, each in its own child process "
+                   "(latency cells always run one at a time).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 @verbose_option
-def run(config: Path, output: Path | None, data: Path | None, baseline: Path | None, quiet: bool, verbose: bool) -> None:
+def run(config: Path, output: Path | None, data: Path | None, baseline: Path | None, jobs: int, quiet: bool,
+        verbose: bool) -> None:
     """Run the release pipeline of CONFIG: convert, quantize, measure, report, gate.
 
     Exits 0 when the gate passes, 1 when it fails.
@@ -158,12 +163,16 @@ def run(config: Path, output: Path | None, data: Path | None, baseline: Path | N
     Example:
       litegate run examples/demo/release.toml --output reports/demo
       litegate run examples/demo/release.toml --data ../shared/data/sst2/dev.tsv
+      litegate run examples/minilm-sst2/release.toml --jobs 2
     """
     from litegate.pipeline import run_release  # imports LiteRT: not at CLI start
 
-    cfg = load_config(config).with_overrides(output=output, data=data, baseline=baseline)
+    cfg = load_config(config).with_overrides(output=output, data=data)
+    if baseline is not None and str(baseline).startswith("history:"):
+        baseline = history.baseline_report(cfg, str(baseline).removeprefix("history:"))
+    cfg = cfg.with_overrides(baseline=baseline)
     with _Progress() as progress:
-        rep = run_release(cfg, progress=None if quiet else progress)
+        rep = run_release(cfg, progress=None if quiet else progress, jobs=jobs)
     md = (cfg.output_dir / "report.md").read_text().splitlines()
     if not sys.stdout.isatty():  # a CI log: the results table itself, not only where to find it
         table = list(itertools.takewhile(str.strip, itertools.dropwhile(lambda x: not x.startswith("|"), md)))
@@ -545,6 +554,71 @@ def check(model: Path, delegates: str, fmt: str, fail_under: float | None, verbo
                        f"({r.delegated_ops}/{r.total_ops}), below --fail-under {fail_under:g}%", err=True)
         if below:
             sys.exit(1)
+
+@cli.group("history")
+def history_group() -> None:
+    """The run history: a SQLite or PostgreSQL index over report.json files (``[history]`` in release.toml).
+
+    Without --url the database is ``history.sqlite`` in the parent of the report's folder (add), or
+    ``reports/history.sqlite`` under the working directory (show).
+
+    \b
+    Example:
+      litegate history add reports/demo/report.json
+      litegate history show --variant int8 --metric p50_ms --last 20
+    """
+
+
+url_option = click.option("--url", default=None, metavar="URL",
+                          help="postgresql://USER@HOST/DB, or a SQLite file path (default: see litegate history --help).")
+
+
+@history_group.command("add")
+@click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@url_option
+@verbose_option
+def history_add(reports: tuple[Path, ...], url: str | None, verbose: bool) -> None:
+    """Add report.json files to the run history (a report already there is stored once).
+
+    Git sha / ref / tag come from CI variables (GITHUB_SHA, GITHUB_REF_NAME, CI_COMMIT_SHA, CI_COMMIT_REF_NAME) or
+    from git in the working directory.
+
+    \b
+    Example:
+      litegate history add reports/demo/report.json
+      litegate history add reports/demo/report.json --url postgresql://ci@db.internal/litegate
+    """
+    for path in reports:
+        loc = history.locate(url, default_dir=path.resolve().parent.parent)
+        done = history.add(loc, path)
+        what = "added" if done.added else "already in history"
+        click.echo(f"{what}: {done.report_sha256[:12]} {done.name} {done.started_at} "
+                   f"ref {done.git.get('ref') or '—'} machine {done.machine_fingerprint} -> {loc}")
+
+
+@history_group.command("show")
+@click.option("--variant", required=True, help="Variant name, e.g. int8.")
+@click.option("--metric", default="p50_ms", show_default=True, type=click.Choice(history.METRICS))
+@click.option("--last", type=click.IntRange(1), default=20, show_default=True, help="How many runs (the newest).")
+@click.option("--name", default=None, help="Only runs of this config name.")
+@click.option("--backend", default=None, help="Only this backend (latency metrics).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Only this thread count (latency metrics).")
+@click.option("--format", "fmt", type=click.Choice(history.FORMATS), default="md", show_default=True)
+@url_option
+@verbose_option
+def history_show(variant: str, metric: str, last: int, name: str | None, backend: str | None, threads: int | None,
+                 fmt: str, url: str | None, verbose: bool) -> None:
+    """Print METRIC of VARIANT over the last runs in the history, oldest first.
+
+    \b
+    Example:
+      litegate history show --variant int8 --metric p50_ms --last 20
+      litegate history show --variant fp32 --metric size_bytes --format csv
+    """
+    loc = history.locate(url, default_dir=Path("reports"))
+    rows = history.show(loc, variant=variant, metric=metric, last=last, name=name, backend=backend, threads=threads)
+    click.echo(history.render(rows, fmt), nl=False)
+
 
 def _sigterm(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from litegate import gate, machine, report
+from litegate import gate, history, machine, report
 from litegate.artifacts import (
     atomic_copy,
     atomic_write_text,
@@ -43,14 +43,18 @@ from litegate.quantize.variants import BuildPlan, build_variants
 from litegate.tasks import TextEncoder, load_tokenizer
 from litegate.tflite.summary import graph_summary
 from litegate.tflite.verify import load_model
+from litegate.timing import Stages
 from litegate.types import BenchResult, PairedCell, RecipeKind, Report, Status, Task, VariantResult
 from litegate.version import __version__
 
 Progress = Callable[[str], None]
 
 
-def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
+def run_release(cfg: ReleaseConfig, progress: Progress | None = None, *, jobs: int = 1) -> Report:
     """Run the whole release pipeline for ``cfg`` and write its report files.
+
+    ``jobs`` child processes convert variants, and evaluate them, at once; latency cells always run one at a time.
+    Each stage's wall time goes to ``run.stages`` of the report.
 
     Returns:
         The report (its ``passed`` field is the gate's verdict).
@@ -59,8 +63,11 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
         LitegateError: configuration, data or model errors that stop the run before a report.
     """
     say = progress or (lambda _msg: None)
+    if cfg.history.enabled:  # a wrong history URL fails now, not after the pipeline
+        history.prepare(cfg)
     started = dt.datetime.now(dt.UTC)
     t_start = time.monotonic()
+    stages = Stages()
     with output_lock(cfg.output_dir):
         source = resolve_source(cfg)
         generator = cfg.model.source.task is Task.TEXT_GENERATION
@@ -68,37 +75,50 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
         versions = tool_versions()
         with tempfile.TemporaryDirectory(prefix="litegate-run-", dir=cfg.output_dir) as work_str:
             work = Path(work_str)
-            data = eval_data(cfg, source, encoder, work)
+            with stages.clock("inputs"):
+                data = eval_data(cfg, source, encoder, work)
+                plan = _build_plan(cfg, source, encoder, data, work)
             say(f"convert: {len(cfg.variants)} variants from {source.kind.value} {source.path}")
-            built = build_variants(_build_plan(cfg, source, encoder, data, work), versions, work, say)
+            with stages.clock("convert"):
+                built = build_variants(plan, versions, work, say, jobs=jobs, stages=stages)
             variants = []
             for v in _publish(cfg, source, encoder, built):
                 if v.status is Status.OK:
-                    v = inspect_variant(v, cfg.delegates)
+                    with stages.clock("inspect"):
+                        v = inspect_variant(v, cfg.delegates)
                     say(f"bench: {v.name}")
-                    v = dataclasses.replace(v, bench=tuple(_bench_cells(cfg, v, data, work)))
+                    with stages.clock("bench"):
+                        v = dataclasses.replace(v, bench=tuple(_bench_cells(cfg, v, data, work)))
                 variants.append(v)
-            variants = _core_ml(cfg, variants, say)
-            variants = evaluate_variants(
+            with stages.clock("coreml"):
+                variants = _core_ml(cfg, variants, say)
+            with stages.clock("eval"):
+                variants = evaluate_variants(
                 variants, data, reference=cfg.reference, backend=cfg.bench.eval_backend,
                 threads=cfg.bench.eval_threads, on_gpu="gpu" in cfg.bench.backends, timeout_s=cfg.bench.timeout_s,
                 mem_mb=cfg.mem_mb, work=work, say=say, htp_socs=_emulated_socs(cfg), htp_samples=cfg.emulate_samples,
                 phones=tuple(b for b in cfg.bench.backends if is_aihub_backend(b)),
-                arm_backends=tuple(b for b in cfg.bench.backends if is_arm_backend(b) and cfg.emulate_samples))
+                arm_backends=tuple(b for b in cfg.bench.backends if is_arm_backend(b) and cfg.emulate_samples),
+                jobs=jobs, stages=stages)
             peak = None
             if cfg.bench.peak_probe and any(b.status is Status.OK for v in variants for b in v.bench):
                 say("bench: machine peak (sgemm probe)")
-                peak = measure_peak(list(cfg.bench.threads), cache_dir=cfg.cache_dir)
+                with stages.clock("peak"):
+                    peak = measure_peak(list(cfg.bench.threads), cache_dir=cfg.cache_dir)
                 variants = [with_efficiency(v, peak) for v in variants]
-            profile = profile_slowest(variants, inputs_npz=data.bench_npz, runs=cfg.bench.profile_runs,
-                                      timeout_s=cfg.bench.timeout_s, generator=generator, say=say)
+            with stages.clock("profile"):
+                profile = profile_slowest(variants, inputs_npz=data.bench_npz, runs=cfg.bench.profile_runs,
+                                          timeout_s=cfg.bench.timeout_s, generator=generator, say=say)
             base = report.load(cfg.baseline) if cfg.baseline is not None else None
-            paired = _remeasure_baseline(cfg, base, variants, data, work, say) if base is not None else {}
+            with stages.clock("baseline"):
+                paired = _remeasure_baseline(cfg, base, variants, data, work, say) if base is not None else {}
         run_info = {
             "name": cfg.name,
             "config": str(cfg.path),
             "started_at": started.isoformat(timespec="seconds"),
             "wall_s": round(time.monotonic() - t_start, 2),
+            "jobs": jobs,
+            "stages": stages.to_dict(),
             "litegate": __version__,
             "tool_versions": versions,
             "machine": machine.describe(),
@@ -122,10 +142,16 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None) -> Report:
                                     "config": dataclasses.asdict(cfg.compare), "rows": rows,
                                     "paired": [p.to_dict() for p in paired.values()]}
         run_info["gate"] = gate_info
+        if cfg.history.enabled:  # the last runs of this config, so report.md/.html read the trend from report.json
+            run_info["trend"] = history.trend(history.for_release(cfg), cfg.name, last=cfg.history.last,
+                                              mach=machine.describe())
         rep = Report(run=run_info, model=model_info, variants=tuple(variants), verdicts=tuple(verdicts),
                      passed=bool(gate_info["passed"]))
         say(f"report: {cfg.output_dir}")
         report.write(rep, cfg.output_dir)
+        if cfg.history.enabled:
+            added = history.ingest_run(cfg, cfg.output_dir / "report.json")
+            say(f"history: {added.report_sha256[:12]} added to {history.for_release(cfg)}")
         return rep
 
 

@@ -81,3 +81,34 @@ def measure(run_once: Any, feeds: Sequence[Mapping[str, Any]], protocol: Mapping
     return first_ms, samples
 
 
+
+
+class Stages:
+    """Wall time per stage of a run (seconds), for ``report.json``'s ``run.stages`` and ``make perf``.
+
+    ``with stages.clock("bench")`` adds the block's wall time to ``bench``; ``stages.add("eval:int8", s)`` records a
+    figure measured elsewhere (a child's own clock). Times of a stage are summed when it is entered again.
+    """
+
+    def __init__(self) -> None:
+        self._s: dict[str, float] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self._s[name] = self._s.get(name, 0.0) + float(seconds)
+
+    def clock(self, name: str) -> _Clock:
+        return _Clock(self, name)
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(v, 2) for k, v in self._s.items()}
+
+
+class _Clock:
+    def __init__(self, stages: Stages, name: str) -> None:
+        self._stages, self._name, self._t0 = stages, name, 0.0
+
+    def __enter__(self) -> None:
+        self._t0 = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stages.add(self._name, time.monotonic() - self._t0)

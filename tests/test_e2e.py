@@ -20,7 +20,7 @@ def _files(folder: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "reports"
-    first = run_cli("run", str(DEMO / "release.toml"), "--output", str(out))
+    first = run_cli("run", str(DEMO / "release.toml"), "--output", str(out), "--jobs", "2")
     rep1 = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
     second = run_cli("run", str(DEMO / "release.toml"), "--output", str(out))
     return out, first, rep1, second
@@ -81,6 +81,26 @@ def test_second_run_reuses_cached_conversions(demo_runs):
     assert rep2["run"]["cache_hits"] == 4 and rep1["run"]["cache_hits"] == 0
     assert [v["artifact"]["sha256"] for v in rep2["variants"]] == [v["artifact"]["sha256"] for v in rep1["variants"]]
     assert "(cached)" in second.stderr and "child process" not in second.stderr
+
+
+def test_jobs_2_builds_and_evaluates_in_parallel_children_with_the_same_figures(demo_runs):
+    """The first run had --jobs 2: two build children, per-stage times, and the same accuracy as the second (one
+    evaluation child at a time, on the cached models)."""
+    out, first, rep1, _ = demo_runs
+    rep2 = json.loads((out / "report.json").read_text())
+    assert first.stderr.count("in a child process") == 2  # two build children, one line each
+    assert rep1["run"]["jobs"] == 2 and rep2["run"]["jobs"] == 1
+    names = [v["name"] for v in rep1["variants"]]
+    stages = rep1["run"]["stages"]
+    for name in names:
+        assert stages[f"convert:{name}"] > 0 and stages[f"eval:{name}"] > 0
+    for key in ("inputs", "convert", "convert:load", "inspect", "bench", "eval", "profile"):
+        assert stages[key] > 0, key
+    assert max(stages[f"convert:{n}"] for n in names) < stages["convert"]  # a child's clock inside the stage's
+    assert sum(stages[k] for k in ("inputs", "convert", "inspect", "bench", "eval", "profile")) <= rep1["run"]["wall_s"]
+    assert "convert:load" not in rep2["run"]["stages"]  # all cached
+    acc = {v["name"]: v["accuracy"][0]["value"] for v in rep1["variants"]}
+    assert acc == {v["name"]: v["accuracy"][0]["value"] for v in rep2["variants"]}
 
 
 def test_report_command_renders_every_format_from_json(demo_runs):

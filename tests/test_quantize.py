@@ -10,6 +10,7 @@ from conftest import DEMO, run_cli, write_config
 
 from litegate.errors import ConfigError, QuantizationError
 from litegate.quantize import recipes
+from litegate.types import VariantConfig
 
 
 def test_builtin_recipes_load_and_document_their_settings():
@@ -171,3 +172,22 @@ def test_auto_search_adds_float_islands_until_target(tmp_path, tiny_checkpoint):
     with pytest.raises(QuantizationError):
         ptq.quantize_calibrated(b"not a model")
     assert np.isfinite([r["rmse/scale"] for r in rows[:3]]).all()
+
+
+def test_parallel_builds_keep_a_pruning_recipe_in_one_child_and_balance_the_rest():
+    from litegate.quantize.variants import _buckets
+
+    names = ["fp32", "fp16", "dynamic-int8", "int8", "int16x8", "auto", "pruned-50+int8", "pruned-50+auto",
+             "pruned-50+dynamic-int8"]
+    variants = [VariantConfig(n, recipes.load(n.split("+")[-1]),
+                              recipes.load("pruned-50") if n.startswith("pruned") else None) for n in names]
+    assert _buckets(variants, 1) == [variants]
+    two = _buckets(variants, 2)
+    assert len(two) == 2 and sorted(v.name for b in two for v in b) == sorted(names)
+    pruned = [i for i, b in enumerate(two) for v in b if v.prune is not None]
+    assert len(set(pruned)) == 1  # one recovery, in one child
+    other = next(b for i, b in enumerate(two) if i not in pruned)
+    assert {"int16x8", "auto"} <= {v.name for v in other}  # the heavy unpruned builds beside the recovery
+    for b in two:  # each child builds in the release's order
+        assert [v.name for v in b] == [n for n in names if n in {v.name for v in b}]
+    assert len(_buckets(variants[:3], 8)) == 3

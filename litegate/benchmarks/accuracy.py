@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +30,7 @@ from litegate.errors import LitegateError, ModelLoadError
 from litegate.isolation import run_isolated
 from litegate.tasks import agreement, classification_metrics, cosine
 from litegate.tflite.verify import load_model
+from litegate.timing import Stages
 from litegate.types import AccuracyResult, Status, Task, VariantResult
 
 
@@ -79,9 +82,10 @@ def classification_scores(logits: np.ndarray, labels: np.ndarray, ref: np.ndarra
 
 
 def lm_eval_job(payload: dict[str, Any]) -> dict[str, Any]:
-    """Child-process entry: logits of the ``prefill`` signature for every window (zero initial state)."""
+    """Child-process entry: logits of the ``prefill`` signature for every window (those in ``[start, stop)`` when
+    given), zero initial state."""
     with np.load(payload["windows_npz"]) as data:
-        windows = data["tokens"]
+        windows = data["tokens"][payload.get("start"):payload.get("stop")]
     runner = Runner(payload["path"], backend=payload["backend"], threads=int(payload["threads"]), signature="prefill")
     zeros = {k: np.zeros(d["shape"], d["dtype"]) for k, d in runner.inputs.items() if k != "tokens"}
     out = [runner({"tokens": w[None], **zeros})["logits"][0] for w in windows]
@@ -160,11 +164,14 @@ def evaluate_variants(variants: Sequence[VariantResult], data: EvalInputs, *, re
                       on_gpu: bool, timeout_s: float, mem_mb: int | None, work: Path,
                       say: Callable[[str], None], htp_socs: Sequence[str] = (),
                       htp_samples: int = 200, phones: Sequence[str] = (),
-                      arm_backends: Sequence[str] = ()) -> list[VariantResult]:
+                      arm_backends: Sequence[str] = (), jobs: int = 1,
+                      stages: Stages | None = None) -> list[VariantResult]:
     """The task metric of every built variant on ``backend`` (and, when ``on_gpu``, on LiteRT's GPU delegate; for
     each of ``htp_socs``, on that Snapdragon's emulated HTP; for each of ``arm_backends``, on aarch64 LiteRT under
     QEMU), each run in a child process, with its delta to the ``reference`` variant. The emulators run the first
-    ``htp_samples`` samples (they are slow), scored against the same samples of the reference."""
+    ``htp_samples`` samples (they are slow), scored against the same samples of the reference. The variants'
+    evaluation runs in ``jobs`` children at a time, each variant's samples split into ``jobs`` shards; ``stages``
+    receives each variant's summed child time (``eval:NAME``)."""
     task = data.task
     if data.inputs_npz is None:
         res = AccuracyResult(task=task, metric="accuracy", value=None, backend=backend, n_samples=0,
@@ -174,20 +181,43 @@ def evaluate_variants(variants: Sequence[VariantResult], data: EvalInputs, *, re
     module = "litegate.benchmarks.accuracy" if task is Task.TEXT_GENERATION else "litegate.benchmarks.latency"
     outputs: dict[str, dict[str, np.ndarray]] = {}
     failures: dict[str, str] = {}
-    for v in variants:
-        if v.status is not Status.OK or v.artifact is None:
-            continue
-        say(f"eval: {v.name} on {data.n} samples")
-        out_npz = work / f"{v.name}.outputs.npz"
+
+    shards = _shards(data.n, jobs)
+
+    def one(task: tuple[VariantResult, int]) -> dict[str, np.ndarray] | str:
+        v, i = task
+        assert v.artifact is not None and data.inputs_npz is not None
+        start, stop = shards[i]
+        if i == 0:
+            say(f"eval: {v.name} on {data.n} samples" + (f" ({len(shards)} shards)" if len(shards) > 1 else ""))
+        out_npz = work / f"{v.name}.outputs.{i}.npz"
+        t0 = time.monotonic()
         try:
             run_isolated(f"{module}:{job}",
-                         {"path": v.artifact.path, "backend": backend, "threads": threads,
+                         {"path": v.artifact.path, "backend": backend, "threads": threads, "start": start, "stop": stop,
                           "inputs_npz": str(data.inputs_npz), "windows_npz": str(data.inputs_npz), "out_npz": str(out_npz)},
                          timeout_s=timeout_s, mem_mb=mem_mb)
             with np.load(out_npz) as arrays:
-                outputs[v.name] = {k: arrays[k] for k in arrays.files}
+                return {k: arrays[k] for k in arrays.files}
         except LitegateError as exc:
-            failures[v.name] = exc.message
+            return exc.message
+        finally:
+            if stages is not None:
+                stages.add(f"eval:{v.name}", time.monotonic() - t0)
+
+    todo = [(v, i) for v in variants if v.status is Status.OK and v.artifact is not None for i in range(len(shards))]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
+        parts = list(pool.map(one, todo))
+    for (v, _), part in zip(todo, parts, strict=True):
+        if isinstance(part, str):
+            failures.setdefault(v.name, part)
+        elif v.name not in failures:
+            outputs.setdefault(v.name, {})
+            for k, arr in part.items():  # shards come back in order: concatenate along the sample axis
+                prev = outputs[v.name].get(k)
+                outputs[v.name][k] = arr if prev is None else np.concatenate([prev, arr])
+    for name in failures:
+        outputs.pop(name, None)
     ref = outputs.get(reference)
     ref_value = summarize_task(task.value, ref, ref, data.labels, data.windows)[1] if ref is not None else None
     out = []
@@ -240,6 +270,15 @@ def _gpu_accuracy(v: VariantResult, data: EvalInputs, ref: dict[str, np.ndarray]
     extra = {**extra, "fully_accelerated": float(run.fully_accelerated)}
     return (AccuracyResult(task=task, metric=metric, value=value, backend="gpu", n_samples=run.n_inputs,
                            reference=ref_value, delta=None if ref_value is None else value - ref_value, extra=extra),)
+
+
+def _shards(n: int, jobs: int) -> list[tuple[int | None, int | None]]:
+    """``[start, stop)`` of each evaluation shard: ``jobs`` contiguous slices of the ``n`` samples (one slice, the
+    whole set, when ``jobs`` is 1), so one slow variant (int16x8 on reference kernels) is spread over the children."""
+    if jobs <= 1 or n < 2 * jobs:
+        return [(None, None)]
+    bounds = np.linspace(0, n, jobs + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def htp_row_name(soc: str) -> str:

@@ -43,9 +43,11 @@ def bench_job(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def eval_job(payload: dict[str, Any]) -> dict[str, Any]:
-    """Child-process entry: run every sample of ``inputs_npz`` and save outputs to ``out_npz``."""
+    """Child-process entry: run every sample of ``inputs_npz`` (those in ``[start, stop)`` when given: one shard of
+    a parallel evaluation) and save outputs to ``out_npz``."""
+    rows = slice(payload.get("start"), payload.get("stop"))
     with np.load(payload["inputs_npz"]) as data:
-        arrays = {k: data[k] for k in data.files}
+        arrays = {k: data[k][rows] for k in data.files}
     runner = Runner(payload["path"], backend=payload["backend"], threads=int(payload["threads"]))
     outs = runner.run_batch(arrays)
     save_npz(payload["out_npz"], outs)

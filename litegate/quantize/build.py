@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -63,22 +64,27 @@ def build_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child-process entry: load the source once and write every requested variant atomically.
 
     Returns:
-        ``variants`` ({name: {ok, extra} or {ok: False, type, error}}), the loader's ``notes`` and the
-        model's ``inputs`` (names, per signature for a generator).
+        ``variants`` ({name: {ok, extra, seconds} or {ok: False, type, error}}), the loader's ``notes``, the
+        model's ``inputs`` (names, per signature for a generator) and ``load_s`` (loading the source and its
+        calibration samples). A variant's ``seconds`` include work it shares with later variants of the same child
+        (a pruned model, a calibrated graph), which those then reuse.
     """
     import tensorflow as tf  # heavy: the build child is the only process that imports TensorFlow
 
     tf.keras.utils.set_random_seed(0)
     source = ModelSource.from_dict(payload["source"])
+    t_load = time.monotonic()
     loaded = load(source)
     samples = None
     if payload.get("calibration_npz") and loaded.serve is not None:
         with np.load(payload["calibration_npz"]) as data:
             samples = model_samples(loaded.serve, {k: data[k] for k in data.files})
     child = _Child(payload=payload, source=source, base=loaded, samples=samples)
+    load_s = round(time.monotonic() - t_load, 2)
     results: dict[str, Any] = {}
     for v in payload["variants"]:
         recipe = Recipe.from_dict(v["recipe"])
+        t0 = time.monotonic()
         try:
             extra: dict[str, Any] = {}
             model = loaded
@@ -92,7 +98,7 @@ def build_job(payload: dict[str, Any]) -> dict[str, Any]:
             if payload.get("check_determinism") and not model.signatures and not v.get("prune"):
                 extra["determinism"] = _determinism(data, child.serve or model.serve, model.owner, recipe, samples)
             atomic_write_bytes(Path(v["out"]), data)
-            results[v["name"]] = {"ok": True, "extra": extra}
+            results[v["name"]] = {"ok": True, "extra": extra, "seconds": round(time.monotonic() - t0, 2)}
         except OutputError:
             raise  # a full disk stops the run; it is not a property of this variant
         except LitegateError as exc:
@@ -100,7 +106,8 @@ def build_job(payload: dict[str, Any]) -> dict[str, Any]:
     inputs = input_names(loaded.serve) if loaded.serve is not None else {
         k: list(f.structured_input_signature[1]) for k, f in loaded.signatures.items()}
     notice = str(sandbox.status()["notice"])  # a sandboxed child where a layer could not be applied
-    return {"variants": results, "notes": loaded.notes + ([notice] if notice else []), "inputs": inputs}
+    return {"variants": results, "notes": loaded.notes + ([notice] if notice else []), "inputs": inputs,
+            "load_s": load_s}
 
 
 def _generator(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any], extra: dict[str, Any]) -> bytes:
