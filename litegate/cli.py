@@ -2,7 +2,7 @@
 
 Exit codes: 0 pass, 1 gate failed, 2 usage/config error, 3 model load, 4 data, 5 conversion,
 6 quantization, 7 delegate, 8 benchmark, 9 isolated child failed, 10 internal, 11 output busy,
-12 an output could not be written, 130 interrupted.
+12 an output could not be written, 13 run history database, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -151,10 +151,13 @@ def cli() -> None:
 @click.option("-j", "--jobs", type=click.IntRange(1), default=1, show_default=True,
               help="Convert and evaluate this many variants at once, each in its own child process "
                    "(latency cells always run one at a time).")
+@click.option("--cells", metavar="PLAN.json#IDS",
+              help="Run only these items of a plan from litegate plan (e.g. plan.json#3,7 or plan.json#0-3): a partial "
+                   "report.json for litegate merge, no gate; exits 0 when its items ran.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 @verbose_option
-def run(config: Path, output: Path | None, data: Path | None, baseline: Path | None, jobs: int, quiet: bool,
-        verbose: bool) -> None:
+def run(config: Path, output: Path | None, data: Path | None, baseline: Path | None, jobs: int, cells: str | None,
+        quiet: bool, verbose: bool) -> None:
     """Run the release pipeline of CONFIG: convert, quantize, measure, report, gate.
 
     Exits 0 when the gate passes, 1 when it fails.
@@ -164,10 +167,17 @@ def run(config: Path, output: Path | None, data: Path | None, baseline: Path | N
       litegate run examples/demo/release.toml --output reports/demo
       litegate run examples/demo/release.toml --data ../shared/data/sst2/dev.tsv
       litegate run examples/minilm-sst2/release.toml --jobs 2
+      litegate run release.toml --cells plan.json#3,7 --output partial-1
     """
     from litegate.pipeline import run_release  # imports LiteRT: not at CLI start
 
     cfg = load_config(config).with_overrides(output=output, data=data)
+    if cells is not None:
+        if baseline is not None:
+            raise click.BadParameter("a partial run is not compared: give --baseline to litegate merge",
+                                     param_hint="--baseline")
+        _run_cells(cfg, cells, quiet)
+        return
     if baseline is not None and str(baseline).startswith("history:"):
         baseline = history.baseline_report(cfg, str(baseline).removeprefix("history:"))
     cfg = cfg.with_overrides(baseline=baseline)
@@ -177,6 +187,104 @@ def run(config: Path, output: Path | None, data: Path | None, baseline: Path | N
     if not sys.stdout.isatty():  # a CI log: the results table itself, not only where to find it
         table = list(itertools.takewhile(str.strip, itertools.dropwhile(lambda x: not x.startswith("|"), md)))
         click.echo("\n".join(table) + "\n")
+    click.echo(md[0].lstrip("# ").replace("**", ""))
+    click.echo(f"report: {cfg.output_dir / 'report.md'} (also report.html, report.json, junit.xml)")
+    if not rep.passed:
+        sys.exit(1)
+
+
+def _run_cells(cfg: Any, cells: str, quiet: bool) -> None:
+    """``run --cells``: the partial run, and one line saying what it did."""
+    from litegate.pipeline import run_cells  # imports LiteRT: not at CLI start
+    from litegate.shard import parse_cells
+
+    plan_path, ids = parse_cells(cells)
+    with _Progress() as progress:
+        rep = run_cells(cfg, plan_path, ids, progress=None if quiet else progress)
+    part = rep.run["partial"]
+    how = ", ".join(f"{k} {v}" for k, v in part["conversions"].items())
+    click.echo(f"partial: items {','.join(map(str, part['items']))} of plan {part['plan']['hash'][:12]} "
+               f"(models: {how or 'none'})")
+    click.echo(f"report: {cfg.output_dir / 'report.json'} (partial: litegate merge it with the others)")
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the plan here (default: print it, unless --github-matrix).")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), help="Override data.eval, as run does.")
+@click.option("--github-matrix", is_flag=True,
+              help="Print a strategy.matrix for GitHub Actions (one line of JSON, for fromJSON).")
+@click.option("--group", type=click.Choice(["variant", "item"]), default="variant", show_default=True,
+              help="Matrix jobs: one per variant (its conversion and its cells) or one per item.")
+@click.option("--kind", type=click.Choice(["convert", "measure"]), default=None,
+              help="Matrix of only conversion items or only measurement cells (default: both).")
+@verbose_option
+def plan(config: Path, output: Path | None, data: Path | None, github_matrix: bool, group: str, kind: str | None,
+         verbose: bool) -> None:
+    """List the work of CONFIG's release as items with content hashes, for a sharded run.
+
+    One conversion item per variant (keyed like the converted-model cache; it also inspects and evaluates the
+    variant), then one measurement cell per variant x backend x threads. Run items with run --cells, then merge.
+
+    \b
+    Example:
+      litegate plan release.toml -o plan.json
+      litegate plan release.toml --github-matrix          # for strategy.matrix: ${{ fromJSON(...) }}
+      litegate run release.toml --cells plan.json#0,4,5 --output partial-0
+      litegate merge partial-*/report.json -o report/
+    """
+    from litegate.pipeline import plan_release  # imports LiteRT: not at CLI start
+    from litegate.shard import github_matrix as matrix_of
+    from litegate.shard import write_plan
+
+    cfg = load_config(config).with_overrides(data=data)
+    the_plan = plan_release(cfg)
+    if output is not None:
+        write_plan(the_plan, output)
+    if github_matrix:
+        click.echo(json.dumps(matrix_of(the_plan, group=group, kind=kind), separators=(",", ":")))
+    elif output is None:
+        click.echo(the_plan.to_json(), nl=False)
+    else:
+        n = len(the_plan.of_kind("convert"))
+        click.echo(f"wrote {output}: {len(the_plan.items)} items ({n} conversions, {len(the_plan.items) - n} cells), "
+                   f"plan {the_plan.hash[:12]}")
+
+
+@cli.command()
+@click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the merged report (and the published models, when beside the partials).")
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
+              help="The release config (default: the one the partial reports name).")
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path),
+              help="A report.json to compare against, as run does (unpaired: no cell is re-timed).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@verbose_option
+def merge(reports: tuple[Path, ...], output: Path, config: Path | None, baseline: Path | None, quiet: bool,
+          verbose: bool) -> None:
+    """Merge the partial reports of run --cells into one report, gated as a single run: exit 0 pass, 1 fail.
+
+    Refuses (exit 2) partials of different plans and duplicate or missing cells.
+
+    \b
+    Example:
+      litegate merge partial-*/report.json -o report/ --config release.toml
+    """
+    from litegate.pipeline import merge_release  # imports LiteRT: not at CLI start
+    from litegate.shard import load_partials
+
+    if config is None:
+        named = {str(q.report.run.get("config")) for q in load_partials(list(reports))}
+        if len(named) != 1 or not Path(next(iter(named))).is_file():
+            raise click.BadParameter(f"the partial reports name the config {', '.join(sorted(named))}, not a file "
+                                     "here: give --config", param_hint="--config")
+        config = Path(next(iter(named)))
+    cfg = load_config(config).with_overrides(output=output, baseline=baseline)
+    with _Progress() as progress:
+        rep = merge_release(cfg, list(reports), progress=None if quiet else progress)
+    md = (cfg.output_dir / "report.md").read_text().splitlines()
     click.echo(md[0].lstrip("# ").replace("**", ""))
     click.echo(f"report: {cfg.output_dir / 'report.md'} (also report.html, report.json, junit.xml)")
     if not rep.passed:

@@ -12,16 +12,17 @@ import dataclasses
 import datetime as dt
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from litegate import gate, history, machine, report
+from litegate import gate, history, machine, report, shard
 from litegate.artifacts import (
     atomic_copy,
     atomic_write_text,
     output_lock,
     save_npz,
+    sha256_file,
     tool_versions,
     write_model_card,
 )
@@ -275,3 +276,201 @@ def _bench_cells(cfg: ReleaseConfig, v: VariantResult, data: EvalData, work: Pat
     yield from bench_variant(v, backends=cfg.bench.backends, threads=cfg.bench.threads, inputs_npz=inputs,
                              protocol=cfg.bench.protocol(), timeout_s=cfg.bench.timeout_s, mem_mb=cfg.mem_mb,
                              signature=signature)
+
+
+# Sharded runs (litegate plan / run --cells / merge): the items and what each carries are in litegate.shard.
+
+def _inputs(cfg: ReleaseConfig, work: Path) -> tuple[Source, TextEncoder | None, EvalData, BuildPlan, dict[str, str]]:
+    """The inputs stage of :func:`run_release`: the source, its encoder, the evaluation data and the convert plan."""
+    source = resolve_source(cfg)
+    encoder = None if cfg.model.source.task is Task.TEXT_GENERATION else TextEncoder(source.tokenizer,
+                                                                                      cfg.model.source.seq_len)
+    versions = tool_versions()
+    data = eval_data(cfg, source, encoder, work)
+    return source, encoder, data, _build_plan(cfg, source, encoder, data, work), versions
+
+
+def _plan_of(cfg: ReleaseConfig, data: EvalData, build: BuildPlan, versions: dict[str, str]) -> shard.Plan:
+    return shard.make_plan(cfg, build, versions, eval_sha256=data.sha256, eval_samples=data.n,
+                           bench_inputs=data.bench_desc)
+
+
+def plan_release(cfg: ReleaseConfig) -> shard.Plan:
+    """The work items of ``cfg``'s release (:mod:`litegate.shard`); reads the inputs, converts and runs nothing."""
+    with tempfile.TemporaryDirectory(prefix="litegate-plan-") as work_str:
+        _source, _encoder, data, build, versions = _inputs(cfg, Path(work_str))
+        return _plan_of(cfg, data, build, versions)
+
+
+def _shared_run_info(cfg: ReleaseConfig, data: EvalData) -> dict[str, Any]:
+    """The run fields a sharded run reports as :func:`run_release` does."""
+    return {"bench_protocol": {**cfg.bench.protocol(), "inputs": data.bench_desc,
+                               "isolation": "one child process per cell, cells run one at a time"},
+            "eval": {"data": str(cfg.data.eval) if cfg.data.eval else None, "task": cfg.model.source.task.value,
+                     "samples": data.n, "backend": cfg.bench.eval_backend, "threads": cfg.bench.eval_threads}}
+
+
+def _model_info(cfg: ReleaseConfig, source: Source) -> dict[str, Any]:
+    return {"source": cfg.model.source.to_dict(), "sha256": source.sha256, "seq_len": cfg.model.source.seq_len,
+            "tokenizer": str(source.tokenizer), **source.info}
+
+
+def run_cells(cfg: ReleaseConfig, plan_path: Path, ids: list[int] | None, progress: Progress | None = None) -> Report:
+    """Run the items ``ids`` of the plan at ``plan_path`` (every item for None) and write a partial ``report.json``.
+
+    A conversion item converts its variant (or finds it in the cache), publishes and inspects it, converts it to Core
+    ML for ``mlprogram`` targets and evaluates its accuracy (against the reference, built or found here too); a
+    measurement cell times one backend × threads. ``run.partial`` names the plan, the items, and per variant whether
+    its model came from the cache or was converted here. No gate: ``litegate merge`` gates the whole.
+
+    Raises:
+        ConfigError: the plan is not this config's (another config, model, data or tool versions), or an unknown id.
+    """
+    say = progress or (lambda _msg: None)
+    started = dt.datetime.now(dt.UTC)
+    t_start = time.monotonic()
+    wanted = shard.load_plan(plan_path)
+    with output_lock(cfg.output_dir):
+        with tempfile.TemporaryDirectory(prefix="litegate-run-", dir=cfg.output_dir) as work_str:
+            work = Path(work_str)
+            source, encoder, data, build, versions = _inputs(cfg, work)
+            plan = _plan_of(cfg, data, build, versions)
+            shard.check_same_plan(wanted, plan, str(plan_path))
+            items = shard.select(plan, ids)
+            converting = [i.variant for i in items if i.kind == shard.CONVERT]
+            mine = {i.variant for i in items}
+            needed = mine | ({cfg.reference} if converting and data.inputs_npz is not None else set())
+            subset = tuple(v for v in cfg.variants if v.name in needed)
+            say(f"cells: items {', '.join(str(i.id) for i in items)} of plan {plan.hash[:12]} "
+                f"({len(converting)} conversions, {len(items) - len(converting)} cells)")
+            built = build_variants(dataclasses.replace(build, variants=subset), versions, work, say)
+            conversions = {v.name: ("cache" if v.cached else "converted") if v.status is Status.OK
+                           else f"failed: {v.reason}" for v in built}
+            variants = {v.name: inspect_variant(v, cfg.delegates) if v.status is Status.OK else v
+                        for v in _publish(cfg, source, encoder, built)}
+            if converting:
+                only = dataclasses.replace(cfg, variants=tuple(v for v in cfg.variants if v.name in converting))
+                done = _core_ml(only, [variants[n] for n in converting], say)
+                pool = done + [variants[n] for n in needed if n not in converting]
+                for v in evaluate_variants(
+                        pool, data, reference=cfg.reference, backend=cfg.bench.eval_backend,
+                        threads=cfg.bench.eval_threads, on_gpu="gpu" in cfg.bench.backends,
+                        timeout_s=cfg.bench.timeout_s, mem_mb=cfg.mem_mb, work=work, say=say,
+                        htp_socs=_emulated_socs(cfg), htp_samples=cfg.emulate_samples,
+                        phones=tuple(b for b in cfg.bench.backends if is_aihub_backend(b)),
+                        arm_backends=tuple(b for b in cfg.bench.backends if is_arm_backend(b) and cfg.emulate_samples)):
+                    if v.name in converting:
+                        variants[v.name] = v
+            for item in (i for i in items if i.kind == shard.MEASURE):
+                v = variants[item.variant]
+                if v.status is not Status.OK or v.artifact is None:
+                    continue
+                say(f"bench: {v.name} on {item.backend}x{item.threads}")
+                inputs, signature = _bench_inputs(v, data, work)
+                cells = tuple(bench_variant(v, backends=(str(item.backend),), threads=(int(item.threads or 1),),
+                                            inputs_npz=inputs, protocol=cfg.bench.protocol(),
+                                            timeout_s=cfg.bench.timeout_s, mem_mb=cfg.mem_mb, signature=signature))
+                variants[v.name] = dataclasses.replace(v, bench=v.bench + cells)
+            peak = None
+            if cfg.bench.peak_probe and any(b.status is Status.OK for v in variants.values() for b in v.bench):
+                say("bench: machine peak (sgemm probe)")
+                peak = measure_peak(list(cfg.bench.threads), cache_dir=cfg.cache_dir)
+        ours = [variants[v.name] for v in cfg.variants if v.name in mine]
+        mach = machine.describe()
+        run_info = {
+            "name": cfg.name,
+            "config": str(cfg.path),
+            "started_at": started.isoformat(timespec="seconds"),
+            "wall_s": round(time.monotonic() - t_start, 2),
+            "litegate": __version__,
+            "tool_versions": versions,
+            "machine": mach,
+            **_shared_run_info(cfg, data),
+            "cache_hits": sum(1 for v in ours if v.cached),
+            "machine_peak": peak,
+            "op_profile": {"not_run": shard.SHARDED_NOT_RUN},
+            "partial": shard.partial_info(plan, items, conversions, mach),
+        }
+        rep = Report(run=run_info, model=_model_info(cfg, source), variants=tuple(ours), verdicts=(), passed=False)
+        say(f"report: {cfg.output_dir} (partial)")
+        atomic_write_text(cfg.output_dir / "report.json", report.to_json(rep))
+        return rep
+
+
+def merge_release(cfg: ReleaseConfig, paths: Sequence[Path], progress: Progress | None = None) -> Report:
+    """Merge the partial reports of a sharded run into one report, rendered and gated as :func:`run_release` does.
+
+    The published models, ``tokenizer.json`` and ``model.json`` are copied from the partials' folders when they are
+    there (each model checked by its sha256). Cells measured on machines of different fingerprints are marked not
+    comparable (``run.sharded``). The per-op profile is not run; a baseline is compared unpaired.
+
+    Raises:
+        ConfigError: a partial is not a partial report, partials of different plans, a duplicate or missing cell,
+            or ``cfg`` plans another release than the partials ran.
+    """
+    say = progress or (lambda _msg: None)
+    partials = shard.load_partials(paths)
+    with output_lock(cfg.output_dir):
+        with tempfile.TemporaryDirectory(prefix="litegate-merge-", dir=cfg.output_dir) as work_str:
+            source, _encoder, data, build, versions = _inputs(cfg, Path(work_str))
+            shard.check_same_plan(partials[0].plan, _plan_of(cfg, data, build, versions), str(cfg.path))
+        merged = shard.merge(partials)
+        say(f"merge: {len(partials)} partial reports, {len(merged.plan.items)} items of plan {merged.plan.hash[:12]}")
+        owner = {i: q for q in merged.partials for i in q.items}
+        convert_items = {i.variant: i for i in merged.plan.of_kind(shard.CONVERT)}
+        variants = []
+        for v in merged.variants:
+            folder = owner[convert_items[v.name].id].path.parent
+            variants.append(_adopt_model(cfg, v, folder, merged.sharded["notes"]))
+        first = owner[merged.plan.items[0].id].path.parent if merged.plan.items else None
+        for name in ("tokenizer.json", "model.json"):
+            if first is not None and (first / name).is_file() and first.resolve() != cfg.output_dir.resolve():
+                atomic_copy(first / name, cfg.output_dir / name)
+        runs = [q.report.run for q in merged.partials]
+        run_info: dict[str, Any] = {
+            "name": cfg.name,
+            "config": str(cfg.path),
+            "started_at": min(str(r.get("started_at")) for r in runs),
+            "wall_s": max(float(r.get("wall_s", 0.0)) for r in runs),
+            "litegate": __version__,
+            "tool_versions": versions,
+            "machine": dict(merged.machine),
+            **_shared_run_info(cfg, data),
+            "cache_hits": sum(1 for v in variants if v.cached),
+            "machine_peak": merged.machine_peak,
+            "op_profile": {"not_run": shard.SHARDED_NOT_RUN},
+            "sharded": merged.sharded,
+        }
+        verdicts, gate_info = gate.evaluate(cfg, variants)
+        if cfg.baseline is not None:
+            base = report.load(cfg.baseline)
+            draft = Report(run=run_info, model=_model_info(cfg, source), variants=tuple(variants), verdicts=(),
+                           passed=False)
+            base_verdicts, rows = compare(base, draft, cfg.compare, {})
+            verdicts = verdicts + base_verdicts
+            gate_info["passed"] = bool(gate_info["passed"]) and all(x.passed for x in base_verdicts)
+            run_info["baseline"] = {"path": str(cfg.baseline), "started_at": base.run.get("started_at"),
+                                    "config": dataclasses.asdict(cfg.compare), "rows": rows, "paired": [],
+                                    "paired_not_run": "sharded run: no cell was re-timed beside the baseline's model"}
+        run_info["gate"] = gate_info
+        rep = Report(run=run_info, model=_model_info(cfg, source), variants=tuple(variants), verdicts=tuple(verdicts),
+                     passed=bool(gate_info["passed"]))
+        say(f"report: {cfg.output_dir}")
+        report.write(rep, cfg.output_dir)
+        return rep
+
+
+def _adopt_model(cfg: ReleaseConfig, v: VariantResult, folder: Path, notes: list[str]) -> VariantResult:
+    """``v`` with its model copied from the partial's ``folder`` to ``<output>/<name>.tflite`` (checked by sha256);
+    where the partial's folder lacks it, the artifact keeps the partial's path and ``notes`` says so."""
+    if v.status is not Status.OK or v.artifact is None:
+        return v
+    found = folder / f"{v.name}.tflite"
+    dest = cfg.output_dir / f"{v.name}.tflite"
+    if not found.is_file() or sha256_file(found) != v.artifact.sha256:
+        notes.append(f"{v.name}: its model is not beside {folder / 'report.json'} (or differs from its sha256 "
+                     f"{v.artifact.sha256[:12]}): not copied to {dest}")
+        return v
+    if found.resolve() != dest.resolve():
+        atomic_copy(found, dest)
+    return dataclasses.replace(v, artifact=dataclasses.replace(v.artifact, path=str(dest)))

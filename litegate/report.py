@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from litegate import trend
 from litegate.artifacts import write_file_set
 from litegate.errors import ConfigError
 from litegate.html import to_html
@@ -287,6 +288,7 @@ def to_markdown(rep: Report) -> str:
     lines.extend(_summary_table(rep, delegates))
     lines.extend(_per_target(rep))
     lines.extend(_cell_notes(rep))
+    lines.extend(_sharded_notes(rep))
     lines.extend(_backend_accuracy_table(rep))
     lines.extend(_core_ml_table(rep))
     lines.extend(_efficiency(rep))
@@ -324,6 +326,9 @@ def _summary_table(rep: Report, delegates: list[str]) -> list[str]:
     if rep.run.get("baseline"):
         head[4:4 + len(cells)] = [f"{h} · Δ vs baseline [95% CI]" for h in head[4:4 + len(cells)]]
     vs_base = {(r["variant"], r["what"]): r for r in (rep.run.get("baseline") or {}).get("rows", [])}
+    vs_last = bool(trend.runs(rep))  # the run history's previous run of this config (run.trend)
+    if vs_last:
+        head.append(f"Δ vs last release ({trend.previous_label(rep)})")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in rep.variants:
         if v.status is not Status.OK:
@@ -339,6 +344,8 @@ def _summary_table(rep: Report, delegates: list[str]) -> list[str]:
                 fr = [v.compat_for(d) for d in delegates]
                 row.append(" / ".join("—" if c is None else c.status.value.replace("_", " ") if c.status is not Status.OK
                                       else f"{c.delegated_fraction * 100:.0f}" for c in fr))
+        if vs_last:
+            row.append(trend.delta_vs_last(rep, v.name))
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     return lines
@@ -352,6 +359,25 @@ def _per_target(rep: Report) -> list[str]:
     lines = ["| target | ship | why |", "|---|---|---|"]
     lines += [f"| {r['target']} | {'**' + r['variant'] + '**' if r.get('variant') else '—'} | {r['why'][:200]} |"
               for r in rows]
+    return lines + [""]
+
+
+def _sharded_notes(rep: Report) -> list[str]:
+    """A merged sharded run: its plan and partials, and which cells are not comparable (other machines)."""
+    sh = rep.run.get("sharded")
+    if not sh:
+        return []
+    lines = [f"- Sharded run: {sh.get('items')} items of plan `{str(sh.get('plan'))[:12]}` from "
+             f"{len(sh.get('partials', []))} partial reports"]
+    machines = sh.get("machines", [])
+    if not sh.get("comparable", True):
+        lines.append(f"- ⚠️ Cells measured on {len(machines)} different machines are **not comparable** with each "
+                     "other:")
+        for m in machines:
+            mach = m.get("machine", {})
+            lines.append(f"  - machine `{m.get('fingerprint')}` ({mach.get('cpu')}, {mach.get('cores_available')} "
+                         f"cores): {', '.join(m.get('labels', []))}")
+    lines.extend(f"- {note}" for note in sh.get("notes", []) if not note.startswith("latency cells were measured"))
     return lines + [""]
 
 
