@@ -6,7 +6,7 @@ SHARED ?= ../shared/data
 MODELS ?= models
 STAMP  := $(VENV)/.installed
 
-.PHONY: qualcomm aihub coreml install demo test test-fast lint typecheck fixtures models clean help gpu-sim arm-sim browser release-check report compare perf quantizer-compare soak gate-calibration fuzz
+.PHONY: qualcomm aihub coreml install demo test test-fast lint typecheck fixtures models clean help gpu-sim arm-sim browser release-check report compare perf quantizer-compare soak gate-calibration fuzz postgres
 
 help:
 	@echo "make demo       set up .venv and run the release pipeline on the embedded default"
@@ -36,6 +36,7 @@ test: $(STAMP)
 	-@$(MAKE) --no-print-directory qualcomm || echo "make qualcomm failed: the Qualcomm HTP compiler tests will skip"
 	-@$(MAKE) --no-print-directory aihub || echo "make aihub failed: the AI Hub backend tests will skip"
 	-@$(MAKE) --no-print-directory coreml || echo "make coreml failed: the Core ML (coremltools) tests will skip"
+	-@$(MAKE) --no-print-directory postgres || echo "make postgres failed: the PostgreSQL history tests will skip"
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)
@@ -106,6 +107,15 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
 	  (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }) ; } ; \
 	command -v chromium >/dev/null 2>&1 && echo "chromium: $$(command -v chromium)" || { echo "chromium not available"; exit 1; }
+
+## PostgreSQL's server binaries (Debian's package, from this machine's own apt sources) for the run history's tests,
+## which start a throwaway cluster of their own on a Unix socket. Idempotent; installs only when initdb is missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get install -y -q postgresql >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql >/dev/null 2>&1; }) ; } ; \
+	d=$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -1); [ -n "$$d" ] || d=$$(dirname "$$(command -v initdb 2>/dev/null)" 2>/dev/null); \
+	[ -x "$$d/initdb" ] && echo "postgresql: $$d" || { echo "postgresql not available"; exit 1; }
 
 # --- Release targets for local use (CI calls litegate directly) ---------------------------------------
 CONFIG   ?= examples/demo/release.toml

@@ -32,6 +32,10 @@ Example::
     max_accuracy_drop = 3.0
     [gate]
     require = "all"               # all: every variant meets its budgets; any: at least one does
+    [history]                     # the run history (docs/history.md)
+    enabled = true                # ingest each run; its report gets the last runs' trend
+    url = ""                      # "": history.sqlite beside output.dir; postgresql://… or a file path
+    last = 10
 """
 
 from __future__ import annotations
@@ -162,6 +166,15 @@ class Budget:
 
 
 @dataclasses.dataclass(frozen=True)
+class HistoryConfig:
+    """``[history]``: the run history database (:mod:`litegate.history`)."""
+
+    enabled: bool = False  # ingest each run's report, and put the last runs' trend into it
+    url: str = ""  # postgresql://… or a SQLite path (relative to the config file); "": history.sqlite beside output.dir
+    last: int = 10  # runs in the trend
+
+
+@dataclasses.dataclass(frozen=True)
 class ReleaseConfig:
     """A whole release config."""
 
@@ -188,6 +201,7 @@ class ReleaseConfig:
     compare: CompareConfig = dataclasses.field(default_factory=CompareConfig)
     convert_timeout_s: float = 900.0
     mem_mb: int | None = None
+    history: HistoryConfig = dataclasses.field(default_factory=HistoryConfig)
 
     def budget_for(self, variant: str) -> Budget:
         return self.variant_budgets.get(variant, self.budget)
@@ -255,12 +269,13 @@ def load(path: str | Path) -> ReleaseConfig:
     ship_targets = _ship_targets(gate.ship_targets, delegates, file)
     debug = _quantize(top.table("quantize"))
     convert_timeout, mem_mb = _limits(top.table("limits"))
+    history = _history(top.table("history"), base)
     top.done()
     return ReleaseConfig(
         path=file.resolve(), name=name, model=model, data=data, variants=variants, bench=bench, budget=budget,
         variant_budgets=variant_budgets, output_dir=output_dir, cache_dir=cache_dir, reference=gate.reference,
         require=gate.require, ship=gate.ship, ship_targets=ship_targets, convert_timeout_s=convert_timeout, mem_mb=mem_mb, delegates=delegates,
-        emulate_samples=emulate_samples, debug=debug,
+        emulate_samples=emulate_samples, debug=debug, history=history,
         # resolved last: unknown keys anywhere are reported before a missing baseline file
         baseline=_path(base, gate.baseline, "gate.baseline", file) if gate.baseline else None, compare=gate.compare,
     )
@@ -568,6 +583,17 @@ def _limits(lim: _Table) -> tuple[float, int | None]:
     mem_mb = lim.number("memory_mb", int, 0)
     lim.done()
     return convert_timeout, mem_mb or None
+
+
+def _history(ht: _Table, base: Path) -> HistoryConfig:
+    """``[history]``: ``enabled``, ``url`` (a relative SQLite path is made absolute here) and ``last``."""
+    enabled = ht.get("enabled", bool, False)
+    url = ht.get("url", str, "")
+    last = ht.number("last", int, 10, low=1, high=1000)
+    ht.done()
+    if url and "://" not in url:
+        url = str(_path(base, url.removeprefix("sqlite:"), "history.url", ht.file, must_exist=False))
+    return HistoryConfig(enabled=enabled, url=url, last=last)
 
 
 def _variants(top: _Table, base: Path, file: Path) -> tuple[VariantConfig, ...]:

@@ -85,3 +85,9 @@ class OutputError(LitegateError):
     """An output could not be written (disk full, read-only file system, permissions)."""
 
     exit_code = 12
+
+
+class HistoryError(LitegateError):
+    """The run history database could not be opened, read or written, or holds no run a command asked for."""
+
+    exit_code = 13

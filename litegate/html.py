@@ -10,6 +10,7 @@ import html
 import json
 from collections.abc import Sequence
 
+from litegate.trend import trend_svg
 from litegate.types import Report, Status, VariantResult
 
 W, H, PAD = 640, 380, 64
@@ -243,6 +244,12 @@ def _backend_accuracy(rep: Report) -> str:
             "<th>note</th></tr>" + "".join(rows) + "</table>")
 
 
+def _trend(rep: Report) -> str:
+    """The run history's trend chart (``run.trend``), when the report has one."""
+    svg = trend_svg(rep)
+    return f"<h2>Trend over the last releases</h2>\n{svg}" if svg else ""
+
+
 def _mark(passed: bool) -> str:
     """A pass/fail mark drawn in CSS (emoji render as empty boxes where no emoji font is installed)."""
     return f"<span class='mark {'pass' if passed else 'fail'}'>{'PASS' if passed else 'FAIL'}</span>"
@@ -292,6 +299,7 @@ tr.fail td {{ background: #fdecea; }} .chart {{ width: 100%; max-width: {W}px; b
 <table><tr><th>variant</th><th>recipe</th><th>status</th><th>MB</th><th>task metric</th><th>reason</th></tr>
 {"".join(variants_rows)}</table>
 {_backend_accuracy(rep)}
+{_trend(rep)}
 <h2>Latency vs quality vs size</h2>
 {tradeoff_chart(rep)}
 <h2>Latency per backend</h2>

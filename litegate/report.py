@@ -328,7 +328,7 @@ def _summary_table(rep: Report, delegates: list[str]) -> list[str]:
     vs_base = {(r["variant"], r["what"]): r for r in (rep.run.get("baseline") or {}).get("rows", [])}
     vs_last = bool(trend.runs(rep))  # the run history's previous run of this config (run.trend)
     if vs_last:
-        head.append(f"Δ vs last release ({trend.previous_label(rep)})")
+        head.append(trend.column_title(rep))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in rep.variants:
         if v.status is not Status.OK:
