@@ -259,7 +259,7 @@ def plan(config: Path, output: Path | None, data: Path | None, github_matrix: bo
 @click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
               help="The release config (default: the one the partial reports name).")
 @click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path),
-              help="A report.json to compare against, as run does (unpaired: no cell is re-timed).")
+              help="A report.json (or history:REF) to compare against, as run does (unpaired: no cell is re-timed).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 @verbose_option
 def merge(reports: tuple[Path, ...], output: Path, config: Path | None, baseline: Path | None, quiet: bool,
@@ -281,7 +281,10 @@ def merge(reports: tuple[Path, ...], output: Path, config: Path | None, baseline
             raise click.BadParameter(f"the partial reports name the config {', '.join(sorted(named))}, not a file "
                                      "here: give --config", param_hint="--config")
         config = Path(next(iter(named)))
-    cfg = load_config(config).with_overrides(output=output, baseline=baseline)
+    cfg = load_config(config).with_overrides(output=output)
+    if baseline is not None and str(baseline).startswith("history:"):
+        baseline = history.baseline_report(cfg, str(baseline).removeprefix("history:"))
+    cfg = cfg.with_overrides(baseline=baseline)
     with _Progress() as progress:
         rep = merge_release(cfg, list(reports), progress=None if quiet else progress)
     md = (cfg.output_dir / "report.md").read_text().splitlines()

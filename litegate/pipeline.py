@@ -410,6 +410,8 @@ def merge_release(cfg: ReleaseConfig, paths: Sequence[Path], progress: Progress 
     """
     say = progress or (lambda _msg: None)
     partials = shard.load_partials(paths)
+    if cfg.history.enabled:  # a wrong history URL fails now, not after the merge
+        history.prepare(cfg)
     with output_lock(cfg.output_dir):
         with tempfile.TemporaryDirectory(prefix="litegate-merge-", dir=cfg.output_dir) as work_str:
             source, _encoder, data, build, versions = _inputs(cfg, Path(work_str))
@@ -453,10 +455,16 @@ def merge_release(cfg: ReleaseConfig, paths: Sequence[Path], progress: Progress 
                                     "config": dataclasses.asdict(cfg.compare), "rows": rows, "paired": [],
                                     "paired_not_run": "sharded run: no cell was re-timed beside the baseline's model"}
         run_info["gate"] = gate_info
+        if cfg.history.enabled:  # a merged run is a gated run: its trend, and then it joins the history
+            run_info["trend"] = history.trend(history.for_release(cfg), cfg.name, last=cfg.history.last,
+                                              mach=machine.describe())
         rep = Report(run=run_info, model=_model_info(cfg, source), variants=tuple(variants), verdicts=tuple(verdicts),
                      passed=bool(gate_info["passed"]))
         say(f"report: {cfg.output_dir}")
         report.write(rep, cfg.output_dir)
+        if cfg.history.enabled:
+            added = history.ingest_run(cfg, cfg.output_dir / "report.json")
+            say(f"history: {added.report_sha256[:12]} added to {history.for_release(cfg)}")
         return rep
 
 
