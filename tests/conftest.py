@@ -123,3 +123,15 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.Co
     """Run the real ``litegate`` CLI in a subprocess."""
     return subprocess.run([sys.executable, "-m", "litegate", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def demo_runs(tmp_path_factory):
+    """The embedded default run twice through the real CLI (the second from the converted-model cache in
+    ``<out>/.cache``): (out, first process, first report.json, second process). Session-wide: test_e2e checks the
+    runs, test_shard reuses the cache."""
+    out = tmp_path_factory.mktemp("demo") / "reports"
+    first = run_cli("run", str(DEMO / "release.toml"), "--output", str(out), "--jobs", "2")
+    rep1 = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
+    second = run_cli("run", str(DEMO / "release.toml"), "--output", str(out))
+    return out, first, rep1, second

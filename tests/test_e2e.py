@@ -17,15 +17,6 @@ def _files(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()} if folder.exists() else set()
 
 
-@pytest.fixture(scope="module")
-def demo_runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "reports"
-    first = run_cli("run", str(DEMO / "release.toml"), "--output", str(out), "--jobs", "2")
-    rep1 = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
-    second = run_cli("run", str(DEMO / "release.toml"), "--output", str(out))
-    return out, first, rep1, second
-
-
 def test_run_on_embedded_default_reports_every_variant_measured(demo_runs):
     out, first, rep, _ = demo_runs
     assert first.returncode == 0, first.stderr
