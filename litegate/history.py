@@ -30,7 +30,7 @@ from typing import Any
 
 from litegate import machine
 from litegate import report as rpt
-from litegate.artifacts import atomic_write_text
+from litegate.artifacts import atomic_write_text, stable_hash
 from litegate.baseline import FINGERPRINT
 from litegate.config import ReleaseConfig
 from litegate.errors import ConfigError, HistoryError
@@ -159,7 +159,7 @@ def locate(url: str | None, *, default_dir: Path, base: Path | None = None) -> L
         return Location(url=url)
     if "://" in url and not url.startswith("sqlite://"):
         raise ConfigError(f"history url {_redact(url)!r}: give postgresql://… or a SQLite file path")
-    raw = url.removeprefix("sqlite://")
+    raw = url.removeprefix("sqlite://").removeprefix("sqlite:")
     p = Path(raw) if Path(raw).is_absolute() or base is None else base / raw
     return Location(url=url, path=p.resolve())
 
@@ -233,13 +233,17 @@ class _Db:
 
 
 @contextmanager
-def connect(loc: Location) -> Iterator[_Db]:
+def connect(loc: Location, *, create: bool = True) -> Iterator[_Db]:
     """A migrated connection to ``loc``; every engine error becomes a :class:`HistoryError` naming the database.
+    ``create=False``: a SQLite file that is not there is an error, not a new empty database (for reading).
 
     Raises:
         HistoryError: the database cannot be opened, is not a litegate history, or is newer than this litegate.
     """
     db: _Db | None = None
+    if not create and loc.path is not None and not loc.path.is_file():
+        raise HistoryError(f"history {loc}: no database there (litegate history add, or a run with [history] "
+                           "enabled, creates it)")
     try:
         db = _Db(loc)
         migrate(db)
@@ -296,9 +300,9 @@ def content_hash(data: Mapping[str, Any]) -> str:
 
 
 def fingerprint(mach: Mapping[str, Any]) -> str:
-    """A hash of what must match for two runs' latencies to compare (arch, CPU model, cores, ISA), 16 hex digits."""
-    stable = {k: sorted(mach[k]) if isinstance(mach.get(k), list) else mach.get(k) for k in FINGERPRINT}
-    return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
+    """A hash of what must match for two runs' latencies to compare (arch, CPU model, cores, ISA: :data:`FINGERPRINT`),
+    12 hex digits: the same value :mod:`litegate.shard` marks sharded cells with."""
+    return stable_hash({k: mach.get(k) for k in FINGERPRINT})[:12]
 
 
 def _git(args: Sequence[str], cwd: Path) -> str | None:
@@ -396,6 +400,9 @@ def add(loc: Location, report_path: Path, *, git: Mapping[str, str | None] | Non
         HistoryError: the database cannot be written.
     """
     rep = rpt.load(report_path)  # validates it as a report (ConfigError)
+    if rep.run.get("partial") is not None:
+        raise ConfigError(f"{report_path}: a partial report (run --cells) is not a gated run: add the report of "
+                          "litegate merge")
     text = report_path.read_text(encoding="utf-8")
     sha = content_hash(json.loads(text))
     git = git_info() if git is None else git
@@ -458,7 +465,7 @@ def show(loc: Location, *, variant: str, metric: str, last: int = 20, name: str 
            f"ON x2.report_sha256 = r2.report_sha256 WHERE {cond.replace('x.', 'x2.').replace('r.', 'r2.')} "
            f"GROUP BY r2.report_sha256, r2.started_at ORDER BY r2.started_at DESC LIMIT ?) "
            f"ORDER BY r.started_at, r.report_sha256{', ' + cols if cols else ''}")
-    with connect(loc) as db:
+    with connect(loc, create=False) as db:
         rows = db.rows(sql, [*params, *params, last])
     for r in rows:
         r["passed"] = bool(r["passed"])
@@ -570,7 +577,7 @@ def baseline_report(cfg: ReleaseConfig, ref: str) -> Path:
         raise ConfigError("--baseline history:REF needs a git ref, e.g. history:main")
     loc = for_release(cfg)
     fp = fingerprint(machine.describe())
-    with connect(loc) as db:
+    with connect(loc, create=False) as db:
         rows = db.rows("SELECT report_sha256, report_path, report_json FROM runs WHERE git_ref = ? AND "
                        "machine_fingerprint = ? AND passed = 1 AND config_name = ? "
                        "ORDER BY started_at DESC, report_sha256 DESC LIMIT 1", (ref, fp, cfg.name))

@@ -227,6 +227,24 @@ def test_not_a_database_is_one_line_exit_13(tmp_path):
     assert r.stderr.count("\n") == 1 and "litegate: error: history" in r.stderr
 
 
+def test_bad_inputs_are_one_line_with_their_exit_codes(tmp_path):
+    not_report = tmp_path / "notes.json"
+    not_report.write_text('{"hello": 1}')
+    r = litegate("history", "add", str(not_report), "--url", str(tmp_path / "h.sqlite"), cwd=tmp_path)
+    assert r.returncode == ConfigError.exit_code and r.stderr.count("\n") == 1 and "not a litegate report" in r.stderr
+    assert not (tmp_path / "h.sqlite").exists()  # nothing written for a refused report
+    missing = litegate("history", "show", "--variant", "int8", "--url", str(tmp_path / "none.sqlite"), cwd=tmp_path)
+    assert missing.returncode == HistoryError.exit_code and "no database there" in missing.stderr
+    assert not (tmp_path / "none.sqlite").exists()  # reading never creates an empty database
+    other = litegate("history", "show", "--variant", "int8", "--url", "mysql://db/x", cwd=tmp_path)
+    assert other.returncode == ConfigError.exit_code and "give postgresql://" in other.stderr
+    pytest.importorskip("psycopg")
+    down = litegate("history", "show", "--variant", "int8", "--url",
+                    f"postgresql://postgres@/x?host={tmp_path / 'no-server'}&connect_timeout=2", cwd=tmp_path)
+    assert down.returncode == HistoryError.exit_code and down.stderr.count("\n") == 1, down.stderr
+    assert down.stderr.startswith("litegate: error: history postgresql://")
+
+
 def test_history_config_keys_are_checked(tmp_path):
     cfg = load_config(_demo_config(tmp_path, extra='url = "db/h.sqlite"\n'))
     assert cfg.history.enabled and cfg.history.last == 5
@@ -250,6 +268,11 @@ def test_add_same_report_twice_stores_it_once(real_report, db_url, tmp_path):
     assert first.stdout.startswith("added: ")
     again = litegate("history", "add", str(real_report), "--url", db_url, cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.startswith("already in history: ")
+    partial = json.loads(real_report.read_text())
+    partial["run"]["partial"] = {"items": [0]}
+    (tmp_path / "partial.json").write_text(json.dumps(partial))
+    refused = litegate("history", "add", str(tmp_path / "partial.json"), "--url", db_url, cwd=tmp_path)
+    assert refused.returncode == ConfigError.exit_code and "partial report" in refused.stderr
     reindented = tmp_path / "same.json"
     reindented.write_text(json.dumps(json.loads(real_report.read_text())))  # same content, other bytes
     assert litegate("history", "add", str(reindented), "--url", db_url, cwd=tmp_path).stdout.startswith("already")
