@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GitHub Action's gate step (action.yml runs it): fetch the default branch's report as the baseline,
 # run `litegate run`, post or update ONE pull-request comment, and exit with litegate's own exit code
-# (0 pass, 1 gate failed, 2 usage/config error, 3-12 other errors; README, "Exit codes").
+# (0 pass, 1 gate failed, 2 usage/config error, 3-13 other errors; README, "Exit codes").
 #
 # Environment:
 #   CONFIG             the release config (required)
@@ -96,6 +96,7 @@ meaning() {
         10) echo "internal error" ;;
         11) echo "another litegate run holds the output directory" ;;
         12) echo "an output could not be written" ;;
+        13) echo "the run history database could not be used" ;;
         130) echo "interrupted" ;;
         *) echo "unexpected exit code" ;;
     esac
