@@ -686,22 +686,28 @@ url_option = click.option("--url", default=None, metavar="URL",
 
 @history_group.command("add")
 @click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--ref", default=None, help="Git ref of the run (default: CI variables, else git here).")
+@click.option("--sha", default=None, help="Git commit of the run (default: CI variables, else git here).")
+@click.option("--tag", default=None, help="Git tag of the run (default: CI variables, else git here).")
 @url_option
 @verbose_option
-def history_add(reports: tuple[Path, ...], url: str | None, verbose: bool) -> None:
+def history_add(reports: tuple[Path, ...], ref: str | None, sha: str | None, tag: str | None, url: str | None,
+                verbose: bool) -> None:
     """Add report.json files to the run history (a report already there is stored once).
 
     Git sha / ref / tag come from CI variables (GITHUB_SHA, GITHUB_REF_NAME, CI_COMMIT_SHA, CI_COMMIT_REF_NAME) or
-    from git in the working directory.
+    from git in the working directory at the time of adding; --ref / --sha / --tag set them (backfilling old reports).
 
     \b
     Example:
       litegate history add reports/demo/report.json
       litegate history add reports/demo/report.json --url postgresql://ci@db.internal/litegate
     """
+    given = {"ref": ref, "sha": sha, "tag": tag}
+    git = {k: given[k] or v for k, v in history.git_info().items()}
     for path in reports:
         loc = history.locate(url, default_dir=path.resolve().parent.parent)
-        done = history.add(loc, path)
+        done = history.add(loc, path, git=git)
         what = "added" if done.added else "already in history"
         click.echo(f"{what}: {done.report_sha256[:12]} {done.name} {done.started_at} "
                    f"ref {done.git.get('ref') or '—'} machine {done.machine_fingerprint} -> {loc}")

@@ -376,8 +376,11 @@ def test_baseline_history_main_is_the_latest_passing_run_of_main_on_this_machine
     paths = {}
     for name, (kw, ref) in runs.items():
         paths[name] = derive(real_report, tmp_path / f"{name}.json", **kw)
-        r = litegate("history", "add", str(paths[name]), "--url", db, cwd=tmp_path,
-                     env=_env(GITHUB_REF_NAME=ref, GITHUB_SHA=f"{len(name):040d}"))
+        if name == "feature":  # set on the command line (backfilling), not by CI variables
+            r = litegate("history", "add", str(paths[name]), "--url", db, "--ref", ref, "--sha", "f" * 40, cwd=tmp_path)
+        else:
+            r = litegate("history", "add", str(paths[name]), "--url", db, cwd=tmp_path,
+                         env=_env(GITHUB_REF_NAME=ref, GITHUB_SHA=f"{len(name):040d}"))
         assert r.returncode == 0, r.stderr
     mine = json.loads(real_report.read_text())["run"]["machine"]
     assert history.fingerprint(machine.describe()) == history.fingerprint(mine)  # the report was made here
@@ -391,6 +394,8 @@ def test_baseline_history_main_is_the_latest_passing_run_of_main_on_this_machine
     assert load_report(again).variants[0].size is not None
     with pytest.raises(HistoryError, match="no passing run"):
         history.baseline_report(cfg, "release-9")
+    assert history.baseline_report(cfg, "feature") == paths["feature"]
+    assert _count(db, "SELECT COUNT(*) FROM runs WHERE git_sha = ?", ("f" * 40,)) == 1
     assert loc.path is not None and loc.path.exists()
 
 
