@@ -176,7 +176,7 @@ def run(config: Path, output: Path | None, data: Path | None, baseline: Path | N
         if baseline is not None:
             raise click.BadParameter("a partial run is not compared: give --baseline to litegate merge",
                                      param_hint="--baseline")
-        _run_cells(cfg, cells, quiet)
+        _run_cells(cfg, cells, quiet, jobs)
         return
     if baseline is not None and str(baseline).startswith("history:"):
         baseline = history.baseline_report(cfg, str(baseline).removeprefix("history:"))
@@ -193,14 +193,14 @@ def run(config: Path, output: Path | None, data: Path | None, baseline: Path | N
         sys.exit(1)
 
 
-def _run_cells(cfg: Any, cells: str, quiet: bool) -> None:
+def _run_cells(cfg: Any, cells: str, quiet: bool, jobs: int) -> None:
     """``run --cells``: the partial run, and one line saying what it did."""
     from litegate.pipeline import run_cells  # imports LiteRT: not at CLI start
     from litegate.shard import parse_cells
 
     plan_path, ids = parse_cells(cells)
     with _Progress() as progress:
-        rep = run_cells(cfg, plan_path, ids, progress=None if quiet else progress)
+        rep = run_cells(cfg, plan_path, ids, progress=None if quiet else progress, jobs=jobs)
     part = rep.run["partial"]
     how = ", ".join(f"{k} {v}" for k, v in part["conversions"].items())
     click.echo(f"partial: items {','.join(map(str, part['items']))} of plan {part['plan']['hash'][:12]} "

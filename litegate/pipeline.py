@@ -315,13 +315,15 @@ def _model_info(cfg: ReleaseConfig, source: Source) -> dict[str, Any]:
             "tokenizer": str(source.tokenizer), **source.info}
 
 
-def run_cells(cfg: ReleaseConfig, plan_path: Path, ids: list[int] | None, progress: Progress | None = None) -> Report:
+def run_cells(cfg: ReleaseConfig, plan_path: Path, ids: list[int] | None, progress: Progress | None = None, *,
+              jobs: int = 1) -> Report:
     """Run the items ``ids`` of the plan at ``plan_path`` (every item for None) and write a partial ``report.json``.
 
     A conversion item converts its variant (or finds it in the cache), publishes and inspects it, converts it to Core
     ML for ``mlprogram`` targets and evaluates its accuracy (against the reference, built or found here too); a
     measurement cell times one backend × threads. ``run.partial`` names the plan, the items, and per variant whether
-    its model came from the cache or was converted here. No gate: ``litegate merge`` gates the whole.
+    its model came from the cache or was converted here. No gate: ``litegate merge`` gates the whole. ``jobs``: as
+    :func:`run_release`'s.
 
     Raises:
         ConfigError: the plan is not this config's (another config, model, data or tool versions), or an unknown id.
@@ -343,7 +345,7 @@ def run_cells(cfg: ReleaseConfig, plan_path: Path, ids: list[int] | None, progre
             subset = tuple(v for v in cfg.variants if v.name in needed)
             say(f"cells: items {', '.join(str(i.id) for i in items)} of plan {plan.hash[:12]} "
                 f"({len(converting)} conversions, {len(items) - len(converting)} cells)")
-            built = build_variants(dataclasses.replace(build, variants=subset), versions, work, say)
+            built = build_variants(dataclasses.replace(build, variants=subset), versions, work, say, jobs=jobs)
             conversions = {v.name: ("cache" if v.cached else "converted") if v.status is Status.OK
                            else f"failed: {v.reason}" for v in built}
             variants = {v.name: inspect_variant(v, cfg.delegates) if v.status is Status.OK else v
@@ -358,7 +360,8 @@ def run_cells(cfg: ReleaseConfig, plan_path: Path, ids: list[int] | None, progre
                         timeout_s=cfg.bench.timeout_s, mem_mb=cfg.mem_mb, work=work, say=say,
                         htp_socs=_emulated_socs(cfg), htp_samples=cfg.emulate_samples,
                         phones=tuple(b for b in cfg.bench.backends if is_aihub_backend(b)),
-                        arm_backends=tuple(b for b in cfg.bench.backends if is_arm_backend(b) and cfg.emulate_samples)):
+                        arm_backends=tuple(b for b in cfg.bench.backends if is_arm_backend(b) and cfg.emulate_samples),
+                        jobs=jobs):
                     if v.name in converting:
                         variants[v.name] = v
             for item in (i for i in items if i.kind == shard.MEASURE):
@@ -382,6 +385,7 @@ def run_cells(cfg: ReleaseConfig, plan_path: Path, ids: list[int] | None, progre
             "config": str(cfg.path),
             "started_at": started.isoformat(timespec="seconds"),
             "wall_s": round(time.monotonic() - t_start, 2),
+            "jobs": jobs,
             "litegate": __version__,
             "tool_versions": versions,
             "machine": mach,
@@ -434,6 +438,7 @@ def merge_release(cfg: ReleaseConfig, paths: Sequence[Path], progress: Progress 
             "config": str(cfg.path),
             "started_at": min(str(r.get("started_at")) for r in runs),
             "wall_s": max(float(r.get("wall_s", 0.0)) for r in runs),
+            "jobs": max(int(r.get("jobs", 1)) for r in runs),  # the most child processes one partial used at once
             "litegate": __version__,
             "tool_versions": versions,
             "machine": dict(merged.machine),

@@ -62,7 +62,6 @@ def _fields_that_must_match(rep: dict[str, Any], out_dir: Path) -> dict[str, Any
 
     Dropped, and why:
     - run.started_at, run.wall_s, run.stages: when and how long this process ran (timings).
-    - run.jobs: how many child processes the single run used at once; a sharded run's parallelism is its partials.
     - run.machine, run.machine_peak: which machine ran it and its measured sgemm peak (machine data).
     - run.op_profile: per-op timings of the slowest variant, picked by latency (a merged report says "not run").
     - run.sharded: only in a merged report: its plan, partials and their machines (provenance and machine data).
@@ -73,7 +72,7 @@ def _fields_that_must_match(rep: dict[str, Any], out_dir: Path) -> dict[str, Any
     """
     rep = copy.deepcopy(rep)
     run = rep["run"]
-    for key in ("started_at", "wall_s", "stages", "jobs", "machine", "machine_peak", "op_profile", "sharded"):
+    for key in ("started_at", "wall_s", "stages", "machine", "machine_peak", "op_profile", "sharded"):
         run.pop(key, None)
     for v in rep["variants"]:
         if v.get("artifact"):
