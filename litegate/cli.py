@@ -238,6 +238,9 @@ def plan(config: Path, output: Path | None, data: Path | None, github_matrix: bo
     from litegate.shard import github_matrix as matrix_of
     from litegate.shard import write_plan
 
+    if not github_matrix and (group != "variant" or kind is not None):
+        raise click.BadParameter("--group and --kind shape the --github-matrix output: give --github-matrix",
+                                 param_hint="--group/--kind")
     cfg = load_config(config).with_overrides(data=data)
     the_plan = plan_release(cfg)
     if output is not None:

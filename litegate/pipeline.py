@@ -398,6 +398,8 @@ def run_cells(cfg: ReleaseConfig, plan_path: Path, ids: list[int] | None, progre
         rep = Report(run=run_info, model=_model_info(cfg, source), variants=tuple(ours), verdicts=(), passed=False)
         say(f"report: {cfg.output_dir} (partial)")
         atomic_write_text(cfg.output_dir / "report.json", report.to_json(rep))
+        for stale in ("report.md", "report.html", "junit.xml"):  # an earlier gated run's, not this report's
+            (cfg.output_dir / stale).unlink(missing_ok=True)
         return rep
 
 

@@ -257,6 +257,11 @@ def _compat_details(rep: Report, delegates: list[str]) -> list[str]:
 
 
 def headline(rep: Report) -> str:
+    part = rep.run.get("partial")
+    if part:  # run --cells: no verdict of its own
+        items = ",".join(str(i) for i in part.get("items", []))
+        return (f"## ⏸️ litegate: PARTIAL — items {items} of plan `{str(part.get('plan', {}).get('hash'))[:12]}`, "
+                "not gated: litegate merge gates the whole")
     gate: dict[str, Any] = dict(rep.run.get("gate", {}))
     judged = gate.get("judged_variants")
     # the checks that decided: those of the variants the gate judges (a report without the field: all of them)

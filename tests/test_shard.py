@@ -149,6 +149,8 @@ def test_partial_report_names_its_plan_items_and_where_each_model_came_from(shar
     assert [(b["backend"], b["threads"]) for b in by_name["int8"]["bench"]] == [("xnnpack", 1)]
     assert not (sharded["root"] / "part-1" / "report.md").exists()  # no verdict to render
     assert "partial: items 1,4,7,10" in sharded["parts"][1].stdout
+    md = run_cli("report", sharded["reports"][1])  # rendered on request: partial, never a FAIL
+    assert md.returncode == 0 and md.stdout.startswith("## ⏸️ litegate: PARTIAL — items 1,4,7,10 of plan")
 
 
 def test_plan_is_byte_identical_for_the_same_config_and_keyed_by_the_convert_cache(sharded, demo_runs):
@@ -187,6 +189,8 @@ def test_github_matrix_is_one_line_for_fromjson_covering_every_item_once(sharded
     assert matrix["include"][0]["cells"] == "0,4,5"
     ids = sorted(int(c) for e in matrix["include"] for c in e["cells"].split(","))
     assert ids == list(range(12))
+    wrong = run_cli("plan", str(sharded["cfg"]), "--kind", "measure")
+    assert wrong.returncode == 2 and "--github-matrix" in wrong.stderr
     plan = shard.load_plan(sharded["root"] / "plan.json")
     cells = shard.github_matrix(plan, group="item", kind="measure")["include"]
     assert len(cells) == 8 and cells[0] == {"name": "4-measure-fp32-xnnpack-1", "cells": "4", "variants": "fp32",
@@ -199,6 +203,18 @@ def test_cells_spec_selects_items_and_refuses_unknown_ids():
     for bad in ("plan.json#x", "plan.json#5-2", "#3"):
         with pytest.raises(ConfigError):
             shard.parse_cells(bad)
+
+
+def test_run_cells_converts_a_model_missing_from_the_cache_and_says_so(sharded, tmp_path):
+    cfg = _demo_config(tmp_path, tmp_path / "empty-cache")  # same plan: the cache's place is no input of it
+    r = run_cli("run", str(cfg), "--cells", f"{sharded['root'] / 'plan.json'}#4", "--output", str(tmp_path / "p"), "-q")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert rep["run"]["partial"]["conversions"] == {"fp32": "converted"} and rep["run"]["cache_hits"] == 0
+    key = shard.load_plan(sharded["root"] / "plan.json").items[4].key
+    assert (tmp_path / "empty-cache" / key[:2] / key / "artifact.json").is_file()  # cached under the plan's key
+    (cell,) = rep["variants"][0]["bench"]
+    assert (cell["backend"], cell["threads"], cell["status"]) == ("xnnpack", 1, "ok")
 
 
 def test_run_cells_refuses_an_unknown_item_with_exit_2(sharded):
