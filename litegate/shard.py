@@ -321,7 +321,6 @@ class Merged:
     sharded: dict[str, Any]
     machine: Mapping[str, Any]
     machine_peak: Mapping[str, Any] | None
-    convert_run: Mapping[str, Any]  # run dict of the partial holding the first conversion item
     partials: tuple[Partial, ...]
 
 
@@ -373,6 +372,7 @@ def merge(partials: Sequence[Partial]) -> Merged:
                                                 "machine_peak": q.report.run.get("machine_peak"), "cells": [],
                                                 "labels": []})
         m["cells"].append(item_id)
+        m["machine_peak"] = m["machine_peak"] or q.report.run.get("machine_peak")  # probed where a cell ran ok
         m["labels"].append(plan.items[item_id].label)
     comparable = len(machines) <= 1
     if not comparable:
@@ -386,7 +386,6 @@ def merge(partials: Sequence[Partial]) -> Merged:
     elif first:
         peak = {"not_run": "cells measured on several machines: each cell's efficiency is against its own machine's "
                            "peak (run.sharded.machines)"}
-    convert_owner = owner[plan.of_kind(CONVERT)[0].id] if plan.of_kind(CONVERT) else partials[0]
     sharded = {
         "plan": plan.hash,
         "items": len(plan.items),
@@ -398,8 +397,4 @@ def merge(partials: Sequence[Partial]) -> Merged:
         "notes": notes,
     }
     return Merged(plan=plan, variants=tuple(variants), sharded=sharded, machine=machine, machine_peak=peak,
-                  convert_run=convert_owner.report.run, partials=tuple(partials))
-
-
-def merged_cache_hits(variants: Sequence[VariantResult]) -> int:
-    return sum(1 for v in variants if v.cached)
+                  partials=tuple(partials))

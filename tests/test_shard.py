@@ -338,3 +338,12 @@ def test_no_registry_or_mirror_host_in_the_sharded_templates():
         text = (ROOT / rel).read_text()
         assert not re.search(r"https?://", text), rel
         assert not re.search(r"\b[\w-]+\.(org|com|io|net)\b", text), rel
+
+
+def test_merge_exits_with_the_gates_code_under_the_config_it_is_given(sharded, tmp_path, demo_runs):
+    cfg = _demo_config(tmp_path, demo_runs[0] / ".cache")  # budgets are no input of the plan: same plan
+    cfg.write_text(cfg.read_text().replace("max_latency_p50_ms = 25.0", "max_latency_p50_ms = 0.001"))
+    r = run_cli("merge", *sharded["reports"], "-o", str(tmp_path / "merged"), "--config", str(cfg), "-q")
+    assert r.returncode == 1, r.stderr
+    assert "litegate: FAIL" in r.stdout
+    assert json.loads((tmp_path / "merged" / "report.json").read_text())["passed"] is False
