@@ -131,29 +131,38 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None, *, jobs: i
             "machine_peak": peak,
             "op_profile": profile,
         }
-        model_info = {"source": cfg.model.source.to_dict(), "sha256": source.sha256, "seq_len": cfg.model.source.seq_len,
-                      "tokenizer": str(source.tokenizer), **source.info}
-        verdicts, gate_info = gate.evaluate(cfg, variants)
-        if base is not None:
-            draft = Report(run=run_info, model=model_info, variants=tuple(variants), verdicts=(), passed=False)
-            base_verdicts, rows = compare(base, draft, cfg.compare, paired)
-            verdicts = verdicts + base_verdicts
-            gate_info["passed"] = bool(gate_info["passed"]) and all(x.passed for x in base_verdicts)
-            run_info["baseline"] = {"path": str(cfg.baseline), "started_at": base.run.get("started_at"),
-                                    "config": dataclasses.asdict(cfg.compare), "rows": rows,
-                                    "paired": [p.to_dict() for p in paired.values()]}
-        run_info["gate"] = gate_info
-        if cfg.history.enabled:  # the last runs of this config, so report.md/.html read the trend from report.json
-            run_info["trend"] = history.trend(history.for_release(cfg), cfg.name, last=cfg.history.last,
-                                              mach=machine.describe())
-        rep = Report(run=run_info, model=model_info, variants=tuple(variants), verdicts=tuple(verdicts),
-                     passed=bool(gate_info["passed"]))
-        say(f"report: {cfg.output_dir}")
-        report.write(rep, cfg.output_dir)
-        if cfg.history.enabled:
-            added = history.ingest_run(cfg, cfg.output_dir / "report.json")
-            say(f"history: {added.report_sha256[:12]} added to {history.for_release(cfg)}")
-        return rep
+        return _gate_and_write(cfg, run_info, _model_info(cfg, source), variants, base, paired, say)
+
+
+def _gate_and_write(cfg: ReleaseConfig, run_info: dict[str, Any], model_info: dict[str, Any],
+                    variants: Sequence[VariantResult], base: Report | None,
+                    paired: dict[tuple[str, str, int], PairedCell], say: Progress, *,
+                    unpaired: str | None = None) -> Report:
+    """Gate ``variants`` (and compare them with ``base``), add the history's trend, write every rendering and join
+    the history: the end of a run and of a merge alike. ``unpaired``: why no cell was re-timed beside the baseline."""
+    verdicts, gate_info = gate.evaluate(cfg, list(variants))
+    if base is not None:
+        draft = Report(run=run_info, model=model_info, variants=tuple(variants), verdicts=(), passed=False)
+        base_verdicts, rows = compare(base, draft, cfg.compare, paired)
+        verdicts = verdicts + base_verdicts
+        gate_info["passed"] = bool(gate_info["passed"]) and all(x.passed for x in base_verdicts)
+        run_info["baseline"] = {"path": str(cfg.baseline), "started_at": base.run.get("started_at"),
+                                "config": dataclasses.asdict(cfg.compare), "rows": rows,
+                                "paired": [p.to_dict() for p in paired.values()]}
+        if unpaired:
+            run_info["baseline"]["paired_not_run"] = unpaired
+    run_info["gate"] = gate_info
+    if cfg.history.enabled:  # the last runs of this config, so report.md/.html read the trend from report.json
+        run_info["trend"] = history.trend(history.for_release(cfg), cfg.name, last=cfg.history.last,
+                                          mach=machine.describe())
+    rep = Report(run=run_info, model=model_info, variants=tuple(variants), verdicts=tuple(verdicts),
+                 passed=bool(gate_info["passed"]))
+    say(f"report: {cfg.output_dir}")
+    report.write(rep, cfg.output_dir)
+    if cfg.history.enabled:
+        added = history.ingest_run(cfg, cfg.output_dir / "report.json")
+        say(f"history: {added.report_sha256[:12]} added to {history.for_release(cfg)}")
+    return rep
 
 
 def _build_plan(cfg: ReleaseConfig, source: Source, encoder: TextEncoder | None, data: EvalData,
@@ -450,29 +459,9 @@ def merge_release(cfg: ReleaseConfig, paths: Sequence[Path], progress: Progress 
             "op_profile": {"not_run": shard.SHARDED_NOT_RUN},
             "sharded": merged.sharded,
         }
-        verdicts, gate_info = gate.evaluate(cfg, variants)
-        if cfg.baseline is not None:
-            base = report.load(cfg.baseline)
-            draft = Report(run=run_info, model=_model_info(cfg, source), variants=tuple(variants), verdicts=(),
-                           passed=False)
-            base_verdicts, rows = compare(base, draft, cfg.compare, {})
-            verdicts = verdicts + base_verdicts
-            gate_info["passed"] = bool(gate_info["passed"]) and all(x.passed for x in base_verdicts)
-            run_info["baseline"] = {"path": str(cfg.baseline), "started_at": base.run.get("started_at"),
-                                    "config": dataclasses.asdict(cfg.compare), "rows": rows, "paired": [],
-                                    "paired_not_run": "sharded run: no cell was re-timed beside the baseline's model"}
-        run_info["gate"] = gate_info
-        if cfg.history.enabled:  # a merged run is a gated run: its trend, and then it joins the history
-            run_info["trend"] = history.trend(history.for_release(cfg), cfg.name, last=cfg.history.last,
-                                              mach=machine.describe())
-        rep = Report(run=run_info, model=_model_info(cfg, source), variants=tuple(variants), verdicts=tuple(verdicts),
-                     passed=bool(gate_info["passed"]))
-        say(f"report: {cfg.output_dir}")
-        report.write(rep, cfg.output_dir)
-        if cfg.history.enabled:
-            added = history.ingest_run(cfg, cfg.output_dir / "report.json")
-            say(f"history: {added.report_sha256[:12]} added to {history.for_release(cfg)}")
-        return rep
+        base = report.load(cfg.baseline) if cfg.baseline is not None else None
+        return _gate_and_write(cfg, run_info, _model_info(cfg, source), variants, base, {}, say,
+                               unpaired="sharded run: no cell was re-timed beside the baseline's model")
 
 
 def _adopt_model(cfg: ReleaseConfig, v: VariantResult, folder: Path, notes: list[str]) -> VariantResult:
