@@ -70,15 +70,10 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None, *, jobs: i
     t_start = time.monotonic()
     stages = Stages()
     with output_lock(cfg.output_dir):
-        source = resolve_source(cfg)
-        generator = cfg.model.source.task is Task.TEXT_GENERATION
-        encoder = None if generator else TextEncoder(source.tokenizer, cfg.model.source.seq_len)
-        versions = tool_versions()
         with tempfile.TemporaryDirectory(prefix="litegate-run-", dir=cfg.output_dir) as work_str:
             work = Path(work_str)
             with stages.clock("inputs"):
-                data = eval_data(cfg, source, encoder, work)
-                plan = _build_plan(cfg, source, encoder, data, work)
+                source, encoder, data, plan, versions = _inputs(cfg, work)
             say(f"convert: {len(cfg.variants)} variants from {source.kind.value} {source.path}")
             with stages.clock("convert"):
                 built = build_variants(plan, versions, work, say, jobs=jobs, stages=stages)
@@ -94,13 +89,7 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None, *, jobs: i
             with stages.clock("coreml"):
                 variants = _core_ml(cfg, variants, say)
             with stages.clock("eval"):
-                variants = evaluate_variants(
-                variants, data, reference=cfg.reference, backend=cfg.bench.eval_backend,
-                threads=cfg.bench.eval_threads, on_gpu="gpu" in cfg.bench.backends, timeout_s=cfg.bench.timeout_s,
-                mem_mb=cfg.mem_mb, work=work, say=say, htp_socs=_emulated_socs(cfg), htp_samples=cfg.emulate_samples,
-                phones=tuple(b for b in cfg.bench.backends if is_aihub_backend(b)),
-                arm_backends=tuple(b for b in cfg.bench.backends if is_arm_backend(b) and cfg.emulate_samples),
-                jobs=jobs, stages=stages)
+                variants = _evaluate(cfg, variants, data, work, say, jobs=jobs, stages=stages)
             peak = None
             if cfg.bench.peak_probe and any(b.status is Status.OK for v in variants for b in v.bench):
                 say("bench: machine peak (sgemm probe)")
@@ -109,7 +98,8 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None, *, jobs: i
                 variants = [with_efficiency(v, peak) for v in variants]
             with stages.clock("profile"):
                 profile = profile_slowest(variants, inputs_npz=data.bench_npz, runs=cfg.bench.profile_runs,
-                                          timeout_s=cfg.bench.timeout_s, generator=generator, say=say)
+                                          timeout_s=cfg.bench.timeout_s, generator=data.task is Task.TEXT_GENERATION,
+                                          say=say)
             base = report.load(cfg.baseline) if cfg.baseline is not None else None
             with stages.clock("baseline"):
                 paired = _remeasure_baseline(cfg, base, variants, data, work, say) if base is not None else {}
@@ -123,10 +113,7 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None, *, jobs: i
             "litegate": __version__,
             "tool_versions": versions,
             "machine": machine.describe(),
-            "bench_protocol": {**cfg.bench.protocol(), "inputs": data.bench_desc,
-                               "isolation": "one child process per cell, cells run one at a time"},
-            "eval": {"data": str(cfg.data.eval) if cfg.data.eval else None, "task": cfg.model.source.task.value,
-                     "samples": data.n, "backend": cfg.bench.eval_backend, "threads": cfg.bench.eval_threads},
+            **_shared_run_info(cfg, data),
             "cache_hits": sum(1 for v in variants if v.cached),
             "machine_peak": peak,
             "op_profile": profile,
@@ -163,6 +150,18 @@ def _gate_and_write(cfg: ReleaseConfig, run_info: dict[str, Any], model_info: di
         added = history.ingest_run(cfg, cfg.output_dir / "report.json")
         say(f"history: {added.report_sha256[:12]} added to {history.for_release(cfg)}")
     return rep
+
+
+def _evaluate(cfg: ReleaseConfig, variants: list[VariantResult], data: EvalData, work: Path, say: Progress, *,
+              jobs: int, stages: Stages | None = None) -> list[VariantResult]:
+    """The accuracy stage of ``variants`` on every backend ``cfg`` evaluates on (:func:`evaluate_variants`)."""
+    return evaluate_variants(
+        variants, data, reference=cfg.reference, backend=cfg.bench.eval_backend,
+        threads=cfg.bench.eval_threads, on_gpu="gpu" in cfg.bench.backends, timeout_s=cfg.bench.timeout_s,
+        mem_mb=cfg.mem_mb, work=work, say=say, htp_socs=_emulated_socs(cfg), htp_samples=cfg.emulate_samples,
+        phones=tuple(b for b in cfg.bench.backends if is_aihub_backend(b)),
+        arm_backends=tuple(b for b in cfg.bench.backends if is_arm_backend(b) and cfg.emulate_samples),
+        jobs=jobs, stages=stages)
 
 
 def _build_plan(cfg: ReleaseConfig, source: Source, encoder: TextEncoder | None, data: EvalData,
@@ -363,14 +362,7 @@ def run_cells(cfg: ReleaseConfig, plan_path: Path, ids: list[int] | None, progre
                 only = dataclasses.replace(cfg, variants=tuple(v for v in cfg.variants if v.name in converting))
                 done = _core_ml(only, [variants[n] for n in converting], say)
                 pool = done + [variants[n] for n in needed if n not in converting]
-                for v in evaluate_variants(
-                        pool, data, reference=cfg.reference, backend=cfg.bench.eval_backend,
-                        threads=cfg.bench.eval_threads, on_gpu="gpu" in cfg.bench.backends,
-                        timeout_s=cfg.bench.timeout_s, mem_mb=cfg.mem_mb, work=work, say=say,
-                        htp_socs=_emulated_socs(cfg), htp_samples=cfg.emulate_samples,
-                        phones=tuple(b for b in cfg.bench.backends if is_aihub_backend(b)),
-                        arm_backends=tuple(b for b in cfg.bench.backends if is_arm_backend(b) and cfg.emulate_samples),
-                        jobs=jobs):
+                for v in _evaluate(cfg, pool, data, work, say, jobs=jobs):
                     if v.name in converting:
                         variants[v.name] = v
             for item in (i for i in items if i.kind == shard.MEASURE):
