@@ -12,6 +12,8 @@ import pytest
 from numpy_llama import forward as llama_forward
 from safetensors.numpy import load_file, save_file
 
+from litegate.errors import ModelLoadError
+
 pytestmark = pytest.mark.slow
 
 SENTENCES = [
@@ -58,6 +60,10 @@ def make_llama(folder: Path, *, seed: int = 0, layers: int = 2, hidden: int = 32
               p + "self_attn.v_proj.weight": w(kv_heads * d, H), p + "self_attn.o_proj.weight": w(H, heads * d),
               p + "mlp.gate_proj.weight": w(intermediate, H), p + "mlp.up_proj.weight": w(intermediate, H),
               p + "mlp.down_proj.weight": w(H, intermediate)}
+    if config.get("model_type") == "qwen2":  # q/k/v biases
+        for i in range(layers):
+            p = f"model.layers.{i}.self_attn."
+            t |= {p + "q_proj.bias": w(heads * d), p + "k_proj.bias": w(kv_heads * d), p + "v_proj.bias": w(kv_heads * d)}
     if not tied:
         t["lm_head.weight"] = w(V, H, scale=0.3)
     if drop:
@@ -117,8 +123,7 @@ class _Lite:
 
 
 def _prefill_logits(lite: _Lite, ids: list[int], P: int) -> np.ndarray:
-    zeros = {k: np.zeros(d["shape"], np.float32) for k, d in lite.inputs("prefill").items() if k != "tokens"}
-    return lite("prefill", tokens=np.array([ids[:P]], np.int32), **zeros)["logits"][0]
+    return lite("prefill", tokens=np.array([ids[:P]], np.int32))["logits"][0]
 
 
 def test_tf_llama_matches_numpy_reference(tmp_path):
@@ -129,3 +134,87 @@ def test_tf_llama_matches_numpy_reference(tmp_path):
     ours = load_llama(ck)(np.array([ids], np.int32)).numpy()[0]
     ref = _reference(ck, ids)
     assert np.max(np.abs(ours - ref)) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def llama_fp32(tmp_path_factory):
+    """The default tiny Llama (GQA 4/2 heads, untied head) and its fp32 .tflite (prefill 16, cache 96)."""
+    folder = tmp_path_factory.mktemp("llama")
+    ck = make_llama(folder / "ck")
+    return ck, convert_llama(ck, folder / "fp32.tflite", 16, 96)
+
+
+def test_tflite_prefill_matches_numpy_reference(llama_fp32):
+    ck, path = llama_fp32
+    ids = _ids(ck)
+    got = _prefill_logits(_Lite(path), ids, 16)
+    delta = float(np.max(np.abs(got - _reference(ck, ids[:16]))))
+    print(f"prefill max |delta| vs numpy: {delta:.2e}")
+    assert delta < 1e-4
+
+
+def test_tflite_decode_64_steps_reproduces_full_forward(llama_fp32):
+    """Token by token through ``decode`` from an empty cache (pos 0 .. 63), and from the prefill's cache (pos 16 ..)."""
+    ck, path = llama_fp32
+    ids = _ids(ck)
+    assert len(ids) >= 80
+    lite = _Lite(path)
+    ref = _reference(ck, ids[:80])
+    caches = {k: np.zeros(d["shape"], np.float32) for k, d in lite.inputs("decode").items() if "_cache_" in k}
+    deltas = []
+    for pos in range(64):
+        out = lite("decode", token=np.array([[ids[pos]]], np.int32), pos=np.array([pos], np.int32), **caches)
+        caches = {k: out[k] for k in caches}
+        deltas.append(float(np.max(np.abs(out["logits"][0] - ref[pos]))))
+    print(f"64-step decode max |delta| vs numpy full forward: {max(deltas):.2e}")
+    assert max(deltas) < 1e-4
+    pre = lite("prefill", tokens=np.array([ids[:16]], np.int32))
+    caches = {k: pre[k] for k in caches}
+    for pos in range(16, 80):
+        out = lite("decode", token=np.array([[ids[pos]]], np.int32), pos=np.array([pos], np.int32), **caches)
+        caches = {k: out[k] for k in caches}
+        assert np.max(np.abs(out["logits"][0] - ref[pos])) < 1e-4, pos
+
+
+@pytest.mark.parametrize("variant", [
+    {"tied": True},
+    {"rope_scaling": {"type": "linear", "factor": 4.0}},
+    {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 16}, "rope_theta": 500000.0},
+    {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "heads": 4, "kv_heads": 1, "tied": True},
+    {"heads": 2, "kv_heads": 2, "layers": 1},
+], ids=["tied", "rope-linear", "rope-llama3", "qwen2-bias-mqa", "mha"])
+def test_variants_tflite_match_numpy_reference(tmp_path, variant):
+    """Tied head, linear and llama3 rope scaling, Qwen2 q/k/v biases with one kv head, plain multi-head."""
+    ck = make_llama(tmp_path / "ck", seed=3, **variant)
+    path = convert_llama(ck, tmp_path / "m.tflite", 12, 40)
+    ids = _ids(ck)
+    lite = _Lite(path)
+    ref = _reference(ck, ids[:40])
+    assert np.max(np.abs(_prefill_logits(lite, ids, 12) - ref[:12])) < 1e-4
+    caches = {k: v for k, v in lite("prefill", tokens=np.array([ids[:12]], np.int32)).items() if "_cache_" in k}
+    for pos in range(12, 40):
+        out = lite("decode", token=np.array([[ids[pos]]], np.int32), pos=np.array([pos], np.int32), **caches)
+        caches = {k: out[k] for k in caches}
+        assert np.max(np.abs(out["logits"][0] - ref[pos])) < 1e-4, pos
+    if variant.get("tied"):
+        assert "lm_head.weight" not in load_file(str(ck / "model.safetensors"))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"drop": "model.layers.1.mlp.up_proj.weight"}, "missing tensor 'model.layers.1.mlp.up_proj.weight'"),
+    ({"drop": "lm_head.weight"}, "missing tensor 'lm_head.weight'"),
+    ({"reshape": "model.layers.0.self_attn.k_proj.weight"}, "tensor 'model.layers.0.self_attn.k_proj.weight' has shape"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling type 'yarn' is not supported"),
+    ({"rope_scaling": {"type": "linear", "factor": 0.5}}, "rope_scaling.factor must be a finite number >= 1"),
+    ({"heads": 4, "kv_heads": 3}, "num_attention_heads 4 is not divisible by num_key_value_heads 3"),
+    ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
+    ({"rope_theta": -1}, "rope_theta must be a finite number > 0"),
+], ids=["missing", "missing-head", "shape", "rope-yarn", "rope-factor", "gqa", "act", "theta"])
+def test_bad_checkpoints_are_one_line_errors(tmp_path, kwargs, message):
+    from litegate.converter.llama import load_llama
+
+    ck = make_llama(tmp_path / "bad", layers=2, **kwargs)
+    with pytest.raises(ModelLoadError) as err:
+        load_llama(ck)
+    assert message in err.value.message and "\n" not in err.value.message
