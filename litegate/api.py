@@ -181,7 +181,7 @@ def prune_model(source: ModelSource, out: Path, *, recipe: str, then: str | None
         raise QuantizationError("pruning needs a tokenizer to encode the recovery text; pass --tokenizer")
     if labels is None and calibration is None:
         raise DataError("pruning needs recovery text: give --calibration TEXT or --labels TSV")
-    generator = source.task is Task.TEXT_GENERATION or source.kind is SourceKind.HF_GPT2
+    generator = source.task is Task.TEXT_GENERATION or source.kind in SourceKind.decoders()
     if generator and labels is not None:
         raise DataError("--labels is a sentence<TAB>label file for classifiers; give a text generator --calibration TEXT")
     if generator and then_rec.needs_calibration:

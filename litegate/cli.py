@@ -26,6 +26,7 @@ from litegate.baseline import CompareConfig
 from litegate.baseline import compare as do_compare
 from litegate.compat.ruleset import DELEGATES
 from litegate.config import load as load_config
+from litegate.converter.detect import resolve
 from litegate.errors import BenchmarkError, LitegateError
 from litegate.quantize import recipes
 from litegate.types import DEFAULT_SEQ_LEN, Head, ModelSource, SourceKind, Status, Task
@@ -97,9 +98,10 @@ source_options = [
     click.option("--seq-len", type=click.IntRange(1, 4096), default=DEFAULT_SEQ_LEN, show_default=True,
                  help="Static sequence length of the exported model (a generator's prefill length)."),
     click.option("--from", "kind", type=click.Choice([k.value for k in SourceKind if k is not SourceKind.TFLITE]),
-                 default=SourceKind.HF_BERT.value, show_default=True, help="Kind of the input model."),
+                 default=SourceKind.HF.value, show_default=True,
+                 help="Kind of the input model (hf: a Hugging Face checkpoint whose config.json names the builder)."),
     click.option("--max-len", type=click.IntRange(1), default=None,
-                 help="KV-cache length of a GPT-2 export (default: the model's n_positions)."),
+                 help="KV-cache length of a decoder export (default: the model's maximum positions)."),
     click.option("--signature", default="serving_default", show_default=True, help="SavedModel signature to convert."),
     click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False, path_type=Path),
                  help="tokenizer.json / vocab.txt for sources that do not carry one (saved_model, keras)."),
@@ -111,12 +113,13 @@ source_options = [
                  help="Load SavedModels whose graphs read or write files, run Python or use the network (refused "
                       "by default; the model still loads in the sandbox). Only for files you trust."),
     click.option("--gpu-friendly/--no-gpu-friendly", default=False, show_default=True,
-                 help="hf-bert / hf-gpt2: spell embedding lookups as 1-D gathers and slices without shrink masks so "
-                      "LiteRT's GPU delegate takes every op (same outputs)."),
-    click.option("--task", type=click.Choice([t.value for t in Task]), default=Task.TEXT_CLASSIFICATION.value,
-                 show_default=True),
+                 help="Hugging Face checkpoints: spell embedding lookups as 1-D gathers and slices without shrink "
+                      "masks so LiteRT's GPU delegate takes every op (same outputs)."),
+    click.option("--task", type=click.Choice([t.value for t in Task]), default=None,
+                 help="What the model does (default: what a checkpoint's config.json says, else text-classification)."),
     click.option("--head", type=click.Choice([h.value for h in Head]), default=None,
-                 help="BERT output head (default: classification for text-classification, mean for embeddings)."),
+                 help="Encoder output head (default: what a checkpoint's config.json says; else classification for "
+                      "text-classification, mean for embeddings)."),
 ]
 
 
@@ -308,7 +311,8 @@ def convert(path: Path, output: Path, timeout_s: float, verbose: bool, **source:
 
     \b
     Example:
-      litegate convert --from hf-bert examples/demo/model -o demo.tflite --seq-len 64
+      litegate convert examples/demo/model -o demo.tflite --seq-len 64
+      litegate convert models/all-MiniLM-L6-v2 -o minilm.tflite   # config.json: BertModel -> embeddings
       litegate convert --from saved_model bert_savedmodel/ --tokenizer vocab.txt -o bert.tflite
     """
     _convert(path, output, source, "fp32", None, 0, timeout_s=timeout_s)
@@ -364,7 +368,7 @@ def _convert(path: Path, output: Path, source: dict[str, Any], recipe: str,
 
 def _model_source(path: Path, source: dict[str, Any]) -> ModelSource:
     """The ModelSource described by the shared source options."""
-    task = source["task"]
+    task = source["task"] or Task.TEXT_CLASSIFICATION
     options: dict[str, Any] = {"head": source["head"] or ("classification" if task == Task.TEXT_CLASSIFICATION else "mean")}
     if source["kind"] == SourceKind.SAVED_MODEL:
         options["signature"] = source["signature"]
@@ -379,13 +383,15 @@ def _model_source(path: Path, source: dict[str, Any]) -> ModelSource:
     if source["max_len"]:
         options["max_len"] = source["max_len"]
     if source.get("gpu_friendly"):
-        if source["kind"] not in (SourceKind.HF_BERT, SourceKind.HF_GPT2):
-            raise click.UsageError(f"--gpu-friendly applies to hf-bert and hf-gpt2 sources, not {source['kind']}")
+        if source["kind"] not in (SourceKind.HF, *SourceKind.checkpoints()):
+            raise click.UsageError(f"--gpu-friendly applies to Hugging Face checkpoints, not {source['kind']}")
         options["gpu_friendly"] = True
-    if source["kind"] == SourceKind.HF_GPT2:
+    kind = SourceKind(source["kind"])
+    if kind in SourceKind.decoders():
         task = Task.TEXT_GENERATION
-    return ModelSource(kind=SourceKind(source["kind"]), path=str(path), task=Task(task), options=options,
-                       seq_len=source.get("seq_len") or DEFAULT_SEQ_LEN)
+    return resolve(ModelSource(kind=kind, path=str(path), task=Task(task), options=options,
+                               seq_len=source.get("seq_len") or DEFAULT_SEQ_LEN),
+                   head_given=source["head"] is not None, task_given=source["task"] is not None)
 
 
 @cli.command()

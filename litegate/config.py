@@ -9,7 +9,7 @@ Example::
 
     name = "demo"
     [model]
-    source = "hf-bert"            # hf-bert | saved_model | keras | tflite
+    source = "hf"                 # hf (or hf-bert | hf-gpt2 | hf-llama) | saved_model | keras | tflite
     path = "model"
     task = "text-classification"
     head = "classification"
@@ -51,6 +51,7 @@ from litegate import timing
 from litegate.backends.spec import backend_relative_to
 from litegate.baseline import CompareConfig
 from litegate.compat.ruleset import DELEGATES
+from litegate.converter.detect import resolve
 from litegate.errors import ConfigError
 from litegate.quantize import recipes
 from litegate.types import DEFAULT_SEQ_LEN, ModelSource, Recipe, SourceKind, Task, VariantConfig
@@ -319,9 +320,13 @@ def _model(m: _Table, base: Path, *, gpu_target: bool) -> ModelConfig:
     seq_len = m.get("seq_len", int, DEFAULT_SEQ_LEN)
     if not 1 <= seq_len <= 4096:
         raise ConfigError(f"{file}: 'model.seq_len' must be between 1 and 4096, got {seq_len}")
-    options = _model_options(m, base, head, source_kind, gpu_target)
+    # a Hugging Face checkpoint's config.json decides what the file leaves out: the builder of `source = "hf"`,
+    # the head and the task (litegate.converter.detect)
+    source = resolve(ModelSource(kind=source_kind, path=str(model_path), task=task, options={"head": head},
+                                 seq_len=seq_len), head_given="head" in m.data, task_given="task" in m.data)
+    options = _model_options(m, base, str(source.options["head"]), source.kind, gpu_target)
     m.done()
-    return ModelConfig(ModelSource(kind=source_kind, path=str(model_path), task=task, options=options, seq_len=seq_len))
+    return ModelConfig(dataclasses.replace(source, options=options))
 
 
 def _model_options(m: _Table, base: Path, head: str, source_kind: SourceKind, gpu_target: bool) -> dict[str, Any]:
@@ -351,11 +356,11 @@ def _model_options(m: _Table, base: Path, head: str, source_kind: SourceKind, gp
     # GPU-friendly graph (1-D embedding gathers, no shrink-mask slices): on by default when the release
     # measures the GPU delegate (bench.backends has "gpu") or checks a Qualcomm NPU (a qnn target: the HTP
     # refuses GPT-2's rank-0 StridedSlice and takes the rewritten graph whole); check.delegates' rule-based
-    # gpu (in its default) does not switch it on. Only hf-bert and hf-gpt2 sources have the rewrite.
-    rewritable = source_kind in (SourceKind.HF_BERT, SourceKind.HF_GPT2)
+    # gpu (in its default) does not switch it on. Only Hugging Face checkpoint sources have the rewrite.
+    rewritable = source_kind in SourceKind.checkpoints()
     if m.get("gpu_friendly", bool, gpu_target and rewritable):
         if not rewritable:
-            raise ConfigError(f"{file}: 'model.gpu_friendly' applies to hf-bert and hf-gpt2 sources, "
+            raise ConfigError(f"{file}: 'model.gpu_friendly' applies to Hugging Face checkpoint sources, "
                               f"not {source_kind.value!r}")
         options["gpu_friendly"] = True
     return options

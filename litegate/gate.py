@@ -269,7 +269,7 @@ def recommend_per_target(passing: Sequence[VariantResult], variants: Sequence[Va
                f"({100 * c.delegated_fraction:.0f}% of ops; stays on the CPU: {stays or c.model_reason})")
         source = cfg.model.source
         if ({"STRIDED_SLICE", "GATHER"} & set(c.fallback_ops) and not source.options.get("gpu_friendly")
-                and source.kind in (SourceKind.HF_BERT, SourceKind.HF_GPT2)):
+                and source.kind in SourceKind.checkpoints()):
             why += ("; litegate owns this graph: model.gpu_friendly = true rewrites its slices and gathers "
                     "(1-D, no shrink masks), which the GPU delegate and the HTP take")
         rows.append({"target": label, "variant": None, "why": why})

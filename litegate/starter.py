@@ -1,23 +1,25 @@
 """``litegate init MODEL``: a commented starter ``release.toml`` for a model, its kind and task read from its files.
 
 Only the files are read (``config.json``, ``saved_model.pb``, the file suffix), never the model run: a Hugging Face
-BERT folder whose ``architectures`` name a sequence classifier (or whose ``id2label`` has labels) is a text
-classifier, another BERT an embedding model (mean pooling), a GPT-2 folder a text generator; a SavedModel, Keras
-file or ``.tflite`` keeps its own outputs. The written file is loaded back with :func:`litegate.config.load` before
+checkpoint is read as :func:`litegate.converter.detect.detect_checkpoint` reads it (an encoder whose
+``architectures`` name a sequence classifier, or whose ``id2label`` has labels, is a text classifier, another an
+embedding model with mean pooling, a decoder a text generator); a SavedModel, Keras file or ``.tflite`` keeps its own
+outputs. The written file is loaded back with :func:`litegate.config.load` before
 it is kept, so what ``init`` writes always parses.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from litegate.artifacts import atomic_write_text, check_output_path
 from litegate.config import load
+from litegate.converter.detect import detect_checkpoint
+from litegate.converter.hf import read_config_json
 from litegate.errors import ModelLoadError, OutputError
-from litegate.types import Head, SourceKind, Task
+from litegate.types import SourceKind, Task
 
 
 def detect(model: Path) -> dict[str, Any]:
@@ -27,30 +29,13 @@ def detect(model: Path) -> dict[str, Any]:
         ModelLoadError: nothing litegate can convert is there.
     """
     if model.is_dir() and (model / "config.json").is_file():
-        try:
-            cfg = json.loads((model / "config.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{model / 'config.json'}: unreadable ({exc})") from None
-        if not isinstance(cfg, dict):
-            raise ModelLoadError(f"{model / 'config.json'}: not a JSON object")
-        kind = str(cfg.get("model_type", "")).lower()
+        found = detect_checkpoint(model)
+        cfg = read_config_json(model / "config.json")
         positions = cfg.get("max_position_embeddings") or cfg.get("n_positions") or 128
         seq = min(128, positions) if isinstance(positions, int) and positions > 0 else 128
-        if kind == "gpt2":
-            return {"kind": SourceKind.HF_GPT2, "task": Task.TEXT_GENERATION, "head": None, "seq_len": min(seq, 64),
-                    "why": "config.json: model_type gpt2"}
-        if kind == "bert":
-            arch = " ".join(cfg.get("architectures") or [])
-            labels = cfg.get("id2label") or {}
-            if "SequenceClassification" in arch or (isinstance(labels, dict) and len(labels) >= 2
-                                                     and "LABEL_0" not in labels.values()):
-                named = arch or "labels " + ", ".join(map(str, labels.values()))
-                return {"kind": SourceKind.HF_BERT, "task": Task.TEXT_CLASSIFICATION, "head": Head.CLASSIFICATION,
-                        "seq_len": seq, "why": f"config.json: model_type bert, {named}"}
-            return {"kind": SourceKind.HF_BERT, "task": Task.SENTENCE_EMBEDDING, "head": Head.MEAN, "seq_len": seq,
-                    "why": "config.json: model_type bert without a classification head (embeddings, mean pooling)"}
-        raise ModelLoadError(f"{model / 'config.json'}: model_type {kind or '(none)'!r}: litegate converts "
-                             "Hugging Face bert and gpt2 checkpoints")
+        if found.task is Task.TEXT_GENERATION:
+            seq = min(seq, 64)
+        return {"kind": found.kind, "task": found.task, "head": found.head, "seq_len": seq, "why": found.why}
     if model.is_dir() and (model / "saved_model.pb").is_file():
         return {"kind": SourceKind.SAVED_MODEL, "task": Task.TEXT_CLASSIFICATION, "head": None,
                 "why": "saved_model.pb (task assumed: set model.task if it is not a classifier)"}

@@ -39,11 +39,23 @@ class Head(enum.StrEnum):
 class SourceKind(enum.StrEnum):
     """Where an input model comes from."""
 
+    HF = "hf"  # a Hugging Face checkpoint whose config.json picks the builder (litegate.converter.detect)
     HF_BERT = "hf-bert"
     HF_GPT2 = "hf-gpt2"
+    HF_LLAMA = "hf-llama"
     SAVED_MODEL = "saved_model"
     KERAS = "keras"
     TFLITE = "tflite"
+
+    @classmethod
+    def checkpoints(cls) -> tuple[SourceKind, ...]:
+        """The kinds whose graph litegate builds itself from a Hugging Face checkpoint (``hf`` resolves to one)."""
+        return (cls.HF_BERT, cls.HF_GPT2, cls.HF_LLAMA)
+
+    @classmethod
+    def decoders(cls) -> tuple[SourceKind, ...]:
+        """The checkpoint kinds that are text generators (prefill and decode signatures, a KV cache)."""
+        return (cls.HF_GPT2, cls.HF_LLAMA)
 
 
 class Status(enum.StrEnum):

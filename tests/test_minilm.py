@@ -22,9 +22,9 @@ pytestmark = [
 
 
 def test_minilm_fp32_embeddings_match_numpy_reference_on_200_sst2_sentences(tmp_path):
+    """No flags: config.json's BertModel picks the builder, the embeddings task and mean pooling (issue #19)."""
     out = tmp_path / "minilm.tflite"
-    r = run_cli("convert", "--from", "hf-bert", str(MINILM), "--task", "sentence-embedding", "--seq-len", "128",
-                "-o", str(out))
+    r = run_cli("convert", str(MINILM), "--seq-len", "128", "-o", str(out))
     assert r.returncode == 0, r.stderr
     sents = read_labelled_tsv(SHARED_DATA / "sst2" / "dev.tsv").sentences[:200]
     x = TextEncoder(MINILM / "tokenizer.json", 128).encode(sents)

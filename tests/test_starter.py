@@ -28,11 +28,11 @@ def test_detects_the_kind_and_task_from_the_files(tmp_path):
     assert (enc["task"], enc["head"], enc["seq_len"]) == (Task.SENTENCE_EMBEDDING, Head.MEAN, 128)
     (tmp_path / "m.tflite").write_bytes(b"x")
     assert detect(tmp_path / "m.tflite")["kind"] is SourceKind.TFLITE
-    roberta = tmp_path / "roberta"
-    roberta.mkdir()
-    (roberta / "config.json").write_text(json.dumps({"model_type": "roberta"}))
-    with pytest.raises(ModelLoadError, match="model_type 'roberta': litegate converts Hugging Face bert and gpt2"):
-        detect(roberta)
+    t5 = tmp_path / "t5"
+    t5.mkdir()
+    (t5 / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(ModelLoadError, match=r"model_type 't5' is not supported \(supported: bert, .*gpt2, llama"):
+        detect(t5)
     with pytest.raises(ModelLoadError, match="not a Hugging Face checkpoint folder"):
         detect(tmp_path / "missing")
 

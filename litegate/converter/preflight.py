@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from litegate.converter.detect import resolve
 from litegate.converter.hf import BertConfig, GPT2Config, tokenizer_file
 from litegate.errors import ModelLoadError
 from litegate.tflite.verify import verify_tflite
@@ -19,7 +20,7 @@ def source_tokenizer(source: ModelSource) -> Path | None:
     """The tokenizer that travels with ``source``: an explicit option, or the checkpoint's own."""
     if source.options.get("tokenizer"):
         return Path(str(source.options["tokenizer"]))
-    if source.kind in (SourceKind.HF_BERT, SourceKind.HF_GPT2):
+    if source.kind in (SourceKind.HF, *SourceKind.checkpoints()):
         return tokenizer_file(Path(source.path))
     if source.kind is SourceKind.KERAS and (Path(source.path).parent / "tokenizer.json").is_file():
         return Path(source.path).parent / "tokenizer.json"
@@ -33,6 +34,8 @@ def check_source(source: ModelSource) -> dict[str, Any]:
     path, seq_len = Path(source.path), source.seq_len
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file or directory")
+    if source.kind is SourceKind.HF:  # callers that did not resolve it (the CLI and the config loader do)
+        source = resolve(source, head_given=True, task_given=True)
     if source.kind is SourceKind.HF_BERT:
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path}: not a Hugging Face checkpoint folder (no config.json)")
@@ -45,17 +48,13 @@ def check_source(source: ModelSource) -> dict[str, Any]:
                 "vocab_size": bert.vocab_size,
                 "labels": ({str(i): str(lab) for i, lab in enumerate(source.options["labels"])}
                            if source.options.get("labels") else dict(bert.id2label))}
-    if source.kind is SourceKind.HF_GPT2:
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path}: not a Hugging Face checkpoint folder (no config.json)")
-        gpt2 = GPT2Config.from_json_file(path / "config.json")
-        dims = {"vocab_size": gpt2.vocab_size, "n_positions": gpt2.n_positions, "n_embd": gpt2.n_embd,
-                "n_layer": gpt2.n_layer, "n_head": gpt2.n_head}
-        max_len = int(source.options.get("max_len", dims["n_positions"]))
-        if max_len > dims["n_positions"] or seq_len > max_len:
+    if source.kind in SourceKind.decoders():
+        dims, positions = _decoder_dims(source)
+        max_len = int(source.options.get("max_len", decoder_positions(source)))
+        if max_len > positions or seq_len > max_len:
             raise ModelLoadError(f"{path}: prefill length {seq_len} and cache length {max_len} must not exceed the "
-                                 f"model's n_positions {dims['n_positions']}")
-        return {"architecture": "gpt2", **dims}
+                                 f"model's {positions} positions")
+        return dims
     if source.kind is SourceKind.SAVED_MODEL:
         if not path.is_dir() or not (path / "saved_model.pb").is_file():
             raise ModelLoadError(f"{path}: not a TensorFlow SavedModel folder (no saved_model.pb)")
@@ -66,6 +65,34 @@ def check_source(source: ModelSource) -> dict[str, Any]:
         return {"architecture": "keras"}
     verify_tflite(path)
     return {"architecture": "tflite"}
+
+
+DEFAULT_CACHE = 1024  # a Llama-family export's KV-cache positions when max_len is not given (at most the model's)
+
+
+def _decoder_dims(source: ModelSource) -> tuple[dict[str, Any], int]:
+    """A decoder checkpoint's architecture and sizes, and its maximum positions, from its config.json."""
+    path = Path(source.path)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path}: not a Hugging Face checkpoint folder (no config.json)")
+    if source.kind is SourceKind.HF_GPT2:
+        gpt2 = GPT2Config.from_json_file(path / "config.json")
+        return {"architecture": "gpt2", "vocab_size": gpt2.vocab_size, "n_positions": gpt2.n_positions,
+                "n_embd": gpt2.n_embd, "n_layer": gpt2.n_layer, "n_head": gpt2.n_head}, gpt2.n_positions
+    from litegate.converter.hf_llama import LlamaConfig  # the Llama family's config reader
+
+    llama = LlamaConfig.from_json_file(path / "config.json")
+    positions = llama.max_position_embeddings
+    return {"architecture": getattr(llama, "model_type", "llama"), "vocab_size": llama.vocab_size,
+            "max_position_embeddings": positions, "layers": llama.num_hidden_layers, "hidden": llama.hidden_size,
+            "heads": llama.num_attention_heads, "kv_heads": llama.num_key_value_heads}, positions
+
+
+def decoder_positions(source: ModelSource) -> int:
+    """The default KV-cache length of a decoder export: GPT-2's n_positions; a Llama-family model's maximum
+    positions up to :data:`DEFAULT_CACHE` (their configs allow 2k to 128k positions, too large a cache for a phone)."""
+    positions = _decoder_dims(source)[1]
+    return positions if source.kind is SourceKind.HF_GPT2 else min(positions, DEFAULT_CACHE)
 
 
 def find_tokenizer(model: Path) -> Path:

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from litegate.converter.detect import resolve
 from litegate.converter.hf import read_checkpoint
+from litegate.converter.preflight import decoder_positions
 from litegate.converter.trust import check_saved_model
 from litegate.errors import ModelLoadError
 from litegate.types import ModelSource, SourceKind, Task
@@ -56,10 +58,12 @@ def load(source: ModelSource) -> Loaded:
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file or directory")
     dynamic = bool(source.options.get("dynamic_shapes", False))
+    if source.kind is SourceKind.HF:  # callers that did not resolve it (the CLI and the config loader do)
+        source = resolve(source, head_given=True, task_given=True)
     if source.kind is SourceKind.HF_BERT:
         return _hf_bert(source, seq_len, dynamic)
-    if source.kind is SourceKind.HF_GPT2:
-        return _hf_gpt2(source, seq_len)
+    if source.kind in SourceKind.decoders():
+        return _hf_decoder(source, seq_len)
     if source.kind is SourceKind.KERAS and source.task is Task.TEXT_GENERATION:
         return _keras_generator(path, seq_len)
     if source.kind is SourceKind.SAVED_MODEL:
@@ -137,17 +141,21 @@ def _hf_bert(source: ModelSource, seq_len: int, dynamic: bool) -> Loaded:
     return Loaded(serve=serve, owner=model, prunable=True, keras_model=model, dynamic=dynamic, notes=notes)
 
 
-def _hf_gpt2(source: ModelSource, seq_len: int) -> Loaded:
-    from litegate.converter.gpt2 import (  # imports TensorFlow: build child only
-        load_gpt2,
-        signatures,
-    )
+def _hf_decoder(source: ModelSource, seq_len: int) -> Loaded:
+    """A GPT-2 or Llama-family checkpoint with ``prefill`` and ``decode`` signatures and a fixed-size KV cache."""
+    if source.kind is SourceKind.HF_GPT2:
+        from litegate.converter.gpt2 import load_gpt2 as load_model  # imports TensorFlow: build child only
+        from litegate.converter.gpt2 import signatures
+    else:
+        from litegate.converter.llama import load_llama as load_model  # type: ignore[assignment]
+        from litegate.converter.llama import signatures  # type: ignore[assignment,no-redef]
 
-    model = load_gpt2(source.path)
-    max_len = int(source.options.get("max_len", model.cfg.n_positions))
+    model = load_model(source.path)
+    max_len = int(source.options.get("max_len", decoder_positions(source)))
     gpu_friendly = bool(source.options.get("gpu_friendly", False))
     sigs = signatures(model, seq_len, max_len, gpu_friendly=gpu_friendly)
-    notes = [f"GPT-2 with prefill (length {seq_len}) and decode signatures, KV cache of {max_len} positions"]
+    notes = [f"{source.kind.value} decoder with prefill (length {seq_len}) and decode signatures, KV cache of "
+             f"{max_len} positions"]
     return Loaded(serve=None, owner=model, prunable=False, keras_model=model, signatures=sigs,
                   notes=notes + ([GPU_FRIENDLY_NOTE] if gpu_friendly else []))
 
