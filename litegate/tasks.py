@@ -224,6 +224,15 @@ def _tokenizers_call(fn: Callable[[], _T], fail: Callable[[str], LitegateError],
     return result[0]
 
 
+def _pad_token(tok: Any) -> str:
+    """The padding token: the tokenizer.json's own, else BERT's ``[PAD]``, else ``<pad>`` (RoBERTa, XLM-R:
+    id 1, where id 0 is ``<s>``), else ``[PAD]`` (id 0 when the vocabulary has no such token)."""
+    own = tok.padding.get("pad_token") if tok.padding else None
+    if own and tok.token_to_id(own) is not None:
+        return str(own)
+    return next((t for t in ("[PAD]", "<pad>") if tok.token_to_id(t) is not None), "[PAD]")
+
+
 def _encode_timeout(texts: list[str] | tuple[str, ...]) -> float:
     return TOKENIZE_MIN_S + sum(len(t) for t in texts) / TOKENIZE_MIN_CHARS_PER_S
 
@@ -242,6 +251,7 @@ class TextEncoder:
     @staticmethod
     def _load(p: Path, seq_len: int) -> Any:
         tok = Tokenizer.from_file(str(p)) if p.suffix == ".json" else BertWordPieceTokenizer(str(p), lowercase=True)._tokenizer
+        pad_token = _pad_token(tok)
         tok.no_padding()
         tok.no_truncation()
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
@@ -251,8 +261,8 @@ class TextEncoder:
 
             tok.post_processor = BertProcessing(("[SEP]", sep_id), ("[CLS]", cls_id))
         tok.enable_truncation(max_length=seq_len)
-        pad_id = tok.token_to_id("[PAD]")
-        tok.enable_padding(length=seq_len, pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+        pad_id = tok.token_to_id(pad_token)
+        tok.enable_padding(length=seq_len, pad_id=0 if pad_id is None else pad_id, pad_token=pad_token)
         tok.encode_batch([PROBE_TEXT, ""])  # a tokenizer that fails on plain text is broken, not the data
         return tok
 

@@ -30,7 +30,14 @@ GELU lowers to the builtin GELU, K is read through BATCH_MATMUL's ``adj_y`` (XNN
 Fused Q/K/V, K pre-transposed, other layer-norm spellings and XNNPACK flags measured within noise
 (the tanh GELU is 3e-4 off), so none is used; ``tests/test_bert.py`` guards the op counts.
 
-Weights map one-to-one to Hugging Face ``BertModel`` / ``BertForSequenceClassification`` names.
+Weights map one-to-one to Hugging Face ``BertModel`` / ``BertForSequenceClassification`` names, and to those of
+the other BERT-family encoders (:data:`~litegate.converter.hf.BERT_FAMILIES`) built by the same :func:`build_bert`:
+DistilBERT (no token types, its classifier a ReLU ``pre_classifier`` on the first token), RoBERTa and XLM-R
+(positions from ``padding_idx + 1``: with right padding a static slice gives every real token its position;
+classifier ``classifier.dense`` (tanh) and ``classifier.out_proj``), ELECTRA (embeddings of ``embedding_size``
+projected to the hidden size; classifier as RoBERTa's with GELU) and ALBERT (factorised embeddings and one layer
+whose tf_keras layers are applied ``num_hidden_layers`` times, so the .tflite holds its weights once; its
+residual-smoothing key is ``l0_ffn`` for every application).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from litegate.converter.hf import BertConfig, Checkpoint
+from litegate.converter.hf import BERT_FAMILIES, BertConfig, Checkpoint, prefixed
 from litegate.errors import ModelLoadError
 from litegate.types import Head
 
@@ -130,10 +137,11 @@ class LayerNorm(tf_keras.layers.Layer):
     the layer norm of ``r``.
     """
 
-    def __init__(self, eps: float = 1e-12, smooth_key: str = "", **kwargs: Any) -> None:
+    def __init__(self, eps: float = 1e-12, smooth_key: str = "", scale_first: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.eps = eps
         self.smooth_key = smooth_key
+        self.scale_first = scale_first
 
     def build(self, input_shape: Any) -> None:
         dim = int(input_shape[-1])
@@ -157,10 +165,12 @@ class LayerNorm(tf_keras.layers.Layer):
         mean = tf.reduce_mean(x, axis=-1, keepdims=True)
         centered = x - mean
         var = tf.reduce_mean(centered * centered, axis=-1, keepdims=True)
+        if self.scale_first:
+            return centered * self.gamma * tf.math.rsqrt(var + self.eps) + self.beta
         return centered * tf.math.rsqrt(var + self.eps) * self.gamma + self.beta
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "eps": self.eps, "smooth_key": self.smooth_key}
+        return {**super().get_config(), "eps": self.eps, "smooth_key": self.smooth_key, "scale_first": self.scale_first}
 
 
 def gather_rows(table: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
@@ -193,14 +203,14 @@ def take_position(x: tf.Tensor, index: int, *, gpu_friendly: bool = False) -> tf
 
 
 class Embeddings(tf_keras.layers.Layer):
-    """Word + position + token-type (type 0) embeddings."""
+    """Word + position (from row ``position_offset``) + token-type (type 0; none if ``type_vocab_size`` is 0)."""
 
     def __init__(self, vocab_size: int, max_positions: int, type_vocab_size: int, hidden: int,
-                 gpu_friendly: bool = False, **kwargs: Any):
+                 gpu_friendly: bool = False, position_offset: int = 0, **kwargs: Any):
         super().__init__(**kwargs)
         self.vocab_size, self.max_positions = vocab_size, max_positions
         self.type_vocab_size, self.hidden = type_vocab_size, hidden
-        self.gpu_friendly = gpu_friendly
+        self.gpu_friendly, self.position_offset = gpu_friendly, position_offset
 
     def build(self, input_shape: Any) -> None:
         def init() -> tf_keras.initializers.Initializer:
@@ -208,13 +218,16 @@ class Embeddings(tf_keras.layers.Layer):
 
         self.word = self.add_weight(name="word", shape=(self.vocab_size, self.hidden), initializer=init())
         self.position = self.add_weight(name="position", shape=(self.max_positions, self.hidden), initializer=init())
-        self.token_type = self.add_weight(name="token_type", shape=(self.type_vocab_size, self.hidden), initializer=init())
+        if self.type_vocab_size:
+            self.token_type = self.add_weight(name="token_type", shape=(self.type_vocab_size, self.hidden),
+                                              initializer=init())
         super().build(input_shape)
 
     def call(self, ids: tf.Tensor) -> tf.Tensor:
         seq = tf.shape(ids)[1]
         x = gather_rows(self.word, ids) if self.gpu_friendly else tf.gather(self.word, ids)
-        return x + self.position[tf.newaxis, :seq, :] + self.token_type[tf.newaxis, 0:1, :]
+        x = x + self.position[tf.newaxis, self.position_offset : self.position_offset + seq, :]
+        return x + self.token_type[tf.newaxis, 0:1, :] if self.type_vocab_size else x
 
     def get_prunable_weights(self) -> list[Any]:
         """The word table, for pruning recipes with ``prune_embeddings`` (tfmot's PrunableLayer API)."""
@@ -222,7 +235,8 @@ class Embeddings(tf_keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "vocab_size": self.vocab_size, "max_positions": self.max_positions,
-                "type_vocab_size": self.type_vocab_size, "hidden": self.hidden, "gpu_friendly": self.gpu_friendly}
+                "type_vocab_size": self.type_vocab_size, "hidden": self.hidden, "gpu_friendly": self.gpu_friendly,
+                "position_offset": self.position_offset}
 
 
 class AttentionCore(tf_keras.layers.Layer):
@@ -342,6 +356,46 @@ def _act(name: str) -> Any:
     return lambda x: tf.nn.gelu(x, approximate=approximate)
 
 
+# model_type -> (HF name of the dense between the first token and the classifier, its activation, HF name of
+# the classifier) of its *ForSequenceClassification; families not named here put the pooler there
+CLASSIFIER_HEADS = {
+    "distilbert": ("pre_classifier", "relu", "classifier"),
+    "roberta": ("classifier.dense", "tanh", "classifier.out_proj"),
+    "xlm-roberta": ("classifier.dense", "tanh", "classifier.out_proj"),
+    "electra": ("classifier.dense", "gelu", "classifier.out_proj"),
+}
+POOLERS = {"bert": "pooler.dense", "roberta": "pooler.dense", "xlm-roberta": "pooler.dense", "albert": "pooler"}
+# model_type -> (HF prefix of layer {i}, (HF dense, ours) names, (HF layer norm, ours) names)
+_BERT_LAYER = ("encoder.layer.{i}.",
+               (("attention.self.query", "query"), ("attention.self.key", "key"), ("attention.self.value", "value"),
+                ("attention.output.dense", "attn_out"), ("intermediate.dense", "ffn_in"), ("output.dense", "ffn_out")),
+               (("attention.output.LayerNorm", "attn_ln"), ("output.LayerNorm", "ffn_ln")))
+LAYERS = {
+    **{t: _BERT_LAYER for t in BERT_FAMILIES},
+    "distilbert": ("transformer.layer.{i}.",
+                   (("attention.q_lin", "query"), ("attention.k_lin", "key"), ("attention.v_lin", "value"),
+                    ("attention.out_lin", "attn_out"), ("ffn.lin1", "ffn_in"), ("ffn.lin2", "ffn_out")),
+                   (("sa_layer_norm", "attn_ln"), ("output_layer_norm", "ffn_ln"))),
+    "albert": ("encoder.albert_layer_groups.0.albert_layers.0.",
+               (("attention.query", "query"), ("attention.key", "key"), ("attention.value", "value"),
+                ("attention.dense", "attn_out"), ("ffn", "ffn_in"), ("ffn_output", "ffn_out")),
+               (("attention.LayerNorm", "attn_ln"), ("full_layer_layer_norm", "ffn_ln"))),
+}
+PROJECTIONS = {"electra": "embeddings_project", "albert": "encoder.embedding_hidden_mapping_in"}
+
+
+def _check_head(cfg: BertConfig, head: str, seq_len: int | None) -> None:
+    if head not in HEADS:
+        raise ModelLoadError(f"unknown BERT head {head!r} (choose from {', '.join(HEADS)})")
+    if head in ("cls", "encoder") and cfg.model_type not in POOLERS:
+        raise ModelLoadError(f"head {head!r} needs a pooler, which {cfg.model_type} checkpoints do not have "
+                             "(choose from classification, mean, mean-classification)")
+    if seq_len is not None and seq_len > cfg.max_seq_len:
+        raise ModelLoadError(
+            f"seq_len {seq_len} is larger than the model's max_position_embeddings {cfg.max_position_embeddings}"
+            + (f" less its first {cfg.position_offset} (padding_idx + 1)" if cfg.position_offset else ""))
+
+
 def build_bert(
     cfg: BertConfig,
     *,
@@ -351,96 +405,122 @@ def build_bert(
     dropout: float = 0.0,
     gpu_friendly: bool = False,
 ) -> tf_keras.Model:
-    """Build the functional tf_keras BERT.
+    """Build the functional tf_keras BERT (or another family of :data:`~litegate.converter.hf.BERT_FAMILIES`).
 
     Args:
         cfg: architecture.
         seq_len: static sequence length (None for variable length, e.g. training).
-        head: ``classification`` (pooler + classifier -> ``logits``), ``mean`` (masked mean +
-            L2 norm -> ``embedding``), ``cls`` (pooler output -> ``pooled``) or ``encoder``
-            (TF-Hub style ``pooled_output`` and ``sequence_output``) or ``mean-classification``
-            (a linear classifier on the mean-pooled, L2-normalised embedding -> ``logits``).
+        head: ``classification`` (pooler + classifier -> ``logits``, or the family's own classifier head:
+            :data:`CLASSIFIER_HEADS`), ``mean`` (masked mean + L2 norm -> ``embedding``), ``cls`` (pooler
+            output -> ``pooled``) or ``encoder`` (TF-Hub style ``pooled_output`` and ``sequence_output``) or
+            ``mean-classification`` (a linear classifier on the mean-pooled, L2-normalised embedding -> ``logits``).
         batch_size: static batch (1 for conversion) or None.
         dropout: hidden dropout rate used in training.
         gpu_friendly: spell the embedding lookup and the [CLS] slice in ops LiteRT's GPU delegate
             runs (see the module docstring); the outputs are the same.
     """
-    if head not in HEADS:
-        raise ModelLoadError(f"unknown BERT head {head!r} (choose from {', '.join(HEADS)})")
-    if seq_len is not None and seq_len > cfg.max_position_embeddings:
-        raise ModelLoadError(
-            f"seq_len {seq_len} is larger than the model's max_position_embeddings {cfg.max_position_embeddings}"
-        )
-    H, heads = cfg.hidden_size, cfg.num_attention_heads
+    _check_head(cfg, head, seq_len)
     ids = tf_keras.Input((seq_len,), batch_size=batch_size, dtype=tf.int32, name="input_ids")
     mask = tf_keras.Input((seq_len,), batch_size=batch_size, dtype=tf.int32, name="attention_mask")
-    x = Embeddings(cfg.vocab_size, cfg.max_position_embeddings, cfg.type_vocab_size, H, gpu_friendly=gpu_friendly,
-                   name="embeddings")(ids)
+    x = Embeddings(cfg.vocab_size, cfg.max_position_embeddings, cfg.type_vocab_size, cfg.embedding_width,
+                   gpu_friendly=gpu_friendly, position_offset=cfg.position_offset, name="embeddings")(ids)
     x = LayerNorm(cfg.layer_norm_eps, name="embeddings_ln")(x)
     if dropout:
         x = tf_keras.layers.Dropout(dropout)(x)
-    bias = MaskBias(name="mask_bias")(mask)
-    act = _act(cfg.hidden_act)
+    if cfg.projects_embeddings:
+        x = tf_keras.layers.Dense(cfg.hidden_size, name="embeddings_project")(x)
+    x = _encoder(cfg, x, MaskBias(name="mask_bias")(mask), dropout)
+    outputs = _head(cfg, head, x, mask, gpu_friendly, dropout)
+    return tf_keras.Model(inputs={"input_ids": ids, "attention_mask": mask}, outputs=outputs, name="bert")
+
+
+def _encoder(cfg: BertConfig, x: tf.Tensor, bias: tf.Tensor, dropout: float) -> tf.Tensor:
+    """The post-norm transformer layers; ALBERT's (``cfg.shared_layers``) are one set of layers applied repeatedly."""
+    H, act, eps, shared = cfg.hidden_size, _act(cfg.hidden_act), cfg.layer_norm_eps, cfg.shared_layers
+    built: dict[str, Any] = {}
+
+    def layer(j: int, name: str, kind: Any, *args: Any, **kwargs: Any) -> Any:
+        if f"l{j}_{name}" not in built:
+            built[f"l{j}_{name}"] = kind(*args, name=f"l{j}_{name}", **kwargs)
+        return built[f"l{j}_{name}"]
+
     for i in range(cfg.num_hidden_layers):
-        q = tf_keras.layers.Dense(H, name=f"l{i}_query")(x)
-        k = tf_keras.layers.Dense(H, name=f"l{i}_key")(x)
-        v = tf_keras.layers.Dense(H, name=f"l{i}_value")(x)
-        ctx = AttentionCore(heads, cfg.head_size, name=f"l{i}_attention")(q, k, v, bias)
-        a = tf_keras.layers.Dense(H, name=f"l{i}_attn_out")(ctx)
+        j = 0 if cfg.shared_layers else i
+        q, k, v = (layer(j, n, tf_keras.layers.Dense, H)(x) for n in ("query", "key", "value"))
+        ctx = layer(j, "attention", AttentionCore, cfg.num_attention_heads, cfg.head_size)(q, k, v, bias)
+        a = layer(j, "attn_out", tf_keras.layers.Dense, H)(ctx)
         if dropout:
             a = tf_keras.layers.Dropout(dropout)(a)
-        x = LayerNorm(cfg.layer_norm_eps, name=f"l{i}_attn_ln")(x + a)
-        f = tf_keras.layers.Dense(cfg.intermediate_size, activation=act, name=f"l{i}_ffn_in")(x)
-        f = tf_keras.layers.Dense(H, name=f"l{i}_ffn_out")(f)
+        x = layer(j, "attn_ln", LayerNorm, eps, scale_first=shared)(x + a)
+        f = layer(j, "ffn_in", tf_keras.layers.Dense, cfg.intermediate_size, activation=act)(x)
+        f = layer(j, "ffn_out", tf_keras.layers.Dense, H)(f)
         if dropout:
             f = tf_keras.layers.Dropout(dropout)(f)
-        key = f"l{i}_ffn"  # identities unless residual_smoothing names this block
-        f = ResidualScale(key, name=f"l{i}_ffn_out_scale")(f)
-        x = LayerNorm(cfg.layer_norm_eps, smooth_key=key, name=f"l{i}_ffn_ln")(ResidualScale(key, name=f"l{i}_ffn_res")(x) + f)
+        key = f"l{j}_ffn"  # identities unless residual_smoothing names this block
+        f = layer(j, "ffn_out_scale", ResidualScale, key)(f)
+        x = layer(j, "ffn_ln", LayerNorm, eps, smooth_key=key, scale_first=shared)(layer(j, "ffn_res", ResidualScale, key)(x) + f)
+    return x
+
+
+def _head(cfg: BertConfig, head: str, x: tf.Tensor, mask: tf.Tensor, gpu_friendly: bool,
+          dropout: float) -> dict[str, tf.Tensor]:
+    """The named outputs of ``head`` over the last hidden states ``x``."""
     if head == "mean":
-        out = MeanPool(name="embedding")(x, mask)
-        outputs = {"embedding": out}
-    elif head == "mean-classification":  # sentence-transformers embedding + linear classifier
+        return {"embedding": MeanPool(name="embedding")(x, mask)}
+    if head == "mean-classification":  # sentence-transformers embedding + linear classifier
         emb = MeanPool(name="embedding")(x, mask)
-        outputs = {"logits": tf_keras.layers.Dense(cfg.num_labels, name="classifier")(emb)}
+        return {"logits": tf_keras.layers.Dense(cfg.num_labels, name="classifier")(emb)}
+    first = ClsToken(gpu_friendly=gpu_friendly, name="cls_token")(x) if gpu_friendly else x[:, 0, :]
+    own = CLASSIFIER_HEADS.get(cfg.model_type) if head == "classification" else None
+    if own is not None:
+        act = _act(own[1]) if own[1] == "gelu" else own[1]
+        pooled = tf_keras.layers.Dense(cfg.hidden_size, activation=act, name="pre_classifier")(first)
     else:
-        cls_tok = ClsToken(gpu_friendly=gpu_friendly, name="cls_token")(x) if gpu_friendly else x[:, 0, :]
-        pooled = tf_keras.layers.Dense(H, activation="tanh", name="pooler")(cls_tok)
-        if head == "cls":
-            outputs = {"pooled": pooled}
-        elif head == "encoder":  # TF-Hub BERT encoder outputs
-            outputs = {"pooled_output": pooled, "sequence_output": x}
-        else:
-            if dropout:
-                pooled = tf_keras.layers.Dropout(dropout)(pooled)
-            outputs = {"logits": tf_keras.layers.Dense(cfg.num_labels, name="classifier")(pooled)}
-    return tf_keras.Model(inputs={"input_ids": ids, "attention_mask": mask}, outputs=outputs, name="bert")
+        pooled = tf_keras.layers.Dense(cfg.hidden_size, activation="tanh", name="pooler")(first)
+    if head == "cls":
+        return {"pooled": pooled}
+    if head == "encoder":  # TF-Hub BERT encoder outputs
+        return {"pooled_output": pooled, "sequence_output": x}
+    if dropout:
+        pooled = tf_keras.layers.Dropout(dropout)(pooled)
+    return {"logits": tf_keras.layers.Dense(cfg.num_labels, name="classifier")(pooled)}
+
+
+def _dense(hf: str, ours: str) -> Iterator[tuple[str, str, int, bool]]:
+    yield hf + ".weight", ours, 0, True
+    yield hf + ".bias", ours, 1, False
+
+
+def _norm(hf: str, ours: str) -> Iterator[tuple[str, str, int, bool]]:
+    yield hf + ".weight", ours, 0, False
+    yield hf + ".bias", ours, 1, False
 
 
 def weight_map(cfg: BertConfig, head: str) -> Iterator[tuple[str, str, int, bool]]:
     """(hf tensor name without prefix, keras layer name, weight index, transpose) for every weight."""
     yield "embeddings.word_embeddings.weight", "embeddings", 0, False
     yield "embeddings.position_embeddings.weight", "embeddings", 1, False
-    yield "embeddings.token_type_embeddings.weight", "embeddings", 2, False
-    yield "embeddings.LayerNorm.weight", "embeddings_ln", 0, False
-    yield "embeddings.LayerNorm.bias", "embeddings_ln", 1, False
-    for i in range(cfg.num_hidden_layers):
-        p = f"encoder.layer.{i}."
-        for hf, ours in (
-            ("attention.self.query", "query"), ("attention.self.key", "key"), ("attention.self.value", "value"),
-            ("attention.output.dense", "attn_out"), ("intermediate.dense", "ffn_in"), ("output.dense", "ffn_out"),
-        ):
-            yield p + hf + ".weight", f"l{i}_{ours}", 0, True
-            yield p + hf + ".bias", f"l{i}_{ours}", 1, False
-        for hf, ours in (("attention.output.LayerNorm", "attn_ln"), ("output.LayerNorm", "ffn_ln")):
-            yield p + hf + ".weight", f"l{i}_{ours}", 0, False
-            yield p + hf + ".bias", f"l{i}_{ours}", 1, False
+    if cfg.type_vocab_size:
+        yield "embeddings.token_type_embeddings.weight", "embeddings", 2, False
+    yield from _norm("embeddings.LayerNorm", "embeddings_ln")
+    if cfg.projects_embeddings:
+        yield from _dense(PROJECTIONS[cfg.model_type], "embeddings_project")
+    layer, denses, norms = LAYERS[cfg.model_type]
+    for i in range(1 if cfg.shared_layers else cfg.num_hidden_layers):
+        p = layer.format(i=i)
+        for hf, ours in denses:
+            yield from _dense(p + hf, f"l{i}_{ours}")
+        for hf, ours in norms:
+            yield from _norm(p + hf, f"l{i}_{ours}")
+    own = CLASSIFIER_HEADS.get(cfg.model_type) if head == "classification" else None
+    if own is not None:
+        yield from _dense(own[0], "pre_classifier")
+        yield from _dense(own[2], "classifier")
+        return
     if head in ("classification", "cls", "encoder"):
-        yield "pooler.dense.weight", "pooler", 0, True
-        yield "pooler.dense.bias", "pooler", 1, False
+        yield from _dense(POOLERS[cfg.model_type], "pooler")
     if head in ("classification", "mean-classification"):
-        yield "classifier.weight", "classifier", 0, True
-        yield "classifier.bias", "classifier", 1, False
+        yield from _dense("classifier", "classifier")
 
 
 def load_weights(model: tf_keras.Model, ckpt: Checkpoint, head: str) -> None:
@@ -453,11 +533,12 @@ def load_weights(model: tf_keras.Model, ckpt: Checkpoint, head: str) -> None:
         var.assign(arr.T if transpose else arr)
 
 
-def export_weights(model: tf_keras.Model, cfg: BertConfig, head: str, prefix: str = "bert.") -> dict[str, np.ndarray]:
-    """The model's weights as Hugging Face-named numpy arrays (inverse of :func:`load_weights`)."""
+def export_weights(model: tf_keras.Model, cfg: BertConfig, head: str, prefix: str | None = None) -> dict[str, np.ndarray]:
+    """The model's weights as Hugging Face-named numpy arrays (inverse of :func:`load_weights`); ``prefix``
+    defaults to the family's (``bert.``, ``roberta.``, ...)."""
+    prefix = BERT_FAMILIES[cfg.model_type][0] if prefix is None else prefix
     out = {}
     for hf_name, layer, idx, transpose in weight_map(cfg, head):
         arr = model.get_layer(layer).weights[idx].numpy()
-        name = hf_name if hf_name.startswith("classifier.") else prefix + hf_name
-        out[name] = np.ascontiguousarray(arr.T if transpose else arr).astype(np.float32)
+        out[prefixed(hf_name, prefix)] = np.ascontiguousarray(arr.T if transpose else arr).astype(np.float32)
     return out

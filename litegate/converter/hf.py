@@ -25,7 +25,17 @@ from safetensors.numpy import load_file
 
 from litegate.errors import ModelLoadError
 
-SUPPORTED_BERT_TYPES = ("bert",)
+# model_type -> (tensor-name prefix of its *ForSequenceClassification checkpoints, that class's name)
+BERT_FAMILIES: dict[str, tuple[str, str]] = {
+    "bert": ("bert.", "BertForSequenceClassification"),
+    "distilbert": ("distilbert.", "DistilBertForSequenceClassification"),
+    "roberta": ("roberta.", "RobertaForSequenceClassification"),
+    "xlm-roberta": ("roberta.", "XLMRobertaForSequenceClassification"),
+    "electra": ("electra.", "ElectraForSequenceClassification"),
+    "albert": ("albert.", "AlbertForSequenceClassification"),
+}
+SUPPORTED_BERT_TYPES = tuple(BERT_FAMILIES)
+HEAD_TENSORS = ("classifier.", "pre_classifier.")  # task-head tensors, named without the encoder's prefix
 SUPPORTED_ACTS = ("gelu", "gelu_new", "relu")
 
 
@@ -48,6 +58,10 @@ MAX_PARAMETERS = 2_000_000_000  # a bigger model is not a mobile model, and its 
 BERT_SIZES: dict[str, Any] = {"vocab_size": _REQUIRED, "hidden_size": _REQUIRED, "num_hidden_layers": _REQUIRED,
                               "num_attention_heads": _REQUIRED, "intermediate_size": _REQUIRED,
                               "max_position_embeddings": _REQUIRED, "type_vocab_size": 2}
+DISTILBERT_SIZES: dict[str, Any] = {"vocab_size": _REQUIRED, "dim": _REQUIRED, "n_layers": _REQUIRED,
+                                    "n_heads": _REQUIRED, "hidden_dim": _REQUIRED, "max_position_embeddings": _REQUIRED}
+DISTILBERT_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+                    "hidden_dim": "intermediate_size", "activation": "hidden_act"}  # DistilBERT key -> BertConfig field
 GPT2_SIZES: dict[str, Any] = {"vocab_size": _REQUIRED, "n_positions": _REQUIRED, "n_embd": _REQUIRED,
                               "n_layer": _REQUIRED, "n_head": _REQUIRED}
 
@@ -142,9 +156,39 @@ def _at_most_max_parameters(count: int, sizes: Mapping[str, int], path: Path) ->
                              f"({described}); litegate refuses more than {MAX_PARAMETERS / 1e9:g} billion")
 
 
+def _activation(raw: Mapping[str, Any], key: str, default: str, path: Path) -> str:
+    act = raw.get(key, default)
+    if act not in SUPPORTED_ACTS:
+        raise ModelLoadError(f"{path}: {key} {_shown(act)} is not supported (supported: {', '.join(SUPPORTED_ACTS)})")
+    return str(act)
+
+
+def _family_fields(raw: Mapping[str, Any], model_type: str, path: Path) -> dict[str, Any]:
+    """The :class:`BertConfig` fields (labels aside) a config.json of ``model_type`` describes, checked."""
+    if model_type == "distilbert":  # its own key names; no token types, layer-norm epsilon fixed at 1e-12
+        sizes = _sizes(raw, DISTILBERT_SIZES, path)
+        _divisible(sizes, "dim", "n_heads", path)
+        return {**{DISTILBERT_NAMES.get(k, k): v for k, v in sizes.items()}, "type_vocab_size": 0,
+                "hidden_act": _activation(raw, "activation", "gelu", path)}
+    sizes = _sizes(raw, BERT_SIZES, path)
+    _divisible(sizes, "hidden_size", "num_attention_heads", path)
+    fields: dict[str, Any] = {**sizes, "layer_norm_eps": _epsilon(raw, "layer_norm_eps", 1e-12, path),
+                              "hidden_act": _activation(raw, "hidden_act", "gelu_new" if model_type == "albert" else "gelu", path)}
+    if model_type in ("roberta", "xlm-roberta"):  # positions count from padding_idx + 1
+        fields["position_offset"] = _sizes(raw, {"pad_token_id": 1}, path)["pad_token_id"] + 1
+    if model_type in ("electra", "albert"):
+        fields["embedding_size"] = _sizes(raw, {"embedding_size": 128}, path)["embedding_size"]
+    for key in ("num_hidden_groups", "inner_group_num") if model_type == "albert" else ():
+        if _sizes(raw, {key: 1}, path)[key] != 1:
+            raise ModelLoadError(f"{path}: {key} {raw[key]} is not supported (litegate converts ALBERT with one "
+                                 f"shared layer: num_hidden_groups 1, inner_group_num 1)")
+    return fields
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-    """The subset of a Hugging Face ``BertConfig`` that decides the graph."""
+    """The subset of a Hugging Face BERT-family config that decides the graph (``model_type``: see
+    :data:`BERT_FAMILIES`; DistilBERT's keys are read under BERT's names, :data:`DISTILBERT_NAMES`)."""
 
     vocab_size: int
     hidden_size: int
@@ -152,15 +196,36 @@ class BertConfig:
     num_attention_heads: int
     intermediate_size: int
     max_position_embeddings: int
-    type_vocab_size: int = 2
+    type_vocab_size: int = 2  # 0: no token-type table (DistilBERT)
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-12
     num_labels: int = 2
     id2label: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    model_type: str = "bert"
+    embedding_size: int = 0  # factorised embeddings (ELECTRA, ALBERT); 0: hidden_size
+    position_offset: int = 0  # first position row used (RoBERTa, XLM-R: padding_idx + 1)
 
     @property
     def head_size(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def embedding_width(self) -> int:
+        return self.embedding_size or self.hidden_size
+
+    @property
+    def projects_embeddings(self) -> bool:
+        """Embeddings projected to hidden_size (ALBERT always, ELECTRA when the sizes differ)."""
+        return self.model_type == "albert" or self.embedding_width != self.hidden_size
+
+    @property
+    def shared_layers(self) -> bool:
+        """One layer's weights applied num_hidden_layers times (ALBERT)."""
+        return self.model_type == "albert"
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.max_position_embeddings - self.position_offset
 
     @classmethod
     def from_json_file(cls, path: Path) -> BertConfig:
@@ -168,31 +233,40 @@ class BertConfig:
         model_type = raw.get("model_type", "bert")
         if model_type not in SUPPORTED_BERT_TYPES:
             raise ModelLoadError(
-                f"{path}: model_type {model_type!r} is not supported by the hf-bert source "
+                f"{path}: model_type {_shown(model_type)} is not supported by the hf-bert source "
                 f"(supported: {', '.join(SUPPORTED_BERT_TYPES)})"
             )
-        act = raw.get("hidden_act", "gelu")
-        if act not in SUPPORTED_ACTS:
-            raise ModelLoadError(f"{path}: hidden_act {act!r} is not supported (supported: {', '.join(SUPPORTED_ACTS)})")
-        sizes = _sizes(raw, BERT_SIZES, path)
-        _divisible(sizes, "hidden_size", "num_attention_heads", path)
+        fields = _family_fields(raw, model_type, path)
         id2label, num_labels = _labels(raw, path)
-        cfg = cls(**sizes, hidden_act=act, layer_norm_eps=_epsilon(raw, "layer_norm_eps", 1e-12, path),
-                  num_labels=num_labels, id2label=id2label)
-        _at_most_max_parameters(cfg.parameters(), sizes, path)
+        cfg = cls(**fields, num_labels=num_labels, id2label=id2label, model_type=model_type)
+        if cfg.max_seq_len < 1:
+            raise ModelLoadError(f"{path}: max_position_embeddings {cfg.max_position_embeddings} leaves no position "
+                                 f"after the first {cfg.position_offset} (pad_token_id + 1)")
+        _at_most_max_parameters(cfg.parameters(), {k: v for k, v in fields.items() if isinstance(v, int)}, path)
         return cfg
 
     def parameters(self) -> int:
         """How many parameters the graph built from this config holds (pooler and classifier included)."""
-        h, i = self.hidden_size, self.intermediate_size
-        embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h
+        h, i, e = self.hidden_size, self.intermediate_size, self.embedding_width
+        embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * e + 2 * e
+        projection = e * h + h if self.projects_embeddings else 0
         layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h
-        return embeddings + self.num_hidden_layers * layer + h * h + h + self.num_labels * (h + 1)
+        layers = 1 if self.shared_layers else self.num_hidden_layers
+        return embeddings + projection + layers * layer + h * h + h + self.num_labels * (h + 1)
 
     def to_hf_dict(self) -> dict[str, Any]:
+        """A config.json :meth:`from_json_file` reads back as this config (in its family's key names)."""
         d = dataclasses.asdict(self)
-        d["model_type"] = "bert"
-        d["architectures"] = ["BertForSequenceClassification"]
+        for key, absent in (("model_type", None), ("embedding_size", 0), ("position_offset", 0)):
+            if d.pop(key) != absent and key == "embedding_size":
+                d["embedding_size"] = self.embedding_size
+        if self.position_offset:
+            d["pad_token_id"] = self.position_offset - 1
+        if self.model_type == "distilbert":
+            names = {v: k for k, v in DISTILBERT_NAMES.items()}
+            d = {names.get(k, k): v for k, v in d.items() if k not in ("type_vocab_size", "layer_norm_eps")}
+        d["model_type"] = self.model_type
+        d["architectures"] = [BERT_FAMILIES[self.model_type][1]]
         d["id2label"] = dict(self.id2label)
         d["label2id"] = {v: int(k) for k, v in self.id2label.items()}
         return d
@@ -205,11 +279,11 @@ class Checkpoint:
     root: Path
     config: BertConfig
     tensors: Mapping[str, np.ndarray]
-    prefix: str  # "bert." for *ForSequenceClassification checkpoints, "" for bare encoders
+    prefix: str  # "bert." ("roberta.", ...) for *ForSequenceClassification checkpoints, "" for bare encoders
 
     def tensor(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """The tensor ``name`` (without the prefix), checked against the expected shape."""
-        full = self.prefix + name if not name.startswith("classifier.") else name
+        full = prefixed(name, self.prefix)
         candidates = [full]
         if full.endswith(".weight") and "LayerNorm" in full:
             candidates.append(full[: -len("weight")] + "gamma")
@@ -224,6 +298,11 @@ class Checkpoint:
                     )
                 return np.asarray(arr, dtype=np.float32)
         raise ModelLoadError(f"{self.root}: checkpoint is missing tensor {full!r}")
+
+
+def prefixed(name: str, prefix: str) -> str:
+    """A tensor's checkpoint name: the encoder's under ``prefix``, the task head's (:data:`HEAD_TENSORS`) as is."""
+    return name if name.startswith(HEAD_TENSORS) else prefix + name
 
 
 def tokenizer_file(root: Path) -> Path:
@@ -252,10 +331,10 @@ def _safetensors(root: Path) -> dict[str, np.ndarray]:
 
 
 def read_checkpoint(path: str | Path, extra_weights: str | Path | None = None) -> Checkpoint:
-    """Read a Hugging Face BERT checkpoint folder, optionally with extra tensors (e.g. a trained head).
+    """Read a Hugging Face BERT-family checkpoint folder, optionally with extra tensors (e.g. a trained head).
 
     ``extra_weights`` is a safetensors file whose tensors are added to (never replace) the
-    checkpoint's; a ``classifier.weight`` there sets ``num_labels``.
+    checkpoint's; a ``classifier.weight`` (or ``classifier.out_proj.weight``) there sets ``num_labels``.
 
     Raises:
         ModelLoadError: the folder, config or weights are missing or unreadable.
@@ -267,7 +346,8 @@ def read_checkpoint(path: str | Path, extra_weights: str | Path | None = None) -
         raise ModelLoadError(f"{root}: an hf-bert source must be a checkpoint folder")
     config = BertConfig.from_json_file(_config_path(root))
     tensors = _safetensors(root)
-    prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
+    family_prefix = BERT_FAMILIES[config.model_type][0]
+    prefix = family_prefix if any(k.startswith(family_prefix) for k in tensors) else ""
     if extra_weights:
         extra_path = Path(extra_weights)
         try:
@@ -278,8 +358,9 @@ def read_checkpoint(path: str | Path, extra_weights: str | Path | None = None) -
         if clash:
             raise ModelLoadError(f"{extra_path}: tensor {clash[0]!r} is already in the checkpoint")
         tensors = {**tensors, **extra}
-        if "classifier.weight" in extra:
-            config = _dc.replace(config, num_labels=int(extra["classifier.weight"].shape[0]))
+        head = next((k for k in ("classifier.weight", "classifier.out_proj.weight") if k in extra), None)
+        if head is not None:
+            config = _dc.replace(config, num_labels=int(extra[head].shape[0]))
     return Checkpoint(root=root, config=config, tensors=tensors, prefix=prefix)
 
 

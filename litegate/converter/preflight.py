@@ -40,10 +40,11 @@ def check_source(source: ModelSource) -> dict[str, Any]:
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path}: not a Hugging Face checkpoint folder (no config.json)")
         bert = BertConfig.from_json_file(path / "config.json")
-        if seq_len > bert.max_position_embeddings:
+        if seq_len > bert.max_seq_len:
             raise ModelLoadError(f"{path}: seq_len {seq_len} is larger than the model's max_position_embeddings "
-                                 f"{bert.max_position_embeddings}")
-        return {"architecture": "bert", "layers": bert.num_hidden_layers, "hidden": bert.hidden_size,
+                                 f"{bert.max_position_embeddings}" + (f" less its first {bert.position_offset} "
+                                 "(padding_idx + 1)" if bert.position_offset else ""))
+        return {"architecture": bert.model_type, "layers": bert.num_hidden_layers, "hidden": bert.hidden_size,
                 "heads": bert.num_attention_heads, "intermediate": bert.intermediate_size,
                 "vocab_size": bert.vocab_size,
                 "labels": ({str(i): str(lab) for i, lab in enumerate(source.options["labels"])}
