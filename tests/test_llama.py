@@ -92,19 +92,21 @@ def _reference(folder: Path, ids) -> np.ndarray:
 
 
 def convert_llama(folder: Path, out: Path, seq_len: int, max_len: int, recipe: str = "fp32") -> Path:
-    """Convert through litegate's signature path (what the ``hf`` source kind does): load_llama + signatures,
-    then the build child's generator builder."""
+    """Convert through litegate's signature path (what the ``hf`` source kind does): load_llama + signatures, the
+    build child's converter call for several signatures, then the recipe's litert-quantizer pass, if any."""
     import tempfile
 
     from litegate.converter.convert import convert_signatures
     from litegate.converter.llama import load_llama, signatures
+    from litegate.quantize.build import _litert_quantized
     from litegate.quantize.recipes import load as load_recipe
 
+    rec = load_recipe(recipe)
     model = load_llama(folder)
     sigs = signatures(model, seq_len, max_len)
     with tempfile.TemporaryDirectory() as tmp:
-        data = convert_signatures(sigs, model, load_recipe("fp32"), Path(tmp))
-    out.write_bytes(data)
+        data = convert_signatures(sigs, model, rec, Path(tmp))
+    out.write_bytes(_litert_quantized(rec, data))
     return out
 
 
@@ -218,3 +220,75 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, kwargs, message):
     with pytest.raises(ModelLoadError) as err:
         load_llama(ck)
     assert message in err.value.message and "\n" not in err.value.message
+
+
+def _lm_eval(path: Path, windows: np.ndarray, tmp: Path) -> np.ndarray:
+    """Prefill logits of every window through litegate's LM evaluator job (the Runner, XNNPACK)."""
+    from litegate.benchmarks.accuracy import lm_eval_job
+
+    np.savez(tmp / "w.npz", tokens=windows)
+    out = tmp / f"{path.stem}.logits.npz"
+    lm_eval_job({"windows_npz": str(tmp / "w.npz"), "path": str(path), "backend": "xnnpack", "threads": 1,
+                 "out_npz": str(out)})
+    with np.load(out) as data:
+        return data["logits"]
+
+
+@pytest.mark.parametrize("recipe", ["int4-blockwise", "int8-weight-only"])
+def test_litert_quantizer_recipes_shrink_the_llama_and_keep_a_finite_perplexity(tmp_path, llama_fp32, recipe):
+    from litegate.benchmarks.accuracy import lm_metrics
+
+    ck, fp32 = llama_fp32
+    q = convert_llama(ck, tmp_path / f"{recipe}.tflite", 16, 96, recipe=recipe)
+    ids = np.array(_ids(ck), np.int32)
+    windows = np.stack([ids[i : i + 16] for i in range(0, len(ids) - 16, 8)])
+    ref = _lm_eval(fp32, windows, tmp_path)
+    got = _lm_eval(q, windows, tmp_path)
+    m_ref, m_q = lm_metrics(ref, windows), lm_metrics(got, windows, ref)
+    ratio = m_q["perplexity"] / m_ref["perplexity"]
+    size = q.stat().st_size / fp32.stat().st_size
+    print(f"{recipe}: size ratio {size:.3f}, perplexity {m_q['perplexity']:.1f} vs fp32 {m_ref['perplexity']:.1f} "
+          f"(ratio {ratio:.3f}), top-1 agreement {m_q['top1_agreement']:.1f}%, max |d logits| "
+          f"{np.max(np.abs(got - ref)):.3f}")
+    assert size < 1.0 and np.isfinite(ratio)
+    from litegate.tflite.flatbuffer import read_model
+
+    info = read_model(q.read_bytes())
+    want = "INT4" if recipe == "int4-blockwise" else "INT8"
+    fc = [o for o in info.ops if o.op == "FULLY_CONNECTED"]
+    if recipe == "int4-blockwise":  # int4 weights straight into the FULLY_CONNECTED (dynamic: int compute)
+        weights = [o.inputs[1].type for o in fc if o.inputs[1] is not None]
+    else:  # weight-only: an explicit DEQUANTIZE of each int8 weight, float compute
+        weights = [o.inputs[0].type for o in info.ops if o.op == "DEQUANTIZE" and o.inputs[0] is not None]
+    assert len(weights) == len(fc) > 0 and set(weights) == {want}  # every projection and the LM head
+    assert {s.key for s in info.signatures} == {"prefill", "decode"}
+
+
+def test_int4_recipe_quantizes_gpt2_through_the_cli(tmp_path):
+    """The recipe is generic: ``litegate quantize --recipe int4-blockwise`` on a GPT-2 checkpoint."""
+    from conftest import run_cli
+    from test_textgen import make_gpt2
+
+    from litegate.generate import tflite_generator
+
+    ck = make_gpt2(tmp_path / "g", n_embd=64)
+    fp32, q = tmp_path / "fp32.tflite", tmp_path / "int4.tflite"
+    assert run_cli("convert", "--from", "hf-gpt2", str(ck), "--seq-len", "8", "-o", str(fp32)).returncode == 0
+    r = run_cli("quantize", "--from", "hf-gpt2", str(ck), "--recipe", "int4-blockwise", "--seq-len", "8", "-o", str(q))
+    assert r.returncode == 0, r.stderr
+    assert q.stat().st_size < 0.6 * fp32.stat().st_size
+    assert len(tflite_generator(q).generate([1, 2, 3], 10)) == 10
+
+
+def test_missing_litert_quantizer_is_one_line(monkeypatch):
+    import sys
+
+    from litegate.errors import QuantizationError
+    from litegate.quantize import ptq
+    from litegate.quantize.recipes import load as load_recipe
+
+    monkeypatch.setitem(sys.modules, "litert_quantizer", None)  # import litert_quantizer -> ImportError
+    rec = load_recipe("int4-blockwise")
+    with pytest.raises(QuantizationError, match=r"needs litert-quantizer, which is not installed \(pip install") as err:
+        ptq.litert_quantize(b"", rec.params["litert_quantizer"], rec.name)
+    assert "\n" not in err.value.message

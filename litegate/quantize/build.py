@@ -93,6 +93,7 @@ def build_job(payload: dict[str, Any]) -> dict[str, Any]:
             child.serve = None
             builder = _generator if model.signatures else BUILDERS[recipe.kind]
             data = builder(child, model, recipe, v, extra)
+            data = _litert_quantized(recipe, data, extra)
             if v.get("prune"):
                 extra["pruning"]["tflite"] = sparsity_report(data)
             if payload.get("check_determinism") and not model.signatures and not v.get("prune"):
@@ -123,6 +124,18 @@ def _generator(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any
     if notes:
         extra["fallback"] = notes
     return data
+
+
+def _litert_quantized(recipe: Recipe, data: bytes, extra: dict[str, Any] | None = None) -> bytes:
+    """The converted float model with its weights rewritten by litert-quantizer, for a recipe with a
+    ``litert_quantizer`` spec (``int4-blockwise``, ``int8-weight-only``); else ``data`` unchanged."""
+    spec = recipe.params.get("litert_quantizer")
+    if not spec:
+        return data
+    out, info = ptq.litert_quantize(data, spec, recipe.name)
+    if extra is not None:
+        extra["litert_quantizer"] = info
+    return out
 
 
 def _calibrated(child: _Child, model: Loaded, serve: Any, spelled_as: Any) -> bytes:
@@ -339,7 +352,7 @@ def _pruned(child: _Child, prune: Recipe) -> tuple[Loaded, dict[str, Any]]:
 
 def _determinism(data: bytes, serve: Any, model: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
     """Convert again: identical bytes, or (when TensorFlow makes that impossible) how far the outputs differ."""
-    again = convert(serve, model, recipe, samples)
+    again = _litert_quantized(recipe, convert(serve, model, recipe, samples))
     same = again == data
     out: dict[str, Any] = {"identical_bytes": same, "sha256": [hashlib.sha256(data).hexdigest(),
                                                               hashlib.sha256(again).hexdigest()]}

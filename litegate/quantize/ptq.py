@@ -11,6 +11,7 @@ conversion child (TensorFlow is imported here).
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import io
 import math
 import re
@@ -231,3 +232,50 @@ def auto_search(calibrated: bytes, ranked: Sequence[tuple[str, Sequence[str]]], 
             "float_nodes": [n for _, group in ranked[:best_c] for n in group], "score": best_score, "met": False,
             "trials": trials,
             "reason": f"no candidate reached the target {target:g} (best {best_score:.4g} with {best_c} float groups)"}
+
+
+# Google's litert-quantizer (module ``litert_quantizer``) rewrites a float .tflite's weights where TFLiteConverter
+# cannot: int4, and blockwise scales. Its 0.11 policy allows int4/int8 blockwise weights only with integer compute
+# (``dynamic``: the kernel quantizes the float activations to int8 on the fly; the model's activations stay float),
+# and weight-only (an explicit DEQUANTIZE, float compute) only channelwise.
+LITERT_QUANTIZER_EXTRA = "pip install 'litegate[quantizer]'"
+
+
+def litert_quantize(model: bytes, spec: Mapping[str, Any], recipe_name: str) -> tuple[bytes, dict[str, Any]]:
+    """``model`` (a float .tflite) with its weights quantized by litert-quantizer as ``spec`` says.
+
+    ``spec`` (checked by :func:`litegate.quantize.recipes.validate`): ``mode`` (``dynamic`` | ``weight-only``),
+    ``bits`` (4 or 8), ``block_size`` (0: channelwise; 32, 64, 128 or 256: blockwise along the input dimension)
+    and ``ops`` (TFLite op names, e.g. ``["FULLY_CONNECTED"]``). Every signature of the model is quantized alike.
+
+    Raises:
+        QuantizationError: litert-quantizer is not installed, or it refused or failed (one line).
+    """
+    try:
+        from litert_quantizer import qtyping, quantizer, recipe_manager
+    except ImportError:
+        raise QuantizationError(f"recipe {recipe_name!r} needs litert-quantizer, which is not installed "
+                                f"({LITERT_QUANTIZER_EXTRA})") from None
+    block = int(spec.get("block_size", 0))
+    granularity = qtyping.QuantGranularity.CHANNELWISE if block == 0 else qtyping.QuantGranularity(f"BLOCKWISE_{block}")
+    mode = str(spec.get("mode", "dynamic"))
+    manager = recipe_manager.RecipeManager()
+    try:
+        for op in spec.get("ops", ["FULLY_CONNECTED"]):
+            add = manager.add_dynamic_config if mode == "dynamic" else manager.add_weight_only_config
+            add(regex=".*", operation_name=qtyping.TFLOperationName(op), num_bits=int(spec["bits"]),
+                granularity=granularity)
+        q = quantizer.Quantizer(bytearray(model), manager.get_quantization_recipe())
+        out = q.quantize(None, enable_progress_report=False)
+    except Exception as exc:  # litert-quantizer raises ValueError, RuntimeError and its own types
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise QuantizationError(f"recipe {recipe_name!r}: litert-quantizer failed: {first[:300]}") from None
+    data = bytes(out.quantized_model)
+    try:
+        version = importlib.metadata.version("litert-quantizer")
+    except importlib.metadata.PackageNotFoundError:  # imported from a source tree
+        version = "unknown"
+    info = {"tool": "litert-quantizer", "version": version, "mode": mode, "bits": int(spec["bits"]),
+            "granularity": granularity.value.lower(), "ops": list(spec.get("ops", ["FULLY_CONNECTED"])),
+            "float_bytes": len(model), "bytes": len(data)}
+    return data, info

@@ -27,7 +27,16 @@ _ALLOWED_PARAMS = {
     "smooth_residual": float,
     "mask_penalty": float,
     "integer_pooling": bool,
+    "litert_quantizer": dict,
 }
+# ``litert_quantizer``: the float model's weights rewritten by Google's litert-quantizer after the conversion
+# (:func:`litegate.quantize.ptq.litert_quantize`); key -> allowed values
+LITERT_QUANTIZER_SPEC: dict[str, tuple[Any, ...]] = {
+    "mode": ("dynamic", "weight-only"),
+    "bits": (4, 8),
+    "block_size": (0, 32, 64, 128, 256),
+}
+LITERT_QUANTIZER_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL", "CONV_2D", "DEPTHWISE_CONV_2D", "EMBEDDING_LOOKUP")
 _ENUMS: dict[str, tuple[str, ...]] = {
     "optimizations": ("DEFAULT",),
     "supported_types": ("float16", "int8", "int16"),
@@ -61,6 +70,9 @@ def validate(data: Mapping[str, Any], where: str) -> Recipe:
             raise ConfigError(f"{where}: recipe parameter {key!r} must be a {_ALLOWED_PARAMS[key].__name__}")
         if key in ("smooth_residual", "mask_penalty") and not (isinstance(value, float) and value > 0):
             raise ConfigError(f"{where}: recipe parameter {key!r} must be > 0")
+        if key == "litert_quantizer":
+            _check_litert_quantizer(value, where)
+            continue
         allowed = _ENUMS.get(key)
         for item in value if isinstance(value, list) else [value]:
             if allowed and item not in allowed:
@@ -71,6 +83,29 @@ def validate(data: Mapping[str, Any], where: str) -> Recipe:
                       description=str(data.get("description", "")))
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_litert_quantizer(spec: Any, where: str) -> None:
+    """``litert_quantizer = {mode, bits, block_size, ops}``: known keys and values; blockwise only with ``dynamic``
+    (litert-quantizer 0.11 refuses blockwise weight-only weights)."""
+    for key, value in spec.items():
+        if key == "ops":
+            if not isinstance(value, list) or not value or any(op not in LITERT_QUANTIZER_OPS for op in value):
+                raise ConfigError(f"{where}: litert_quantizer.ops must be a non-empty list of "
+                                  f"{', '.join(LITERT_QUANTIZER_OPS)}, got {value!r}")
+            continue
+        if key not in LITERT_QUANTIZER_SPEC:
+            raise ConfigError(f"{where}: unknown litert_quantizer key {key!r} "
+                              f"(known: {', '.join([*LITERT_QUANTIZER_SPEC, 'ops'])})")
+        allowed = LITERT_QUANTIZER_SPEC[key]
+        if isinstance(value, bool) or value not in allowed:
+            raise ConfigError(f"{where}: litert_quantizer.{key} must be one of {', '.join(map(str, allowed))}, "
+                              f"got {value!r}")
+    if "bits" not in spec:
+        raise ConfigError(f"{where}: litert_quantizer needs bits (4 or 8)")
+    if spec.get("block_size", 0) and spec.get("mode", "dynamic") != "dynamic":
+        raise ConfigError(f"{where}: litert_quantizer block_size needs mode \"dynamic\" (litert-quantizer has no "
+                          "blockwise weight-only kernel)")
 
 
 def load(name_or_path: str, base: Path | None = None) -> Recipe:
