@@ -91,7 +91,8 @@ def _reference(folder: Path, ids) -> np.ndarray:
                          ids)
 
 
-def convert_llama(folder: Path, out: Path, seq_len: int, max_len: int, recipe: str = "fp32") -> Path:
+def convert_llama(folder: Path, out: Path, seq_len: int, max_len: int, recipe: str = "fp32", *,
+                  gpu_friendly: bool = False) -> Path:
     """Convert through litegate's signature path (what the ``hf`` source kind does): load_llama + signatures, the
     build child's converter call for several signatures, then the recipe's litert-quantizer pass, if any."""
     import tempfile
@@ -103,7 +104,7 @@ def convert_llama(folder: Path, out: Path, seq_len: int, max_len: int, recipe: s
 
     rec = load_recipe(recipe)
     model = load_llama(folder)
-    sigs = signatures(model, seq_len, max_len)
+    sigs = signatures(model, seq_len, max_len, gpu_friendly=gpu_friendly)
     with tempfile.TemporaryDirectory() as tmp:
         data = convert_signatures(sigs, model, rec, Path(tmp))
     out.write_bytes(_litert_quantized(rec, data))
@@ -292,3 +293,30 @@ def test_missing_litert_quantizer_is_one_line(monkeypatch):
     with pytest.raises(QuantizationError, match=r"needs litert-quantizer, which is not installed \(pip install") as err:
         ptq.litert_quantize(b"", rec.params["litert_quantizer"], rec.name)
     assert "\n" not in err.value.message
+
+
+def test_gpu_friendly_llama_equals_the_plain_graph_and_is_statically_fully_delegated(tmp_path, llama_fp32):
+    from litegate.compat.check import evaluate
+    from litegate.compat.ruleset import load_rules
+    from litegate.tflite.verify import load_model
+
+    ck, plain = llama_fp32
+    friendly = convert_llama(ck, tmp_path / "gpu.tflite", 16, 96, gpu_friendly=True)
+    ids = _ids(ck)
+    a, b = _Lite(plain), _Lite(friendly)
+    pre_a, pre_b = a("prefill", tokens=np.array([ids[:16]], np.int32)), b("prefill", tokens=np.array([ids[:16]], np.int32))
+    for k in pre_a:
+        assert np.max(np.abs(pre_a[k] - pre_b[k])) <= 1e-5, k
+    caches = {k: v for k, v in pre_a.items() if "_cache_" in k}
+    feed = {"token": np.array([[ids[16]]], np.int32), "pos": np.array([16], np.int32), **caches}
+    dec_a, dec_b = a("decode", **feed), b("decode", **feed)
+    for k in dec_a:
+        assert np.max(np.abs(dec_a[k] - dec_b[k])) <= 1e-5, k
+    model = load_model(friendly)
+    for op in model.ops:
+        if op.op == "GATHER":
+            assert op.inputs[1] is not None and op.inputs[1].rank == 1, op.index
+        if op.op == "STRIDED_SLICE":
+            assert not op.options.get("shrink_axis_mask"), op.index
+    report = evaluate(model, load_rules("gpu"))
+    assert report.fully_delegated and report.delegated_fraction == 1.0
