@@ -196,6 +196,23 @@ def test_roberta_and_xlmr_tokenizers_give_the_tokenizers_library_ids(tmp_path):
 FAMILIES = ("distilbert", "roberta", "xlm-roberta", "electra", "albert")
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_config_reads_each_family_and_writes_it_back(tmp_path, family):
+    """BertConfig from each family's config.json: its sizes under BERT's names, parameters() equal to the
+    classifier checkpoint's tensor sizes (the parameter cap counts what is built), and to_hf_dict read back equal."""
+    from litegate.converter.hf import BertConfig, read_checkpoint
+
+    ck = make_encoder(tmp_path / family, family)
+    cfg = BertConfig.from_json_file(ck / "config.json")
+    assert (cfg.model_type, cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size) == (family, 32, 2, 64)
+    assert cfg.max_seq_len == 64 and cfg.num_labels == 3 and dict(cfg.id2label) == LABELS
+    assert cfg.parameters() == sum(v.size for v in load_file(str(ck / "model.safetensors")).values())
+    assert read_checkpoint(ck).prefix == PREFIX[family]
+    (tmp_path / "back.json").write_text(json.dumps(cfg.to_hf_dict()))
+    assert BertConfig.from_json_file(tmp_path / "back.json") == cfg
+    assert cfg.to_hf_dict()["architectures"] == [ARCHS[family]]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("head", ["classification", "mean"])
 @pytest.mark.parametrize("family", FAMILIES)
@@ -272,6 +289,8 @@ def test_distilbert_int8_and_pruned_50_build(tmp_path):
     common = ["--calibration", str(calib), "--samples", "40", "--seq-len", str(SEQ), "--from", "hf-bert"]
     r = run_cli("quantize", str(ck), "--recipe", "int8", "-o", str(int8), *common)
     assert r.returncode == 0, r.stderr
+    spelling = json.loads(int8.with_suffix(".json").read_text())["int8_spelling"]
+    assert set(spelling["residual_smoothing"]["blocks"]) == {"l0_ffn", "l1_ffn"}  # the recipe found each block
     r = run_cli("prune", str(ck), "--recipe", "pruned-50", "-o", str(pruned), *common)
     assert r.returncode == 0, r.stderr
     enc = TextEncoder(fp32.with_suffix(".tokenizer.json"), SEQ).encode(_sentences())
