@@ -95,8 +95,9 @@ def timeout_option(default: float) -> Any:
                         help="Seconds before the conversion's child process is killed (exit 9, a timeout).")
 
 source_options = [
-    click.option("--seq-len", type=click.IntRange(1, 4096), default=DEFAULT_SEQ_LEN, show_default=True,
-                 help="Static sequence length of the exported model (a generator's prefill length)."),
+    click.option("--seq-len", type=click.IntRange(1, 4096), default=None,
+                 help=f"Static sequence length of the exported model (a generator's prefill length). Default: a "
+                      f"keras-hub model's preprocessor's, else {DEFAULT_SEQ_LEN}."),
     click.option("--from", "kind", type=click.Choice([k.value for k in SourceKind if k is not SourceKind.TFLITE]),
                  default=SourceKind.HF.value, show_default=True,
                  help="Kind of the input model (hf: a Hugging Face checkpoint whose config.json names the builder)."),
@@ -391,7 +392,8 @@ def _model_source(path: Path, source: dict[str, Any]) -> ModelSource:
         task = Task.TEXT_GENERATION
     return resolve(ModelSource(kind=kind, path=str(path), task=Task(task), options=options,
                                seq_len=source.get("seq_len") or DEFAULT_SEQ_LEN),
-                   head_given=source["head"] is not None, task_given=source["task"] is not None)
+                   head_given=source["head"] is not None, task_given=source["task"] is not None,
+                   seq_len_given=source.get("seq_len") is not None)
 
 
 @cli.command()

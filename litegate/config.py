@@ -320,10 +320,11 @@ def _model(m: _Table, base: Path, *, gpu_target: bool) -> ModelConfig:
     seq_len = m.get("seq_len", int, DEFAULT_SEQ_LEN)
     if not 1 <= seq_len <= 4096:
         raise ConfigError(f"{file}: 'model.seq_len' must be between 1 and 4096, got {seq_len}")
-    # a Hugging Face checkpoint's config.json decides what the file leaves out: the builder of `source = "hf"`,
-    # the head and the task (litegate.converter.detect)
+    # the model's own files decide what the config leaves out: a Hugging Face checkpoint's config.json the builder
+    # of `source = "hf"`, the head and the task; a keras-hub model its sequence length (litegate.converter.detect)
     source = resolve(ModelSource(kind=source_kind, path=str(model_path), task=task, options={"head": head},
-                                 seq_len=seq_len), head_given="head" in m.data, task_given="task" in m.data)
+                                 seq_len=seq_len), head_given="head" in m.data, task_given="task" in m.data,
+                     seq_len_given="seq_len" in m.data)
     options = _model_options(m, base, str(source.options["head"]), source.kind, gpu_target)
     m.done()
     return ModelConfig(dataclasses.replace(source, options=options))

@@ -293,7 +293,7 @@ class TextEncoder:
 # Model input names seen in the wild, per role (HF, TF-Hub BERT, older TF BERT exports).
 INPUT_ROLES: dict[str, tuple[str, ...]] = {
     "input_ids": ("input_ids", "input_word_ids", "word_ids", "token_ids", "ids"),
-    "attention_mask": ("attention_mask", "input_mask", "mask"),
+    "attention_mask": ("attention_mask", "input_mask", "padding_mask", "mask"),
     "token_type_ids": ("token_type_ids", "input_type_ids", "segment_ids", "type_ids"),
 }
 

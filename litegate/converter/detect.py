@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from litegate.converter.hf import SUPPORTED_BERT_TYPES, read_config_json
+from litegate.converter.keras_hub import read_keras_hub
 from litegate.errors import ModelLoadError
 from litegate.types import Head, ModelSource, SourceKind, Task
 
@@ -98,13 +99,18 @@ def detect_checkpoint(root: Path) -> Detected:
     return Detected(kind, task, head, model_type, why)
 
 
-def resolve(source: ModelSource, *, head_given: bool, task_given: bool) -> ModelSource:
-    """``source`` with what its checkpoint says filled in: the builder of an ``hf`` source, and the head and task
-    of any Hugging Face checkpoint that the user did not set (``head_given`` / ``task_given``; a task given that
-    differs from the checkpoint's keeps the caller's default head for that task).
+def resolve(source: ModelSource, *, head_given: bool, task_given: bool, seq_len_given: bool = True) -> ModelSource:
+    """``source`` with what its files say filled in: the builder of an ``hf`` source, and the head and task of any
+    Hugging Face checkpoint that the user did not set (``head_given`` / ``task_given``; a task given that differs
+    from the checkpoint's keeps the caller's default head for that task); a keras-hub model's sequence length
+    (its preprocessor's) when ``seq_len_given`` is false.
 
     Other sources come back unchanged.
     """
+    if source.kind is SourceKind.KERAS and not seq_len_given:
+        hub = read_keras_hub(Path(source.path)) if Path(source.path).is_file() else None
+        if hub is not None and hub.sequence_length:
+            return dataclasses.replace(source, seq_len=min(hub.sequence_length, hub.max_sequence_length or 4096))
     if source.kind not in (SourceKind.HF, *SourceKind.checkpoints()):
         return source
     found = detect_checkpoint(Path(source.path))

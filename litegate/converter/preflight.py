@@ -11,6 +11,7 @@ from typing import Any
 
 from litegate.converter.detect import resolve
 from litegate.converter.hf import BertConfig, GPT2Config, tokenizer_file
+from litegate.converter.keras_hub import keras_hub_tokenizer, read_keras_hub
 from litegate.errors import ModelLoadError
 from litegate.tflite.verify import verify_tflite
 from litegate.types import ModelSource, SourceKind
@@ -22,8 +23,12 @@ def source_tokenizer(source: ModelSource) -> Path | None:
         return Path(str(source.options["tokenizer"]))
     if source.kind in (SourceKind.HF, *SourceKind.checkpoints()):
         return tokenizer_file(Path(source.path))
-    if source.kind is SourceKind.KERAS and (Path(source.path).parent / "tokenizer.json").is_file():
-        return Path(source.path).parent / "tokenizer.json"
+    if source.kind is SourceKind.KERAS:
+        inside = keras_hub_tokenizer(Path(source.path)) if Path(source.path).is_file() else None
+        if inside is not None:  # a keras-hub model's own tokenizer, from its preprocessor's assets
+            return inside
+        if (Path(source.path).parent / "tokenizer.json").is_file():
+            return Path(source.path).parent / "tokenizer.json"
     if source.kind is SourceKind.TFLITE:
         return find_tokenizer(Path(source.path))
     return None
@@ -63,7 +68,13 @@ def check_source(source: ModelSource) -> dict[str, Any]:
     if source.kind is SourceKind.KERAS:
         if not path.is_file():
             raise ModelLoadError(f"{path}: a keras source must be a .keras or .h5 file")
-        return {"architecture": "keras"}
+        hub = read_keras_hub(path)
+        if hub is None:
+            return {"architecture": "keras"}
+        if hub.max_sequence_length and seq_len > hub.max_sequence_length:
+            raise ModelLoadError(f"{path}: seq_len {seq_len} is larger than the model's max_sequence_length "
+                                 f"{hub.max_sequence_length}")
+        return {"architecture": f"keras-hub {hub.class_name}"}
     verify_tflite(path)
     return {"architecture": "tflite"}
 
