@@ -134,7 +134,9 @@ class LayerNorm(tf_keras.layers.Layer):
     """Layer normalisation over the last axis, in ops every TFLite quantization mode can run.
 
     With a ``smooth_key`` that :func:`residual_smoothing` names, its input is ``r / s`` and it returns
-    the layer norm of ``r``.
+    the layer norm of ``r``. ``scale_first`` multiplies by gamma before the rsqrt (same function): a layer
+    applied more than once (ALBERT's) then ends in no constant MUL that the converter would fold into a copy
+    of the next FULLY_CONNECTED's weights per application.
     """
 
     def __init__(self, eps: float = 1e-12, smooth_key: str = "", scale_first: bool = False, **kwargs: Any) -> None:
@@ -161,6 +163,8 @@ class LayerNorm(tf_keras.layers.Layer):
             centered = x - mean * tf.constant(1.0 / s)
             sq = centered * centered
             var = tf.reduce_mean(sq, axis=-1, keepdims=True) + tf.matmul(sq, tf.constant(((s * s - 1) / d)[:, None]))
+            if self.scale_first:
+                return centered * (self.gamma * tf.constant(s)) * tf.math.rsqrt(var + self.eps) + self.beta
             return centered * tf.math.rsqrt(var + self.eps) * (self.gamma * tf.constant(s)) + self.beta
         mean = tf.reduce_mean(x, axis=-1, keepdims=True)
         centered = x - mean
