@@ -320,3 +320,43 @@ def test_gpu_friendly_llama_equals_the_plain_graph_and_is_statically_fully_deleg
             assert not op.options.get("shrink_axis_mask"), op.index
     report = evaluate(model, load_rules("gpu"))
     assert report.fully_delegated and report.delegated_fraction == 1.0
+
+
+def test_cli_convert_from_hf_and_generate_follow_the_numpy_reference(tmp_path):
+    """``litegate convert --from hf`` (config.json picks the Llama builder) then ``litegate generate``: the .tflite's
+    greedy tokens are the numpy oracle's."""
+    from conftest import run_cli
+
+    from litegate.generate import tflite_generator
+
+    ck = make_llama(tmp_path / "ck", seed=5)
+    out = tmp_path / "llama.tflite"
+    r = run_cli("convert", "--from", "hf", str(ck), "--seq-len", "16", "--max-len", "96", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "hf-llama" in r.stdout and "KV cache of 96 positions" in r.stdout
+    prompt = "The quick brown fox"
+    ids = _ids(ck, prompt)
+    seq = list(ids)
+    for _ in range(24):
+        seq.append(int(np.argmax(_reference(ck, seq)[-1])))
+    assert tflite_generator(out).generate(ids, 24) == seq[len(ids):]
+    r = run_cli("generate", str(out), "--prompt", prompt, "--tokens", "24")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(prompt)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"drop": "model.layers.1.self_attn.o_proj.weight"}, "missing tensor 'model.layers.1.self_attn.o_proj.weight'"),
+    ({"reshape": "model.norm.weight"}, "tensor 'model.norm.weight' has shape (31,), expected (32,)"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling type 'yarn' is not supported"),
+], ids=["missing", "shape", "rope-yarn"])
+def test_cli_refuses_bad_llama_checkpoints_in_one_line_and_writes_nothing(tmp_path, kwargs, message):
+    from conftest import run_cli
+
+    ck = make_llama(tmp_path / "ck", **kwargs)
+    out = tmp_path / "bad.tflite"
+    r = run_cli("convert", "--from", "hf", str(ck), "--seq-len", "16", "--max-len", "96", "-o", str(out))
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
