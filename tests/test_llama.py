@@ -43,11 +43,11 @@ def make_tokenizer(path: Path, texts: list[str], vocab_size: int = 300) -> int:
 
 def make_llama(folder: Path, *, seed: int = 0, layers: int = 2, hidden: int = 32, heads: int = 4, kv_heads: int = 2,
                intermediate: int = 64, max_pos: int = 128, tied: bool = False, rope_scaling: dict | None = None,
-               drop: str | None = None, reshape: str | None = None, **config) -> Path:
+               drop: str | None = None, reshape: str | None = None, head_dim: int | None = None, **config) -> Path:
     """A random-weight ``LlamaForCausalLM`` checkpoint (config.json, model.safetensors, tokenizer.json)."""
     folder.mkdir(parents=True, exist_ok=True)
     V = make_tokenizer(folder / "tokenizer.json", SENTENCES)
-    H, d, rng = hidden, hidden // heads, np.random.default_rng(seed)
+    H, d, rng = hidden, head_dim or hidden // heads, np.random.default_rng(seed)
 
     def w(*shape, scale=0.2):
         return (rng.standard_normal(shape) * scale).astype(np.float32)
@@ -75,7 +75,7 @@ def make_llama(folder: Path, *, seed: int = 0, layers: int = 2, hidden: int = 32
            "intermediate_size": intermediate, "num_hidden_layers": layers, "num_attention_heads": heads,
            "num_key_value_heads": kv_heads, "max_position_embeddings": max_pos, "rms_norm_eps": 1e-5,
            "rope_theta": 10000.0, "rope_scaling": rope_scaling, "tie_word_embeddings": tied, "hidden_act": "silu",
-           **config}
+           "head_dim": head_dim, **config}
     (folder / "config.json").write_text(json.dumps(cfg))
     return folder
 
@@ -186,7 +186,9 @@ def test_tflite_decode_64_steps_reproduces_full_forward(llama_fp32):
                       "original_max_position_embeddings": 16}, "rope_theta": 500000.0},
     {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "heads": 4, "kv_heads": 1, "tied": True},
     {"heads": 2, "kv_heads": 2, "layers": 1},
-], ids=["tied", "rope-linear", "rope-llama3", "qwen2-bias-mqa", "mha"])
+    {"heads": 4, "kv_heads": 2, "head_dim": 16, "model_type": "mistral", "architectures": ["MistralForCausalLM"],
+     "sliding_window": 4096},
+], ids=["tied", "rope-linear", "rope-llama3", "qwen2-bias-mqa", "mha", "mistral-head-dim-16"])
 def test_variants_tflite_match_numpy_reference(tmp_path, variant):
     """Tied head, linear and llama3 rope scaling, Qwen2 q/k/v biases with one kv head, plain multi-head."""
     ck = make_llama(tmp_path / "ck", seed=3, **variant)
@@ -360,3 +362,27 @@ def test_cli_refuses_bad_llama_checkpoints_in_one_line_and_writes_nothing(tmp_pa
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_config_reading_sliding_windows_and_the_parameter_cap(tmp_path):
+    from litegate.converter.hf_llama import LlamaConfig
+    from litegate.converter.llama import load_llama, signatures
+
+    ck = make_llama(tmp_path / "m", layers=1, model_type="mistral", sliding_window=32)
+    assert LlamaConfig.from_json_file(ck / "config.json").sliding_window == 32
+    model = load_llama(ck)
+    signatures(model, 8, 32)  # a window as long as the cache drops nothing
+    with pytest.raises(ModelLoadError, match="max_len 64 is larger than the model's sliding_window 32"):
+        signatures(model, 8, 64)
+    q = make_llama(tmp_path / "q", layers=1, model_type="qwen2", sliding_window=32, use_sliding_window=False)
+    cfg = LlamaConfig.from_json_file(q / "config.json")
+    assert cfg.sliding_window is None and cfg.qkv_bias and not cfg.o_bias
+    raw = json.loads((ck / "config.json").read_text())
+    assert LlamaConfig.from_json_file(ck / "config.json").parameters() == sum(
+        v.size for v in load_file(str(ck / "model.safetensors")).values())
+    for key, value, message in [("vocab_size", 10**9, "billion parameters"), ("model_type", "gemma", "not a Llama"),
+                                ("tie_word_embeddings", "yes", "tie_word_embeddings must be true or false"),
+                                ("num_key_value_heads", 0, "num_key_value_heads must be a positive integer")]:
+        (ck / "config.json").write_text(json.dumps({**raw, key: value}))
+        with pytest.raises(ModelLoadError, match=message):
+            LlamaConfig.from_json_file(ck / "config.json")
