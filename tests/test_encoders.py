@@ -242,6 +242,26 @@ def test_converted_encoder_matches_numpy_oracle(tmp_path, family, head):
         assert len({op["inputs"][1] for op in fc}) == 6 + 1 + (2 if head == "classification" else 0)
 
 
+@pytest.mark.slow
+def test_gpu_friendly_roberta_keeps_its_positions(tmp_path):
+    """--gpu-friendly (1-D gathers, slices without shrink masks) with RoBERTa's offset positions: same numbers."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    ck = make_encoder(tmp_path / "roberta", "roberta", seed=11)
+    out = tmp_path / "m.tflite"
+    r = _convert(ck, out, "--gpu-friendly")
+    assert r.returncode == 0, r.stderr
+    interp = Interpreter(model_path=str(out))
+    shapes = {d["index"]: d["shape"] for d in interp.get_tensor_details()}
+    gathers = [op for op in interp._get_ops_details() if op["op_name"] == "GATHER"]
+    assert gathers and all(len(shapes[op["inputs"][1]]) == 1 for op in gathers)
+    enc = TextEncoder(out.with_suffix(".tokenizer.json"), SEQ).encode(_sentences())
+    feed = {k: enc[k] for k in ("input_ids", "attention_mask")}
+    ref = forward(load_file(str(ck / "model.safetensors")), json.loads((ck / "config.json").read_text()),
+                  feed["input_ids"], feed["attention_mask"])
+    assert float(np.max(np.abs(_run_tflite(out, feed) - ref))) <= 1e-4
+
+
 def _one_line_exit_3(r, out: Path, *needles: str) -> None:
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 3, r.stderr
