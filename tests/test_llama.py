@@ -386,3 +386,44 @@ def test_config_reading_sliding_windows_and_the_parameter_cap(tmp_path):
         (ck / "config.json").write_text(json.dumps({**raw, key: value}))
         with pytest.raises(ModelLoadError, match=message):
             LlamaConfig.from_json_file(ck / "config.json")
+
+
+def test_release_run_evaluates_llama_variants_with_the_lm_evaluator(tmp_path):
+    """``litegate run`` on the tiny Llama (source ``hf``): fp32 and int4-blockwise built, benchmarked and scored by
+    the LM evaluator (perplexity, top-1 agreement with fp32) unchanged."""
+    from conftest import ROOT, run_cli
+
+    ck = make_llama(tmp_path / "ck", seed=7)
+    cfg = tmp_path / "release.toml"
+    cfg.write_text(f'''name = "tiny-llama"
+variants = ["fp32", "int4-blockwise"]
+[model]
+source = "hf"
+path = "{ck}"
+task = "text-generation"
+seq_len = 16
+[data]
+eval = "{ROOT / 'examples' / 'demo' / 'calibration.txt'}"
+max_eval_samples = 4
+[output]
+dir = "{tmp_path / 'out'}"
+[bench]
+threads = [1]
+min_runs = 3
+min_seconds = 0.0
+max_runs = 3
+[gate]
+require = "any"
+''')
+    r = run_cli("run", str(cfg), "-q")
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    v = {x["name"]: x for x in rep["variants"]}
+    assert v["fp32"]["status"] == "ok" and v["int4-blockwise"]["status"] == "ok", (v["int4-blockwise"].get("reason"),
+                                                                                     r.stderr[-2000:])
+    fp32, int4 = v["fp32"]["accuracy"][0], v["int4-blockwise"]["accuracy"][0]
+    ratio = int4["value"] / fp32["value"]
+    print(f"litegate run: int4-blockwise perplexity ratio {ratio:.3f}, top-1 agreement "
+          f"{int4['extra']['top1_agreement']:.1f}%, size {v['int4-blockwise']['size']['bytes'] / v['fp32']['size']['bytes']:.3f}")
+    assert np.isfinite(ratio) and v["int4-blockwise"]["size"]["bytes"] < v["fp32"]["size"]["bytes"]
+    assert v["int4-blockwise"]["quant"]["litert_quantizer"]["bits"] == 4
+    assert r.returncode == 0, r.stdout[-2000:]
