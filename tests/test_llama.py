@@ -427,3 +427,27 @@ require = "any"
     assert np.isfinite(ratio) and v["int4-blockwise"]["size"]["bytes"] < v["fp32"]["size"]["bytes"]
     assert v["int4-blockwise"]["quant"]["litert_quantizer"]["bits"] == 4
     assert r.returncode == 0, r.stdout[-2000:]
+
+
+def test_bfloat16_sharded_checkpoint_loads_like_the_single_file(tmp_path):
+    """Real Llama-family checkpoints are bfloat16, larger ones sharded (model.safetensors.index.json)."""
+    import ml_dtypes
+
+    from litegate.converter.llama import load_llama
+
+    ck = make_llama(tmp_path / "ck", seed=9)
+    tensors = {k: v.astype(ml_dtypes.bfloat16) for k, v in load_file(str(ck / "model.safetensors")).items()}
+    (ck / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2 :]}
+    for shard, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(ck / shard))
+    index = {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (ck / "model.safetensors.index.json").write_text(json.dumps(index))
+    ids = _ids(ck)[:40]
+    ref = llama_forward(tensors, json.loads((ck / "config.json").read_text()), ids)
+    assert np.max(np.abs(load_llama(ck)(np.array([ids], np.int32)).numpy()[0] - ref)) < 1e-4
+    (ck / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="shard model-00002-of-00002.safetensors named by"):
+        load_llama(ck)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import load_file
 
 from litegate.converter.hf import (
     _REQUIRED,
@@ -232,13 +233,40 @@ def full_name(name: str, prefix: str) -> str:
     return name if name == "lm_head.weight" else prefix + name
 
 
+INDEX = "model.safetensors.index.json"
+
+
+def _sharded(root: Path) -> dict[str, np.ndarray]:
+    """The tensors of a sharded checkpoint: ``model.safetensors.index.json``'s ``weight_map`` names the shard files
+    (in the folder itself) that hold each tensor."""
+    index = read_config_json(root / INDEX)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ModelLoadError(f"{root / INDEX}: weight_map must be an object of tensor name -> shard file")
+    tensors: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+        if Path(shard).name != shard or not shard.endswith(".safetensors"):
+            raise ModelLoadError(f"{root / INDEX}: shard {_shown(shard)} is not a .safetensors file in the folder")
+        if not (root / shard).is_file():
+            raise ModelLoadError(f"{root}: shard {shard} named by {INDEX} is missing")
+        try:
+            tensors.update(load_file(str(root / shard)))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelLoadError(f"{root / shard}: cannot read safetensors: {exc}") from None
+    return tensors
+
+
 def read_llama(path: str | Path) -> tuple[LlamaConfig, dict[str, np.ndarray], str]:
-    """Read a Hugging Face Llama-architecture checkpoint folder: config, tensors, name prefix (``model.`` or "")."""
+    """Read a Hugging Face Llama-architecture checkpoint folder: config, tensors, name prefix (``model.`` or "").
+
+    The tensors come from ``model.safetensors``, or from the shards ``model.safetensors.index.json`` names; float32,
+    float16 and bfloat16 tensors are read alike (:func:`checked_tensors` makes them float32)."""
     root = Path(path)
     if not root.is_dir():
         raise ModelLoadError(f"{root}: no such checkpoint folder")
     cfg = LlamaConfig.from_json_file(_config_path(root))
-    tensors = _safetensors(root)
+    sharded = not (root / "model.safetensors").is_file() and (root / INDEX).is_file()
+    tensors = _sharded(root) if sharded else _safetensors(root)
     prefix = "model." if any(k.startswith("model.") for k in tensors) else ""
     return cfg, tensors, prefix
 
