@@ -109,9 +109,9 @@ def _build(model: KerasHubModel, z: zipfile.ZipFile, workdir: Path) -> Any:
         merges.write_bytes(z.read(model.assets["merges.txt"]))
         tok = ByteLevelBPETokenizer(str(vocab), str(merges))
         if model.tokenizer_class == "RobertaTokenizer":
-            ids = {t: tok.token_to_id(t) for t in ("<s>", "</s>")}
-            if None not in ids.values():
-                tok.post_processor = RobertaProcessing(("</s>", ids["</s>"]), ("<s>", ids["<s>"]))
+            bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+            if bos is not None and eos is not None:
+                tok.post_processor = RobertaProcessing(("</s>", eos), ("<s>", bos))
         return tok
     return None
 
