@@ -125,3 +125,13 @@ def test_source_hf_in_a_release_config_resolves_from_the_checkpoint(tmp_path, ti
     source = load(demo).model.source
     assert (source.kind, source.task, source.options["head"]) == (SourceKind.HF_BERT, Task.TEXT_CLASSIFICATION,
                                                                   "classification")
+
+
+def test_a_pytorch_bin_checkpoint_is_refused_in_one_line_naming_the_fix(tmp_path, tiny_checkpoint):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    (ckpt / "model.safetensors").rename(ckpt / "pytorch_model.bin")  # never unpickled: refused by name
+    out = tmp_path / "m.tflite"
+    r = run_cli("convert", str(ckpt), "-o", str(out), "--seq-len", "16")
+    assert r.returncode == 3 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "not PyTorch .bin pickles" in r.stderr and "safe_serialization=True" in r.stderr and not out.exists()

@@ -323,6 +323,11 @@ def _safetensors(root: Path) -> dict[str, np.ndarray]:
     """The tensors of ``root/model.safetensors`` (the only checkpoint format read)."""
     weights = root / "model.safetensors"
     if not weights.is_file():
+        if any(root.glob("pytorch_model*.bin")) or any(root.glob("model*.safetensors.index.json")):
+            raise ModelLoadError(f"{root}: no model.safetensors; litegate reads one safetensors file, not PyTorch "
+                                 ".bin pickles (reading them needs torch and runs the pickle's code) or sharded "
+                                 "checkpoints: save it with transformers' save_pretrained(safe_serialization=True, "
+                                 "max_shard_size='100GB')")
         raise ModelLoadError(f"{root}: no model.safetensors (only safetensors checkpoints are read)")
     try:
         return load_file(str(weights))
