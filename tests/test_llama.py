@@ -43,7 +43,8 @@ def make_tokenizer(path: Path, texts: list[str], vocab_size: int = 300) -> int:
 
 def make_llama(folder: Path, *, seed: int = 0, layers: int = 2, hidden: int = 32, heads: int = 4, kv_heads: int = 2,
                intermediate: int = 64, max_pos: int = 128, tied: bool = False, rope_scaling: dict | None = None,
-               drop: str | None = None, reshape: str | None = None, head_dim: int | None = None, **config) -> Path:
+               drop: str | None = None, reshape: str | None = None, head_dim: int | None = None, qk_scale: float = 1.0,
+               **config) -> Path:
     """A random-weight ``LlamaForCausalLM`` checkpoint (config.json, model.safetensors, tokenizer.json)."""
     folder.mkdir(parents=True, exist_ok=True)
     V = make_tokenizer(folder / "tokenizer.json", SENTENCES)
@@ -56,7 +57,8 @@ def make_llama(folder: Path, *, seed: int = 0, layers: int = 2, hidden: int = 32
     for i in range(layers):
         p = f"model.layers.{i}."
         t |= {p + "input_layernorm.weight": 1 + w(H, scale=0.1), p + "post_attention_layernorm.weight": 1 + w(H, scale=0.1),
-              p + "self_attn.q_proj.weight": w(heads * d, H), p + "self_attn.k_proj.weight": w(kv_heads * d, H),
+              p + "self_attn.q_proj.weight": w(heads * d, H, scale=0.2 * qk_scale),
+              p + "self_attn.k_proj.weight": w(kv_heads * d, H, scale=0.2 * qk_scale),
               p + "self_attn.v_proj.weight": w(kv_heads * d, H), p + "self_attn.o_proj.weight": w(H, heads * d),
               p + "mlp.gate_proj.weight": w(intermediate, H), p + "mlp.up_proj.weight": w(intermediate, H),
               p + "mlp.down_proj.weight": w(H, intermediate)}
@@ -185,12 +187,13 @@ def test_tflite_decode_64_steps_reproduces_full_forward(llama_fp32):
     {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 16}, "rope_theta": 500000.0},
     {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "heads": 4, "kv_heads": 1, "tied": True},
-    {"heads": 2, "kv_heads": 2, "layers": 1},
+    {"heads": 2, "kv_heads": 2, "layers": 1, "qk_scale": 6.0},
     {"heads": 4, "kv_heads": 2, "head_dim": 16, "model_type": "mistral", "architectures": ["MistralForCausalLM"],
      "sliding_window": 4096},
-], ids=["tied", "rope-linear", "rope-llama3", "qwen2-bias-mqa", "mha", "mistral-head-dim-16"])
+], ids=["tied", "rope-linear", "rope-llama3", "qwen2-bias-mqa", "mha-large-attention-logits", "mistral-head-dim-16"])
 def test_variants_tflite_match_numpy_reference(tmp_path, variant):
-    """Tied head, linear and llama3 rope scaling, Qwen2 q/k/v biases with one kv head, plain multi-head."""
+    """Tied head, linear and llama3 rope scaling, Qwen2 q/k/v biases with one kv head, plain multi-head with
+    attention logits far above GPT-2's mask penalty of 40 (the causal mask must still hide the future)."""
     ck = make_llama(tmp_path / "ck", seed=3, **variant)
     path = convert_llama(ck, tmp_path / "m.tflite", 12, 40)
     ids = _ids(ck)

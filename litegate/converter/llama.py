@@ -28,9 +28,14 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from litegate.converter.bert import MASK_PENALTY, gather_rows, take_position
+from litegate.converter.bert import gather_rows, take_position
 from litegate.converter.hf_llama import LlamaConfig, checked_tensors, tensor_shapes
 from litegate.errors import ModelLoadError
+
+# The causal mask's additive penalty. GPT-2 and BERT use 40 (bert.MASK_PENALTY: an int8 ADD keeps its resolution);
+# a Llama's attention logits outgrow 40 (random weights of 512 channels did, and real models' attention sinks
+# reach it), so masked positions would leak. 1e4 (GPT-2's own value in transformers) stays finite in float16.
+MASK_PENALTY = 1e4
 
 
 class RMSNorm(tf_keras.layers.Layer):
