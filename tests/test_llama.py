@@ -381,6 +381,13 @@ def test_config_reading_sliding_windows_and_the_parameter_cap(tmp_path):
     cfg = LlamaConfig.from_json_file(q / "config.json")
     assert cfg.sliding_window is None and cfg.qkv_bias and not cfg.o_bias
     raw = json.loads((ck / "config.json").read_text())
+    v5 = {k: v for k, v in raw.items() if k not in ("rope_theta", "rope_scaling", "num_key_value_heads")}
+    v5["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    (q / "config.json").write_text(json.dumps({**v5, "num_key_value_heads": None}))  # transformers 5's layout
+    cfg = LlamaConfig.from_json_file(q / "config.json")
+    assert cfg.rope_theta == 500000.0 and cfg.rope_scaling and cfg.rope_scaling["type"] == "llama3"
+    assert cfg.num_key_value_heads == cfg.num_attention_heads
     assert LlamaConfig.from_json_file(ck / "config.json").parameters() == sum(
         v.size for v in load_file(str(ck / "model.safetensors")).values())
     for key, value, message in [("vocab_size", 10**9, "billion parameters"), ("model_type", "gemma", "not a Llama"),

@@ -64,6 +64,22 @@ def _flag(raw: Mapping[str, Any], key: str, default: bool, path: Path) -> bool:
     return value
 
 
+def _rope_parameters(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``raw`` with transformers 5's ``rope_parameters`` (``rope_theta`` and the scaling in one object) read as the
+    ``rope_theta`` and ``rope_scaling`` keys of earlier configs."""
+    params = raw.get("rope_parameters")
+    if params is None:
+        return raw
+    if not isinstance(params, dict):
+        raise ModelLoadError(f"{path}: rope_parameters must be an object, got {_shown(params)}")
+    out = dict(raw)
+    if "rope_theta" in params:
+        out["rope_theta"] = params["rope_theta"]
+    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    out["rope_scaling"] = scaling if scaling.get("rope_type", scaling.get("type", "default")) != "default" else None
+    return out
+
+
 def _rope_scaling(raw: Mapping[str, Any], path: Path) -> dict[str, Any] | None:
     """``rope_scaling`` as ``{"type": "linear", "factor"}`` or ``{"type": "llama3", "factor", ...}``, or None."""
     value = raw.get("rope_scaling")
@@ -114,7 +130,7 @@ class LlamaConfig:
 
     @classmethod
     def from_json_file(cls, path: Path) -> LlamaConfig:
-        raw = read_config_json(path)
+        raw = _rope_parameters(read_config_json(path), path)
         model_type = raw.get("model_type")
         if model_type not in SUPPORTED_LLAMA_TYPES:
             raise ModelLoadError(f"{path}: model_type {model_type!r} is not a Llama-architecture model "
@@ -124,7 +140,8 @@ class LlamaConfig:
             raise ModelLoadError(f"{path}: hidden_act {act!r} is not supported (supported: silu)")
         sizes = _sizes(raw, LLAMA_SIZES, path)
         heads = sizes["num_attention_heads"]
-        extra = _sizes(raw, {"num_key_value_heads": heads}, path)
+        extra = _sizes({k: v for k, v in raw.items() if not (k == "num_key_value_heads" and v is None)},
+                       {"num_key_value_heads": heads}, path)
         if raw.get("head_dim") is None:  # transformers writes null for "hidden_size // num_attention_heads"
             _divisible(sizes, "hidden_size", "num_attention_heads", path)
             extra["head_dim"] = sizes["hidden_size"] // heads
