@@ -346,6 +346,14 @@ def _model_options(m: _Table, base: Path, head: str, source_kind: SourceKind, gp
     signature = m.get("signature", str, "")
     if signature:
         options["signature"] = signature
+    max_len = m.get("max_len", int, 0)  # a decoder's KV-cache positions (default: litegate.converter.preflight)
+    if max_len:
+        if source_kind not in SourceKind.decoders():
+            raise ConfigError(f"{file}: 'model.max_len' is the KV-cache length of a decoder checkpoint "
+                              f"(hf-gpt2, hf-llama), not of a {source_kind.value!r} source")
+        if not 1 <= max_len <= 4096:
+            raise ConfigError(f"{file}: 'model.max_len' must be between 1 and 4096, got {max_len}")
+        options["max_len"] = max_len
     if m.get("dynamic_shapes", bool, False):
         options["dynamic_shapes"] = True
     if m.get("allow_lambda", bool, False):
