@@ -1,6 +1,6 @@
 """Independent numpy float64 forward passes of Hugging Face BERT-family encoders (the test oracle).
 
-Written from the Hugging Face modeling code of DistilBERT, RoBERTa / XLM-R, ELECTRA and ALBERT, reading their
+Written from the Hugging Face modeling code of DistilBERT, RoBERTa / XLM-R, ELECTRA, ALBERT and MobileBERT, reading their
 tensor names directly; nothing is shared with litegate's TF graph. ``forward`` picks the family from
 ``cfg["model_type"]`` (config.json as a dict) and returns the sequence-classification logits [B, C] or, for
 ``head="mean"``, the mask-aware mean of the last hidden states, L2-normalised [B, H].
@@ -140,7 +140,72 @@ def albert(tensors, cfg, ids, mask, head):
     return t.lin(np.tanh(t.lin(x[:, 0], p + "pooler")), "classifier")
 
 
-FORWARDS = {"distilbert": distilbert, "roberta": roberta, "xlm-roberta": roberta, "electra": electra, "albert": albert}
+def mobilebert(tensors, cfg, ids, mask, head):
+    """MobileBertModel (+ MobileBertForSequenceClassification's classifier) as transformers' modeling_mobilebert
+    runs it, with MobileBertConfig's defaults for the keys config.json leaves out."""
+    t = _T(tensors, "mobilebert.")
+    p, S = t.p, ids.shape[1]
+    eps = cfg.get("layer_norm_eps", 1e-12)
+    act = ACTS[cfg.get("hidden_act", "relu")]
+    H, E = cfg["hidden_size"], cfg.get("embedding_size", 128)
+    bottleneck = cfg.get("use_bottleneck", True)
+    no_norm = cfg.get("normalization_type", "no_norm") == "no_norm"
+
+    def norm(x, name, e=eps):  # NoNorm ignores the epsilon; nn.LayerNorm built without one uses 1e-5
+        if no_norm:
+            return x * t[name + ".weight"] + t[name + ".bias"]
+        return t.norm(x, name, e)
+
+    emb = t[p + "embeddings.word_embeddings.weight"][ids]
+    if cfg.get("trigram_input", True):
+        zero = np.zeros_like(emb[:, :1])
+        emb = np.concatenate([np.concatenate([emb[:, 1:], zero], 1), emb, np.concatenate([zero, emb[:, :-1]], 1)], -1)
+    if cfg.get("trigram_input", True) or E != H:
+        emb = t.lin(emb, p + "embeddings.embedding_transformation")
+    x = emb + t[p + "embeddings.position_embeddings.weight"][:S][None] + t[p + "embeddings.token_type_embeddings.weight"][0]
+    x = norm(x, p + "embeddings.LayerNorm", 1e-5)
+    heads = cfg["num_attention_heads"]
+    for i in range(cfg["num_hidden_layers"]):
+        L = f"{p}encoder.layer.{i}."
+        if bottleneck:
+            layer_input = norm(t.lin(x, L + "bottleneck.input.dense"), L + "bottleneck.input.LayerNorm")
+            if cfg.get("use_bottleneck_attention", False):
+                q_in = k_in = v_in = layer_input
+            elif cfg.get("key_query_shared_bottleneck", True):
+                q_in = k_in = norm(t.lin(x, L + "bottleneck.attention.dense"), L + "bottleneck.attention.LayerNorm")
+                v_in = x
+            else:
+                q_in = k_in = v_in = x
+        else:
+            q_in = k_in = v_in = layer_input = x
+        B, _, _ = q_in.shape
+        q, k, v = (t.lin(z, L + f"attention.self.{n}") for z, n in ((q_in, "query"), (k_in, "key"), (v_in, "value")))
+        d = q.shape[-1] // heads
+
+        def split(z, d=d, B=B):
+            return z.reshape(B, S, heads, d).transpose(0, 2, 1, 3)
+
+        s = split(q) @ split(k).transpose(0, 1, 3, 2) / math.sqrt(d) + np.where(mask[:, None, None, :] > 0, 0.0, -1e9)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        ctx = ((s / s.sum(-1, keepdims=True)) @ split(v)).transpose(0, 2, 1, 3).reshape(B, S, heads * d)
+        a = norm(t.lin(ctx, L + "attention.output.dense") + layer_input, L + "attention.output.LayerNorm")
+        for j in range(cfg.get("num_feedforward_networks", 4) - 1):
+            f = t.lin(act(t.lin(a, L + f"ffn.{j}.intermediate.dense")), L + f"ffn.{j}.output.dense")
+            a = norm(f + a, L + f"ffn.{j}.output.LayerNorm")
+        out = norm(t.lin(act(t.lin(a, L + "intermediate.dense")), L + "output.dense") + a, L + "output.LayerNorm", 1e-5)
+        if bottleneck:
+            out = norm(t.lin(out, L + "output.bottleneck.dense") + x, L + "output.bottleneck.LayerNorm")
+        x = out
+    if head == "mean":
+        return _mean(x, mask)
+    pooled = x[:, 0]
+    if cfg.get("classifier_activation", True):
+        pooled = np.tanh(t.lin(pooled, p + "pooler.dense"))
+    return t.lin(pooled, "classifier")
+
+
+FORWARDS = {"distilbert": distilbert, "roberta": roberta, "xlm-roberta": roberta, "electra": electra, "albert": albert,
+            "mobilebert": mobilebert}
 
 
 def forward(tensors: dict, cfg: dict, ids: np.ndarray, mask: np.ndarray, head: str = "classification") -> np.ndarray:

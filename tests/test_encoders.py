@@ -1,4 +1,5 @@
-"""BERT-family encoders beyond BERT (DistilBERT, RoBERTa, XLM-R, ELECTRA, ALBERT) through the hf-bert source.
+"""BERT-family encoders beyond BERT (DistilBERT, RoBERTa, XLM-R, ELECTRA, ALBERT, MobileBERT) through the hf-bert
+source.
 
 Each family: a tiny random-weight checkpoint in Hugging Face's layout (config.json, model.safetensors with HF
 tensor names, a tokenizer made with the ``tokenizers`` library), converted to fp32 .tflite by the real CLI and run
@@ -24,9 +25,9 @@ SEQ = 32
 LABELS = {"0": "negative", "1": "neutral", "2": "positive"}
 ARCHS = {"distilbert": "DistilBertForSequenceClassification", "roberta": "RobertaForSequenceClassification",
          "xlm-roberta": "XLMRobertaForSequenceClassification", "electra": "ElectraForSequenceClassification",
-         "albert": "AlbertForSequenceClassification"}
+         "albert": "AlbertForSequenceClassification", "mobilebert": "MobileBertForSequenceClassification"}
 PREFIX = {"distilbert": "distilbert.", "roberta": "roberta.", "xlm-roberta": "roberta.", "electra": "electra.",
-          "albert": "albert."}
+          "albert": "albert.", "mobilebert": "mobilebert."}
 
 
 def _texts() -> list[str]:
@@ -86,6 +87,12 @@ def _config(family: str, vocab: int, hidden: int, layers: int, heads: int, inter
                 "bos_token_id": 0, "eos_token_id": 2, "layer_norm_eps": 1e-5}
     if family == "electra":
         return {**bert, "embedding_size": hidden // 2}
+    if family == "mobilebert":  # MobileBertConfig's own keys, at tiny sizes (transformers' defaults otherwise)
+        return {**bert, "embedding_size": hidden // 2, "intra_bottleneck_size": hidden // 2,
+                "true_hidden_size": hidden // 2, "num_feedforward_networks": 3, "hidden_act": "relu",
+                "normalization_type": "no_norm", "trigram_input": True, "use_bottleneck": True,
+                "use_bottleneck_attention": False, "key_query_shared_bottleneck": True,
+                "classifier_activation": True, "pad_token_id": 0}
     return {**bert, "embedding_size": hidden // 2, "hidden_act": "gelu_new", "num_hidden_groups": 1,
             "inner_group_num": 1}
 
@@ -100,10 +107,60 @@ LAYER_NAMES = {  # HF dense and layer-norm names of one layer, relative to the l
 }
 
 
+def _mobilebert_tensors(cfg: dict, w) -> dict[str, np.ndarray]:
+    """MobileBertModel's tensors for ``cfg`` (names as transformers' MobileBertModel.state_dict(), no prefix)."""
+    H, E, inter = cfg["hidden_size"], cfg.get("embedding_size", 128), cfg["intermediate_size"]
+    bottleneck = cfg.get("use_bottleneck", True)
+    T = cfg.get("intra_bottleneck_size", 128) if bottleneck else H
+    t = {"embeddings.word_embeddings.weight": w(cfg["vocab_size"], E, scale=1.0),
+         "embeddings.position_embeddings.weight": w(cfg["max_position_embeddings"], H, scale=0.5),
+         "embeddings.token_type_embeddings.weight": w(cfg["type_vocab_size"], H, scale=0.5)}
+
+    def dense(name, out, inp):  # weights ~ 1/sqrt(fan_in): NoNorm does not rescale what grows
+        t[name + ".weight"], t[name + ".bias"] = w(out, inp, scale=1 / np.sqrt(inp)), w(out, scale=0.05)
+
+    def norm(name, width):
+        t[name + ".weight"], t[name + ".bias"] = 1 + w(width, scale=0.1), w(width, scale=0.1)
+
+    trigram = cfg.get("trigram_input", True)
+    if trigram or E != H:
+        dense("embeddings.embedding_transformation", H, 3 * E if trigram else E)
+    norm("embeddings.LayerNorm", H)
+    for i in range(cfg["num_hidden_layers"]):
+        L = f"encoder.layer.{i}."
+        if bottleneck:
+            dense(L + "bottleneck.input.dense", T, H)
+            norm(L + "bottleneck.input.LayerNorm", T)
+            if cfg.get("key_query_shared_bottleneck", True):
+                dense(L + "bottleneck.attention.dense", T, H)
+                norm(L + "bottleneck.attention.LayerNorm", T)
+            dense(L + "output.bottleneck.dense", H, T)
+            norm(L + "output.bottleneck.LayerNorm", H)
+        for n in ("query", "key"):
+            dense(L + f"attention.self.{n}", T, T)
+        dense(L + "attention.self.value", T, T if cfg.get("use_bottleneck_attention", False) else H)
+        dense(L + "attention.output.dense", T, T)
+        norm(L + "attention.output.LayerNorm", T)
+        for f in [f"ffn.{j}." for j in range(cfg.get("num_feedforward_networks", 4) - 1)] + [""]:
+            dense(L + f + "intermediate.dense", inter, T)
+            dense(L + f + "output.dense", T, inter)
+            norm(L + f + "output.LayerNorm", T)
+    if cfg.get("classifier_activation", True):
+        dense("pooler.dense", H, H)
+    return t
+
+
 def _tensors(family: str, cfg: dict, rng: np.random.Generator, with_head: bool) -> dict[str, np.ndarray]:
     """Random weights under the family's HF names (the encoder's with ``PREFIX`` when ``with_head``)."""
     def w(*shape, scale=0.2):
         return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    if family == "mobilebert":
+        out = {(PREFIX[family] if with_head else "") + k: v for k, v in _mobilebert_tensors(cfg, w).items()}
+        if with_head:
+            out["classifier.weight"] = w(len(LABELS), cfg["hidden_size"], scale=0.2)
+            out["classifier.bias"] = w(len(LABELS), scale=0.05)
+        return out
 
     H = cfg.get("hidden_size", cfg.get("dim"))
     inter = cfg.get("intermediate_size", cfg.get("hidden_dim"))
@@ -144,10 +201,11 @@ def _tensors(family: str, cfg: dict, rng: np.random.Generator, with_head: bool) 
 
 
 def make_encoder(folder: Path, family: str, *, seed: int = 0, with_head: bool = True, hidden: int = 32,
-                 layers: int = 2, heads: int = 2, inter: int = 64, max_pos: int = 64) -> Path:
-    """A random-weight ``family`` checkpoint in Hugging Face layout with a tokenizer made by ``tokenizers``."""
+                 layers: int = 2, heads: int = 2, inter: int = 64, max_pos: int = 64, **keys) -> Path:
+    """A random-weight ``family`` checkpoint in Hugging Face layout with a tokenizer made by ``tokenizers``
+    (``keys``: config.json keys set over the family's tiny defaults)."""
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = _config(family, _tokenizer(folder, family), hidden, layers, heads, inter, max_pos)
+    cfg = {**_config(family, _tokenizer(folder, family), hidden, layers, heads, inter, max_pos), **keys}
     save_file(_tensors(family, cfg, np.random.default_rng(seed), with_head), str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps(cfg))
     return folder
@@ -193,7 +251,7 @@ def test_roberta_and_xlmr_tokenizers_give_the_tokenizers_library_ids(tmp_path):
             assert mask.tolist() == [1] * n + [0] * (SEQ - n)
 
 
-FAMILIES = ("distilbert", "roberta", "xlm-roberta", "electra", "albert")
+FAMILIES = ("distilbert", "roberta", "xlm-roberta", "electra", "albert", "mobilebert")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -271,7 +329,7 @@ def _one_line_exit_3(r, out: Path, *needles: str) -> None:
 
 @pytest.mark.slow
 def test_bad_checkpoints_are_one_line_exit_3(tmp_path):
-    """A missing tensor, a mismatched shape, ALBERT with two layer groups and MobileBERT: one line, exit 3, no file."""
+    """A missing tensor, a mismatched shape, ALBERT with two layer groups and Funnel: one line, exit 3, no file."""
     out = tmp_path / "m.tflite"
     ck = make_encoder(tmp_path / "missing", "distilbert")
     t = load_file(str(ck / "model.safetensors"))
@@ -291,10 +349,10 @@ def test_bad_checkpoints_are_one_line_exit_3(tmp_path):
     (ck / "config.json").write_text(json.dumps({**cfg, "num_hidden_groups": 2}))
     _one_line_exit_3(_convert(ck, out), out, "num_hidden_groups 2 is not supported")
 
-    (ck / "config.json").write_text(json.dumps({**cfg, "model_type": "mobilebert"}))
+    (ck / "config.json").write_text(json.dumps({**cfg, "model_type": "funnel"}))
     r = _convert(ck, out)
-    _one_line_exit_3(r, out, "mobilebert")
-    assert re.search(r"distilbert.*roberta.*xlm-roberta.*electra.*albert", r.stderr), r.stderr
+    _one_line_exit_3(r, out, "funnel")
+    assert re.search(r"distilbert.*roberta.*xlm-roberta.*electra.*albert.*mobilebert", r.stderr), r.stderr
 
 
 @pytest.mark.slow

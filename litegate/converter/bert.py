@@ -37,7 +37,9 @@ DistilBERT (no token types, its classifier a ReLU ``pre_classifier`` on the firs
 classifier ``classifier.dense`` (tanh) and ``classifier.out_proj``), ELECTRA (embeddings of ``embedding_size``
 projected to the hidden size; classifier as RoBERTa's with GELU) and ALBERT (factorised embeddings and one layer
 whose tf_keras layers are applied ``num_hidden_layers`` times, so the .tflite holds its weights once; its
-residual-smoothing key is ``l0_ffn`` for every application).
+residual-smoothing key is ``l0_ffn`` for every application). MobileBERT (bottlenecks, stacked feed-forward
+networks, trigram embeddings, ``NoNorm``) has its own builder and weight map in :mod:`litegate.converter.mobilebert`,
+which :func:`build_bert` and :func:`weight_map` hand it to.
 """
 
 from __future__ import annotations
@@ -368,7 +370,8 @@ CLASSIFIER_HEADS = {
     "xlm-roberta": ("classifier.dense", "tanh", "classifier.out_proj"),
     "electra": ("classifier.dense", "gelu", "classifier.out_proj"),
 }
-POOLERS = {"bert": "pooler.dense", "roberta": "pooler.dense", "xlm-roberta": "pooler.dense", "albert": "pooler"}
+POOLERS = {"bert": "pooler.dense", "roberta": "pooler.dense", "xlm-roberta": "pooler.dense", "albert": "pooler",
+           "mobilebert": "pooler.dense"}  # MobileBERT's is the first token itself without classifier_activation
 # model_type -> (HF prefix of layer {i}, (HF dense, ours) names, (HF layer norm, ours) names)
 _BERT_LAYER = ("encoder.layer.{i}.",
                (("attention.self.query", "query"), ("attention.self.key", "key"), ("attention.self.value", "value"),
@@ -423,6 +426,11 @@ def build_bert(
         gpu_friendly: spell the embedding lookup and the [CLS] slice in ops LiteRT's GPU delegate
             runs (see the module docstring); the outputs are the same.
     """
+    if cfg.model_type == "mobilebert":
+        from litegate.converter.mobilebert import build_mobilebert  # imports this module
+
+        return build_mobilebert(cfg, seq_len=seq_len, head=head, batch_size=batch_size, dropout=dropout,
+                                gpu_friendly=gpu_friendly)
     _check_head(cfg, head, seq_len)
     ids = tf_keras.Input((seq_len,), batch_size=batch_size, dtype=tf.int32, name="input_ids")
     mask = tf_keras.Input((seq_len,), batch_size=batch_size, dtype=tf.int32, name="attention_mask")
@@ -502,6 +510,11 @@ def _norm(hf: str, ours: str) -> Iterator[tuple[str, str, int, bool]]:
 
 def weight_map(cfg: BertConfig, head: str) -> Iterator[tuple[str, str, int, bool]]:
     """(hf tensor name without prefix, keras layer name, weight index, transpose) for every weight."""
+    if cfg.model_type == "mobilebert":
+        from litegate.converter import mobilebert  # imports this module
+
+        yield from mobilebert.weight_map(cfg, head)
+        return
     yield "embeddings.word_embeddings.weight", "embeddings", 0, False
     yield "embeddings.position_embeddings.weight", "embeddings", 1, False
     if cfg.type_vocab_size:

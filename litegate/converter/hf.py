@@ -33,6 +33,7 @@ BERT_FAMILIES: dict[str, tuple[str, str]] = {
     "xlm-roberta": ("roberta.", "XLMRobertaForSequenceClassification"),
     "electra": ("electra.", "ElectraForSequenceClassification"),
     "albert": ("albert.", "AlbertForSequenceClassification"),
+    "mobilebert": ("mobilebert.", "MobileBertForSequenceClassification"),
 }
 SUPPORTED_BERT_TYPES = tuple(BERT_FAMILIES)
 HEAD_TENSORS = ("classifier.", "pre_classifier.")  # task-head tensors, named without the encoder's prefix
@@ -62,6 +63,11 @@ DISTILBERT_SIZES: dict[str, Any] = {"vocab_size": _REQUIRED, "dim": _REQUIRED, "
                                     "n_heads": _REQUIRED, "hidden_dim": _REQUIRED, "max_position_embeddings": _REQUIRED}
 DISTILBERT_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
                     "hidden_dim": "intermediate_size", "activation": "hidden_act"}  # DistilBERT key -> BertConfig field
+MOBILEBERT_SIZES: dict[str, Any] = {"embedding_size": 128, "intra_bottleneck_size": 128, "num_feedforward_networks": 4}
+# MobileBERT's switches: config.json key -> transformers' default
+MOBILEBERT_FLAGS = {"trigram_input": True, "use_bottleneck": True, "use_bottleneck_attention": False,
+                    "key_query_shared_bottleneck": True, "classifier_activation": True}
+NORMALIZATION_TYPES = ("no_norm", "layer_norm")
 GPT2_SIZES: dict[str, Any] = {"vocab_size": _REQUIRED, "n_positions": _REQUIRED, "n_embd": _REQUIRED,
                               "n_layer": _REQUIRED, "n_head": _REQUIRED}
 
@@ -163,6 +169,60 @@ def _activation(raw: Mapping[str, Any], key: str, default: str, path: Path) -> s
     return str(act)
 
 
+def _flag(raw: Mapping[str, Any], key: str, default: bool, path: Path) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ModelLoadError(f"{path}: {key} must be true or false, got {_shown(value)}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class MobileBertOptions:
+    """MobileBERT's own config.json keys (transformers' ``MobileBertConfig``), read under their names."""
+
+    intra_bottleneck_size: int = 128
+    num_feedforward_networks: int = 4
+    trigram_input: bool = True
+    use_bottleneck: bool = True
+    use_bottleneck_attention: bool = False
+    key_query_shared_bottleneck: bool = True
+    classifier_activation: bool = True
+    normalization_type: str = "no_norm"  # "no_norm": x * weight + bias; "layer_norm"
+
+    def true_hidden_size(self, hidden_size: int) -> int:
+        """The width attention and the feed-forward networks work in (transformers recomputes it from these keys)."""
+        return self.intra_bottleneck_size if self.use_bottleneck else hidden_size
+
+    @property
+    def shared_query_key(self) -> bool:
+        """Query and key read ``bottleneck.attention``'s output and value the layer input (transformers' default)."""
+        return self.use_bottleneck and not self.use_bottleneck_attention and self.key_query_shared_bottleneck
+
+
+def _mobilebert_fields(raw: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """MobileBERT's :class:`BertConfig` fields; its combinations transformers cannot run are one line."""
+    sizes = _sizes(raw, {**BERT_SIZES, **MOBILEBERT_SIZES}, path)
+    norm = raw.get("normalization_type", "no_norm")
+    if norm not in NORMALIZATION_TYPES:
+        raise ModelLoadError(f"{path}: normalization_type {_shown(norm)} is not supported "
+                             f"(supported: {', '.join(NORMALIZATION_TYPES)})")
+    options = MobileBertOptions(intra_bottleneck_size=sizes.pop("intra_bottleneck_size"),
+                                num_feedforward_networks=sizes.pop("num_feedforward_networks"),
+                                normalization_type=str(norm),
+                                **{k: _flag(raw, k, d, path) for k, d in MOBILEBERT_FLAGS.items()})
+    true_hidden = options.true_hidden_size(sizes["hidden_size"])
+    if true_hidden % sizes["num_attention_heads"]:
+        raise ModelLoadError(f"{path}: the attention width {true_hidden} (intra_bottleneck_size with use_bottleneck, "
+                             f"else hidden_size) is not divisible by num_attention_heads {sizes['num_attention_heads']}")
+    if (options.use_bottleneck and not options.use_bottleneck_attention and not options.key_query_shared_bottleneck
+            and true_hidden != sizes["hidden_size"]):
+        raise ModelLoadError(f"{path}: key_query_shared_bottleneck false (with use_bottleneck_attention false) feeds "
+                             f"the hidden state ({sizes['hidden_size']} wide) to query and key of width "
+                             f"intra_bottleneck_size {true_hidden}; transformers cannot run it either")
+    return {**sizes, "layer_norm_eps": _epsilon(raw, "layer_norm_eps", 1e-12, path),
+            "hidden_act": _activation(raw, "hidden_act", "relu", path), "mobilebert": options}
+
+
 def _family_fields(raw: Mapping[str, Any], model_type: str, path: Path) -> dict[str, Any]:
     """The :class:`BertConfig` fields (labels aside) a config.json of ``model_type`` describes, checked."""
     if model_type == "distilbert":  # its own key names; no token types, layer-norm epsilon fixed at 1e-12
@@ -170,6 +230,8 @@ def _family_fields(raw: Mapping[str, Any], model_type: str, path: Path) -> dict[
         _divisible(sizes, "dim", "n_heads", path)
         return {**{DISTILBERT_NAMES.get(k, k): v for k, v in sizes.items()}, "type_vocab_size": 0,
                 "hidden_act": _activation(raw, "activation", "gelu", path)}
+    if model_type == "mobilebert":  # its own keys: MobileBertOptions
+        return _mobilebert_fields(raw, path)
     sizes = _sizes(raw, BERT_SIZES, path)
     _divisible(sizes, "hidden_size", "num_attention_heads", path)
     fields: dict[str, Any] = {**sizes, "layer_norm_eps": _epsilon(raw, "layer_norm_eps", 1e-12, path),
@@ -204,6 +266,7 @@ class BertConfig:
     model_type: str = "bert"
     embedding_size: int = 0  # factorised embeddings (ELECTRA, ALBERT); 0: hidden_size
     position_offset: int = 0  # first position row used (RoBERTa, XLM-R: padding_idx + 1)
+    mobilebert: MobileBertOptions | None = None  # MobileBERT's own keys (model_type "mobilebert" only)
 
     @property
     def head_size(self) -> int:
@@ -248,15 +311,35 @@ class BertConfig:
     def parameters(self) -> int:
         """How many parameters the graph built from this config holds (pooler and classifier included)."""
         h, i, e = self.hidden_size, self.intermediate_size, self.embedding_width
+        if self.mobilebert is not None:
+            return self._mobilebert_parameters(self.mobilebert)
         embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * e + 2 * e
         projection = e * h + h if self.projects_embeddings else 0
         layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h
         layers = 1 if self.shared_layers else self.num_hidden_layers
         return embeddings + projection + layers * layer + h * h + h + self.num_labels * (h + 1)
 
+    def _mobilebert_parameters(self, m: MobileBertOptions) -> int:
+        h, i, e, t = self.hidden_size, self.intermediate_size, self.embedding_width, m.true_hidden_size(self.hidden_size)
+        embeddings = self.vocab_size * e + (self.max_position_embeddings + self.type_vocab_size) * h + 2 * h
+        if m.trigram_input or e != h:
+            embeddings += (3 * e if m.trigram_input else e) * h + h
+        bottleneck = 0
+        if m.use_bottleneck:
+            bottleneck = (h * t + 3 * t) * (2 if m.shared_query_key else 1) + t * h + 3 * h
+        value_in = t if m.use_bottleneck_attention or not m.use_bottleneck else h
+        attention = 4 * (t * t + t) + (value_in - t) * t + 2 * t  # query, key, value, output dense; norm
+        ffn = 2 * t * i + i + 3 * t
+        layer = bottleneck + attention + m.num_feedforward_networks * ffn
+        pooler = h * h + h if m.classifier_activation else 0
+        return embeddings + self.num_hidden_layers * layer + pooler + self.num_labels * (h + 1)
+
     def to_hf_dict(self) -> dict[str, Any]:
         """A config.json :meth:`from_json_file` reads back as this config (in its family's key names)."""
         d = dataclasses.asdict(self)
+        mobilebert = d.pop("mobilebert")
+        if mobilebert is not None:
+            d.update(mobilebert)
         for key, absent in (("model_type", None), ("embedding_size", 0), ("position_offset", 0)):
             if d.pop(key) != absent and key == "embedding_size":
                 d["embedding_size"] = self.embedding_size
