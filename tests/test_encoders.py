@@ -378,3 +378,95 @@ def test_distilbert_int8_and_pruned_50_build(tmp_path):
         got = _run_tflite(path, feed)
         assert got.shape == ref.shape and np.isfinite(got).all()
         assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.8, path.name
+
+
+MOBILEBERT_VARIANTS = {  # config.json keys over the tiny default (no_norm, relu, shared query/key bottleneck)
+    "layer_norm-gelu-first_token-4ffn-gpu": ({"normalization_type": "layer_norm", "hidden_act": "gelu",
+                                              "classifier_activation": False, "num_feedforward_networks": 4},
+                                             "classification", True),
+    "no_bottleneck-no_trigram-1ffn": ({"use_bottleneck": False, "trigram_input": False, "num_feedforward_networks": 1,
+                                       "true_hidden_size": 32}, "mean", False),
+    "bottleneck_attention-2ffn": ({"use_bottleneck_attention": True, "num_feedforward_networks": 2},
+                                  "classification", False),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", MOBILEBERT_VARIANTS)
+def test_mobilebert_variants_match_numpy_oracle(tmp_path, variant):
+    """MobileBERT's switches (LayerNorm instead of NoNorm, GELU, the first token as pooled output, no bottleneck,
+    no trigram, bottleneck attention, 1 to 4 FFNs, --gpu-friendly): the fp32 .tflite within 1e-4 of the oracle."""
+    keys, head, gpu = MOBILEBERT_VARIANTS[variant]
+    ck = make_encoder(tmp_path / "mb", "mobilebert", seed=5, with_head=head == "classification", **keys)
+    out = tmp_path / "m.tflite"
+    r = _convert(ck, out, "--head", head, *(["--gpu-friendly"] if gpu else []))
+    assert r.returncode == 0, r.stderr
+    enc = TextEncoder(out.with_suffix(".tokenizer.json"), SEQ).encode(_sentences())
+    feed = {k: enc[k] for k in ("input_ids", "attention_mask")}
+    ref = forward(load_file(str(ck / "model.safetensors")), json.loads((ck / "config.json").read_text()),
+                  feed["input_ids"], feed["attention_mask"], head)
+    ours = _run_tflite(out, feed)
+    delta = float(np.max(np.abs(ours - ref)))
+    print(f"mobilebert {variant} {head}: max |delta| {delta:.2e}")
+    assert ours.shape == ref.shape and delta <= 1e-4
+    if gpu:
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=str(out))
+        shapes = {d["index"]: d["shape"] for d in interp.get_tensor_details()}
+        gathers = [op for op in interp._get_ops_details() if op["op_name"] == "GATHER"]
+        assert gathers and all(len(shapes[op["inputs"][1]]) == 1 for op in gathers)
+
+
+@pytest.mark.parametrize(("keys", "needle"), [
+    ({"normalization_type": "batch_norm"}, "normalization_type 'batch_norm' is not supported"),
+    ({"use_bottleneck": "yes"}, "use_bottleneck must be true or false"),
+    ({"intra_bottleneck_size": 15}, "not divisible by num_attention_heads 2"),
+    ({"key_query_shared_bottleneck": False}, "key_query_shared_bottleneck false"),
+    ({"num_feedforward_networks": 0}, "num_feedforward_networks must be a positive integer"),
+    ({"hidden_act": "swish"}, "hidden_act 'swish' is not supported"),
+])
+def test_mobilebert_config_refusals_are_one_line(tmp_path, keys, needle):
+    """MobileBERT keys litegate cannot build (or transformers cannot run) are a one-line ModelLoadError naming the key."""
+    from litegate.converter.hf import BertConfig
+    from litegate.errors import ModelLoadError
+
+    cfg = {**_config("mobilebert", 300, 32, 2, 2, 64, 64), **keys}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError) as err:
+        BertConfig.from_json_file(tmp_path / "config.json")
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_mobilebert_int8_and_dynamic_int8_build_with_builtin_ops(tmp_path):
+    """The calibrated int8 recipe and dynamic-int8 build a (no_norm) MobileBERT .tflite of builtin ops only, whose
+    logits follow the float model's. Residual smoothing finds no block in MobileBERT (none of its norms has a
+    smooth key); quantize.build.int8_spelling recognises litegate's BERT by its LayerNorm layers, so a no_norm
+    MobileBERT is quantized in its float spelling (mask penalty 40, float pooling)."""
+    from litegate.tflite.flatbuffer import read_model
+
+    ck = make_encoder(tmp_path / "mb", "mobilebert", seed=3)
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(_texts()[:40]) + "\n")
+    fp32, int8, dyn = (tmp_path / f"{n}.tflite" for n in ("fp32", "int8", "dyn"))
+    assert _convert(ck, fp32).returncode == 0
+    common = ["--seq-len", str(SEQ), "--from", "hf-bert"]
+    r = run_cli("quantize", str(ck), "--recipe", "int8", "-o", str(int8), "--calibration", str(calib),
+                "--samples", "40", *common)
+    assert r.returncode == 0, r.stderr
+    spelling = json.loads(int8.with_suffix(".json").read_text()).get("int8_spelling", {})
+    assert spelling.get("residual_smoothing", {}).get("blocks", {}) == {}
+    r = run_cli("quantize", str(ck), "--recipe", "dynamic-int8", "-o", str(dyn), *common)
+    assert r.returncode == 0, r.stderr
+    enc = TextEncoder(fp32.with_suffix(".tokenizer.json"), SEQ).encode(_sentences())
+    feed = {k: enc[k] for k in ("input_ids", "attention_mask")}
+    ref = _run_tflite(fp32, feed)
+    for path in (int8, dyn):
+        ops = read_model(path.read_bytes()).ops
+        assert ops and not [o.name for o in ops if o.is_custom], path.name
+        got = _run_tflite(path, feed)
+        assert got.shape == ref.shape and np.isfinite(got).all()
+        corr = np.corrcoef(got.ravel(), ref.ravel())[0, 1]
+        print(f"mobilebert {path.stem}: {len(ops)} ops, logits corr {corr:.3f}")
+        assert corr > 0.8, path.name
