@@ -26,6 +26,7 @@ from litegate.tasks import (
 from litegate.types import SourceKind, Task
 
 BENCH_INPUTS = 32  # distinct real sentences cycled through during latency measurement
+AUTO_SELECTION_SAMPLES = 300  # held-out labelled rows the `auto` recipe chooses its float islands on
 
 
 @dataclasses.dataclass
@@ -165,3 +166,31 @@ def prune_data(cfg: ReleaseConfig, source: Source, work: Path) -> dict[str, Any]
     texts = read_texts(cfg.data.calibration, limit=cfg.data.train_samples)
     save_npz(npz, encoder.encode(texts, source=cfg.data.calibration))
     return {"npz": str(npz), "labels": None, "sha256": sha256_tree(cfg.data.calibration) + f":{len(texts)}"}
+
+
+def selection_data(cfg: ReleaseConfig, source: Source, data: EvalData, work: Path) -> dict[str, Any]:
+    """What the ``auto`` recipe chooses its float islands on.
+
+    A classifier with labelled ``data.train`` chooses on up to :data:`AUTO_SELECTION_SAMPLES` rows from the end of
+    that file, after the rows pruning recovery and calibration read: data the variant is not then scored on.
+    Otherwise (no training file, too few rows, or an embedding model, scored by cosine to float) it chooses on the
+    evaluation set, and ``held_out`` says so in the report.
+    """
+    if data.inputs_npz is None or data.task is Task.TEXT_GENERATION:
+        raise DataError("recipe auto needs data.eval to score its candidates")
+    fallback = {"npz": str(data.inputs_npz), "labels": None if data.labels is None else data.labels.tolist(),
+                "name": f"{cfg.data.eval} (the evaluation set)", "sha256": data.sha256, "held_out": False}
+    if cfg.data.train is None or data.task is not Task.TEXT_CLASSIFICATION:
+        return fallback
+    train = read_labelled_tsv(cfg.data.train, label_names=_label_names(source))
+    used = max(cfg.data.train_samples, cfg.data.calibration_samples if cfg.data.calibration == cfg.data.train else 0)
+    start = max(used, len(train.labels) - AUTO_SELECTION_SAMPLES)
+    if len(train.labels) - start < AUTO_SELECTION_SAMPLES // 2:
+        return fallback
+    npz = work / "auto_selection.npz"
+    encoder = TextEncoder(source.tokenizer, cfg.model.source.seq_len)
+    save_npz(npz, encoder.encode(train.sentences[start:], source=cfg.data.train))
+    return {"npz": str(npz), "labels": list(train.labels[start:]), "held_out": True,
+            "name": f"{cfg.data.train} rows {start + 1}-{len(train.labels)} (held out from the evaluation set, "
+                    "recovery and calibration)",
+            "sha256": f"{sha256_tree(cfg.data.train)}:{start}:{len(train.labels)}"}

@@ -39,7 +39,15 @@ from litegate.compat import coreml, qnn
 from litegate.compat.check import check_target
 from litegate.config import ReleaseConfig
 from litegate.errors import DataError
-from litegate.inputs import EvalData, Source, calibration, eval_data, prune_data, resolve_source
+from litegate.inputs import (
+    EvalData,
+    Source,
+    calibration,
+    eval_data,
+    prune_data,
+    resolve_source,
+    selection_data,
+)
 from litegate.quantize.variants import BuildPlan, build_variants
 from litegate.tasks import TextEncoder, load_tokenizer
 from litegate.tflite.summary import graph_summary
@@ -174,8 +182,7 @@ def _build_plan(cfg: ReleaseConfig, source: Source, encoder: TextEncoder | None,
     if auto:
         if data.inputs_npz is None or data.task is Task.TEXT_GENERATION:
             raise DataError(f"variant {auto[0].name!r} (recipe auto) needs data.eval to score its candidates")
-        auto_eval = {"npz": str(data.inputs_npz), "labels": None if data.labels is None else data.labels.tolist(),
-                     "name": str(cfg.data.eval), "sha256": data.sha256}
+        auto_eval = selection_data(cfg, source, data, work)
     budgets = {v.name: cfg.budget_for(v.name).max_accuracy_drop for v in auto}
     return BuildPlan(
         source=cfg.model.source, source_sha256=source.sha256, variants=cfg.variants, cache_dir=cfg.cache_dir,

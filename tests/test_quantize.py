@@ -98,6 +98,8 @@ def test_auto_int16x8_and_debug_in_one_run(tmp_path):
     assert v["auto"]["accuracy"][0]["delta"] >= -1.0
     assert (tmp_path / "out" / "auto.layers.csv").is_file()
     assert auto["scored_against"] == "the float model" and auto["ranked_groups"] >= len(auto["float_groups"])
+    # no data.train to hold rows out of: chosen on the evaluation set, and the report says so
+    assert auto["held_out"] is False and auto["selected_on"].endswith("eval.tsv (the evaluation set)")
     # PRUNE+auto: the budget (2 points here) is against the unpruned fp32 model, shared with pruning.
     fp32_acc = v["fp32"]["accuracy"][0]["value"]
     pa = v["pruned-50+auto"]["quant"]["auto"]
@@ -191,3 +193,30 @@ def test_parallel_builds_keep_a_pruning_recipe_in_one_child_and_balance_the_rest
     for b in two:  # each child builds in the release's order
         assert [v.name for v in b] == [n for n in names if n in {v.name for v in b}]
     assert len(_buckets(variants[:3], 8)) == 3
+
+
+def test_auto_chooses_on_rows_held_out_from_the_training_file(tmp_path, tiny_checkpoint):
+    """With labelled data.train, `auto` chooses its float islands on the file's last rows, after those recovery
+    and calibration read: never on the evaluation set its variant is then scored on."""
+    from litegate.config import load
+    from litegate.inputs import AUTO_SELECTION_SAMPLES, eval_data, resolve_source, selection_data
+    from litegate.tasks import TextEncoder, read_labelled_tsv
+
+    rows = read_labelled_tsv(DEMO / "eval.tsv")
+    train = tmp_path / "train.tsv"
+    pairs = [(rows.sentences[i % len(rows.labels)], rows.labels[i % len(rows.labels)] ^ (i // len(rows.labels) % 2))
+             for i in range(400)]
+    train.write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in pairs))
+    cfg_path = write_config(tmp_path / "c", model=tiny_checkpoint, variants=("fp32", "auto"))
+    cfg_path.write_text(cfg_path.read_text().replace("[data]\n", f'[data]\ntrain = "{train}"\ntrain_samples = 50\n'))
+    cfg = load(cfg_path)
+    source = resolve_source(cfg)
+    data = eval_data(cfg, source, TextEncoder(source.tokenizer, cfg.model.source.seq_len), tmp_path)
+    chosen = selection_data(cfg, source, data, tmp_path)
+    start = 400 - AUTO_SELECTION_SAMPLES
+    assert chosen["held_out"] is True and chosen["labels"] == [y for _, y in pairs[start:]]
+    assert f"train.tsv rows {start + 1}-400" in chosen["name"]
+    # a training file too short to spare rows after recovery's: the evaluation set, said so
+    cfg_path.write_text(cfg_path.read_text().replace("train_samples = 50", "train_samples = 390"))
+    cfg = load(cfg_path)
+    assert selection_data(cfg, source, data, tmp_path)["held_out"] is False

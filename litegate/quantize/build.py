@@ -325,7 +325,8 @@ def _auto(serve: Any, calibrated: bytes, samples: Mapping[str, np.ndarray], reci
     info = {k: v for k, v in found.items() if k != "model"}
     full = next((t for t in found["trials"] if t["float_groups"] == 0 and "bytes" in t), None)
     info.update({"metric": metric, "float_reference": ref_score, "target": target, "budget": budget,
-                 "selected_on": auto_eval.get("name", "evaluation data"), "ranked_groups": len(ranked),
+                 "selected_on": auto_eval.get("name", "evaluation data"), "held_out": bool(auto_eval.get("held_out")),
+                 "ranked_groups": len(ranked),
                  "total_nodes": sum(len(v) for v in groups.values()), "ranked_on_samples": k,
                  "group_impact": impact[:20], "full_int8_bytes": full["bytes"] if full else None,
                  "scored_against": "the unpruned float model" if reference_serve is not None else "the float model",
