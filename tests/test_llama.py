@@ -461,3 +461,23 @@ def test_bfloat16_sharded_checkpoint_loads_like_the_single_file(tmp_path):
     (ck / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="shard model-00002-of-00002.safetensors named by"):
         load_llama(ck)
+
+
+def test_int4_blockwise_falls_back_to_channelwise_where_blocks_do_not_divide(tmp_path):
+    """An MLP of 72 channels: down_proj's input dimension is no multiple of 32, so those weights get one scale per
+    output channel (litert-quantizer fails on them otherwise); the rest stay blockwise, all int4, outputs finite."""
+    from litegate.quantize import ptq
+    from litegate.quantize.recipes import load as load_recipe
+    from litegate.tflite.flatbuffer import read_model
+
+    ck = make_llama(tmp_path / "ck", intermediate=72, layers=1)
+    fp32 = convert_llama(ck, tmp_path / "fp32.tflite", 8, 32)
+    rec = load_recipe("int4-blockwise")
+    data, info = ptq.litert_quantize(fp32.read_bytes(), rec.params["litert_quantizer"], rec.name)
+    assert info["channelwise_fallback"]["ops"] == 2  # down_proj in prefill and in decode
+    fc = [o for o in read_model(data).ops if o.op == "FULLY_CONNECTED"]
+    assert {o.inputs[1].type for o in fc if o.inputs[1] is not None} == {"INT4"}
+    q = tmp_path / "int4.tflite"
+    q.write_bytes(data)
+    ids = _ids(ck)
+    assert np.isfinite(_prefill_logits(_Lite(q), ids, 8)).all()

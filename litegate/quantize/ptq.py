@@ -259,12 +259,17 @@ def litert_quantize(model: bytes, spec: Mapping[str, Any], recipe_name: str) -> 
     block = int(spec.get("block_size", 0))
     granularity = qtyping.QuantGranularity.CHANNELWISE if block == 0 else qtyping.QuantGranularity(f"BLOCKWISE_{block}")
     mode = str(spec.get("mode", "dynamic"))
+    ops = list(spec.get("ops", ["FULLY_CONNECTED"]))
     manager = recipe_manager.RecipeManager()
+    add = manager.add_dynamic_config if mode == "dynamic" else manager.add_weight_only_config
+    uneven = _uneven_blocks(model, ops, block) if block else []
     try:
-        for op in spec.get("ops", ["FULLY_CONNECTED"]):
-            add = manager.add_dynamic_config if mode == "dynamic" else manager.add_weight_only_config
+        for op in ops:
             add(regex=".*", operation_name=qtyping.TFLOperationName(op), num_bits=int(spec["bits"]),
                 granularity=granularity)
+        for op, scope in uneven:  # the latest matching config wins: these ops get one scale per output channel
+            add(regex="^" + re.escape(scope) + "$", operation_name=qtyping.TFLOperationName(op),
+                num_bits=int(spec["bits"]), granularity=qtyping.QuantGranularity.CHANNELWISE)
         q = quantizer.Quantizer(bytearray(model), manager.get_quantization_recipe())
         out = q.quantize(None, enable_progress_report=False)
     except Exception as exc:  # litert-quantizer raises ValueError, RuntimeError and its own types
@@ -276,6 +281,21 @@ def litert_quantize(model: bytes, spec: Mapping[str, Any], recipe_name: str) -> 
     except importlib.metadata.PackageNotFoundError:  # imported from a source tree
         version = "unknown"
     info = {"tool": "litert-quantizer", "version": version, "mode": mode, "bits": int(spec["bits"]),
-            "granularity": granularity.value.lower(), "ops": list(spec.get("ops", ["FULLY_CONNECTED"])),
-            "float_bytes": len(model), "bytes": len(data)}
+            "granularity": granularity.value.lower(), "ops": ops, "float_bytes": len(model), "bytes": len(data)}
+    if uneven:
+        info["channelwise_fallback"] = {"ops": len(uneven), "why": f"input dimension not a multiple of {block}"}
     return data, info
+
+
+def _uneven_blocks(model: bytes, ops: Sequence[str], block: int) -> list[tuple[str, str]]:
+    """(op, litert-quantizer scope) of every ``ops`` op whose weight's input dimension (the last) is no multiple of
+    ``block``: litert-quantizer cannot quantize those blockwise. The scope is the op's output tensor names, each
+    followed by ``;`` (``tfl_flatbuffer_utils.get_op_scope``)."""
+    out = []
+    for op in read_model(model).ops:
+        weight = op.inputs[1] if op.op in ops and len(op.inputs) > 1 else None
+        if weight is not None and weight.shape and weight.shape[-1] % block:
+            names = [t.name for t in op.outputs if t is not None and t.name]
+            if names:
+                out.append((op.op, "".join(f"{n};" for n in names)))
+    return out
