@@ -13,8 +13,9 @@ converter's signature path read both alike:
   written (a one-hot blend, as GPT-2's).
 
 A cache is ``[1, num_key_value_heads, max_len, head_dim]``: keys are cached after the rotation, and each key/value
-head is shared by ``num_attention_heads / num_key_value_heads`` query heads (SPLIT + CONCATENATION, no 5-D
-tensor). The rotary cos/sin tables are constants of ``max_len`` rows: prefill slices them (folded by the converter),
+head is shared by ``n_rep = num_attention_heads / num_key_value_heads`` query heads (the queries of a group are
+attended as one ``[1, kv, n_rep * S, D]`` tensor: no copy of the cache per query head, no 5-D tensor). The rotary
+cos/sin tables are constants of ``max_len`` rows: prefill slices them (folded by the converter),
 decode gathers the row of ``pos``. Builtin TFLite ops only. ``gpu_friendly`` spells the gathers and the decode
 logits as :mod:`litegate.converter.gpt2` does.
 """
@@ -103,13 +104,21 @@ class Llama(tf_keras.Model):
         T = tf.shape(t)[2]
         return tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [-1, T, self.cfg.q_size])
 
-    def _shared(self, t: tf.Tensor) -> tf.Tensor:
-        """``[B, kv, T, D]`` -> ``[B, heads, T, D]``: query head h reads key/value head ``h // (heads / kv)``."""
-        kv, heads = self.cfg.num_key_value_heads, self.cfg.num_attention_heads
-        if kv == heads:
-            return t
-        parts = tf.split(t, kv, axis=1) if kv > 1 else [t]
-        return tf.concat([parts[h * kv // heads] for h in range(heads)], axis=1)
+    def _grouped(self, q: tf.Tensor, K: tf.Tensor, V: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+        """Grouped-query attention without copying keys and values per query head: query head ``h`` reads key/value
+        head ``h // n_rep``, so ``q [B, heads, S, D]`` is viewed as ``[B, kv, n_rep * S, D]`` (a reshape: heads are
+        kv-major) and attends to ``K, V [B, kv, T, D]`` directly; ``bias [1, 1, S, T]`` is tiled ``n_rep`` times
+        along the rows (``S = 1`` in decode: it broadcasts). Returns ``[B, heads, S, D]``; all tensors 4-D."""
+        kv, heads, D = self.cfg.num_key_value_heads, self.cfg.num_attention_heads, self.cfg.head_dim
+        rep = heads // kv
+        S = q.shape[2] if q.shape[2] is not None else tf.shape(q)[2]
+        if rep > 1:
+            q = tf.reshape(q, [-1, kv, rep * S, D])
+            if bias.shape[2] != 1:
+                bias = tf.tile(bias, [1, 1, rep, 1])
+        probs = tf.nn.softmax(tf.matmul(q, K, transpose_b=True) + bias, axis=-1)
+        ctx = tf.matmul(probs, V)
+        return tf.reshape(ctx, [-1, heads, S, D]) if rep > 1 else ctx
 
     def _embed(self, tokens: tf.Tensor) -> tf.Tensor:
         return gather_rows(self.embed_tokens, tokens) if self.gpu_friendly else tf.gather(self.embed_tokens, tokens)
@@ -129,8 +138,7 @@ class Llama(tf_keras.Model):
 
     def _finish(self, b: dict[str, Any], x: tf.Tensor, q: tf.Tensor, K: tf.Tensor, V: tf.Tensor,
                 bias: tf.Tensor) -> tf.Tensor:
-        probs = tf.nn.softmax(tf.matmul(q, self._shared(K), transpose_b=True) + bias, axis=-1)
-        x = x + b["o_proj"](self._merge(tf.matmul(probs, self._shared(V))))
+        x = x + b["o_proj"](self._merge(self._grouped(q, K, V, bias)))
         h = b["post_attention_layernorm"](x)
         return x + b["down_proj"](tf.nn.silu(b["gate_proj"](h)) * b["up_proj"](h))
 
