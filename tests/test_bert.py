@@ -214,9 +214,9 @@ def test_unsupported_model_type_and_long_seq_len_are_refused(tmp_path):
 
     with pytest.raises(ModelLoadError, match="larger than the model's max_position_embeddings 64"):
         build_bert(read_checkpoint(ck).config, seq_len=65)
-    cfg["model_type"] = "mobilebert"
+    cfg["model_type"] = "funnel"
     (ck / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelLoadError, match="model_type 'mobilebert' is not supported"):
+    with pytest.raises(ModelLoadError, match="model_type 'funnel' is not supported"):
         read_checkpoint(ck)
 
 
