@@ -239,7 +239,7 @@ def int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray]
     import tensorflow as tf  # heavy: TensorFlow, in the build child only
 
     from litegate.converter.bert import (  # imports TensorFlow at module level
-        LayerNorm,
+        MaskBias,
         MeanPool,
         ffn_residual_maxima,
         integer_pooling,
@@ -248,7 +248,7 @@ def int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray]
         smoothing_scales,
     )
 
-    if not any(isinstance(layer, LayerNorm) for layer in getattr(loaded.keras_model, "layers", ())):
+    if not any(isinstance(layer, MaskBias) for layer in getattr(loaded.keras_model, "layers", ())):  # not litegate's
         return loaded.serve, {}
     info: dict[str, Any] = {}
     try:

@@ -158,7 +158,8 @@ def _wrapper_kwargs(s: PruneSettings) -> dict[str, Any]:
 def _is_embedding(layer: Any) -> bool:
     kind, module = type(layer).__name__, type(layer).__module__
     return ((kind == "Embedding" and module.startswith("tf_keras"))
-            or (kind == "Embeddings" and module.startswith("litegate.") and hasattr(layer, "get_prunable_weights")))
+            or (kind.endswith("Embeddings") and module.startswith("litegate.")  # BERT's, MobileBERT's trigram ones
+                and hasattr(layer, "get_prunable_weights")))
 
 
 def _is_prunable(layer: Any, s: PruneSettings) -> bool:
