@@ -82,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
 }
 PRUNABLE_TYPES = ("Dense", "LSTM", "GRU", "SimpleRNN")
+TEACHER_BATCH = 32  # batch of the float (and pruned) model's outputs computed outside training
 _CURVE_POINTS = 20
 
 
@@ -427,13 +428,21 @@ def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[st
     in_names = [layer.name for layer in src._input_layers]
     x = _model_feed(in_names, texts_inputs)
     out_names = list(src.output_names)
-    static_batch = {n: layer._batch_input_shape[0] for n, layer in zip(in_names, src._input_layers, strict=True)}
-    teacher_batch = next((b for b in static_batch.values() if b), s.batch_size)
 
-    teacher = _batched(lambda xb: _numpy(_call(src, in_names, out_names, xb)), x, teacher_batch)
+    def free_batch_inputs() -> list[Any]:  # a conversion-built model has batch 1
+        return [tf_keras.Input(shape=layer._batch_input_shape[1:], dtype=layer.dtype, name=layer.name)
+                for layer in src._input_layers]
 
-    # Clone with a free batch dimension (a conversion-built model has batch 1) and fresh
-    # variables; prunable layers come back wrapped.
+    # The float model's outputs (distillation targets, fidelity), from a free-batch copy in batches of
+    # TEACHER_BATCH: the batch-1 model one sample at a time took ~100 s of MiniLM's 2000 recovery samples.
+    with _quiet_lambda_warning():
+        plain = tf_keras.models.clone_model(src, input_tensors=free_batch_inputs(), clone_function=_fresh_copy)
+    for layer in src.layers:
+        if layer.weights:
+            plain.get_layer(layer.name).set_weights(layer.get_weights())
+    teacher = _batched(lambda xb: _numpy(_call(plain, in_names, out_names, xb)), x, TEACHER_BATCH)
+
+    # Clone with a free batch dimension and fresh variables; prunable layers come back wrapped.
     fresh: dict[str, Any] = {}
     wrapped: dict[str, Any] = {}
     skipped: dict[str, str] = {}
@@ -450,11 +459,9 @@ def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[st
             return wrapped[layer.name]
         return copy
 
-    new_inputs = [tf_keras.Input(shape=layer._batch_input_shape[1:], dtype=layer.dtype, name=layer.name)
-                  for layer in src._input_layers]
     try:
         with _quiet_lambda_warning():
-            model = tf_keras.models.clone_model(src, input_tensors=new_inputs, clone_function=clone_fn)
+            model = tf_keras.models.clone_model(src, input_tensors=free_batch_inputs(), clone_function=clone_fn)
     except ValueError as exc:
         raise QuantizationError(f"cannot wrap the model for pruning: {str(exc).splitlines()[0]}") from None
     if not wrapped:
@@ -479,7 +486,7 @@ def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[st
     stats = _sparsity_stats(stripped, pruned_layers)
     stats["skipped"] = skipped
 
-    after = _batched(lambda xb: _numpy(_call(stripped, in_names, out_names, xb)), x, s.batch_size)
+    after = _batched(lambda xb: _numpy(_call(stripped, in_names, out_names, xb)), x, TEACHER_BATCH)
     stats["fidelity"] = _fidelity(after, teacher)
     stats.update(_loss_stats(losses, mode, s))
     note = (f"pruned {len(wrapped)} layers to {stats['pruned_sparsity']:.1%} zeros "
