@@ -3,9 +3,13 @@
 Shape of the published BERT-Tiny (2 layers, hidden 128, 2 heads, intermediate 512) with a
 WordPiece vocabulary trained here with the ``tokenizers`` library. The result is written as a
 Hugging Face checkpoint folder (config.json, model.safetensors, vocab.txt, tokenizer.json), so
-the pipeline converts it through the same ``hf-bert`` source users use for their models.
+the pipeline converts it through the same ``hf`` source users use for their models.
+``--model-type distilbert`` trains the same shape as a DistilBERT (no token types, DistilBERT's
+``pre_classifier`` head and tensor names: ``examples/distilbert-sst2``).
 
     python scripts/train_demo.py --data ../shared/data/sst2 --out examples/demo/model
+    python scripts/train_demo.py --model-type distilbert --out examples/distilbert-sst2/model \
+        --eval examples/demo/eval.tsv
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training rows (smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model-type", choices=("bert", "distilbert"), default="bert",
+                    help="architecture family of the written checkpoint")
     args = ap.parse_args()
 
     tf_keras.utils.set_random_seed(args.seed)
@@ -64,6 +70,7 @@ def main() -> int:
     cfg = BertConfig(
         vocab_size=vocab, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512,
         max_position_embeddings=128, num_labels=2, id2label={"0": "negative", "1": "positive"},
+        model_type=args.model_type, type_vocab_size=0 if args.model_type == "distilbert" else 2,
     )
     enc = TextEncoder(out / "tokenizer.json", args.seq_len)
     enc.tokenizer.no_padding()
