@@ -132,7 +132,17 @@ class ResidualScale(tf_keras.layers.Layer):
         return {**super().get_config(), "smooth_key": self.smooth_key}
 
 
-class LayerNorm(tf_keras.layers.Layer):
+class GammaBeta(tf_keras.layers.Layer):
+    """A per-channel ``gamma`` (ones) and ``beta`` (zeros), the weights of every normalisation layer here."""
+
+    def build(self, input_shape: Any) -> None:
+        dim = int(input_shape[-1])
+        self.gamma = self.add_weight(name="gamma", shape=(dim,), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(dim,), initializer="zeros")
+        super().build(input_shape)
+
+
+class LayerNorm(GammaBeta):
     """Layer normalisation over the last axis, in ops every TFLite quantization mode can run.
 
     With a ``smooth_key`` that :func:`residual_smoothing` names, its input is ``r / s`` and it returns
@@ -146,12 +156,6 @@ class LayerNorm(tf_keras.layers.Layer):
         self.eps = eps
         self.smooth_key = smooth_key
         self.scale_first = scale_first
-
-    def build(self, input_shape: Any) -> None:
-        dim = int(input_shape[-1])
-        self.gamma = self.add_weight(name="gamma", shape=(dim,), initializer="ones")
-        self.beta = self.add_weight(name="beta", shape=(dim,), initializer="zeros")
-        super().build(input_shape)
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         if _MAXIMA and self.smooth_key and tf.executing_eagerly():

@@ -41,7 +41,29 @@ def _gelu(name: str) -> Any:
     return lambda x: tf.nn.gelu(x, approximate=name == "gelu_new")
 
 
-class GPT2(tf_keras.Model):
+class CachedDecoder:
+    """The part of the prefill/decode contract every litegate decoder shares (GPT-2, :mod:`litegate.converter.llama`):
+    ``call`` is the full causal forward, ``prefill`` returns its logits and the KV cache padded to ``max_len``
+    positions, one ``k_cache_<i>`` / ``v_cache_<i>`` per layer. The class defines ``forward(tokens) ->
+    (logits, keys, values)``."""
+
+    def forward(self, tokens: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor], list[tf.Tensor]]:
+        raise NotImplementedError
+
+    def call(self, tokens: tf.Tensor) -> tf.Tensor:
+        return self.forward(tokens)[0]
+
+    def prefill(self, tokens: tf.Tensor, max_len: int) -> dict[str, tf.Tensor]:
+        logits, ks, vs = self.forward(tokens)
+        pad = max_len - int(tokens.shape[1])
+        out = {"logits": logits}
+        for i, (k, v) in enumerate(zip(ks, vs, strict=True)):
+            out[f"k_cache_{i}"] = tf.pad(k, [[0, 0], [0, 0], [0, pad], [0, 0]])
+            out[f"v_cache_{i}"] = tf.pad(v, [[0, 0], [0, 0], [0, pad], [0, 0]])
+        return out
+
+
+class GPT2(CachedDecoder, tf_keras.Model):
     """GPT-2 decoder with a tied LM head. ``call(tokens)`` is the full causal forward (training)."""
 
     def __init__(self, cfg: GPT2Config, **kwargs: Any) -> None:
@@ -104,18 +126,6 @@ class GPT2(tf_keras.Model):
             ks.append(k)
             vs.append(v)
         return self._logits(x), ks, vs
-
-    def call(self, tokens: tf.Tensor) -> tf.Tensor:
-        return self.forward(tokens)[0]
-
-    def prefill(self, tokens: tf.Tensor, max_len: int) -> dict[str, tf.Tensor]:
-        logits, ks, vs = self.forward(tokens)
-        pad = max_len - int(tokens.shape[1])
-        out = {"logits": logits}
-        for i, (k, v) in enumerate(zip(ks, vs, strict=True)):
-            out[f"k_cache_{i}"] = tf.pad(k, [[0, 0], [0, 0], [0, pad], [0, 0]])
-            out[f"v_cache_{i}"] = tf.pad(v, [[0, 0], [0, 0], [0, pad], [0, 0]])
-        return out
 
     def decode(self, token: tf.Tensor, pos: tf.Tensor, caches: dict[str, tf.Tensor], max_len: int) -> dict[str, tf.Tensor]:
         positions = tf.range(max_len, dtype=tf.int32)

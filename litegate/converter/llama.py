@@ -30,6 +30,7 @@ import tensorflow as tf
 import tf_keras
 
 from litegate.converter.bert import gather_rows, take_position
+from litegate.converter.gpt2 import CachedDecoder
 from litegate.converter.hf_llama import LlamaConfig, checked_tensors, tensor_shapes
 from litegate.errors import ModelLoadError
 
@@ -60,7 +61,7 @@ def _rotate(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor) -> tf.Tensor:
     return x * cos + tf.concat([-x2, x1], axis=-1) * sin
 
 
-class Llama(tf_keras.Model):
+class Llama(CachedDecoder, tf_keras.Model):
     """The decoder. ``call(tokens)`` is the full causal forward."""
 
     def __init__(self, cfg: LlamaConfig, **kwargs: Any) -> None:
@@ -157,18 +158,6 @@ class Llama(tf_keras.Model):
             ks.append(k)
             vs.append(v)
         return self._logits(x), ks, vs
-
-    def call(self, tokens: tf.Tensor) -> tf.Tensor:
-        return self.forward(tokens)[0]
-
-    def prefill(self, tokens: tf.Tensor, max_len: int) -> dict[str, tf.Tensor]:
-        logits, ks, vs = self.forward(tokens)
-        pad = max_len - int(tokens.shape[1])
-        out = {"logits": logits}
-        for i, (k, v) in enumerate(zip(ks, vs, strict=True)):
-            out[f"k_cache_{i}"] = tf.pad(k, [[0, 0], [0, 0], [0, pad], [0, 0]])
-            out[f"v_cache_{i}"] = tf.pad(v, [[0, 0], [0, 0], [0, pad], [0, 0]])
-        return out
 
     def decode(self, token: tf.Tensor, pos: tf.Tensor, caches: dict[str, tf.Tensor], max_len: int) -> dict[str, tf.Tensor]:
         positions = tf.range(max_len, dtype=tf.int32)

@@ -40,6 +40,7 @@ from litegate.converter.bert import (
     POOLERS,
     AttentionCore,
     ClsToken,
+    GammaBeta,
     LayerNorm,
     MaskBias,
     MeanPool,
@@ -54,14 +55,8 @@ from litegate.converter.hf import BertConfig, MobileBertOptions
 TORCH_EPS = 1e-5  # nn.LayerNorm's default: the epsilon of the norms transformers builds without layer_norm_eps
 
 
-class NoNorm(tf_keras.layers.Layer):
+class NoNorm(GammaBeta):
     """MobileBERT's ``NoNorm``: ``x * gamma + beta`` per channel (weights in :class:`LayerNorm`'s order)."""
-
-    def build(self, input_shape: Any) -> None:
-        dim = int(input_shape[-1])
-        self.gamma = self.add_weight(name="gamma", shape=(dim,), initializer="ones")
-        self.beta = self.add_weight(name="beta", shape=(dim,), initializer="zeros")
-        super().build(input_shape)
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         return x * self.gamma + self.beta
