@@ -135,3 +135,16 @@ def test_a_pytorch_bin_checkpoint_is_refused_in_one_line_naming_the_fix(tmp_path
     r = run_cli("convert", str(ckpt), "-o", str(out), "--seq-len", "16")
     assert r.returncode == 3 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "not PyTorch .bin pickles" in r.stderr and "safe_serialization=True" in r.stderr and not out.exists()
+
+
+def test_an_explicit_kind_loads_its_config_before_the_model_is_there_and_hf_does_not(tmp_path):
+    """A release config names a checkpoint that a later CI step (or a fix) provides: an explicit kind leaves the
+    checks to its builder, at run time; `hf` has no builder until config.json says which."""
+    path = write_config(tmp_path / "cfg", model=tmp_path / "later")
+    (tmp_path / "later").mkdir()
+    source = load(path).model.source
+    assert (source.kind, source.task, source.options["head"]) == (SourceKind.HF_BERT, Task.TEXT_CLASSIFICATION,
+                                                                  "classification")
+    path.write_text(path.read_text().replace('source = "hf-bert"', 'source = "hf"'))
+    with pytest.raises(ModelLoadError, match="not a Hugging Face checkpoint folder"):
+        load(path)

@@ -113,7 +113,12 @@ def resolve(source: ModelSource, *, head_given: bool, task_given: bool, seq_len_
             return dataclasses.replace(source, seq_len=min(hub.sequence_length, hub.max_sequence_length or 4096))
     if source.kind not in (SourceKind.HF, *SourceKind.checkpoints()):
         return source
-    found = detect_checkpoint(Path(source.path))
+    try:
+        found = detect_checkpoint(Path(source.path))
+    except ModelLoadError:
+        if source.kind is SourceKind.HF:  # nothing else says which builder reads it
+            raise
+        return source  # an explicit kind: its own builder says what is wrong, when the model is loaded
     kind = found.kind if source.kind is SourceKind.HF else source.kind
     if kind is not found.kind:  # an explicit kind that does not read this checkpoint: its own builder says why
         return source
