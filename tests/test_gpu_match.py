@@ -537,7 +537,7 @@ def test_cli_gpu_friendly_flag_reaches_the_source_and_is_refused_for_other_kinds
     assert "gpu_friendly" not in _model_source(DEMO / "model", {**base, "gpu_friendly": False}).options
     res = CliRunner().invoke(cli, ["convert", "--from", "keras", str(TEXTGEN / "char-lstm" / "model.keras"),
                                    "--gpu-friendly", "-o", str(tmp_path / "x.tflite")])
-    assert res.exit_code != 0 and "--gpu-friendly applies to hf-bert and hf-gpt2" in res.output
+    assert res.exit_code != 0 and "--gpu-friendly applies to Hugging Face checkpoints, not keras" in res.output
 
 
 def test_gpu_friendly_conversion_notes_say_so(converted):
