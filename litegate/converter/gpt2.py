@@ -212,8 +212,16 @@ def signatures(model: GPT2, prefill_len: int, max_len: int, *, gpu_friendly: boo
         raise ModelLoadError(f"max_len {max_len} is larger than the model's n_positions {cfg.n_positions}")
     if prefill_len > max_len:
         raise ModelLoadError(f"prefill length {prefill_len} is larger than the cache length {max_len}")
-    cache_spec = {f"{kind}_cache_{i}": tf.TensorSpec([1, cfg.n_head, max_len, cfg.head_size], tf.float32)
-                  for i in range(cfg.n_layer) for kind in ("k", "v")}
+    return traced_signatures(model, prefill_len, max_len, layers=cfg.n_layer, kv_heads=cfg.n_head,
+                             head_size=cfg.head_size)
+
+
+def traced_signatures(model: Any, prefill_len: int, max_len: int, *, layers: int, kv_heads: int,
+                      head_size: int) -> dict[str, Any]:
+    """``prefill(tokens [1, prefill_len])`` and ``decode(token [1, 1], pos [1], k_cache_<i>, v_cache_<i> ...)`` of a
+    :class:`CachedDecoder` with a ``decode`` method, as concrete functions (GPT-2 and the Llama family alike)."""
+    cache_spec = {f"{kind}_cache_{i}": tf.TensorSpec([1, kv_heads, max_len, head_size], tf.float32)
+                  for i in range(layers) for kind in ("k", "v")}
 
     @tf.function
     def prefill(**kw: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -30,7 +30,7 @@ import tensorflow as tf
 import tf_keras
 
 from litegate.converter.bert import gather_rows, take_position
-from litegate.converter.gpt2 import CachedDecoder
+from litegate.converter.gpt2 import CachedDecoder, traced_signatures
 from litegate.converter.hf_llama import LlamaConfig, checked_tensors, tensor_shapes
 from litegate.errors import ModelLoadError
 
@@ -245,19 +245,5 @@ def signatures(model: Llama, prefill_len: int, max_len: int, *, gpu_friendly: bo
     if prefill_len > max_len:
         raise ModelLoadError(f"prefill length {prefill_len} is larger than the cache length {max_len}")
     model.table_len = max_len
-    cache_spec = {f"{kind}_cache_{i}": tf.TensorSpec([1, cfg.num_key_value_heads, max_len, cfg.head_dim], tf.float32)
-                  for i in range(cfg.num_hidden_layers) for kind in ("k", "v")}
-
-    @tf.function
-    def prefill(**kw: tf.Tensor) -> dict[str, tf.Tensor]:
-        return model.prefill(kw["tokens"], max_len)
-
-    @tf.function
-    def decode(**kw: tf.Tensor) -> dict[str, tf.Tensor]:
-        return model.decode(kw["token"], kw["pos"], {k: kw[k] for k in cache_spec}, max_len)
-
-    decode_cf = decode.get_concrete_function(token=tf.TensorSpec([1, 1], tf.int32, name="token"),
-                                             pos=tf.TensorSpec([1], tf.int32, name="pos"),
-                                             **{k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in cache_spec.items()})
-    prefill_cf = prefill.get_concrete_function(tokens=tf.TensorSpec([1, prefill_len], tf.int32, name="tokens"))
-    return {"prefill": prefill_cf, "decode": decode_cf}
+    return traced_signatures(model, prefill_len, max_len, layers=cfg.num_hidden_layers,
+                             kv_heads=cfg.num_key_value_heads, head_size=cfg.head_dim)

@@ -58,8 +58,9 @@ def check_source(source: ModelSource) -> dict[str, Any]:
         dims, positions = _decoder_dims(source)
         max_len = int(source.options.get("max_len", decoder_positions(source)))
         if max_len > positions or seq_len > max_len:
+            key = "n_positions" if source.kind is SourceKind.HF_GPT2 else "max_position_embeddings"
             raise ModelLoadError(f"{path}: prefill length {seq_len} and cache length {max_len} must not exceed the "
-                                 f"model's {positions} positions")
+                                 f"model's {key} {positions}")
         return dims
     if source.kind is SourceKind.SAVED_MODEL:
         if not path.is_dir() or not (path / "saved_model.pb").is_file():
