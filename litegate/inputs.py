@@ -174,10 +174,8 @@ def selection_data(cfg: ReleaseConfig, source: Source, data: EvalData, work: Pat
     A classifier with labelled ``data.train`` chooses on up to :data:`AUTO_SELECTION_SAMPLES` rows from the end of
     that file, after the rows pruning recovery and calibration read: data the variant is not then scored on.
     Otherwise (no training file, too few rows, or an embedding model, scored by cosine to float) it chooses on the
-    evaluation set, and ``held_out`` says so in the report.
+    evaluation set, and ``held_out`` says so in the report. The caller has checked that there is one.
     """
-    if data.inputs_npz is None or data.task is Task.TEXT_GENERATION:
-        raise DataError("recipe auto needs data.eval to score its candidates")
     fallback = {"npz": str(data.inputs_npz), "labels": None if data.labels is None else data.labels.tolist(),
                 "name": f"{cfg.data.eval} (the evaluation set)", "sha256": data.sha256, "held_out": False}
     if cfg.data.train is None or data.task is not Task.TEXT_CLASSIFICATION:

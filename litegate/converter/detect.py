@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from litegate.converter.hf import SUPPORTED_BERT_TYPES, read_config_json
+from litegate.converter.hf_llama import SUPPORTED_LLAMA_TYPES
 from litegate.converter.keras_hub import read_keras_hub
 from litegate.errors import ModelLoadError
 from litegate.types import Head, ModelSource, SourceKind, Task
@@ -28,9 +29,7 @@ from litegate.types import Head, ModelSource, SourceKind, Task
 BUILDERS: dict[str, SourceKind] = {
     **{t: SourceKind.HF_BERT for t in SUPPORTED_BERT_TYPES},
     "gpt2": SourceKind.HF_GPT2,
-    "llama": SourceKind.HF_LLAMA,
-    "qwen2": SourceKind.HF_LLAMA,
-    "mistral": SourceKind.HF_LLAMA,
+    **{t: SourceKind.HF_LLAMA for t in SUPPORTED_LLAMA_TYPES},
 }
 ENCODER_HEADS = {"ForSequenceClassification": Head.CLASSIFICATION, "Model": Head.MEAN, "ForMaskedLM": Head.MEAN,
                  "ForPreTraining": Head.MEAN}

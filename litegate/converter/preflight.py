@@ -11,6 +11,7 @@ from typing import Any
 
 from litegate.converter.detect import resolve
 from litegate.converter.hf import BertConfig, GPT2Config, tokenizer_file
+from litegate.converter.hf_llama import LlamaConfig
 from litegate.converter.keras_hub import keras_hub_tokenizer, read_keras_hub
 from litegate.errors import ModelLoadError
 from litegate.tflite.verify import verify_tflite
@@ -56,7 +57,7 @@ def check_source(source: ModelSource) -> dict[str, Any]:
                            if source.options.get("labels") else dict(bert.id2label))}
     if source.kind in SourceKind.decoders():
         dims, positions = _decoder_dims(source)
-        max_len = int(source.options.get("max_len", decoder_positions(source)))
+        max_len = int(source.options.get("max_len", _default_cache(source.kind, positions)))
         if max_len > positions or seq_len > max_len:
             key = "n_positions" if source.kind is SourceKind.HF_GPT2 else "max_position_embeddings"
             raise ModelLoadError(f"{path}: prefill length {seq_len} and cache length {max_len} must not exceed the "
@@ -92,11 +93,9 @@ def _decoder_dims(source: ModelSource) -> tuple[dict[str, Any], int]:
         gpt2 = GPT2Config.from_json_file(path / "config.json")
         return {"architecture": "gpt2", "vocab_size": gpt2.vocab_size, "n_positions": gpt2.n_positions,
                 "n_embd": gpt2.n_embd, "n_layer": gpt2.n_layer, "n_head": gpt2.n_head}, gpt2.n_positions
-    from litegate.converter.hf_llama import LlamaConfig  # the Llama family's config reader
-
     llama = LlamaConfig.from_json_file(path / "config.json")
     positions = llama.max_position_embeddings
-    return {"architecture": getattr(llama, "model_type", "llama"), "vocab_size": llama.vocab_size,
+    return {"architecture": llama.model_type, "vocab_size": llama.vocab_size,
             "max_position_embeddings": positions, "layers": llama.num_hidden_layers, "hidden": llama.hidden_size,
             "heads": llama.num_attention_heads, "kv_heads": llama.num_key_value_heads}, positions
 
@@ -104,8 +103,11 @@ def _decoder_dims(source: ModelSource) -> tuple[dict[str, Any], int]:
 def decoder_positions(source: ModelSource) -> int:
     """The default KV-cache length of a decoder export: GPT-2's n_positions; a Llama-family model's maximum
     positions up to :data:`DEFAULT_CACHE` (their configs allow 2k to 128k positions, too large a cache for a phone)."""
-    positions = _decoder_dims(source)[1]
-    return positions if source.kind is SourceKind.HF_GPT2 else min(positions, DEFAULT_CACHE)
+    return _default_cache(source.kind, _decoder_dims(source)[1])
+
+
+def _default_cache(kind: SourceKind, positions: int) -> int:
+    return positions if kind is SourceKind.HF_GPT2 else min(positions, DEFAULT_CACHE)
 
 
 def find_tokenizer(model: Path) -> Path:
