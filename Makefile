@@ -37,7 +37,7 @@ test: $(STAMP)
 	-@$(MAKE) --no-print-directory aihub || echo "make aihub failed: the AI Hub backend tests will skip"
 	-@$(MAKE) --no-print-directory coreml || echo "make coreml failed: the Core ML (coremltools) tests will skip"
 	-@$(MAKE) --no-print-directory postgres || echo "make postgres failed: the PostgreSQL history tests will skip"
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=40 tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests

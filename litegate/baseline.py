@@ -121,11 +121,13 @@ def _latency(variant: str, cell: BenchResult, bc: BenchResult | None, cfg: Compa
         base_ms, new_ms = (bc.latency.p50 if bc.latency else None), (cell.latency.p50 if cell.latency else None)
     regressed = lo > 1.0 + margin
     improved = hi < 1.0 - margin
-    # an interval wider than twice the margin cannot resolve a regression of the margin's size: say so, not "unchanged"
-    inconclusive = not regressed and not improved and hi - lo > 2 * margin
+    # an interval wider than twice the margin cannot resolve a regression of the margin's size, and a median beyond
+    # the margin that the interval does not confirm is no evidence of "no change": say so, not "unchanged"
+    beyond = abs(ratio - 1.0) > margin
+    inconclusive = not regressed and not improved and (hi - lo > 2 * margin or beyond)
     if inconclusive:
         how += (f"; inconclusive: the interval is {(hi - lo) * 100:.0f} points wide, too noisy here to resolve "
-                f"+{margin * 100:g}%")
+                f"+{margin * 100:g}%" + (" though the median is beyond it" if beyond else ""))
     row = {"variant": variant, "what": f"p50 {where}", "base": base_ms, "new": new_ms, "change": ratio - 1.0,
            "ci": [lo - 1.0, hi - 1.0], "paired": pc is not None and not pc.reason,
            "verdict": "regressed" if regressed else "improved" if improved else

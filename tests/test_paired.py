@@ -150,3 +150,19 @@ def test_a_pair_too_noisy_to_resolve_the_threshold_is_called_inconclusive_not_un
     (lat,) = [v for v in verdicts if v.check == "latency vs baseline"]
     (row,) = [r for r in rows if r["what"] == "p50 xnnpackx1"]
     assert lat.passed and "inconclusive" in lat.message and row["verdict"] == "inconclusive"
+
+
+def test_a_median_beyond_the_threshold_that_the_interval_does_not_confirm_is_inconclusive_not_unchanged():
+    base, new = _report([1.0] * 30), _report([1.0] * 30)
+    ratios = tuple(float(x) for x in np.linspace(1.0, 1.12, 15))  # median +6%: the interval reaches below +5%
+    pc = PairedCell(variant="fp32", backend="xnnpack", threads=1, base_path="/b/fp32.tflite",
+                    base_blocks=(1.0,) * 15, new_blocks=ratios)
+    verdicts, rows = compare(base, new, CompareConfig(), {("fp32", "xnnpack", 1): pc})
+    (lat,) = [v for v in verdicts if v.check == "latency vs baseline"]
+    (row,) = [r for r in rows if r["what"] == "p50 xnnpackx1"]
+    assert row["ci"][0] < 0.05 < row["change"] and row["ci"][1] - row["ci"][0] < 0.10
+    assert lat.passed and row["verdict"] == "inconclusive" and "median is beyond it" in lat.message
+    steady = PairedCell(variant="fp32", backend="xnnpack", threads=1, base_path="/b/fp32.tflite",
+                        base_blocks=(1.0,) * 15, new_blocks=tuple(float(x) for x in np.linspace(0.99, 1.03, 15)))
+    _, rows = compare(base, new, CompareConfig(), {("fp32", "xnnpack", 1): steady})
+    assert [r["verdict"] for r in rows if r["what"] == "p50 xnnpackx1"] == ["unchanged"]

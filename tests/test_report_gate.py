@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -182,7 +183,16 @@ def test_gate_fails_a_25pct_slower_model_and_passes_five_identical_reruns(tmp_pa
     assert failed and all(v["check"] == "latency vs baseline" and "paired" in v["message"] for v in failed)
     assert min(v["value"] for v in failed) > 20  # percent slower, the baseline's model re-timed beside it
     c = run_cli("compare", str(baseline), str(tmp_path / "slow" / "out" / "report.json"))
-    assert c.returncode == 1 and "FAIL" in c.stdout
+    # unpaired (compare re-times nothing): two runs' figures minutes apart, with +10% between-run noise added to the
+    # threshold. The point estimate always sees the slowdown; on a machine shared with other jobs (CI) the interval
+    # may be too wide to call it, and then the line must say "inconclusive", never "unchanged" or "improved".
+    lines = [line for line in c.stdout.splitlines() if "median latency" in line]
+    assert lines, c.stdout
+    for line in lines:
+        change = float(re.search(r"median latency ([+-][0-9.]+)%", line).group(1))
+        assert change > 20, line
+        assert line.startswith("FAIL") or "inconclusive" in line, line
+    assert c.returncode == (1 if any(line.startswith("FAIL") for line in lines) else 0), c.stdout
 
 
 def test_cold_start_budget_judges_load_plus_first_inference_and_fails_when_unmeasured():
