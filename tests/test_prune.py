@@ -409,3 +409,80 @@ def test_cli_prune_refuses_a_pruning_then_recipe_and_missing_text(tiny_checkpoin
     assert r.returncode == 2 and "is a pruning recipe; give a quantization recipe" in r.stderr
     r = run_cli("prune", str(tiny_checkpoint), "--recipe", "pruned-50", "-o", out)
     assert r.returncode == 2 and "give --calibration TEXT or --labels TSV" in r.stderr
+
+
+# ---------------------------------------------------------------- trimmed recovery batches
+
+
+def test_recovery_trims_right_padded_batches_and_recovers_the_same_model(tiny_checkpoint, monkeypatch):
+    """Recovery cuts each batch of right-padded text to its longest sample; the pruned model it recovers computes
+    what a full-length recovery's computes (the padding is masked out), and it leaves with its static shapes."""
+    from litegate.converter.sources import load
+    from litegate.quantize import prune
+
+    seq = 64
+    bert = load(ModelSource(kind="hf-bert", path=str(tiny_checkpoint), task="text-classification", seq_len=seq))
+    texts = TextEncoder(tiny_checkpoint / "tokenizer.json", seq).encode(read_texts(DEMO / "calibration.txt", limit=64))
+    lengths = texts["attention_mask"].sum(1)
+    assert lengths.max() < seq  # every row is padded: there is something to cut
+    trimmed, stats = prune.apply_pruning(bert, _recipe(), texts_inputs=texts)
+    used = stats["trimmed_batches"]
+    assert used["used"] and used["seq_len"] == seq and used["mean_tokens"] == pytest.approx(lengths.mean(), abs=0.05)
+    assert trimmed.keras_model.inputs[0].shape[1] == seq  # conversion still traces the static length
+    monkeypatch.setattr(prune, "_trim_plan", lambda *a: None)
+    full, fstats = prune.apply_pruning(bert, _recipe(), texts_inputs=texts)
+    assert not fstats["trimmed_batches"]["used"]
+    # Dropout draws other random numbers for other shapes, and trimmed recovery batches hold sentences of similar
+    # length, so the two recoveries are two samples of the same procedure: about as close to the float model (on a
+    # random-weight tiny model, within noise), and mostly the same weights pruned.
+    assert used["checked_deviation"] < 1e-5  # the float model on trimmed inputs: the same outputs
+    for out, f in stats["fidelity"].items():
+        g = fstats["fidelity"][out]
+        assert abs(f["top1_agreement"] - g["top1_agreement"]) <= 0.1 and f["prob_mean_abs"] < 0.1, (out, f, g)
+    for name, k in _kernels(trimmed.keras_model).items():
+        assert np.mean((k == 0) != (_kernels(full.keras_model)[name] == 0)) < 0.05, name
+
+
+def test_a_model_that_sees_its_padding_is_recovered_at_full_length(tmp_path):
+    """Trimming is used only where it changes nothing: a model that averages over every position, padding included,
+    computes something else on a trimmed batch, so its recovery runs at full length and says why."""
+    import tensorflow as tf
+    import tf_keras
+
+    from litegate.converter.sources import Loaded, serving_function
+    from litegate.quantize import prune
+
+    tf_keras.utils.set_random_seed(0)
+    ids = tf_keras.Input((32,), dtype=tf.int32, name="input_ids")
+    mask = tf_keras.Input((32,), dtype=tf.int32, name="attention_mask")
+    h = tf_keras.layers.GlobalAveragePooling1D()(tf_keras.layers.Embedding(50, 8)(ids))  # no mask: sees padding
+    m = tf_keras.layers.Lambda(lambda t: tf.cast(t, tf.float32))(mask)
+    out = tf_keras.layers.Dense(2, name="logits")(tf_keras.layers.Concatenate()([h, m]))
+    model = tf_keras.Model([ids, mask], out)
+    specs = {"input_ids": tf.TensorSpec((1, 32), tf.int32), "attention_mask": tf.TensorSpec((1, 32), tf.int32)}
+    loaded = Loaded(serve=serving_function(lambda **kw: model([kw["input_ids"], kw["attention_mask"]]), specs),
+                    owner=model, prunable=True, keras_model=model)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 20, size=32)
+    m_ = (np.arange(32)[None, :] < lengths[:, None]).astype(np.int32)
+    x = {"input_ids": (rng.integers(1, 50, size=(32, 32)) * m_).astype(np.int32), "attention_mask": m_}
+    _, stats = prune.apply_pruning(loaded, _recipe(), texts_inputs=x)
+    assert stats["trimmed_batches"]["used"] is False
+    assert stats["trimmed_batches"]["why"] in ("outputs on trimmed inputs differ from full-length ones",
+                                                "the model needs its static length (ValueError)")
+
+
+def test_length_batches_cover_every_sample_once_in_batches_of_similar_length():
+    from litegate.quantize.prune import BUCKET_POOL, _length_batches
+
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(3, 120, size=1000)
+    batches = _length_batches(np.random.default_rng(0), 1000, 8, lengths)
+    seen = np.concatenate(batches)
+    assert len(seen) == len(set(seen.tolist())) and len(seen) >= 1000 - 8 * (1000 // (8 * BUCKET_POOL) + 1)
+    assert all(len(b) == 8 for b in batches)
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    random_spread = np.mean([lengths[b].max() - lengths[b].min() for b in np.array_split(rng.permutation(1000), 125)])
+    assert spread < random_spread / 4  # what trimming saves: a batch's padding up to its longest sample
+    again = _length_batches(np.random.default_rng(0), 1000, 8, lengths)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))  # seeded: deterministic

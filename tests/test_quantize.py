@@ -189,7 +189,9 @@ def test_parallel_builds_keep_a_pruning_recipe_in_one_child_and_balance_the_rest
     pruned = [i for i, b in enumerate(two) for v in b if v.prune is not None]
     assert len(set(pruned)) == 1  # one recovery, in one child
     other = next(b for i, b in enumerate(two) if i not in pruned)
-    assert {"int16x8", "auto"} <= {v.name for v in other}  # the heavy unpruned builds beside the recovery
+    assert {"int16x8", "auto", "int8"} <= {v.name for v in other}  # the heavy unpruned builds beside the recovery
+    assert next(i for i, b in enumerate(two) for v in b if v.name == "int8") == next(
+        i for i, b in enumerate(two) for v in b if v.name == "auto")  # one int8 spelling: one calibration
     for b in two:  # each child builds in the release's order
         assert [v.name for v in b] == [n for n in names if n in {v.name for v in b}]
     assert len(_buckets(variants[:3], 8)) == 3

@@ -34,7 +34,7 @@ from litegate.backends.runtime import Runner
 from litegate.converter.convert import convert, convert_signatures, input_names
 from litegate.converter.sources import Loaded, load
 from litegate.errors import LitegateError, OutputError, QuantizationError
-from litegate.quantize import ptq
+from litegate.quantize import ptq, recipes
 from litegate.quantize.calibration import check_calibration, generator_samples, model_samples
 from litegate.quantize.prune import apply_pruning, sparsity_report
 from litegate.tasks import classification_metrics, cosine
@@ -54,6 +54,7 @@ class _Child:
     calibrations: dict[tuple[int, Any], bytes] = dataclasses.field(default_factory=dict)
     checked: set[int] = dataclasses.field(default_factory=set)
     pruned: dict[str, tuple[Loaded, dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    layer_stats: dict[bytes, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
     serve: Any = None  # the serving function the last variant was converted from (its int8 spelling)
 
 
@@ -158,13 +159,15 @@ def _prepared(child: _Child, model: Loaded, recipe: Recipe, extra: dict[str, Any
 
 
 def _spelled_as(recipe: Recipe) -> tuple[Any, Any, Any]:
-    return (recipe.params.get("smooth_residual"), recipe.params.get("mask_penalty"),
-            bool(recipe.params.get("integer_pooling")))
+    target, penalty, pooling = (recipe.params.get(k) for k in recipes.SPELLING)
+    return target, penalty, bool(pooling)
 
 
 def _debug_layers(child: _Child, calibrated: bytes, v: Mapping[str, Any], extra: dict[str, Any]) -> None:
     """``[quantize] debug``: per-layer quantization error of the calibrated model (CSV + the top rows)."""
-    rows = ptq.layer_statistics(calibrated, child.samples or {})
+    if calibrated not in child.layer_stats:  # variants sharing a calibration share its statistics
+        child.layer_stats[calibrated] = ptq.layer_statistics(calibrated, child.samples or {})
+    rows = child.layer_stats[calibrated]
     if child.payload.get("debug_dir"):
         ptq.write_layer_csv(rows, str(Path(child.payload["debug_dir"]) / f"{v['name']}.layers.csv"))
     extra["layer_stats"] = rows[:25]

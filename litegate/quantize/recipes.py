@@ -29,6 +29,9 @@ _ALLOWED_PARAMS = {
     "integer_pooling": bool,
     "litert_quantizer": dict,
 }
+# The params that respell litegate's BERT for integer quantization (litegate.quantize.build.int8_spelling): calibrated
+# recipes of one model with equal values share one calibration.
+SPELLING = ("smooth_residual", "mask_penalty", "integer_pooling")
 # ``litert_quantizer``: the float model's weights rewritten by Google's litert-quantizer after the conversion
 # (:func:`litegate.quantize.ptq.litert_quantize`); key -> allowed values
 LITERT_QUANTIZER_SPEC: dict[str, tuple[Any, ...]] = {

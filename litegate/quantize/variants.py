@@ -15,6 +15,7 @@ from litegate.artifacts import StepCache, make_artifact
 from litegate.converter.trust import sandboxed
 from litegate.errors import IsolationError
 from litegate.isolation import run_isolated
+from litegate.quantize import recipes
 from litegate.timing import Stages
 from litegate.types import ModelSource, RecipeKind, SourceKind, Status, VariantConfig, VariantResult
 
@@ -145,17 +146,21 @@ _RECOVERY_COST = 6.0
 def _buckets(variants: list[VariantConfig], jobs: int) -> list[list[VariantConfig]]:
     """``variants`` split over at most ``jobs`` children, heaviest first onto the lightest child (LPT).
 
-    Variants pruned by the same recipe stay in one child: they share one pruned and recovered model.
+    Variants pruned by the same recipe stay in one child: they share one pruned and recovered model. So do the
+    calibrated recipes (``int8``, ``auto``) of one model with the same int8 spelling: they share one calibration.
     """
     if jobs <= 1 or len(variants) <= 1:
         return [list(variants)]
     groups: dict[str, list[VariantConfig]] = {}
     units: list[list[VariantConfig]] = []
     for v in variants:
-        if v.prune is None:
-            units.append([v])
-        else:
+        if v.prune is not None:
             groups.setdefault(json.dumps(v.prune.to_dict(), sort_keys=True), []).append(v)
+        elif v.recipe.kind in (RecipeKind.FULL_INTEGER, RecipeKind.AUTO):
+            spelling = {k: v.recipe.params.get(k) for k in recipes.SPELLING}
+            groups.setdefault("calibrated " + json.dumps(spelling, sort_keys=True), []).append(v)
+        else:
+            units.append([v])
     units.extend(groups.values())
 
     def cost(unit: list[VariantConfig]) -> float:
