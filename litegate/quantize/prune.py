@@ -47,7 +47,6 @@ import contextlib
 import dataclasses
 import gzip
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -59,7 +58,7 @@ from ai_edge_litert import schema_py_generated as schema
 from litegate.converter.sources import Loaded, serving_function
 from litegate.errors import ConversionError, QuantizationError
 from litegate.quantize import recipes
-from litegate.tasks import feed_for, role_of
+from litegate.tasks import feed_for
 from litegate.tflite.flatbuffer import TYPE_NAMES, read_model
 from litegate.types import Recipe, RecipeKind
 
@@ -249,70 +248,14 @@ def _numpy(out: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def _batched(fn: Callable[[dict[str, np.ndarray]], dict[str, Any]], x: Mapping[str, np.ndarray],
-             batch: int, trim: Trim | None = None) -> dict[str, np.ndarray]:
-    """``fn`` over ``x`` in batches, outputs concatenated in sample order. With ``trim``, the samples go in order of
-    length and each batch is cut to its longest sample (see :class:`Trim`)."""
+             batch: int) -> dict[str, np.ndarray]:
     n = len(next(iter(x.values())))
-    order = np.arange(n) if trim is None else np.argsort(trim.lengths, kind="stable")
     parts: dict[str, list[np.ndarray]] = {}
     for i in range(0, n, batch):
-        idx = order[i : i + batch]
-        xb = {k: v[idx] for k, v in x.items()}
-        out = fn(xb if trim is None else trim.cut(xb, idx))
+        out = fn({k: v[i : i + batch] for k, v in x.items()})
         for k, v in out.items():
             parts.setdefault(k, []).append(np.asarray(v))
-    inverse = np.argsort(order, kind="stable")
-    return {k: np.concatenate(v)[inverse] for k, v in parts.items()}
-
-
-TRIM_STEP = 16  # a trimmed batch's length is rounded up to a multiple of this (fewer traced shapes)
-TRIM_TOLERANCE = 1e-4  # max |trimmed - full| over max(1, max |full|) for trimming to be used
-
-
-@dataclasses.dataclass(frozen=True)
-class Trim:
-    """Recovery batches cut to their longest sample: right-padded text behind an attention mask, where the padding
-    is masked out, computes the same outputs at any length that keeps every real token (litegate's encoders:
-    padded keys get exp(-40) of attention, pooling is masked). A batch of SST-2 sentences at seq_len 128 needs
-    about a quarter of the positions, and recovery runs its forward and backward passes on those only.
-    ``inputs``: the inputs with a sequence axis (cut along axis 1); ``lengths``: each sample's real tokens."""
-    inputs: tuple[str, ...]
-    lengths: np.ndarray
-    full: int
-
-    def cut(self, xb: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
-        longest = int(self.lengths[idx].max()) if len(idx) else self.full
-        keep = min(self.full, max(TRIM_STEP, -(-longest // TRIM_STEP) * TRIM_STEP))
-        return {k: (v[:, :keep] if k in self.inputs else v) for k, v in xb.items()}
-
-
-def _trim_plan(in_names: list[str], x: Mapping[str, np.ndarray]) -> Trim | None:
-    """A :class:`Trim` when one input is a right-padded 0/1 attention mask [N, T] (every row ones, then zeros), else
-    None. Inputs of shape [N, T] are cut with it."""
-    masks = [n for n in in_names if role_of(n) == "attention_mask" and x[n].ndim == 2]
-    if len(masks) != 1:
-        return None
-    m = np.asarray(x[masks[0]])
-    full = m.shape[1]
-    lengths = m.sum(axis=1).astype(np.int64)
-    if not np.array_equal(m, (np.arange(full)[None, :] < lengths[:, None]).astype(m.dtype)) or lengths.min() < 1:
-        return None
-    seq = tuple(n for n in in_names if x[n].ndim == 2 and x[n].shape[1] == full)
-    return Trim(inputs=seq, lengths=lengths, full=full)
-
-
-def _deviation(trimmed: Mapping[str, np.ndarray], full: Mapping[str, np.ndarray]) -> float:
-    """The largest |trimmed - full| over max(1, max |full|) of any output; inf when an output is missing or its
-    shape differs (a sequence-shaped output)."""
-    worst = 0.0
-    for k, ref in full.items():
-        got = trimmed.get(k)
-        if got is None or got.shape != ref.shape:
-            return float("inf")
-        if ref.size:
-            scale = max(1.0, float(np.max(np.abs(ref))))
-            worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - ref))) / scale)
-    return worst
+    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def _fidelity(student: Mapping[str, np.ndarray], teacher: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -359,10 +302,8 @@ def _loss_fn(mode: str, label_key: str | None) -> Callable[[dict[str, Any], Any]
 
 
 def _train(model: Any, wrappers: list[Any], s: PruneSettings, x: dict[str, np.ndarray], target: Any,
-           call: Callable[[Any, bool], dict[str, Any]], loss: Callable[[dict[str, Any], Any], Any],
-           trim: Trim | None = None) -> list[float]:
-    """Fine-tune the wrapped layers for ``s.total_steps`` steps; return the loss of every step. With ``trim``, each
-    batch is cut to its longest sample (the same batches, in the same order)."""
+           call: Callable[[Any, bool], dict[str, Any]], loss: Callable[[dict[str, Any], Any], Any]) -> list[float]:
+    """Fine-tune the wrapped layers for ``s.total_steps`` steps; return the loss of every step."""
     import tensorflow as tf  # TensorFlow: build child only
     import tf_keras  # TensorFlow: build child only
 
@@ -375,7 +316,7 @@ def _train(model: Any, wrappers: list[Any], s: PruneSettings, x: dict[str, np.nd
     n = len(next(iter(x.values())))
     bs = min(s.batch_size, n)
 
-    @tf.function(reduce_retracing=True)  # trimmed batches vary in length: one generalised trace, not one per length
+    @tf.function
     def step(xb: Any, tb: Any) -> Any:
         with tf.GradientTape() as tape:
             value = loss(call(xb, True), tb)
@@ -385,44 +326,18 @@ def _train(model: Any, wrappers: list[Any], s: PruneSettings, x: dict[str, np.nd
 
     rng = np.random.default_rng(s.seed)
     order = np.empty(0, dtype=np.int64)
-    queue: list[np.ndarray] = []
     losses: list[float] = []
     for _ in range(s.total_steps):
-        if trim is not None:  # batches of similar length (see _length_batches)
-            if not queue:
-                queue = _length_batches(rng, n, bs, trim.lengths)
-            idx = queue.pop(0)
-        else:
-            if len(order) < bs:
-                order = np.concatenate([order, rng.permutation(n)])
-            idx, order = order[:bs], order[bs:]
-        xn = {k: v[idx] for k, v in x.items()}
-        xb = {k: tf.constant(v) for k, v in (xn if trim is None else trim.cut(xn, idx)).items()}
+        if len(order) < bs:
+            order = np.concatenate([order, rng.permutation(n)])
+        idx, order = order[:bs], order[bs:]
+        xb = {k: tf.constant(v[idx]) for k, v in x.items()}
         tb = ({k: tf.constant(v[idx]) for k, v in target.items()} if isinstance(target, Mapping)
               else tf.constant(target[idx]))
         losses.append(float(step(xb, tb)))
     for w in wrappers:  # what UpdatePruningStep.on_epoch_end does: leave the weights masked
         w.pruning_obj.weight_mask_op()
     return losses
-
-
-BUCKET_POOL = 32  # batches whose samples are sorted by length together (trimmed recovery)
-
-
-def _length_batches(rng: np.random.Generator, n: int, bs: int, lengths: np.ndarray) -> list[np.ndarray]:
-    """One pass over the ``n`` samples in batches of ``bs``, bucketed by length as is usual for padded text: a
-    random permutation cut into pools of ``BUCKET_POOL`` batches, each pool sorted by length and cut into batches
-    (a pool's short last batch is dropped), the batches then shuffled. A batch holds sentences of similar length,
-    so a trimmed batch carries little padding."""
-    order = rng.permutation(n)
-    batches = []
-    for p in range(0, n, bs * BUCKET_POOL):
-        pool = order[p : p + bs * BUCKET_POOL]
-        pool = pool[np.argsort(lengths[pool], kind="stable")]
-        batches += [pool[i : i + bs] for i in range(0, len(pool) - bs + 1, bs)]
-    if not batches:  # fewer samples than one batch
-        return [order]
-    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _curve(losses: list[float]) -> list[list[float]]:
@@ -514,53 +429,18 @@ def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[st
     x = _model_feed(in_names, texts_inputs)
     out_names = list(src.output_names)
 
-    clock = time.monotonic()
-    seconds: dict[str, float] = {}
-
-    def lap(phase: str) -> None:
-        nonlocal clock
-        now = time.monotonic()
-        seconds[phase] = round(now - clock, 2)
-        clock = now
-
-    trim = _trim_plan(in_names, x)
-
-    def free_batch_inputs(free_length: bool = False) -> list[Any]:  # a conversion-built model has batch 1
-        return [tf_keras.Input(shape=(None, *layer._batch_input_shape[2:]) if free_length and trim is not None
-                               and layer.name in trim.inputs else layer._batch_input_shape[1:],
-                               dtype=layer.dtype, name=layer.name)
+    def free_batch_inputs() -> list[Any]:  # a conversion-built model has batch 1
+        return [tf_keras.Input(shape=layer._batch_input_shape[1:], dtype=layer.dtype, name=layer.name)
                 for layer in src._input_layers]
-
-    def float_copy(free_length: bool) -> Any:
-        with _quiet_lambda_warning():
-            copy = tf_keras.models.clone_model(src, input_tensors=free_batch_inputs(free_length),
-                                               clone_function=_fresh_copy)
-        for layer in src.layers:
-            if layer.weights:
-                copy.get_layer(layer.name).set_weights(layer.get_weights())
-        return copy
 
     # The float model's outputs (distillation targets, fidelity), from a free-batch copy in batches of
     # TEACHER_BATCH: the batch-1 model one sample at a time took ~100 s of MiniLM's 2000 recovery samples.
-    plain = float_copy(False)
-    trimmed, deviation = "no right-padded attention mask", float("inf")
-    if trim is not None:  # trim only where a free-length copy computes the same outputs on trimmed batches
-        first = np.arange(min(TEACHER_BATCH, len(trim.lengths)))
-        probe = {k: v[first] for k, v in x.items()}
-        full = _numpy(_call(plain, in_names, out_names, probe))
-        try:
-            var = float_copy(True)
-            deviation = _deviation(_numpy(_call(var, in_names, out_names, trim.cut(probe, first))), full)
-        except Exception as exc:  # a layer that needs its static length: Keras raises ValueError, TF its own errors
-            why = f"the model needs its static length ({type(exc).__name__})"
-        else:
-            why = "outputs on trimmed inputs differ from full-length ones"
-        if deviation <= TRIM_TOLERANCE:
-            plain, trimmed = var, ""
-        else:
-            trim, trimmed = None, why
-    teacher = _batched(lambda xb: _numpy(_call(plain, in_names, out_names, xb)), x, TEACHER_BATCH, trim)
-    lap("teacher")
+    with _quiet_lambda_warning():
+        plain = tf_keras.models.clone_model(src, input_tensors=free_batch_inputs(), clone_function=_fresh_copy)
+    for layer in src.layers:
+        if layer.weights:
+            plain.get_layer(layer.name).set_weights(layer.get_weights())
+    teacher = _batched(lambda xb: _numpy(_call(plain, in_names, out_names, xb)), x, TEACHER_BATCH)
 
     # Clone with a free batch dimension and fresh variables; prunable layers come back wrapped.
     fresh: dict[str, Any] = {}
@@ -581,8 +461,7 @@ def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[st
 
     try:
         with _quiet_lambda_warning():
-            model = tf_keras.models.clone_model(src, input_tensors=free_batch_inputs(trim is not None),
-                                                clone_function=clone_fn)
+            model = tf_keras.models.clone_model(src, input_tensors=free_batch_inputs(), clone_function=clone_fn)
     except ValueError as exc:
         raise QuantizationError(f"cannot wrap the model for pruning: {str(exc).splitlines()[0]}") from None
     if not wrapped:
@@ -600,33 +479,16 @@ def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[st
     if label_key is not None:
         _check_labels(labels, teacher[label_key].shape[-1])
     target: Any = np.asarray(labels) if mode == "labels" else teacher
-    lap("wrap")
-    losses = _train(model, list(wrapped.values()), s, x, target, call_new, _loss_fn(mode, label_key), trim)
-    lap("train")
+    losses = _train(model, list(wrapped.values()), s, x, target, call_new, _loss_fn(mode, label_key))
     with _quiet_lambda_warning():
         stripped = tfmot.sparsity.keras.strip_pruning(model)
     pruned_layers = {name: stripped.get_layer(name) for name in wrapped}
     stats = _sparsity_stats(stripped, pruned_layers)
     stats["skipped"] = skipped
 
-    after = _batched(lambda xb: _numpy(_call(stripped, in_names, out_names, xb)), x, TEACHER_BATCH, trim)
+    after = _batched(lambda xb: _numpy(_call(stripped, in_names, out_names, xb)), x, TEACHER_BATCH)
     stats["fidelity"] = _fidelity(after, teacher)
-    lap("fidelity")
-    stats["trimmed_batches"] = ({"used": True, "mean_tokens": round(float(trim.lengths.mean()), 1),
-                                 "seq_len": trim.full, "step": TRIM_STEP, "checked_deviation": deviation}
-                                if trim is not None
-                                else {"used": False, "why": trimmed})
     stats.update(_loss_stats(losses, mode, s))
-    if trim is not None:  # what leaves pruning has the source's static shapes, as before (conversion traces them)
-        with _quiet_lambda_warning():
-            static = tf_keras.models.clone_model(stripped, input_tensors=free_batch_inputs(False),
-                                                 clone_function=_fresh_copy)
-        for layer in stripped.layers:
-            if layer.weights:
-                static.get_layer(layer.name).set_weights(layer.get_weights())
-        stripped = static
-        lap("static_copy")
-    stats["seconds"] = seconds
     note = (f"pruned {len(wrapped)} layers to {stats['pruned_sparsity']:.1%} zeros "
             f"({stats['all_weights_sparsity']:.1%} of all weights), recovery by {mode}, {s.total_steps} steps")
     result = Loaded(serve=None, owner=stripped, notes=[*loaded.notes, note], prunable=True, keras_model=stripped,
