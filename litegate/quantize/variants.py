@@ -147,7 +147,8 @@ def _buckets(variants: list[VariantConfig], jobs: int) -> list[list[VariantConfi
     """``variants`` split over at most ``jobs`` children, heaviest first onto the lightest child (LPT).
 
     Variants pruned by the same recipe stay in one child: they share one pruned and recovered model. So do the
-    calibrated recipes (``int8``, ``auto``) of one model with the same int8 spelling: they share one calibration.
+    calibrated recipes (``int8``, ``auto``) of one model with the same int8 spelling: ``auto`` reuses the calibrated
+    graph that ``int8``'s debug statistics made (``[quantize] debug``), and the statistics are computed once.
     """
     if jobs <= 1 or len(variants) <= 1:
         return [list(variants)]
