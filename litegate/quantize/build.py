@@ -158,11 +158,6 @@ def _prepared(child: _Child, model: Loaded, recipe: Recipe, extra: dict[str, Any
     return serve
 
 
-def _spelled_as(recipe: Recipe) -> tuple[Any, Any, Any]:
-    target, penalty, pooling = (recipe.params.get(k) for k in recipes.SPELLING)
-    return target, penalty, bool(pooling)
-
-
 def _debug_layers(child: _Child, calibrated: bytes, v: Mapping[str, Any], extra: dict[str, Any]) -> None:
     """``[quantize] debug``: per-layer quantization error of the calibrated model (CSV + the top rows)."""
     if calibrated not in child.layer_stats:  # variants sharing a calibration share its statistics
@@ -180,7 +175,7 @@ def _converted(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any
     serve = _prepared(child, model, recipe, extra)
     selective = bool(recipe.params.get("denylisted_ops") or recipe.params.get("denylisted_nodes"))
     debug = bool(child.payload.get("debug")) and recipe.kind is RecipeKind.FULL_INTEGER
-    calibrated = _calibrated(child, model, serve, _spelled_as(recipe)) if selective or debug else None
+    calibrated = _calibrated(child, model, serve, recipes.spelling(recipe)) if selective or debug else None
     if debug:
         assert calibrated is not None
         _debug_layers(child, calibrated, v, extra)
@@ -200,7 +195,7 @@ def _converted(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any
 def _auto_variant(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any], extra: dict[str, Any]) -> bytes:
     """The ``auto`` recipe: the calibrated model with the most harmful op groups kept in float (:func:`_auto`)."""
     serve = _prepared(child, model, recipe, extra)
-    calibrated = _calibrated(child, model, serve, _spelled_as(recipe))
+    calibrated = _calibrated(child, model, serve, recipes.spelling(recipe))
     if child.payload.get("debug"):
         _debug_layers(child, calibrated, v, extra)
     auto_eval = {**(child.payload.get("auto_eval") or {}), "budget": v.get("auto_budget")}
@@ -236,7 +231,7 @@ def int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray]
     ``integer_pooling``: the mean-pooling head's integer spelling (:func:`litegate.converter.bert.integer_pooling`).
     Other models are returned unchanged.
     """
-    target, penalty, pooling = _spelled_as(recipe)
+    target, penalty, pooling = recipes.spelling(recipe)
     if not (target or penalty or pooling) or loaded.serve is None or not samples:
         return loaded.serve, {}
     import tensorflow as tf  # heavy: TensorFlow, in the build child only

@@ -158,8 +158,7 @@ def _buckets(variants: list[VariantConfig], jobs: int) -> list[list[VariantConfi
         if v.prune is not None:
             groups.setdefault(json.dumps(v.prune.to_dict(), sort_keys=True), []).append(v)
         elif v.recipe.kind in (RecipeKind.FULL_INTEGER, RecipeKind.AUTO):
-            spelling = {k: v.recipe.params.get(k) for k in recipes.SPELLING}
-            groups.setdefault("calibrated " + json.dumps(spelling, sort_keys=True), []).append(v)
+            groups.setdefault("calibrated " + json.dumps(recipes.spelling(v.recipe)), []).append(v)
         else:
             units.append([v])
     units.extend(groups.values())
