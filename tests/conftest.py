@@ -87,8 +87,9 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_config(folder: Path, *, model: Path, variants=("fp32",), extra: str = "", eval_path: Path | None = None,
-                 seq_len: int = 32, budgets: str = "") -> Path:
-    """A small release.toml for tests (fast bench protocol)."""
+                 seq_len: int = 32, budgets: str = "", cache_dir: Path | None = None) -> Path:
+    """A small release.toml for tests: a fast bench protocol, without the machine-peak probe and the op profile
+    (test_e2e checks those on the embedded default); ``cache_dir`` shares converted models between runs."""
     folder.mkdir(parents=True, exist_ok=True)
     ev = eval_path or DEMO / "eval.tsv"
     vs = ", ".join(f'"{v}"' for v in variants)
@@ -105,12 +106,15 @@ calibration_samples = 20
 max_eval_samples = 40
 [output]
 dir = "{folder / 'out'}"
+{f'cache_dir = "{cache_dir}"' if cache_dir else ""}
 [bench]
 threads = [1]
 warmup_runs = 2
 min_runs = 5
 min_seconds = 0.0
 max_runs = 20
+peak_probe = false
+profile_runs = 0
 {budgets}
 {extra}
 '''

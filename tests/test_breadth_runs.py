@@ -23,6 +23,7 @@ min_runs = 5
 min_seconds = 0.0
 max_runs = 10
 peak_probe = false
+profile_runs = 0
 [check]
 delegates = ["gpu", "qnn:SM8650", "xnnpack"]
 [gate]

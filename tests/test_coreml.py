@@ -136,6 +136,8 @@ warmup_runs = 1
 min_runs = 3
 min_seconds = 0.0
 max_runs = 5
+peak_probe = false
+profile_runs = 0
 [check]
 delegates = ["mlprogram"]
 ''')

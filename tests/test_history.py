@@ -132,14 +132,15 @@ def _count(url: str, sql: str, params: tuple = ()) -> int:
 
 # --- real reports -------------------------------------------------------------------------------------------------
 
-def _demo_config(folder: Path, *, extra: str = "") -> Path:
-    """examples/demo/release.toml with absolute paths, its output under ``folder``, a short timing protocol, and
-    ``[history] enabled``."""
+def _demo_config(folder: Path, *, extra: str = "", cache: Path | None = None) -> Path:
+    """examples/demo/release.toml with absolute paths, its output under ``folder`` (its converted-model cache
+    ``cache`` when given), a short timing protocol, and ``[history] enabled``."""
     text = (DEMO / "release.toml").read_text()
     for key in ("path", "eval", "calibration"):
         text = re.sub(rf'^{key} = "([^"]+)"', lambda m, k=key: f'{k} = "{(DEMO / m.group(1)).resolve()}"', text,
                       flags=re.M)
-    text = text.replace('dir = "../../reports/demo"', f'dir = "{folder / "reports" / "demo"}"')
+    text = text.replace('dir = "../../reports/demo"', f'dir = "{folder / "reports" / "demo"}"'
+                        + (f'\ncache_dir = "{cache}"' if cache else ""))
     text = re.sub(r"warmup_runs = \d+\nmin_runs = \d+\nmin_seconds = [\d.]+",
                   "warmup_runs = 5\nmin_runs = 30\nmin_seconds = 0.2\nprofile_runs = 0\npeak_probe = false", text)
     text = text.replace('require = "all"', 'require = "all"\npaired_rounds = 3')
@@ -151,11 +152,13 @@ def _demo_config(folder: Path, *, extra: str = "") -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo_history(tmp_path_factory):
+def demo_history(tmp_path_factory, demo_runs):
     """The embedded default run twice with ``[history] enabled`` on its embedded default database: first on ref
-    main, then on a feature branch into another output folder with ``--baseline history:main``."""
+    main, then on a feature branch into another output folder with ``--baseline history:main``. Both runs share a
+    copy of test_e2e's converted-model cache (conversion is not what these tests are about)."""
     folder = tmp_path_factory.mktemp("hist")
-    cfg = _demo_config(folder)
+    shutil.copytree(demo_runs[0] / ".cache", folder / "cache")
+    cfg = _demo_config(folder, cache=folder / "cache")
     first = litegate("run", str(cfg), cwd=folder, env=_env(GITHUB_REF_NAME="main", GITHUB_SHA="1" * 40))
     rep1 = folder / "reports" / "demo" / "report.json"
     snapshot = folder / "run1.json"

@@ -159,8 +159,8 @@ def _chromium_check(page: Path, tmp: Path) -> None:
 
 @pytest.mark.slow
 def test_gate_fails_a_25pct_slower_model_and_passes_five_identical_reruns(tmp_path):
-    base_cfg = write_config(tmp_path / "base", model=DEMO / "model", seq_len=64,
-                            extra="[gate]\nregression_threshold = 0.05\n")
+    base_cfg = write_config(tmp_path / "base", model=DEMO / "model", seq_len=64, cache_dir=tmp_path / "cache",
+                            extra="[gate]\nregression_threshold = 0.05\n")  # one conversion per model, reused
     for path in (base_cfg,):
         text = path.read_text().replace("min_runs = 5", "min_runs = 300").replace("max_runs = 20", "max_runs = 2000")
         path.write_text(text.replace("min_seconds = 0.0", "min_seconds = 1.0"))

@@ -199,6 +199,8 @@ threads = [1]
 min_runs = 3
 min_seconds = 0.0
 max_runs = 5
+peak_probe = false
+profile_runs = 0
 [gate]
 require = "any"
 ''')
