@@ -29,7 +29,7 @@ from litegate.artifacts import (
 from litegate.backends.runtime import signatures_of
 from litegate.backends.spec import is_aihub_backend, is_arm_backend, is_local_cpu_backend
 from litegate.baseline import compare
-from litegate.benchmarks.accuracy import evaluate_variants, generator_bench_inputs
+from litegate.benchmarks.accuracy import OutputJobs, evaluate_variants, generator_bench_inputs
 from litegate.benchmarks.matrix import bench_variant
 from litegate.benchmarks.paired import PairedProtocol, find_baseline_model, remeasure
 from litegate.benchmarks.peak import measure_peak, with_efficiency
@@ -83,21 +83,27 @@ def run_release(cfg: ReleaseConfig, progress: Progress | None = None, *, jobs: i
             with stages.clock("inputs"):
                 source, encoder, data, plan, versions = _inputs(cfg, work)
             say(f"convert: {len(cfg.variants)} variants from {source.kind.value} {source.path}")
-            with stages.clock("convert"):
-                built = build_variants(plan, versions, work, say, jobs=jobs, stages=stages)
-            variants = []
-            for v in _publish(cfg, source, encoder, built):
-                if v.status is Status.OK:
-                    with stages.clock("inspect"):
-                        v = inspect_variant(v, cfg.delegates)
-                    say(f"bench: {v.name}")
-                    with stages.clock("bench"):
-                        v = dataclasses.replace(v, bench=tuple(_bench_cells(cfg, v, data, work)))
-                variants.append(v)
-            with stages.clock("coreml"):
-                variants = _core_ml(cfg, variants, say)
-            with stages.clock("eval"):
-                variants = _evaluate(cfg, variants, data, work, say, jobs=jobs, stages=stages)
+            # A variant's evaluation starts as soon as it is built, in a slot a finished conversion child frees;
+            # every child is done before the first latency cell (they run alone).
+            with _output_jobs(cfg, data, work, say, jobs=jobs, stages=stages) as evals:
+                with stages.clock("convert"):
+                    built = build_variants(plan, versions, work, say, jobs=jobs, stages=stages, slots=evals.slots,
+                                           on_built=evals.submit)
+                with stages.clock("eval"):
+                    evals.wait()
+                variants = []
+                for v in _publish(cfg, source, encoder, built):
+                    if v.status is Status.OK:
+                        with stages.clock("inspect"):
+                            v = inspect_variant(v, cfg.delegates)
+                        say(f"bench: {v.name}")
+                        with stages.clock("bench"):
+                            v = dataclasses.replace(v, bench=tuple(_bench_cells(cfg, v, data, work)))
+                    variants.append(v)
+                with stages.clock("coreml"):
+                    variants = _core_ml(cfg, variants, say)
+                with stages.clock("eval"):
+                    variants = _evaluate(cfg, variants, data, work, say, jobs=jobs, stages=stages, started=evals)
             peak = None
             if cfg.bench.peak_probe and any(b.status is Status.OK for v in variants for b in v.bench):
                 say("bench: machine peak (sgemm probe)")
@@ -160,16 +166,24 @@ def _gate_and_write(cfg: ReleaseConfig, run_info: dict[str, Any], model_info: di
     return rep
 
 
+def _output_jobs(cfg: ReleaseConfig, data: EvalData, work: Path, say: Progress, *, jobs: int,
+                 stages: Stages | None) -> OutputJobs:
+    """The run's evaluation children on the backend ``cfg`` evaluates on, ``jobs`` at a time (:class:`OutputJobs`)."""
+    return OutputJobs(data, backend=cfg.bench.eval_backend, threads=cfg.bench.eval_threads,
+                      timeout_s=cfg.bench.timeout_s, mem_mb=cfg.mem_mb, work=work, say=say, jobs=jobs, stages=stages)
+
+
 def _evaluate(cfg: ReleaseConfig, variants: list[VariantResult], data: EvalData, work: Path, say: Progress, *,
-              jobs: int, stages: Stages | None = None) -> list[VariantResult]:
-    """The accuracy stage of ``variants`` on every backend ``cfg`` evaluates on (:func:`evaluate_variants`)."""
+              jobs: int, stages: Stages | None = None, started: OutputJobs | None = None) -> list[VariantResult]:
+    """The accuracy stage of ``variants`` on every backend ``cfg`` evaluates on (:func:`evaluate_variants`);
+    ``started``: the evaluation children already given the variants as they were built."""
     return evaluate_variants(
         variants, data, reference=cfg.reference, backend=cfg.bench.eval_backend,
         threads=cfg.bench.eval_threads, on_gpu="gpu" in cfg.bench.backends, timeout_s=cfg.bench.timeout_s,
         mem_mb=cfg.mem_mb, work=work, say=say, htp_socs=_emulated_socs(cfg), htp_samples=cfg.emulate_samples,
         phones=tuple(b for b in cfg.bench.backends if is_aihub_backend(b)),
         arm_backends=tuple(b for b in cfg.bench.backends if is_arm_backend(b) and cfg.emulate_samples),
-        jobs=jobs, stages=stages)
+        jobs=jobs, stages=stages, started=started)
 
 
 def _build_plan(cfg: ReleaseConfig, source: Source, encoder: TextEncoder | None, data: EvalData,

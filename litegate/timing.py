@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import resource
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -92,9 +93,11 @@ class Stages:
 
     def __init__(self) -> None:
         self._s: dict[str, float] = {}
+        self._lock = threading.Lock()  # children's threads add their figures at once
 
     def add(self, name: str, seconds: float) -> None:
-        self._s[name] = self._s.get(name, 0.0) + float(seconds)
+        with self._lock:
+            self._s[name] = self._s.get(name, 0.0) + float(seconds)
 
     def clock(self, name: str) -> _Clock:
         return _Clock(self, name)

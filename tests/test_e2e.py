@@ -80,6 +80,8 @@ def test_jobs_2_builds_and_evaluates_in_parallel_children_with_the_same_figures(
     out, first, rep1, _ = demo_runs
     rep2 = json.loads((out / "report.json").read_text())
     assert first.stderr.count("in a child process") == 2  # two build children, one line each
+    # the first child to finish frees its slot for its variants' evaluation while the other child still converts
+    assert first.stderr.index("eval: ") < first.stderr.index("convert: done in"), first.stderr
     assert rep1["run"]["jobs"] == 2 and rep2["run"]["jobs"] == 1
     names = [v["name"] for v in rep1["variants"]]
     stages = rep1["run"]["stages"]

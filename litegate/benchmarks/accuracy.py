@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -160,64 +161,128 @@ class EvalInputs(Protocol):
     windows: np.ndarray | None
 
 
+class OutputJobs:
+    """The evaluation children of a run: each variant's outputs on the evaluation set, its samples split into ``jobs``
+    shards, at most ``jobs`` children at a time.
+
+    :meth:`submit` starts a variant's children as soon as it is built (``--jobs N``: while other variants still
+    convert); ``slots`` is the semaphore the conversion children hold too, so conversion and evaluation children
+    together never exceed ``jobs``. :meth:`collect` waits for them all: ({name: outputs}, {name: why it failed}).
+    ``stages`` receives each variant's summed child time (``eval:NAME``)."""
+
+    def __init__(self, data: EvalInputs, *, backend: str, threads: int, timeout_s: float, mem_mb: int | None,
+                 work: Path, say: Callable[[str], None], jobs: int = 1, stages: Stages | None = None,
+                 slots: threading.Semaphore | None = None) -> None:
+        self._data, self._backend, self._threads = data, backend, threads
+        self._timeout_s, self._mem_mb, self._work, self._say, self._stages = timeout_s, mem_mb, work, say, stages
+        self._shards = _shards(data.n, jobs)
+        self._slots = slots or threading.Semaphore(max(1, jobs))
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs))
+        self._futures: list[tuple[str, concurrent.futures.Future[dict[str, np.ndarray] | str]]] = []
+        self._names: set[str] = set()
+        self._closed = False
+        text_gen = data.task is Task.TEXT_GENERATION
+        self._job = "litegate.benchmarks.accuracy:lm_eval_job" if text_gen else "litegate.benchmarks.latency:eval_job"
+
+    def submit(self, v: VariantResult) -> None:
+        """Queue ``v``'s shards, once per variant name (a variant that was not built has no outputs to compute)."""
+        if v.name in self._names:
+            return
+        if v.status is Status.OK and v.artifact is not None and self._data.inputs_npz is not None:
+            self._names.add(v.name)
+            for i in range(len(self._shards)):
+                self._futures.append((v.name, self._pool.submit(self._one, v, i)))
+
+    def _one(self, v: VariantResult, i: int) -> dict[str, np.ndarray] | str:
+        assert v.artifact is not None and self._data.inputs_npz is not None
+        start, stop = self._shards[i]
+        with self._slots:
+            if self._closed:  # the run stopped while this child waited for a slot
+                return "not run: the run stopped before this evaluation started"
+            if i == 0:
+                self._say(f"eval: {v.name} on {self._data.n} samples"
+                          + (f" ({len(self._shards)} shards)" if len(self._shards) > 1 else ""))
+            out_npz = self._work / f"{v.name}.outputs.{i}.npz"
+            t0 = time.monotonic()
+            try:
+                run_isolated(self._job,
+                             {"path": v.artifact.path, "backend": self._backend, "threads": self._threads,
+                              "start": start, "stop": stop, "inputs_npz": str(self._data.inputs_npz),
+                              "windows_npz": str(self._data.inputs_npz), "out_npz": str(out_npz)},
+                             timeout_s=self._timeout_s, mem_mb=self._mem_mb)
+                with np.load(out_npz) as arrays:
+                    return {k: arrays[k] for k in arrays.files}
+            except LitegateError as exc:
+                return exc.message
+            finally:
+                if self._stages is not None:
+                    self._stages.add(f"eval:{v.name}", time.monotonic() - t0)
+
+    def __enter__(self) -> OutputJobs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop the children not started yet and wait for the running ones (a run that stops early)."""
+        self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def slots(self) -> threading.Semaphore:
+        """The semaphore every child of the run holds while it runs (conversion children too)."""
+        return self._slots
+
+    def wait(self) -> None:
+        """Wait until every queued child is done (latency cells never run beside them)."""
+        concurrent.futures.wait([f for _, f in self._futures])
+
+    def collect(self) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]:
+        """Wait for every queued child; the outputs of each variant (shards concatenated in order) and failures."""
+        outputs: dict[str, dict[str, np.ndarray]] = {}
+        failures: dict[str, str] = {}
+        try:
+            for name, fut in self._futures:
+                part = fut.result()
+                if isinstance(part, str):
+                    failures.setdefault(name, part)
+                elif name not in failures:
+                    outputs.setdefault(name, {})
+                    for k, arr in part.items():  # shards come back in order: concatenate along the sample axis
+                        prev = outputs[name].get(k)
+                        outputs[name][k] = arr if prev is None else np.concatenate([prev, arr])
+        finally:
+            self.close()
+        for name in failures:
+            outputs.pop(name, None)
+        return outputs, failures
+
+
 def evaluate_variants(variants: Sequence[VariantResult], data: EvalInputs, *, reference: str, backend: str, threads: int,
                       on_gpu: bool, timeout_s: float, mem_mb: int | None, work: Path,
                       say: Callable[[str], None], htp_socs: Sequence[str] = (),
                       htp_samples: int = 200, phones: Sequence[str] = (),
                       arm_backends: Sequence[str] = (), jobs: int = 1,
-                      stages: Stages | None = None) -> list[VariantResult]:
+                      stages: Stages | None = None, started: OutputJobs | None = None) -> list[VariantResult]:
     """The task metric of every built variant on ``backend`` (and, when ``on_gpu``, on LiteRT's GPU delegate; for
     each of ``htp_socs``, on that Snapdragon's emulated HTP; for each of ``arm_backends``, on aarch64 LiteRT under
     QEMU), each run in a child process, with its delta to the ``reference`` variant. The emulators run the first
     ``htp_samples`` samples (they are slow), scored against the same samples of the reference. The variants'
-    evaluation runs in ``jobs`` children at a time, each variant's samples split into ``jobs`` shards; ``stages``
+    evaluation runs in ``jobs`` children at a time, each variant's samples split into ``jobs`` shards
+    (:class:`OutputJobs`; ``started``: the one the run already gave its variants to as they were built); ``stages``
     receives each variant's summed child time (``eval:NAME``)."""
     task = data.task
     if data.inputs_npz is None:
         res = AccuracyResult(task=task, metric="accuracy", value=None, backend=backend, n_samples=0,
                              status=Status.NOT_RUN, reason="no evaluation data configured (data.eval)")
         return [dataclasses.replace(v, accuracy=(res,)) if v.status is Status.OK else v for v in variants]
-    job = "lm_eval_job" if task is Task.TEXT_GENERATION else "eval_job"
-    module = "litegate.benchmarks.accuracy" if task is Task.TEXT_GENERATION else "litegate.benchmarks.latency"
-    outputs: dict[str, dict[str, np.ndarray]] = {}
-    failures: dict[str, str] = {}
-
-    shards = _shards(data.n, jobs)
-
-    def one(task: tuple[VariantResult, int]) -> dict[str, np.ndarray] | str:
-        v, i = task
-        assert v.artifact is not None and data.inputs_npz is not None
-        start, stop = shards[i]
-        if i == 0:
-            say(f"eval: {v.name} on {data.n} samples" + (f" ({len(shards)} shards)" if len(shards) > 1 else ""))
-        out_npz = work / f"{v.name}.outputs.{i}.npz"
-        t0 = time.monotonic()
-        try:
-            run_isolated(f"{module}:{job}",
-                         {"path": v.artifact.path, "backend": backend, "threads": threads, "start": start, "stop": stop,
-                          "inputs_npz": str(data.inputs_npz), "windows_npz": str(data.inputs_npz), "out_npz": str(out_npz)},
-                         timeout_s=timeout_s, mem_mb=mem_mb)
-            with np.load(out_npz) as arrays:
-                return {k: arrays[k] for k in arrays.files}
-        except LitegateError as exc:
-            return exc.message
-        finally:
-            if stages is not None:
-                stages.add(f"eval:{v.name}", time.monotonic() - t0)
-
-    todo = [(v, i) for v in variants if v.status is Status.OK and v.artifact is not None for i in range(len(shards))]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
-        parts = list(pool.map(one, todo))
-    for (v, _), part in zip(todo, parts, strict=True):
-        if isinstance(part, str):
-            failures.setdefault(v.name, part)
-        elif v.name not in failures:
-            outputs.setdefault(v.name, {})
-            for k, arr in part.items():  # shards come back in order: concatenate along the sample axis
-                prev = outputs[v.name].get(k)
-                outputs[v.name][k] = arr if prev is None else np.concatenate([prev, arr])
-    for name in failures:
-        outputs.pop(name, None)
+    if started is None:
+        started = OutputJobs(data, backend=backend, threads=threads, timeout_s=timeout_s, mem_mb=mem_mb, work=work,
+                             say=say, jobs=jobs, stages=stages)
+    for v in variants:  # those not started yet
+        started.submit(v)
+    outputs, failures = started.collect()
     ref = outputs.get(reference)
     ref_value = summarize_task(task.value, ref, ref, data.labels, data.windows)[1] if ref is not None else None
     out = []

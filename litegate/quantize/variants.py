@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -69,11 +70,14 @@ def convert_key(plan: BuildPlan, v: VariantConfig, versions: Mapping[str, str]) 
 
 
 def build_variants(plan: BuildPlan, versions: dict[str, str], work: Path, say: Callable[[str], None], *,
-                   jobs: int = 1, stages: Stages | None = None) -> list[VariantResult]:
+                   jobs: int = 1, stages: Stages | None = None, slots: threading.Semaphore | None = None,
+                   on_built: Callable[[VariantResult], None] | None = None) -> list[VariantResult]:
     """Every variant of ``plan``, from the cache where its inputs are unchanged; failures are per variant.
 
     The variants to build go to ``jobs`` child processes at once (:func:`_buckets`); ``stages`` receives each
-    built variant's conversion time (``convert:NAME``) and the children's loading time (``convert:load``).
+    built variant's conversion time (``convert:NAME``) and the children's loading time (``convert:load``). Each
+    child holds one of ``slots`` while it runs; ``on_built`` is told of every variant as soon as its child is done
+    (cached ones once the children have their slots), so its evaluation can use a slot a finished child frees.
     """
     cache = StepCache(plan.cache_dir)
     results: dict[str, VariantResult] = {}
@@ -111,29 +115,53 @@ def build_variants(plan: BuildPlan, versions: dict[str, str], work: Path, say: C
         buckets = _buckets([v for v, _, _ in todo], jobs)
         for b in buckets:
             say(f"convert: building {', '.join(v.name for v in b)} in a child process")
-        entries = [[_entry(plan, v, work) for v in b] for b in buckets]
-        with concurrent.futures.ThreadPoolExecutor(max_workers=len(entries)) as pool:
-            done = list(pool.map(lambda e: _build_children(payload, e, plan, jail, say), entries))
-        out: dict[str, Any] = {}
-        for part, load_s in done:
-            out.update(part)
+        pending = {v.name: (v, key, step_cfg) for v, key, step_cfg in todo}
+
+        def bucket(b: list[VariantConfig]) -> None:
+            try:
+                part, load_s = _build_children(payload, [_entry(plan, v, work) for v in b], plan, jail, say)
+            finally:
+                if slots is not None:
+                    slots.release()
             if stages is not None:
                 stages.add("convert:load", load_s)
+            for v in b:
+                _, key, step_cfg = pending[v.name]
+                results[v.name] = _built(plan, v, key, step_cfg, part.get(v.name), work, versions, cache, stages)
+                if on_built is not None:
+                    on_built(results[v.name])
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(buckets)) as pool:
+            futures = []
+            for b in buckets:
+                if slots is not None:
+                    slots.acquire()  # here, not in the thread: the children take their slots before any evaluation
+                futures.append(pool.submit(bucket, b))
+            if on_built is not None:
+                for name in [v.name for v in plan.variants if v.name in results and v.name not in pending]:
+                    on_built(results[name])
+            for f in futures:
+                f.result()
         say(f"convert: done in {time.monotonic() - t0:.1f} s")
-        for v, key, step_cfg in todo:
-            r = out.get(v.name, {"ok": False, "error": "converter returned no result for this variant"})
-            if not r.get("ok"):
-                results[v.name] = VariantResult(v.name, v.recipe, Status.FAILED, reason=r["error"])
-                continue
-            tmp = work / f"{v.name}.tflite"
-            art = make_artifact(tmp, parent_sha256=plan.source_sha256, produced_by="convert", step_config=step_cfg,
-                                versions=versions)
-            extra = r.get("extra", {})
-            if stages is not None and "seconds" in r:
-                stages.add(f"convert:{v.name}", r["seconds"])
-            results[v.name] = VariantResult(v.name, v.recipe, Status.OK, artifact=cache.put(key, tmp, art, extra),
-                                            quant=extra)
+    elif on_built is not None:
+        for v in plan.variants:
+            on_built(results[v.name])
     return [results[v.name] for v in plan.variants]
+
+
+def _built(plan: BuildPlan, v: VariantConfig, key: str, step_cfg: dict[str, Any], r: dict[str, Any] | None, work: Path,
+           versions: Mapping[str, str], cache: StepCache, stages: Stages | None) -> VariantResult:
+    """A built variant's result, its model put in the cache; or the failure its child reported."""
+    r = r or {"ok": False, "error": "converter returned no result for this variant"}
+    if not r.get("ok"):
+        return VariantResult(v.name, v.recipe, Status.FAILED, reason=r["error"])
+    tmp = work / f"{v.name}.tflite"
+    art = make_artifact(tmp, parent_sha256=plan.source_sha256, produced_by="convert", step_config=step_cfg,
+                        versions=versions)
+    extra = r.get("extra", {})
+    if stages is not None and "seconds" in r:
+        stages.add(f"convert:{v.name}", r["seconds"])
+    return VariantResult(v.name, v.recipe, Status.OK, artifact=cache.put(key, tmp, art, extra), quant=extra)
 
 
 # Relative build cost of a recipe kind on a BERT encoder (measured on MiniLM, 2 cores: fp32 ~25 s, int8 ~50 s,
