@@ -27,7 +27,7 @@ from safetensors.numpy import save_file
 from tokenizers.implementations import BertWordPieceTokenizer
 from tokenizers.processors import BertProcessing
 
-from litegate.converter.bert import build_bert, export_weights
+from litegate.converter.encoders import build_encoder, export_weights
 from litegate.converter.hf import BertConfig
 from litegate.tasks import TextEncoder, classification_metrics, read_labelled_tsv
 
@@ -88,7 +88,7 @@ def main() -> int:
           .shuffle(len(ids), seed=args.seed, reshuffle_each_iteration=True)
           .padded_batch(args.batch).prefetch(2))
 
-    model = build_bert(cfg, seq_len=None, head="classification", dropout=0.1)
+    model = build_encoder(cfg, seq_len=None, head="classification", dropout=0.1)
     steps = args.epochs * ((len(ids) + args.batch - 1) // args.batch)
     sched = tf_keras.optimizers.schedules.PolynomialDecay(args.lr, steps, end_learning_rate=args.lr * 0.05)
     model.compile(
@@ -101,7 +101,7 @@ def main() -> int:
     train_s = time.time() - t0
 
     # Score with the static-shape graph the pipeline converts.
-    infer = build_bert(cfg, seq_len=args.seq_len, head="classification")
+    infer = build_encoder(cfg, seq_len=args.seq_len, head="classification")
     infer.set_weights(model.get_weights())
     enc_fixed = TextEncoder(out / "tokenizer.json", args.seq_len)
     results = {}

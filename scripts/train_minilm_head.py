@@ -21,7 +21,7 @@ import tensorflow as tf
 import tf_keras
 from safetensors.numpy import save_file
 
-from litegate.converter.bert import build_bert, load_weights
+from litegate.converter.encoders import build_encoder, load_weights
 from litegate.converter.hf import read_checkpoint
 from litegate.tasks import TextEncoder, classification_metrics, read_labelled_tsv
 
@@ -47,7 +47,7 @@ def main() -> int:
     tf_keras.utils.set_random_seed(args.seed)
 
     ckpt = read_checkpoint(args.model)
-    model = build_bert(ckpt.config, seq_len=None, head="mean")
+    model = build_encoder(ckpt.config, seq_len=None, head="mean")
     load_weights(model, ckpt, "mean")
     enc = TextEncoder(Path(args.model) / "tokenizer.json", args.seq_len)
     train = read_labelled_tsv(Path(args.data) / "train.tsv")

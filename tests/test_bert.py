@@ -26,12 +26,12 @@ def _inputs(ckpt, seq_len=24, n=6):
 
 @pytest.mark.parametrize("head,prefix", [("classification", "bert."), ("mean", "")])
 def test_tf_bert_matches_numpy_reference(tmp_path, head, prefix):
-    from litegate.converter.bert import build_bert, load_weights
+    from litegate.converter.encoders import build_encoder, load_weights
 
     ckpt_dir = make_checkpoint(tmp_path / "ck", seed=3, prefix=prefix, with_head=head == "classification")
     ckpt = read_checkpoint(ckpt_dir)
     assert ckpt.prefix == prefix
-    model = build_bert(ckpt.config, seq_len=24, head=head)
+    model = build_encoder(ckpt.config, seq_len=24, head=head)
     load_weights(model, ckpt, head)
     x = _inputs(ckpt_dir)
     ours = next(iter(model(x).values())).numpy()
@@ -188,11 +188,11 @@ def test_checkpoint_with_missing_tensor_names_it(tmp_path):
     t = load_file(str(ck / "model.safetensors"))
     del t["bert.encoder.layer.1.attention.self.key.weight"]
     save_file(t, str(ck / "model.safetensors"))
-    from litegate.converter.bert import build_bert, load_weights
+    from litegate.converter.encoders import build_encoder, load_weights
 
     c = read_checkpoint(ck)
     with pytest.raises(ModelLoadError, match=r"missing tensor 'bert.encoder.layer.1.attention.self.key.weight'"):
-        load_weights(build_bert(c.config, seq_len=8), c, "classification")
+        load_weights(build_encoder(c.config, seq_len=8), c, "classification")
 
 
 def test_checkpoint_with_wrong_shape_names_tensor_and_both_shapes(tmp_path):
@@ -200,20 +200,20 @@ def test_checkpoint_with_wrong_shape_names_tensor_and_both_shapes(tmp_path):
     t = load_file(str(ck / "model.safetensors"))
     t["bert.encoder.layer.0.intermediate.dense.weight"] = np.zeros((63, 32), np.float32)
     save_file(t, str(ck / "model.safetensors"))
-    from litegate.converter.bert import build_bert, load_weights
+    from litegate.converter.encoders import build_encoder, load_weights
 
     c = read_checkpoint(ck)
     with pytest.raises(ModelLoadError, match=r"'bert.encoder.layer.0.intermediate.dense.weight' has shape \(63, 32\), expected \(64, 32\)"):
-        load_weights(build_bert(c.config, seq_len=8), c, "classification")
+        load_weights(build_encoder(c.config, seq_len=8), c, "classification")
 
 
 def test_unsupported_model_type_and_long_seq_len_are_refused(tmp_path):
     ck = make_checkpoint(tmp_path / "ck")
     cfg = json.loads((ck / "config.json").read_text())
-    from litegate.converter.bert import build_bert
+    from litegate.converter.encoders import build_encoder
 
     with pytest.raises(ModelLoadError, match="larger than the model's max_position_embeddings 64"):
-        build_bert(read_checkpoint(ck).config, seq_len=65)
+        build_encoder(read_checkpoint(ck).config, seq_len=65)
     cfg["model_type"] = "funnel"
     (ck / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match="model_type 'funnel' is not supported"):

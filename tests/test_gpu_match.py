@@ -430,7 +430,7 @@ def test_gpu_friendly_fp32_outputs_equal_the_plain_graph(converted):
 
 def test_gpu_friendly_tf_graphs_equal_the_plain_ones_for_any_batch():
     """The TF-level rewrite (before conversion) on batch 3, dynamic length: max |difference| <= 1e-5."""
-    from litegate.converter.bert import build_bert, load_weights
+    from litegate.converter.encoders import build_encoder, load_weights
     from litegate.converter.gpt2 import load_gpt2
     from litegate.converter.hf import read_checkpoint
 
@@ -441,7 +441,7 @@ def test_gpu_friendly_tf_graphs_equal_the_plain_ones_for_any_batch():
     mask[1, 12:] = 0
     outs = []
     for friendly in (False, True):
-        model = build_bert(ckpt.config, seq_len=None, head="classification", gpu_friendly=friendly)
+        model = build_encoder(ckpt.config, seq_len=None, head="classification", gpu_friendly=friendly)
         load_weights(model, ckpt, "classification")
         outs.append(model({"input_ids": ids, "attention_mask": mask})["logits"].numpy())
     assert np.max(np.abs(outs[0] - outs[1])) <= 1e-5

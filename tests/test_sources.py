@@ -28,12 +28,12 @@ def hub_saved_model(tmp_path_factory) -> tuple[Path, Path]:
     """A TF-Hub-style BERT encoder SavedModel: input_word_ids/input_mask/input_type_ids -> pooled/sequence output."""
     import tensorflow as tf
 
-    from litegate.converter.bert import build_bert, load_weights
+    from litegate.converter.encoders import build_encoder, load_weights
     from litegate.converter.hf import read_checkpoint
 
     root = tmp_path_factory.mktemp("hub")
     ckpt = read_checkpoint(make_checkpoint(root / "ckpt", seed=5))
-    enc = build_bert(ckpt.config, seq_len=None, head="encoder")
+    enc = build_encoder(ckpt.config, seq_len=None, head="encoder")
     load_weights(enc, ckpt, "encoder")
     spec = tf.TensorSpec([None, None], tf.int32)
 

@@ -38,8 +38,8 @@ classifier ``classifier.dense`` (tanh) and ``classifier.out_proj``), ELECTRA (em
 projected to the hidden size; classifier as RoBERTa's with GELU) and ALBERT (factorised embeddings and one layer
 whose tf_keras layers are applied ``num_hidden_layers`` times, so the .tflite holds its weights once; its
 residual-smoothing key is ``l0_ffn`` for every application). MobileBERT (bottlenecks, stacked feed-forward
-networks, trigram embeddings, ``NoNorm``) has its own builder and weight map in :mod:`litegate.converter.mobilebert`,
-which :func:`build_bert` and :func:`weight_map` hand it to.
+networks, trigram embeddings, ``NoNorm``) has its own builder and weight map in :mod:`litegate.converter.mobilebert`;
+:mod:`litegate.converter.encoders` picks one or the other by the checkpoint's ``model_type`` and loads the weights.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from litegate.converter.hf import BERT_FAMILIES, BertConfig, Checkpoint, prefixed
+from litegate.converter.hf import BERT_FAMILIES, BertConfig
 from litegate.errors import ModelLoadError
 from litegate.types import Head
 
@@ -431,10 +431,7 @@ def build_bert(
             runs (see the module docstring); the outputs are the same.
     """
     if cfg.model_type == "mobilebert":
-        from litegate.converter.mobilebert import build_mobilebert  # imports this module
-
-        return build_mobilebert(cfg, seq_len=seq_len, head=head, batch_size=batch_size, dropout=dropout,
-                                gpu_friendly=gpu_friendly)
+        raise ValueError("MobileBERT has its own builder: litegate.converter.encoders.build_encoder picks it")
     _check_head(cfg, head, seq_len)
     ids = tf_keras.Input((seq_len,), batch_size=batch_size, dtype=tf.int32, name="input_ids")
     mask = tf_keras.Input((seq_len,), batch_size=batch_size, dtype=tf.int32, name="attention_mask")
@@ -515,10 +512,7 @@ def _norm(hf: str, ours: str) -> Iterator[tuple[str, str, int, bool]]:
 def weight_map(cfg: BertConfig, head: str) -> Iterator[tuple[str, str, int, bool]]:
     """(hf tensor name without prefix, keras layer name, weight index, transpose) for every weight."""
     if cfg.model_type == "mobilebert":
-        from litegate.converter import mobilebert  # imports this module
-
-        yield from mobilebert.weight_map(cfg, head)
-        return
+        raise ValueError("MobileBERT has its own weight map: litegate.converter.encoders.weight_map picks it")
     yield "embeddings.word_embeddings.weight", "embeddings", 0, False
     yield "embeddings.position_embeddings.weight", "embeddings", 1, False
     if cfg.type_vocab_size:
@@ -543,23 +537,3 @@ def weight_map(cfg: BertConfig, head: str) -> Iterator[tuple[str, str, int, bool
     if head in ("classification", "mean-classification"):
         yield from _dense("classifier", "classifier")
 
-
-def load_weights(model: tf_keras.Model, ckpt: Checkpoint, head: str) -> None:
-    """Copy checkpoint tensors into ``model``, checking presence and shape of each."""
-    for hf_name, layer, idx, transpose in weight_map(ckpt.config, head):
-        var = model.get_layer(layer).weights[idx]
-        shape = tuple(int(d) for d in var.shape)
-        expected = tuple(reversed(shape)) if transpose else shape
-        arr = ckpt.tensor(hf_name, expected)
-        var.assign(arr.T if transpose else arr)
-
-
-def export_weights(model: tf_keras.Model, cfg: BertConfig, head: str, prefix: str | None = None) -> dict[str, np.ndarray]:
-    """The model's weights as Hugging Face-named numpy arrays (inverse of :func:`load_weights`); ``prefix``
-    defaults to the family's (``bert.``, ``roberta.``, ...)."""
-    prefix = BERT_FAMILIES[cfg.model_type][0] if prefix is None else prefix
-    out = {}
-    for hf_name, layer, idx, transpose in weight_map(cfg, head):
-        arr = model.get_layer(layer).weights[idx].numpy()
-        out[prefixed(hf_name, prefix)] = np.ascontiguousarray(arr.T if transpose else arr).astype(np.float32)
-    return out

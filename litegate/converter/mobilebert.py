@@ -1,6 +1,6 @@
 """MobileBERT (Hugging Face ``MobileBertModel`` / ``MobileBertForSequenceClassification``) in tf_keras.
 
-Built by :func:`litegate.converter.bert.build_bert` for ``model_type`` ``mobilebert`` and with the same graph
+Built by :func:`litegate.converter.encoders.build_encoder` for ``model_type`` ``mobilebert`` and with the same graph
 properties (static shapes, builtin TFLite ops only, :class:`~litegate.converter.bert.MaskBias`'s moderate mask
 penalty, ``gpu_friendly`` 1-D gathers and shrink-free slices, functional tf_keras whose ``Dense`` layers tfmot
 can prune). The architecture, as transformers' ``modeling_mobilebert`` runs it:

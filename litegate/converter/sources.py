@@ -123,15 +123,15 @@ class _Concrete:
 def _hf_bert(source: ModelSource, seq_len: int, dynamic: bool) -> Loaded:
     import tensorflow as tf  # TensorFlow: build child only
 
-    from litegate.converter.bert import (  # imports TensorFlow: build child only
-        build_bert,
+    from litegate.converter.encoders import (  # imports TensorFlow: build child only
+        build_encoder,
         load_weights,
     )
 
     ckpt = read_checkpoint(source.path, source.options.get("extra_weights"))
     head = str(source.options.get("head", "classification"))
     gpu_friendly = bool(source.options.get("gpu_friendly", False))
-    model = build_bert(ckpt.config, seq_len=None if dynamic else seq_len, head=head, batch_size=1,
+    model = build_encoder(ckpt.config, seq_len=None if dynamic else seq_len, head=head, batch_size=1,
                        gpu_friendly=gpu_friendly)
     load_weights(model, ckpt, head)
     shape = [1, None] if dynamic else [1, seq_len]
