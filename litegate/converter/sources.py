@@ -132,7 +132,7 @@ def _hf_bert(source: ModelSource, seq_len: int, dynamic: bool) -> Loaded:
     head = str(source.options.get("head", "classification"))
     gpu_friendly = bool(source.options.get("gpu_friendly", False))
     model = build_encoder(ckpt.config, seq_len=None if dynamic else seq_len, head=head, batch_size=1,
-                       gpu_friendly=gpu_friendly)
+                          gpu_friendly=gpu_friendly)
     load_weights(model, ckpt, head)
     shape = [1, None] if dynamic else [1, seq_len]
     specs = {"input_ids": tf.TensorSpec(shape, tf.int32), "attention_mask": tf.TensorSpec(shape, tf.int32)}

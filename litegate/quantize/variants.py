@@ -96,6 +96,7 @@ def build_variants(plan: BuildPlan, versions: dict[str, str], work: Path, say: C
                                             quant=cache.extra(key))
         else:
             todo.append((v, key, step_cfg))
+    cached = list(results.values())  # ready now: their evaluation may start once the children hold their slots
     if todo:
         payload = {
             "source": plan.source.to_dict(),
@@ -115,7 +116,7 @@ def build_variants(plan: BuildPlan, versions: dict[str, str], work: Path, say: C
         buckets = _buckets([v for v, _, _ in todo], jobs)
         for b in buckets:
             say(f"convert: building {', '.join(v.name for v in b)} in a child process")
-        pending = {v.name: (v, key, step_cfg) for v, key, step_cfg in todo}
+        pending = {v.name: (key, step_cfg) for v, key, step_cfg in todo}
 
         def bucket(b: list[VariantConfig]) -> None:
             try:
@@ -126,7 +127,7 @@ def build_variants(plan: BuildPlan, versions: dict[str, str], work: Path, say: C
             if stages is not None:
                 stages.add("convert:load", load_s)
             for v in b:
-                _, key, step_cfg = pending[v.name]
+                key, step_cfg = pending[v.name]
                 results[v.name] = _built(plan, v, key, step_cfg, part.get(v.name), work, versions, cache, stages)
                 if on_built is not None:
                     on_built(results[v.name])
@@ -138,14 +139,14 @@ def build_variants(plan: BuildPlan, versions: dict[str, str], work: Path, say: C
                     slots.acquire()  # here, not in the thread: the children take their slots before any evaluation
                 futures.append(pool.submit(bucket, b))
             if on_built is not None:
-                for name in [v.name for v in plan.variants if v.name in results and v.name not in pending]:
-                    on_built(results[name])
+                for r in cached:
+                    on_built(r)
             for f in futures:
                 f.result()
         say(f"convert: done in {time.monotonic() - t0:.1f} s")
     elif on_built is not None:
-        for v in plan.variants:
-            on_built(results[v.name])
+        for r in cached:
+            on_built(r)
     return [results[v.name] for v in plan.variants]
 
 
