@@ -203,6 +203,7 @@ def _build_plan(cfg: ReleaseConfig, source: Source, encoder: TextEncoder | None,
         debug_dir=cfg.output_dir, timeout_s=cfg.convert_timeout_s, mem_mb=cfg.mem_mb, calibration_npz=calib_npz,
         calibration_hash=calib_hash, prune_data=recovery,
         auto_eval=auto_eval, auto_budgets={k: 1.0 if b is None else float(b) for k, b in budgets.items()},
+        auto_guard={"backend": gate.cpu_backend(cfg), "threads": sorted(set(cfg.bench.threads)) or [1]} if auto else {},
         debug=cfg.debug)
 
 

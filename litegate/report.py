@@ -193,13 +193,20 @@ def _quant_details(rep: Report) -> list[str]:
             cost = ""
             if a.get("full_int8_bytes") and a.get("bytes"):
                 cost = f"; {a['bytes'] / 1e6:.2f} MB vs {a['full_int8_bytes'] / 1e6:.2f} MB full int8"
-            lines.append(f"- `{v.name}` (auto): {a.get('metric')} {a.get('score', float('nan')):.4g} vs target "
-                         f"{a.get('target', float('nan')):.4g} ({verdict}); {len(groups)} of {a.get('ranked_groups')} "
-                         f"op groups ({len(a.get('float_nodes', []))} of {a.get('total_nodes')} ops) kept in float"
+            guard = a.get("guard") or {}
+            shipped = {"dynamic-range": "the dynamic-range int8 model, ", "fp32": "fp32, "}.get(guard.get("chosen", ""), "")
+            kept = (f"{len(groups)} of {a.get('ranked_groups')} op groups ({len(a.get('float_nodes', []))} of "
+                    f"{a.get('total_nodes')} ops) kept in float") if not shipped else (
+                    f"the search ended at {guard.get('searched', {}).get('float_groups')} of {a.get('ranked_groups')} "
+                    "op groups in float")
+            lines.append(f"- `{v.name}` (auto): {shipped}{a.get('metric')} {a.get('score', float('nan')):.4g} vs target "
+                         f"{a.get('target', float('nan')):.4g} ({verdict}); {kept}"
                          + (f": {', '.join(f'`{g}`' for g in groups[:10])}" + (" …" if len(groups) > 10 else "")
                             if groups else "") + cost +
                          f"; {len(a.get('trials', []))} candidates tried, selected on "
                          f"`{Path(str(a.get('selected_on'))).name}`")
+            if guard:
+                lines.append("  - " + _guard_line(guard))
             ranked = a.get("group_impact", [])
             if ranked:
                 lines.append("  - groups ranked by the output error of quantizing each alone (NMSE to float on "
@@ -215,6 +222,24 @@ def _quant_details(rep: Report) -> list[str]:
                 lines.append(f"| {name} | {r['op_name']} | `{r['tensor_name'][:70]}` | {r['rmse/scale']:.2f} |")
         lines += ["", "Full tables: `<variant>.layers.csv` next to the report.", "", "</details>", ""]
     return lines
+
+
+def _guard_line(guard: Mapping[str, Any]) -> str:
+    """``auto``'s check against fp32: the search's model kept, or what replaced it and why."""
+    where = f"{guard.get('backend')}×{','.join(str(t) for t in guard.get('threads', []))}"
+
+    def against(c: Mapping[str, Any]) -> str:
+        ratios = ", ".join(f"{r:.2f}× at {t} thread(s)" for t, r in c.get("latency_ratio", {}).items())
+        return f"{ratios} of fp32's time, {c.get('bytes', 0) / 1e6:.2f} of {c.get('fp32_bytes', 0) / 1e6:.2f} MB"
+
+    searched = guard.get("searched", {})
+    if guard.get("chosen") == "search":
+        return f"against fp32 on {where} (paired, in the build child): {against(searched)}; kept"
+    text = f"the search's model was passed over: {searched.get('why')}; shipped instead: "
+    fallback = guard.get("fallback", {})
+    if guard.get("chosen") == "dynamic-range":
+        return text + f"the dynamic-range int8 model ({against(fallback)})"
+    return text + f"fp32 itself (the dynamic-range int8 model was passed over too: {fallback.get('why')})"
 
 
 def _compat_details(rep: Report, delegates: list[str]) -> list[str]:

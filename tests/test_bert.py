@@ -178,7 +178,7 @@ def test_int8_spelling_parameters_must_be_positive():
     from litegate.errors import ConfigError
     from litegate.quantize import recipes
 
-    for key in ("smooth_residual", "mask_penalty"):
+    for key in ("smooth_residual", "mask_penalty", "max_fp32_latency_ratio"):
         with pytest.raises(ConfigError, match=key):
             recipes.validate({"name": "x", "kind": "full-integer", "params": {key: 0}}, "x.json")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +99,14 @@ def test_auto_int16x8_and_debug_in_one_run(tmp_path):
     assert v["auto"]["accuracy"][0]["delta"] >= -1.0
     assert (tmp_path / "out" / "auto.layers.csv").is_file()
     assert auto["scored_against"] == "the float model" and auto["ranked_groups"] >= len(auto["float_groups"])
+    # the guard against fp32 on the measured backend (xnnpack×1 here): its measurement decides what ships
+    guard = auto["guard"]
+    assert guard["backend"] == "xnnpack" and guard["threads"] == [1] and set(guard["searched"]["latency_ratio"]) == {"1"}
+    assert guard["searched"]["fp32_bytes"] == v["fp32"]["size"]["bytes"]
+    shipped = guard["searched"] if guard["chosen"] == "search" else guard["fallback"]
+    assert shipped["ok"] and shipped["latency_ratio"]["1"] <= 1.0 and shipped["bytes"] <= shipped["fp32_bytes"]
+    assert guard["searched"]["ok"] is (guard["chosen"] == "search")
+    assert v["auto"]["size"]["bytes"] == auto["bytes"] == shipped["bytes"] < v["fp32"]["size"]["bytes"]
     # no data.train to hold rows out of: chosen on the evaluation set, and the report says so
     assert auto["held_out"] is False and auto["selected_on"].endswith("eval.tsv (the evaluation set)")
     # PRUNE+auto: the budget (2 points here) is against the unpruned fp32 model, shared with pruning.
@@ -112,6 +121,45 @@ def test_auto_int16x8_and_debug_in_one_run(tmp_path):
     else:  # pruning alone can spend the budget; the search says so and the gate fails that variant only
         assert "no candidate reached the target" in pa["reason"]
         assert r.returncode == 1 and "pruned-50+auto" in r.stdout, r.stdout
+
+
+@pytest.mark.slow
+def test_auto_never_ships_a_model_slower_or_larger_than_fp32(tmp_path):
+    """The guard decides on its own paired measurement: with an allowance no model can meet (1e-6× fp32's time) the
+    search's model and the dynamic-range fallback are both passed over and auto ships fp32 itself; with one every
+    model meets, the search's full-integer model ships; with the guard off, nothing is measured."""
+    from litegate.tflite.verify import load_model
+
+    def recipe(name: str, **params: object) -> Path:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"name": name, "kind": "auto", "params": {**recipes.load("auto").params, **params}}))
+        return path
+
+    cfg = write_config(tmp_path, model=DEMO / "model", variants=("fp32",), budgets="[budgets]\nmax_accuracy_drop = 1.0\n")
+    tables = "".join(f'\n[[variants]]\nname = "{n}"\nrecipe = "{r}"\n' for n, r in (
+        ("fp32", "fp32"), ("strict", recipe("strict", max_fp32_latency_ratio=1e-6)),
+        ("lenient", recipe("lenient", max_fp32_latency_ratio=1e6)), ("unguarded", recipe("unguarded", fp32_guard=False))))
+    cfg.write_text(cfg.read_text().replace('variants = ["fp32"]\n', "") + tables)
+    r = run_cli("run", str(cfg), "-q")
+    assert r.returncode == 0, r.stderr + r.stdout
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    v = {x["name"]: x for x in rep["variants"]}
+    out = tmp_path / "out"
+
+    def fc_input_types(name: str) -> set[str]:
+        return {o.inputs[0].type for o in load_model(out / f"{name}.tflite").ops if o.op == "FULLY_CONNECTED"}
+
+    strict = v["strict"]["quant"]["auto"]["guard"]
+    assert strict["chosen"] == "fp32" and not strict["searched"]["ok"] and not strict["fallback"]["ok"]
+    assert "fp32's time on xnnpack×1 (allowed: 1e-06×)" in strict["searched"]["why"]
+    assert (out / "strict.tflite").read_bytes() == (out / "fp32.tflite").read_bytes()
+    assert v["strict"]["accuracy"][0]["delta"] == 0.0
+    assert "shipped instead: fp32 itself" in (out / "report.md").read_text()
+    lenient = v["lenient"]["quant"]["auto"]
+    assert lenient["guard"]["chosen"] == "search" and lenient["guard"]["searched"]["ok"] and "fallback" not in lenient["guard"]
+    assert fc_input_types("lenient") == {"INT8"} and fc_input_types("strict") == {"FLOAT32"}
+    assert "guard" not in v["unguarded"]["quant"]["auto"]
+    assert (out / "unguarded.tflite").read_bytes() == (out / "lenient.tflite").read_bytes()
 
 
 @pytest.mark.slow

@@ -13,8 +13,6 @@ measures its false-alarm rate on identical models and its detection rate for a 1
 from __future__ import annotations
 
 import dataclasses
-import random
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,87 +20,22 @@ from typing import Any
 import numpy as np
 
 from litegate.artifacts import sha256_file
-from litegate.backends.runtime import Runner
+from litegate.backends.paired_timing import PairedProtocol, paired_blocks
 from litegate.errors import LitegateError
 from litegate.isolation import run_isolated
 from litegate.types import PairedCell
-
-
-@dataclasses.dataclass(frozen=True)
-class PairedProtocol:
-    """How the pair is timed: ``rounds`` rounds of one block per model (``warmup`` untimed + ``block`` timed runs)."""
-
-    rounds: int = 15
-    block: int = 10
-    warmup: int = 2
-    seed: int = 0
-    interleave: str = "block"  # "block": one block per model per round; "run": the models alternate per inference
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def paired_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Child entry: time ``base`` and ``new`` in alternating blocks. payload: base, new, backend, threads,
     inputs_npz, signature, protocol (PairedProtocol fields), slowdown (calibration only: the candidate busy-waits
     that fraction of each of its own inferences, a simulated regression)."""
-    p = PairedProtocol(**payload.get("protocol", {}))
     with np.load(payload["inputs_npz"]) as data:
         arrays = {k: data[k] for k in data.files}
-    n_inputs = len(next(iter(arrays.values())))
-    runners = {side: Runner(payload[side], backend=payload["backend"], threads=int(payload["threads"]),
-                            signature=payload.get("signature")) for side in ("base", "new")}
-    feeds = {side: [r.prepare(_fit({k: v[i:i + 1] for k, v in arrays.items()}, r)) for i in range(n_inputs)]
-             for side, r in runners.items()}
-    slowdown = {"base": 0.0, "new": float(payload.get("slowdown", 0.0))}
-
-    def timed(side: str, i: int) -> float:
-        t = time.perf_counter()
-        runners[side].invoke(feeds[side][i % n_inputs])
-        if slowdown[side]:
-            until = time.perf_counter() + (time.perf_counter() - t) * slowdown[side]
-            while time.perf_counter() < until:
-                pass
-        return (time.perf_counter() - t) * 1e3
-
-    blocks: dict[str, list[float]] = {"base": [], "new": []}
-    rng = random.Random(p.seed)
-    order = ["base", "new"]
-    done = 0
-    for _ in range(p.rounds):
-        samples: dict[str, list[float]] = {"base": [], "new": []}
-        if p.interleave == "run":  # the two models take turns inference by inference: drift on any time scale
-            for side in order:    # above one inference hits both
-                for i in range(p.warmup):
-                    timed(side, done + i)
-            for i in range(p.block):
-                rng.shuffle(order)
-                for side in order:
-                    samples[side].append(timed(side, done + i))
-        else:  # blocks: each model's caches stay warm within its block
-            rng.shuffle(order)
-            for side in order:
-                for i in range(p.warmup + p.block):
-                    ms = timed(side, done + i)
-                    if i >= p.warmup:
-                        samples[side].append(ms)
-        for side in order:
-            blocks[side].append(float(np.median(samples[side])))
-        done += p.warmup + p.block
-    return {"base": blocks["base"], "new": blocks["new"]}
-
-
-def _fit(sample: dict[str, np.ndarray], runner: Runner) -> dict[str, np.ndarray]:
-    """The same token rows at this model's own sequence length (zero-padded or cut on the last axis): a candidate
-    built at another ``seq_len`` is timed on the same texts, its length being part of its cost."""
-    length = int(next(iter(runner.inputs.values()))["shape"][-1])
-    out = {}
-    for k, v in sample.items():
-        if v.ndim >= 2 and v.shape[-1] != length:
-            v = v[..., :length] if v.shape[-1] > length else np.concatenate(
-                [v, np.zeros((*v.shape[:-1], length - v.shape[-1]), v.dtype)], axis=-1)
-        out[k] = v
-    return out
+    return paired_blocks(payload["base"], payload["new"], arrays, backend=payload["backend"],
+                         threads=int(payload["threads"]), signature=payload.get("signature"),
+                         protocol=PairedProtocol(**payload.get("protocol", {})),
+                         slowdown=float(payload.get("slowdown", 0.0)))
 
 
 def find_baseline_model(baseline_report: Path, recorded_path: str, sha256: str) -> Path | None:

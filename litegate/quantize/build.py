@@ -30,6 +30,7 @@ import numpy as np
 
 from litegate import sandbox
 from litegate.artifacts import atomic_write_bytes
+from litegate.backends.paired_timing import PairedProtocol, paired_blocks
 from litegate.backends.runtime import Runner
 from litegate.converter.convert import convert, convert_signatures, input_names
 from litegate.converter.sources import Loaded, load
@@ -56,6 +57,7 @@ class _Child:
     pruned: dict[str, tuple[Loaded, dict[str, Any]]] = dataclasses.field(default_factory=dict)
     layer_stats: dict[bytes, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
     serve: Any = None  # the serving function the last variant was converted from (its int8 spelling)
+    fp32: bytes | None = None  # the unpruned model's fp32 conversion, once ``auto``'s guard needs it
 
 
 Builder = Callable[[_Child, Loaded, Recipe, Mapping[str, Any], dict[str, Any]], bytes]
@@ -199,10 +201,70 @@ def _auto_variant(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, 
     if child.payload.get("debug"):
         _debug_layers(child, calibrated, v, extra)
     auto_eval = {**(child.payload.get("auto_eval") or {}), "budget": v.get("auto_budget")}
+    guard = None
+    if recipe.params.get("fp32_guard", True):
+        where = child.payload.get("auto_guard") or DEFAULT_GUARD
+        guard = _Guard(backend=str(where["backend"]), threads=tuple(int(t) for t in where["threads"]),
+                       max_ratio=float(recipe.params.get("max_fp32_latency_ratio", 1.0)),
+                       fp32=lambda: _fp32_model(child), fallback=lambda: _dynamic_range_model(model))
     # The budget is against the fp32 variant: a pruned model is scored against the unpruned one.
     data, extra["auto"] = _auto(serve, calibrated, child.samples or {}, recipe, auto_eval,
-                                reference_serve=child.base.serve if v.get("prune") else None)
+                                reference_serve=child.base.serve if v.get("prune") else None, guard=guard)
     return data
+
+
+# Where ``auto`` is checked against fp32 when its caller names no measured backend (``litegate quantize``).
+DEFAULT_GUARD: dict[str, Any] = {"backend": "xnnpack", "threads": [1]}
+# How the guard times a candidate beside fp32 (in the build child, on the first GUARD_ROWS evaluation inputs): few
+# rounds, because the candidates it has to tell apart differ by tens of percent, not by a few.
+GUARD_PROTOCOL = PairedProtocol(rounds=7, block=5, warmup=1)
+GUARD_ROWS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class _Guard:
+    """``auto`` never ships a model slower or larger than the fp32 variant on the measured CPU backend: a candidate
+    passes when its file is no larger than fp32's and its paired median time is at most ``max_ratio`` × fp32's at
+    every thread count. ``fp32`` and ``fallback`` (the dynamic-range model) are built only when needed."""
+
+    backend: str
+    threads: tuple[int, ...]
+    max_ratio: float
+    fp32: Callable[[], bytes]
+    fallback: Callable[[], bytes]
+
+
+def _fp32_model(child: _Child) -> bytes:
+    """The fp32 variant of the child's (unpruned) model, converted once per child."""
+    if child.fp32 is None:
+        child.fp32 = convert(child.base.serve, child.base.owner, recipes.load("fp32"), None)
+    return child.fp32
+
+
+def _dynamic_range_model(model: Loaded) -> bytes:
+    """``model`` (pruned or not, in its plain float spelling) with dynamic-range int8 weights."""
+    return convert(model.serve, model.owner, recipes.load("dynamic-int8"), None)
+
+
+def _against_fp32(candidate: bytes, fp32: bytes, rows: Mapping[str, np.ndarray], guard: _Guard) -> dict[str, Any]:
+    """Size and paired latency of ``candidate`` against ``fp32`` (:func:`paired_blocks`); ``ok`` when it is neither
+    larger nor slower than ``guard`` allows, else ``why``."""
+    ratios: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="litegate-guard-") as tmp:
+        base, new = Path(tmp) / "fp32.tflite", Path(tmp) / "candidate.tflite"
+        base.write_bytes(fp32)
+        new.write_bytes(candidate)
+        for threads in guard.threads:
+            blocks = paired_blocks(base, new, rows, backend=guard.backend, threads=threads, protocol=GUARD_PROTOCOL)
+            ratios[str(threads)] = round(float(np.median(np.asarray(blocks["new"]) / np.asarray(blocks["base"]))), 3)
+    out: dict[str, Any] = {"bytes": len(candidate), "fp32_bytes": len(fp32), "latency_ratio": ratios}
+    why = [f"{len(candidate) / 1e6:.2f} MB against fp32's {len(fp32) / 1e6:.2f} MB"] if len(candidate) > len(fp32) else []
+    why += [f"{r:.2f}× fp32's time on {guard.backend}×{t}" + (f" (allowed: {guard.max_ratio:g}×)" if guard.max_ratio != 1 else "")
+            for t, r in ratios.items() if r > guard.max_ratio]
+    out["ok"] = not why
+    if why:
+        out["why"] = "; ".join(why)
+    return out
 
 
 def _not_a_conversion(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any],
@@ -272,12 +334,15 @@ def int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray]
 
 
 def _auto(serve: Any, calibrated: bytes, samples: Mapping[str, np.ndarray], recipe: Recipe,
-          auto_eval: Mapping[str, Any], *, reference_serve: Any = None) -> tuple[bytes, dict[str, Any]]:
+          auto_eval: Mapping[str, Any], *, reference_serve: Any = None,
+          guard: _Guard | None = None) -> tuple[bytes, dict[str, Any]]:
     """The ``auto`` recipe: float islands for the most sensitive layers until the budget is met.
 
     Op groups are ranked against the float outputs of ``serve`` (the model being quantized); the
     target is set by ``reference_serve`` when given (the unpruned model of a ``PRUNE+auto``
-    variant, so pruning and quantization share the variant's budget), else by ``serve``.
+    variant, so pruning and quantization share the variant's budget), else by ``serve``. With a
+    ``guard``, the search's model is kept only if it is neither slower nor larger than fp32 on the
+    measured backend; else the dynamic-range model, else fp32 itself (:func:`_guarded`).
     """
     if not auto_eval.get("npz"):
         raise QuantizationError("recipe 'auto' needs evaluation data (data.eval) to score its candidates")
@@ -329,7 +394,36 @@ def _auto(serve: Any, calibrated: bytes, samples: Mapping[str, np.ndarray], reci
                  "group_impact": impact[:20], "full_int8_bytes": full["bytes"] if full else None,
                  "scored_against": "the unpruned float model" if reference_serve is not None else "the float model",
                  "bytes": len(found["model"])})
-    return found["model"], info
+    if guard is None:
+        return found["model"], info
+    return _guarded(found["model"], info, guard, score, {k: v[:GUARD_ROWS] for k, v in inputs.items()})
+
+
+def _guarded(searched: bytes, info: dict[str, Any], guard: _Guard, score: Callable[[bytes], float],
+             rows: Mapping[str, np.ndarray]) -> tuple[bytes, dict[str, Any]]:
+    """The first of the search's model, the dynamic-range model and fp32 that is neither slower nor larger than fp32
+    (fp32 always is); ``info`` (the search's record) gets ``guard`` and, when the search's model is passed over, the
+    chosen model's ``score``, ``met`` and ``bytes``."""
+    fp32 = guard.fp32()
+    check = {**_against_fp32(searched, fp32, rows, guard), "float_groups": len(info["float_groups"])}
+    record: dict[str, Any] = {"backend": guard.backend, "threads": list(guard.threads),
+                              "max_latency_ratio": guard.max_ratio, "searched": check, "chosen": "search"}
+    info["guard"] = record
+    if check["ok"]:
+        return searched, info
+    fallback = guard.fallback()
+    record["fallback"] = {**_against_fp32(fallback, fp32, rows, guard), "recipe": "dynamic-int8"}
+    chosen, label = (fallback, "dynamic-range") if record["fallback"]["ok"] else (fp32, "fp32")
+    value = float(score(chosen))
+    record["chosen"] = label
+    info.update({"score": value, "met": value >= info["target"], "bytes": len(chosen), "float_groups": [],
+                 "float_nodes": []})
+    if info["met"]:
+        info.pop("reason", None)
+    else:
+        info["reason"] = (f"the {label} model that replaced the search's ({check['why']}) scores {value:.4g}, "
+                          f"under the target {info['target']:.4g}")
+    return chosen, info
 
 
 def _pruned(child: _Child, prune: Recipe) -> tuple[Loaded, dict[str, Any]]:

@@ -28,6 +28,8 @@ _ALLOWED_PARAMS = {
     "mask_penalty": float,
     "integer_pooling": bool,
     "litert_quantizer": dict,
+    "fp32_guard": bool,
+    "max_fp32_latency_ratio": float,
 }
 # The params that respell litegate's BERT for integer quantization (litegate.quantize.build.int8_spelling): calibrated
 # recipes of one model with equal values share one calibration.
@@ -77,7 +79,7 @@ def validate(data: Mapping[str, Any], where: str) -> Recipe:
             value = params[key] = float(value)
         if not isinstance(value, _ALLOWED_PARAMS[key]):
             raise ConfigError(f"{where}: recipe parameter {key!r} must be a {_ALLOWED_PARAMS[key].__name__}")
-        if key in ("smooth_residual", "mask_penalty") and not (isinstance(value, float) and value > 0):
+        if key in ("smooth_residual", "mask_penalty", "max_fp32_latency_ratio") and not (isinstance(value, float) and value > 0):
             raise ConfigError(f"{where}: recipe parameter {key!r} must be > 0")
         if key == "litert_quantizer":
             _check_litert_quantizer(value, where)

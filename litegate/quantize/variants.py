@@ -30,7 +30,8 @@ class BuildPlan:
 
     ``prune_data``: recovery inputs of pruned variants ({npz, labels, sha256}); ``auto_eval``: what ``auto``
     variants score their candidates on ({npz, labels, name, sha256}); ``auto_budgets``: each ``auto`` variant's
-    accuracy budget (points) against the reference.
+    accuracy budget (points) against the reference; ``auto_guard``: the measured CPU backend and thread counts on
+    which an ``auto`` variant may be neither slower nor larger than fp32 ({backend, threads}).
     """
 
     source: ModelSource
@@ -45,6 +46,7 @@ class BuildPlan:
     prune_data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     auto_eval: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     auto_budgets: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    auto_guard: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     debug: bool = False
 
 
@@ -56,7 +58,8 @@ def convert_step_config(plan: BuildPlan, v: VariantConfig) -> dict[str, Any]:
         "calibration": plan.calibration_hash if v.recipe.needs_calibration else None,
         "debug": plan.debug and v.recipe.kind in (RecipeKind.FULL_INTEGER, RecipeKind.AUTO)}
     if v.recipe.kind is RecipeKind.AUTO:
-        step_cfg["auto_eval"] = {"data": plan.auto_eval.get("sha256"), "budget": plan.auto_budgets[v.name]}
+        step_cfg["auto_eval"] = {"data": plan.auto_eval.get("sha256"), "budget": plan.auto_budgets[v.name],
+                                 "guard": dict(plan.auto_guard)}
     if v.prune is not None:
         step_cfg["prune"] = v.prune.to_dict()
         step_cfg["prune_data"] = plan.prune_data.get("sha256")
@@ -106,6 +109,7 @@ def build_variants(plan: BuildPlan, versions: dict[str, str], work: Path, say: C
             "check_determinism": bool(plan.source.options.get("check_determinism")),
             "debug_dir": str(plan.debug_dir),
             "auto_eval": dict(plan.auto_eval),
+            "auto_guard": dict(plan.auto_guard),
         }
         t0 = time.monotonic()
         writable = [work]
