@@ -188,15 +188,17 @@ def _quant_details(rep: Report) -> list[str]:
                             if tfl else ""))
         a = q.get("auto")
         if a:
-            groups = a.get("float_groups", [])
+            islands = a.get("islands", "float")
+            groups = a.get(f"{islands}_groups", [])
             verdict = "met" if a.get("met") else f"NOT met: {a.get('reason', '')}"
             cost = ""
             if a.get("full_int8_bytes") and a.get("bytes"):
                 cost = f"; {a['bytes'] / 1e6:.2f} MB vs {a['full_int8_bytes'] / 1e6:.2f} MB full int8"
             guard = a.get("guard") or {}
             shipped = {"dynamic-range": "the dynamic-range int8 model, ", "fp32": "fp32, "}.get(guard.get("chosen", ""), "")
-            kept = (f"{len(groups)} of {a.get('ranked_groups')} op groups ({len(a.get('float_nodes', []))} of "
-                    f"{a.get('total_nodes')} ops) kept in float") if not shipped else (
+            precision = "float" if islands == "float" else "16-bit activations (the rest int8)"
+            kept = (f"{len(groups)} of {a.get('ranked_groups')} op groups ({len(a.get(f'{islands}_nodes', []))} of "
+                    f"{a.get('total_nodes')} ops) kept in {precision}") if not shipped else (
                     f"the search ended at {guard.get('searched', {}).get('float_groups')} of {a.get('ranked_groups')} "
                     "op groups in float")
             lines.append(f"- `{v.name}` (auto): {shipped}{a.get('metric')} {a.get('score', float('nan')):.4g} vs target "

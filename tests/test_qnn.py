@@ -171,7 +171,7 @@ def test_a_qnn_target_switches_the_delegate_friendly_graph_on_by_default(tmp_pat
 @needs_compiler
 @pytest.mark.slow
 def test_release_report_shows_the_qnn_column_beside_the_legacy_hexagon_nn_rules(tmp_path):
-    cfg = write_config(tmp_path, model=DEMO / "model", seq_len=64, variants=("fp32", "int8"),
+    cfg = write_config(tmp_path, model=DEMO / "model", seq_len=64, variants=("fp32", "int8", "auto-npu"),
                        extra='[check]\ndelegates = ["gpu", "hexagon", "qnn:SM8650"]\nemulate_samples = 12\n')
     r = run_cli("run", str(cfg))
     assert r.returncode in (0, 1), r.stderr
@@ -180,14 +180,21 @@ def test_release_report_shows_the_qnn_column_beside_the_legacy_hexagon_nn_rules(
     # The ship-per-target table: the NPU gets the smallest variant that it takes whole and that meets its budgets.
     assert "| target | ship | why |" in md
     # int8 compiles whole but crashes QNN's HTP emulator (see test_demo_int8_crashes_the_htp_emulator...), so the NPU
-    # gets the smallest variant that both compiles whole and runs there: fp32 (compiled to an fp16 HTP context).
-    assert "| qnn:SM8650 | **fp32** |" in md and "passed over: int8: the HTP emulator crashed: SIGSEGV" in md
+    # gets the smallest variant that both compiles whole and runs there: auto-npu, fully integer (litert-quantizer's
+    # int8/int16 graph, without the residual-smoothing spelling the emulator crashes on), before fp32.
+    assert "| qnn:SM8650 | **auto-npu** |" in md and "passed over: int8: the HTP emulator crashed: SIGSEGV" in md
     assert "| fp32 | qnn:SM8650 (emulated HTP) |" in md and "numerics only, no latency" in md
+    assert "| auto-npu | qnn:SM8650 (emulated HTP) |" in md
     assert "| hexagon_nn (legacy) | — | no variant that meets its budgets runs whole here" in md
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     int8 = next(v for v in rep["variants"] if v["name"] == "int8")
     q = next(c for c in int8["compat"] if c["delegate"] == "qnn:SM8650")
     assert q["status"] == "ok" and q["delegated_fraction"] == 1.0 and q["extra"]["compiled_bytes"] > 0
+    npu = next(v for v in rep["variants"] if v["name"] == "auto-npu")
+    q = next(c for c in npu["compat"] if c["delegate"] == "qnn:SM8650")
+    assert q["status"] == "ok" and q["delegated_fraction"] == 1.0
+    assert npu["quant"]["auto"]["islands"] == "int16" and npu["quant"]["auto"]["met"]
+    assert npu["size"]["bytes"] < int8["size"]["bytes"] * 1.1
     html = (tmp_path / "out" / "report.html").read_text()
     assert "hexagon_nn (legacy)" in html and "qnn:SM8650" in html
     assert "Accuracy on other backends" in html and "qnn:SM8650 (emulated HTP)" in html

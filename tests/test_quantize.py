@@ -163,6 +163,83 @@ def test_auto_never_ships_a_model_slower_or_larger_than_fp32(tmp_path):
 
 
 @pytest.mark.slow
+def test_int16_islands_keep_every_op_integer_and_buy_back_fidelity(tmp_path, tiny_checkpoint):
+    """auto-npu's candidates on a real tiny BERT: litert-quantizer's mixes of 8- and 16-bit activations from one
+    calibration. No candidate has a float op between its input and output QUANTIZE/DEQUANTIZE; the islands' ops carry
+    int16 outputs; 16-bit everywhere is closer to float than full int8; and the search adds 16-bit groups until a
+    target between the two is met."""
+    from litegate.backends.runtime import Runner
+    from litegate.converter.convert import convert
+    from litegate.converter.sources import load
+    from litegate.quantize import ptq
+    from litegate.quantize.calibration import model_samples
+    from litegate.tasks import TextEncoder, cosine, read_texts
+    from litegate.tflite.verify import load_model
+    from litegate.types import ModelSource
+
+    loaded = load(ModelSource(kind="hf-bert", path=str(tiny_checkpoint), task="sentence-embedding", seq_len=16,
+                              options={"head": "mean"}))
+    enc = TextEncoder(tiny_checkpoint / "tokenizer.json", 16)
+    samples = model_samples(loaded.serve, enc.encode(read_texts(DEMO / "calibration.txt", limit=40)))
+    float_model = convert(loaded.serve, loaded.owner, recipes.load("fp32"), None)
+    calibration = ptq.mixed_calibrate(float_model, samples)
+    groups = ptq.op_groups(float_model)
+    every = [n for nodes in groups.values() for n in nodes]
+    feed = {k: v[:24] for k, v in model_samples(loaded.serve, enc.encode(read_texts(DEMO / "eval.tsv", limit=24))).items()}
+
+    def run(model: bytes) -> np.ndarray:
+        path = tmp_path / "cand.tflite"
+        path.write_bytes(model)
+        return next(iter(Runner(str(path), threads=1).run_batch(feed).values()))
+
+    def load_model_bytes(model: bytes):
+        path = tmp_path / "t.tflite"
+        path.write_bytes(model)
+        return load_model(path)
+
+    def types(model: bytes) -> dict[str, set[str]]:
+        """Output types per op type, past the int32 mask's CAST to float (which a QUANTIZE follows); a DEQUANTIZE only
+        where a graph output leaves the integer graph."""
+        ops = load_model_bytes(model).ops
+        assert sum(op.op == "DEQUANTIZE" for op in ops) <= len(ref.shape) - 1
+        out: dict[str, set[str]] = {}
+        for op in ops:
+            if not (op.op == "CAST" and op.inputs[0].type == "INT32"):
+                out.setdefault(op.op, set()).add(op.outputs[0].type)
+        return out
+
+    ref = run(float_model)
+    full8, all16 = ptq.mixed_quantize(float_model, calibration, []), ptq.mixed_quantize(float_model, calibration, every)
+    compute = {op: t for op, t in types(full8).items() if op not in ("QUANTIZE", "DEQUANTIZE")}
+    assert compute and all(t == {"INT8"} for t in compute.values()), compute
+    assert all(t == {"INT16"} for op, t in types(all16).items() if op not in ("QUANTIZE", "DEQUANTIZE"))
+    cos8, cos16 = float(np.mean(cosine(run(full8), ref))), float(np.mean(cosine(run(all16), ref)))
+    assert cos16 > cos8 and cos16 > 0.99, (cos8, cos16)
+
+    ffn_out = next(k for k in groups if k.startswith("FULLY_CONNECTED") and "ffn_out" in k)
+    mixed = ptq.mixed_quantize(float_model, calibration, groups[ffn_out])
+    fcs = [op for op in load_model_bytes(mixed).ops if op.op == "FULLY_CONNECTED"]
+    assert {op.outputs[0].name.split(";")[0] for op in fcs if op.outputs[0].type == "INT16"} == {
+        n.split(";")[0] for n in groups[ffn_out]}
+    assert {op.outputs[0].type for op in fcs} == {"INT8", "INT16"}
+    assert run(mixed).shape == ref.shape
+
+    def score(model: bytes) -> float:
+        return float(np.mean(cosine(run(model), ref)))
+
+    def quantize(nodes):
+        return ptq.mixed_quantize(float_model, calibration, nodes)
+
+    impact = ptq.group_impact(quantize, groups, lambda m: run(m), ref)
+    ranked = [(r["group"], groups[r["group"]]) for r in impact]
+    target = cos8 + 0.5 * (cos16 - cos8)
+    found = ptq.auto_search(quantize, ranked, score, target=target, islands="int16")
+    assert found["met"] and found["score"] >= target and found["int16_groups"], found["trials"]
+    assert found["trials"][0]["int16_groups"] == 0 and found["trials"][0]["score"] < target
+    assert all(t <= {"INT8", "INT16"} for op, t in types(found["model"]).items() if op not in ("QUANTIZE", "DEQUANTIZE"))
+
+
+@pytest.mark.slow
 def test_auto_search_adds_float_islands_until_target(tmp_path, tiny_checkpoint):
     """Op groups, their impact ranking and the search, on a calibrated tiny model with scripted scorers."""
     from litegate.converter.sources import load
@@ -193,7 +270,10 @@ def test_auto_search_adds_float_islands_until_target(tmp_path, tiny_checkpoint):
         path.write_bytes(model)
         return next(iter(Runner(str(path), threads=1).run_batch(feed).values()))
 
-    impact = ptq.group_impact(calibrated, groups, outputs, ref)
+    def denylisted(nodes):
+        return ptq.quantize_calibrated(calibrated, denylisted_nodes=nodes)
+
+    impact = ptq.group_impact(denylisted, groups, outputs, ref)
     assert [r["group"] for r in impact] != list(groups)  # sorted by impact, not graph order
     assert impact[0]["impact"] > 0 and impact[0]["impact"] >= impact[-1]["impact"] >= 0
     assert ptq.nmse(ref, ref) == 0.0
@@ -204,7 +284,7 @@ def test_auto_search_adds_float_islands_until_target(tmp_path, tiny_checkpoint):
         sizes.append(len(model))
         return float(len(sizes) >= 3)  # full int8 and top-1 fail, top-2 passes
 
-    found = ptq.auto_search(calibrated, ranked, score, target=1.0)
+    found = ptq.auto_search(denylisted, ranked, score, target=1.0)
     assert found["met"] and found["float_groups"] == [g for g, _ in ranked[:2]]
     assert found["float_nodes"] == [n for _, nodes in ranked[:2] for n in nodes]
     assert [t["float_groups"] for t in found["trials"]] == [0, 1, 2]
@@ -216,7 +296,7 @@ def test_auto_search_adds_float_islands_until_target(tmp_path, tiny_checkpoint):
     candidates = {c: ptq.quantize_calibrated(calibrated, denylisted_nodes=[n for _, nodes in ranked[:c] for n in nodes])
                   for c in range(0, 5)}
     wanted = {candidates[3], candidates[4]}
-    found = ptq.auto_search(calibrated, ranked, score3, target=1.0)
+    found = ptq.auto_search(denylisted, ranked, score3, target=1.0)
     assert [t["float_groups"] for t in found["trials"]] == [0, 1, 2, 4, 3]
     assert found["met"] and len(found["float_groups"]) == 3
     with pytest.raises(QuantizationError):

@@ -22,7 +22,7 @@ import hashlib
 import json
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,19 +197,32 @@ def _converted(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any
 def _auto_variant(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any], extra: dict[str, Any]) -> bytes:
     """The ``auto`` recipe: the calibrated model with the most harmful op groups kept in float (:func:`_auto`)."""
     serve = _prepared(child, model, recipe, extra)
-    calibrated = _calibrated(child, model, serve, recipes.spelling(recipe))
-    if child.payload.get("debug"):
-        _debug_layers(child, calibrated, v, extra)
+    islands = str(recipe.params.get("islands", "float"))
+    if islands == "int16":  # integer islands (an NPU target): litert-quantizer mixes 8- and 16-bit activations
+        float_model = convert(serve, model.owner, recipes.load("fp32"), None)
+        calibration = ptq.mixed_calibrate(float_model, child.samples or {})
+        groups = ptq.op_groups(float_model)
+
+        def quantize(nodes: Sequence[str]) -> bytes:
+            return ptq.mixed_quantize(float_model, calibration, nodes)
+    else:
+        calibrated = _calibrated(child, model, serve, recipes.spelling(recipe))
+        if child.payload.get("debug"):
+            _debug_layers(child, calibrated, v, extra)
+        groups = ptq.op_groups(calibrated)
+
+        def quantize(nodes: Sequence[str]) -> bytes:
+            return ptq.quantize_calibrated(calibrated, denylisted_nodes=nodes)
     auto_eval = {**(child.payload.get("auto_eval") or {}), "budget": v.get("auto_budget")}
     guard = None
-    if recipe.params.get("fp32_guard", True):
+    if islands == "float" and recipe.params.get("fp32_guard", True):  # int16 islands: the CPU's time is no guide
         where = child.payload.get("auto_guard") or DEFAULT_GUARD
         guard = _Guard(backend=str(where["backend"]), threads=tuple(int(t) for t in where["threads"]),
                        max_ratio=float(recipe.params.get("max_fp32_latency_ratio", 1.0)),
                        fp32=lambda: _fp32_model(child), fallback=lambda: _dynamic_range_model(model))
     # The budget is against the fp32 variant: a pruned model is scored against the unpruned one.
-    data, extra["auto"] = _auto(serve, calibrated, child.samples or {}, recipe, auto_eval,
-                                reference_serve=child.base.serve if v.get("prune") else None, guard=guard)
+    data, extra["auto"] = _auto(serve, quantize, groups, recipe, auto_eval,
+                                reference_serve=child.base.serve if v.get("prune") else None, guard=guard, islands=islands)
     return data
 
 
@@ -333,10 +346,11 @@ def int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray]
     return serve, info
 
 
-def _auto(serve: Any, calibrated: bytes, samples: Mapping[str, np.ndarray], recipe: Recipe,
-          auto_eval: Mapping[str, Any], *, reference_serve: Any = None,
-          guard: _Guard | None = None) -> tuple[bytes, dict[str, Any]]:
-    """The ``auto`` recipe: float islands for the most sensitive layers until the budget is met.
+def _auto(serve: Any, quantize: Callable[[Sequence[str]], bytes], groups: Mapping[str, Sequence[str]], recipe: Recipe,
+          auto_eval: Mapping[str, Any], *, reference_serve: Any = None, guard: _Guard | None = None,
+          islands: str = "float") -> tuple[bytes, dict[str, Any]]:
+    """The ``auto`` recipe: islands (float, or int16 activations) for the most sensitive op ``groups`` until the budget
+    is met; ``quantize(nodes)`` is the model with ``nodes`` at the islands' precision and every other op in int8.
 
     Op groups are ranked against the float outputs of ``serve`` (the model being quantized); the
     target is set by ``reference_serve`` when given (the unpruned model of a ``PRUNE+auto``
@@ -358,7 +372,7 @@ def _auto(serve: Any, calibrated: bytes, samples: Mapping[str, np.ndarray], reci
     ref = float_outputs(serve)
     target_ref = ref if reference_serve is None else float_outputs(reference_serve)
     labels = auto_eval.get("labels")
-    budget = float(recipe.params.get("budget", auto_eval.get("budget") or 1.0))
+    budget = float(recipe.params.get("budget", 1.0 if auto_eval.get("budget") is None else auto_eval["budget"]))
     if labels is not None:
         labels_arr = np.asarray(labels)
         metric, ref_score = "accuracy", classification_metrics(target_ref, labels_arr)["accuracy"]
@@ -381,13 +395,13 @@ def _auto(serve: Any, calibrated: bytes, samples: Mapping[str, np.ndarray], reci
     # Rank op groups by what quantizing each alone does to the outputs, on a subset of the data.
     k = min(n, int(recipe.params.get("rank_samples", 64)))
     subset = {name: arr[:k] for name, arr in inputs.items()}
-    groups = ptq.op_groups(calibrated)
-    impact = ptq.group_impact(calibrated, groups, lambda m: outputs(m, subset), ref[:k])
+    impact = ptq.group_impact(quantize, groups, lambda m: outputs(m, subset), ref[:k])
     ranked = [(r["group"], groups[r["group"]]) for r in impact]
-    found = ptq.auto_search(calibrated, ranked, score, target=target, max_steps=int(recipe.params.get("max_steps", 8)))
+    found = ptq.auto_search(quantize, ranked, score, target=target, max_steps=int(recipe.params.get("max_steps", 8)),
+                            islands=islands)
     info = {k: v for k, v in found.items() if k != "model"}
-    full = next((t for t in found["trials"] if t["float_groups"] == 0 and "bytes" in t), None)
-    info.update({"metric": metric, "float_reference": ref_score, "target": target, "budget": budget,
+    full = next((t for t in found["trials"] if t[f"{islands}_groups"] == 0 and "bytes" in t), None)
+    info.update({"islands": islands, "metric": metric, "float_reference": ref_score, "target": target, "budget": budget,
                  "selected_on": auto_eval.get("name", "evaluation data"), "held_out": bool(auto_eval.get("held_out")),
                  "ranked_groups": len(ranked),
                  "total_nodes": sum(len(v) for v in groups.values()), "ranked_on_samples": k,

@@ -144,21 +144,22 @@ def nmse(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.sum((np.asarray(out, np.float64) - ref) ** 2) / max(float(np.sum(ref**2)), 1e-30))
 
 
-def group_impact(calibrated: bytes, groups: Mapping[str, Sequence[str]], outputs: Callable[[bytes], np.ndarray],
-                 reference: np.ndarray) -> list[dict[str, Any]]:
-    """How much quantizing each group alone (everything else float) moves the model output.
+def group_impact(quantize: Callable[[Sequence[str]], bytes], groups: Mapping[str, Sequence[str]],
+                 outputs: Callable[[bytes], np.ndarray], reference: np.ndarray) -> list[dict[str, Any]]:
+    """How much quantizing each group alone to 8 bits (everything else at the high precision) moves the model output.
 
-    One quantization and one run per group; ``impact`` is :func:`nmse` of the outputs to the float
-    ``reference``. Interactions are ignored, which is what keeps this linear in the number of
-    groups; the search that uses the ranking measures every candidate end to end. Most harmful
-    first; a group that cannot be quantized alone ranks first, with ``impact`` None and its reason.
+    ``quantize(nodes)`` is the model with ``nodes`` kept at the high precision (float, or 16-bit activations) and
+    every other op in int8. One quantization and one run per group; ``impact`` is :func:`nmse` of the outputs to the
+    float ``reference``. Interactions are ignored, which is what keeps this linear in the number of groups; the search
+    that uses the ranking measures every candidate end to end. Most harmful first; a group that cannot be quantized
+    alone ranks first, with ``impact`` None and its reason.
     """
     every = [n for nodes in groups.values() for n in nodes]
     rows: list[dict[str, Any]] = []
     for i, (key, nodes) in enumerate(groups.items()):
         own = set(nodes)
         try:
-            model = quantize_calibrated(calibrated, denylisted_nodes=[n for n in every if n not in own])
+            model = quantize([n for n in every if n not in own])
             rows.append({"group": key, "ops": len(nodes), "impact": nmse(outputs(model), reference), "order": i})
         except QuantizationError as exc:
             rows.append({"group": key, "ops": len(nodes), "impact": None, "order": i, "error": exc.message})
@@ -166,16 +167,20 @@ def group_impact(calibrated: bytes, groups: Mapping[str, Sequence[str]], outputs
     return rows
 
 
-def auto_search(calibrated: bytes, ranked: Sequence[tuple[str, Sequence[str]]], score: Callable[[bytes], float], *,
-                target: float, max_steps: int = 8, refine_steps: int = 5) -> dict[str, Any]:
-    """Keep the most harmful op groups in float until ``score(model) >= target``.
+def auto_search(quantize: Callable[[Sequence[str]], bytes], ranked: Sequence[tuple[str, Sequence[str]]],
+                score: Callable[[bytes], float], *, target: float, max_steps: int = 8, refine_steps: int = 5,
+                islands: str = "float") -> dict[str, Any]:
+    """Keep the most harmful op groups at the high precision (``islands``: float, or int16 activations) until
+    ``score(model) >= target``; ``quantize(nodes)`` is the model with ``nodes`` at that precision, the rest int8.
 
     ``ranked`` holds ``(group, nodes)`` pairs, most harmful first (see :func:`group_impact`). Tries
-    full int8, then the top 1, 2, 4, 8 ... groups in float (doubling keeps the number of trials
+    full int8, then the top 1, 2, 4, 8 ... groups as islands (doubling keeps the number of trials
     logarithmic), then every group; once a prefix meets the target, bisects between it and the last
-    prefix that failed for the fewest float groups that still meet it. Returns that model, or the
-    best one seen with ``met = False`` and the reason.
+    prefix that failed for the fewest islands that still meet it. Returns that model, or the
+    best one seen with ``met = False`` and the reason; the islands are listed as ``<islands>_groups`` and
+    ``<islands>_nodes``.
     """
+    groups_key, nodes_key = f"{islands}_groups", f"{islands}_nodes"
     trials: list[dict[str, Any]] = []
     seen: dict[int, tuple[float, bytes] | None] = {}
 
@@ -185,13 +190,13 @@ def auto_search(calibrated: bytes, ranked: Sequence[tuple[str, Sequence[str]]], 
             return None if hit is None else hit[0]
         nodes = [n for _, group in ranked[:c] for n in group]
         try:
-            model = quantize_calibrated(calibrated, denylisted_nodes=nodes)
+            model = quantize(nodes)
         except QuantizationError as exc:
-            trials.append({"float_groups": c, "float_nodes": len(nodes), "error": exc.message})
+            trials.append({groups_key: c, nodes_key: len(nodes), "error": exc.message})
             seen[c] = None
             return None
         s = float(score(model))
-        trials.append({"float_groups": c, "float_nodes": len(nodes), "score": s, "bytes": len(model)})
+        trials.append({groups_key: c, nodes_key: len(nodes), "score": s, "bytes": len(model)})
         seen[c] = (s, model)
         return s
 
@@ -221,17 +226,17 @@ def auto_search(calibrated: bytes, ranked: Sequence[tuple[str, Sequence[str]]], 
                 failed = mid
         hit = seen[met]
         assert hit is not None
-        return {"model": hit[1], "float_groups": [g for g, _ in ranked[:met]],
-                "float_nodes": [n for _, group in ranked[:met] for n in group], "score": hit[0], "met": True,
+        return {"model": hit[1], groups_key: [g for g, _ in ranked[:met]],
+                nodes_key: [n for _, group in ranked[:met] for n in group], "score": hit[0], "met": True,
                 "trials": trials}
     scored = [(v[0], c) for c, v in seen.items() if v is not None]
     if not scored:
         raise QuantizationError("auto: no candidate could be quantized")
     best_score, best_c = max(scored)
-    return {"model": seen[best_c][1], "float_groups": [g for g, _ in ranked[:best_c]],  # type: ignore[index]
-            "float_nodes": [n for _, group in ranked[:best_c] for n in group], "score": best_score, "met": False,
+    return {"model": seen[best_c][1], groups_key: [g for g, _ in ranked[:best_c]],  # type: ignore[index]
+            nodes_key: [n for _, group in ranked[:best_c] for n in group], "score": best_score, "met": False,
             "trials": trials,
-            "reason": f"no candidate reached the target {target:g} (best {best_score:.4g} with {best_c} float groups)"}
+            "reason": f"no candidate reached the target {target:g} (best {best_score:.4g} with {best_c} {islands} groups)"}
 
 
 # Google's litert-quantizer (module ``litert_quantizer``) rewrites a float .tflite's weights where TFLiteConverter
@@ -273,8 +278,7 @@ def litert_quantize(model: bytes, spec: Mapping[str, Any], recipe_name: str) -> 
         q = quantizer.Quantizer(bytearray(model), manager.get_quantization_recipe())
         out = q.quantize(None, enable_progress_report=False)
     except Exception as exc:  # litert-quantizer raises ValueError, RuntimeError and its own types
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        raise QuantizationError(f"recipe {recipe_name!r}: litert-quantizer failed: {first[:300]}") from None
+        raise QuantizationError(f"recipe {recipe_name!r}: litert-quantizer failed: {_first_line(exc)}") from None
     data = bytes(out.quantized_model)
     try:
         version = importlib.metadata.version("litert-quantizer")
@@ -285,6 +289,57 @@ def litert_quantize(model: bytes, spec: Mapping[str, Any], recipe_name: str) -> 
     if uneven:
         info["channelwise_fallback"] = {"ops": len(uneven), "why": f"input dimension not a multiple of {block}"}
     return data, info
+
+
+def _litert_quantizer() -> Any:
+    """litert-quantizer's modules ``(qtyping, quantizer, recipe_manager)``, or a QuantizationError naming the extra."""
+    try:
+        from litert_quantizer import qtyping, quantizer, recipe_manager
+    except ImportError:
+        raise QuantizationError(f"16-bit islands need litert-quantizer, which is not installed ({LITERT_QUANTIZER_EXTRA})"
+                                ) from None
+    return qtyping, quantizer, recipe_manager
+
+
+def _mixed_recipe(high_nodes: Sequence[str]) -> Any:
+    """litert-quantizer's recipe: int8 weights everywhere, int8 activations except on the ops whose first output is in
+    ``high_nodes`` (int16 activations, symmetric, as LiteRT's 16x8 kernels take them)."""
+    qtyping, _, recipe_manager = _litert_quantizer()
+    manager = recipe_manager.RecipeManager()
+    every = qtyping.TFLOperationName.ALL_SUPPORTED
+    manager.add_static_config(regex=".*", operation_name=every, activation_num_bits=8, weight_num_bits=8)
+    if high_nodes:  # an op's scope is its output tensor names, each followed by ";" (the latest matching config wins)
+        regex = "^(?:" + "|".join(re.escape(n) + ";" for n in high_nodes) + ")"
+        manager.add_static_config(regex=regex, operation_name=every, activation_num_bits=16, weight_num_bits=8)
+    return manager.get_quantization_recipe()
+
+
+def mixed_calibrate(float_model: bytes, samples: Mapping[str, np.ndarray], signature: str = "serving_default") -> Any:
+    """litert-quantizer's calibration of ``float_model`` (min/max of every tensor) on ``samples``' rows, once: every
+    mix of 8- and 16-bit activations (:func:`mixed_quantize`) reuses it."""
+    _, quantizer, _ = _litert_quantizer()
+    n = len(next(iter(samples.values())))
+    rows = [{k: v[i : i + 1] for k, v in samples.items()} for i in range(n)]
+    try:
+        q = quantizer.Quantizer(bytearray(float_model), _mixed_recipe(()))
+        return q.calibrate({signature: rows}, num_threads=2)
+    except Exception as exc:  # litert-quantizer raises ValueError, RuntimeError and its own types
+        raise QuantizationError(f"litert-quantizer calibration failed: {_first_line(exc)}") from None
+
+
+def mixed_quantize(float_model: bytes, calibration: Any, high_nodes: Sequence[str]) -> bytes:
+    """``float_model`` fully integer: int8 weights, int16 activations on the ops named by their first output in
+    ``high_nodes``, int8 activations elsewhere; litert-quantizer inserts the requantizing QUANTIZE ops between them."""
+    _, quantizer, _ = _litert_quantizer()
+    try:
+        q = quantizer.Quantizer(bytearray(float_model), _mixed_recipe(high_nodes))
+        return bytes(q.quantize(calibration, enable_progress_report=False).quantized_model)
+    except Exception as exc:  # litert-quantizer raises ValueError, RuntimeError and its own types
+        raise QuantizationError(f"litert-quantizer failed: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)[:300]
 
 
 def _uneven_blocks(model: bytes, ops: Sequence[str], block: int) -> list[tuple[str, str]]:

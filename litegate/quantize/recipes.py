@@ -30,6 +30,7 @@ _ALLOWED_PARAMS = {
     "litert_quantizer": dict,
     "fp32_guard": bool,
     "max_fp32_latency_ratio": float,
+    "islands": str,
 }
 # The params that respell litegate's BERT for integer quantization (litegate.quantize.build.int8_spelling): calibrated
 # recipes of one model with equal values share one calibration.
@@ -55,6 +56,7 @@ _ENUMS: dict[str, tuple[str, ...]] = {
                       "SELECT_TF_OPS"),
     "inference_input_type": ("float32", "int8", "uint8", "int16"),
     "inference_output_type": ("float32", "int8", "uint8", "int16"),
+    "islands": ("float", "int16"),
 }
 
 
