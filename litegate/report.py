@@ -211,7 +211,9 @@ def _quant_details(rep: Report) -> list[str]:
                 lines.append("  - " + _guard_line(guard))
             ranked = a.get("group_impact", [])
             if ranked:
-                lines.append("  - groups ranked by the output error of quantizing each alone (NMSE to float on "
+                how = ("with each alone at 16 bits (the rest int8), least first" if islands == "int16"
+                       else "of quantizing each alone")
+                lines.append(f"  - groups ranked by the output error {how} (NMSE to float on "
                              f"{a.get('ranked_on_samples')} inputs): "
                              + ", ".join(f"`{r['group']}` " + ("cannot be quantized" if r.get("impact") is None else f"{r['impact']:.2g}")
                                          for r in ranked[:6]))

@@ -395,7 +395,7 @@ def _auto(serve: Any, quantize: Callable[[Sequence[str]], bytes], groups: Mappin
     # Rank op groups by what quantizing each alone does to the outputs, on a subset of the data.
     k = min(n, int(recipe.params.get("rank_samples", 64)))
     subset = {name: arr[:k] for name, arr in inputs.items()}
-    impact = ptq.group_impact(quantize, groups, lambda m: outputs(m, subset), ref[:k])
+    impact = ptq.group_impact(quantize, groups, lambda m: outputs(m, subset), ref[:k], raise_alone=islands == "int16")
     ranked = [(r["group"], groups[r["group"]]) for r in impact]
     found = ptq.auto_search(quantize, ranked, score, target=target, max_steps=int(recipe.params.get("max_steps", 8)),
                             islands=islands)

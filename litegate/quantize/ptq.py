@@ -145,25 +145,34 @@ def nmse(out: np.ndarray, ref: np.ndarray) -> float:
 
 
 def group_impact(quantize: Callable[[Sequence[str]], bytes], groups: Mapping[str, Sequence[str]],
-                 outputs: Callable[[bytes], np.ndarray], reference: np.ndarray) -> list[dict[str, Any]]:
-    """How much quantizing each group alone to 8 bits (everything else at the high precision) moves the model output.
+                 outputs: Callable[[bytes], np.ndarray], reference: np.ndarray, *,
+                 raise_alone: bool = False) -> list[dict[str, Any]]:
+    """The op groups ranked for the search, most deserving of the high precision first.
 
     ``quantize(nodes)`` is the model with ``nodes`` kept at the high precision (float, or 16-bit activations) and
-    every other op in int8. One quantization and one run per group; ``impact`` is :func:`nmse` of the outputs to the
-    float ``reference``. Interactions are ignored, which is what keeps this linear in the number of groups; the search
-    that uses the ranking measures every candidate end to end. Most harmful first; a group that cannot be quantized
-    alone ranks first, with ``impact`` None and its reason.
+    every other op in int8. By default each group alone is quantized to int8 (everything else high) and the groups
+    that move the outputs most rank first. With ``raise_alone`` each group alone is kept high (everything else int8)
+    and the groups whose rise leaves the least error rank first: for 16-bit islands, whose mostly-16-bit candidates
+    run on the CPU's slow reference int16 kernels. One quantization and one run per group; ``impact`` is :func:`nmse`
+    of the outputs to the float ``reference``. Interactions are ignored, which is what keeps this linear in the number
+    of groups; the search that uses the ranking measures every candidate end to end. A group whose model cannot be
+    built has ``impact`` None and its reason, and ranks first (last with ``raise_alone``).
     """
     every = [n for nodes in groups.values() for n in nodes]
     rows: list[dict[str, Any]] = []
     for i, (key, nodes) in enumerate(groups.items()):
         own = set(nodes)
         try:
-            model = quantize([n for n in every if n not in own])
+            model = quantize(list(nodes) if raise_alone else [n for n in every if n not in own])
             rows.append({"group": key, "ops": len(nodes), "impact": nmse(outputs(model), reference), "order": i})
         except QuantizationError as exc:
             rows.append({"group": key, "ops": len(nodes), "impact": None, "order": i, "error": exc.message})
-    rows.sort(key=lambda r: (-(math.inf if r["impact"] is None else float(r["impact"])), int(r["order"])))
+    def rank(r: Mapping[str, Any]) -> tuple[float, int]:
+        if r["impact"] is None:  # unbuilt: first when ranking harm, last when ranking a rise
+            return (math.inf if raise_alone else -math.inf, int(r["order"]))
+        return (float(r["impact"]) if raise_alone else -float(r["impact"]), int(r["order"]))
+
+    rows.sort(key=rank)
     return rows
 
 
@@ -231,7 +240,8 @@ def auto_search(quantize: Callable[[Sequence[str]], bytes], ranked: Sequence[tup
                 "trials": trials}
     scored = [(v[0], c) for c, v in seen.items() if v is not None]
     if not scored:
-        raise QuantizationError("auto: no candidate could be quantized")
+        errors = [str(t["error"]) for t in trials if "error" in t]
+        raise QuantizationError("auto: no candidate could be quantized" + (f" ({errors[-1]})" if errors else ""))
     best_score, best_c = max(scored)
     return {"model": seen[best_c][1], groups_key: [g for g, _ in ranked[:best_c]],  # type: ignore[index]
             nodes_key: [n for _, group in ranked[:best_c] for n in group], "score": best_score, "met": False,
