@@ -235,7 +235,7 @@ class Embeddings(tf_keras.layers.Layer):
 
     def call(self, ids: tf.Tensor) -> tf.Tensor:
         seq = tf.shape(ids)[1]
-        x = gather_rows(self.word, ids) if self.gpu_friendly else tf.gather(self.word, ids)
+        x = gather_rows(self.word, ids) if self.gpu_friendly and not _PLAIN_GATHER else tf.gather(self.word, ids)
         x = x + self.position[tf.newaxis, self.position_offset : self.position_offset + seq, :]
         return x + self.token_type[tf.newaxis, 0:1, :] if self.type_vocab_size else x
 
@@ -273,6 +273,23 @@ class AttentionCore(tf_keras.layers.Layer):
 
 
 _PENALTY: list[float] = []  # a mask penalty traced instead of MASK_PENALTY (see mask_penalty)
+_PLAIN_GATHER: list[bool] = []  # the word-embedding lookup traced as one plain GATHER (see plain_gather)
+
+
+@contextlib.contextmanager
+def plain_gather() -> Iterator[None]:
+    """Trace the word-embedding lookup as ``tf.gather(table, ids)`` even in a ``gpu_friendly`` graph.
+
+    For litert-quantizer's mixes of 8- and 16-bit activations (the ``auto-npu`` recipe): its 0.11 cannot quantize
+    the GATHER of :func:`gather_rows`' ``[1, V, H]`` view of the table ("input operand has more dimensions than
+    allowed by the axis remapping"), and Qualcomm's HTP compiler takes the plain GATHER whole (MiniLM: 264/264 ops
+    on SM8650).
+    """
+    _PLAIN_GATHER.append(True)
+    try:
+        yield
+    finally:
+        _PLAIN_GATHER.pop()
 
 
 @contextlib.contextmanager

@@ -304,10 +304,11 @@ def int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray]
     model's residuals on the calibration samples (:func:`litegate.converter.bert.residual_smoothing`);
     ``mask_penalty``: the attention mask's penalty (:func:`litegate.converter.bert.mask_penalty`);
     ``integer_pooling``: the mean-pooling head's integer spelling (:func:`litegate.converter.bert.integer_pooling`).
+    ``plain_gather``: the embedding lookup as one plain GATHER (:func:`litegate.converter.bert.plain_gather`).
     Other models are returned unchanged.
     """
-    target, penalty, pooling = recipes.spelling(recipe)
-    if not (target or penalty or pooling) or loaded.serve is None or not samples:
+    target, penalty, pooling, gather = recipes.spelling(recipe)
+    if not (target or penalty or pooling or gather) or loaded.serve is None or not samples:
         return loaded.serve, {}
     import tensorflow as tf  # heavy: TensorFlow, in the build child only
 
@@ -317,6 +318,7 @@ def int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray]
         ffn_residual_maxima,
         integer_pooling,
         mask_penalty,
+        plain_gather,
         residual_smoothing,
         smoothing_scales,
     )
@@ -340,6 +342,9 @@ def int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray]
             if pooling and any(isinstance(layer, MeanPool) for layer in loaded.keras_model.layers):
                 stack.enter_context(integer_pooling())
                 info["integer_pooling"] = "softmax(mask) @ hidden, x · rsqrt(MEAN(x²)) / sqrt(H)"
+            if gather:
+                stack.enter_context(plain_gather())
+                info["plain_gather"] = "the word-embedding lookup as one GATHER of the [V, H] table"
             serve = loaded.serve.retraced()
     except (ValueError, TypeError, tf.errors.OpError) as exc:  # this variant fails, not the whole child
         raise QuantizationError(f"recipe {recipe.name!r}: int8 spelling failed: {str(exc).splitlines()[0]}") from None

@@ -311,17 +311,34 @@ def _litert_quantizer() -> Any:
     return qtyping, quantizer, recipe_manager
 
 
-def _mixed_recipe(high_nodes: Sequence[str]) -> Any:
+def _mixed_recipe(high_nodes: Sequence[str], tensorwise: Sequence[str] = ()) -> Any:
     """litert-quantizer's recipe: int8 weights everywhere, int8 activations except on the ops whose first output is in
-    ``high_nodes`` (int16 activations, symmetric, as LiteRT's 16x8 kernels take them)."""
+    ``high_nodes`` (int16 activations, symmetric, as LiteRT's 16x8 kernels take them); the ops named in
+    ``tensorwise`` (:func:`_tensorwise_gathers`) get one weight scale per tensor."""
     qtyping, _, recipe_manager = _litert_quantizer()
     manager = recipe_manager.RecipeManager()
-    every = qtyping.TFLOperationName.ALL_SUPPORTED
-    manager.add_static_config(regex=".*", operation_name=every, activation_num_bits=8, weight_num_bits=8)
-    if high_nodes:  # an op's scope is its output tensor names, each followed by ";" (the latest matching config wins)
-        regex = "^(?:" + "|".join(re.escape(n) + ";" for n in high_nodes) + ")"
-        manager.add_static_config(regex=regex, operation_name=every, activation_num_bits=16, weight_num_bits=8)
+    every, gather = qtyping.TFLOperationName.ALL_SUPPORTED, qtyping.TFLOperationName.GATHER
+
+    def scope(nodes: Sequence[str]) -> str:  # an op's scope: its output tensor names, each followed by ";"
+        return "^(?:" + "|".join(re.escape(n) + ";" for n in nodes) + ")"
+
+    configs = [(".*", 8)] + ([(scope(high_nodes), 16)] if high_nodes else [])
+    for regex, bits in configs:  # the latest matching config wins
+        manager.add_static_config(regex=regex, operation_name=every, activation_num_bits=bits, weight_num_bits=8)
+    for node in tensorwise:
+        bits = 16 if node in set(high_nodes) else 8
+        manager.add_static_config(regex=scope([node]), operation_name=gather, activation_num_bits=bits,
+                                  weight_num_bits=8, weight_granularity=qtyping.QuantGranularity.TENSORWISE)
     return manager.get_quantization_recipe()
+
+
+def _tensorwise_gathers(float_model: bytes) -> list[str]:
+    """The GATHERs (by first output) whose constant table has more than two dimensions: litert-quantizer 0.11 cannot
+    give those one scale per channel ("input operand has more dimensions than allowed by the axis remapping"), e.g.
+    the [1, vocab, hidden] table of litegate's delegate-friendly BERT."""
+    return [op.outputs[0].name for op in read_model(float_model).ops
+            if op.op == "GATHER" and op.inputs and op.inputs[0] is not None and len(op.inputs[0].shape) > 2
+            and op.outputs and op.outputs[0] is not None]
 
 
 def mixed_calibrate(float_model: bytes, samples: Mapping[str, np.ndarray], signature: str = "serving_default") -> Any:
@@ -331,7 +348,7 @@ def mixed_calibrate(float_model: bytes, samples: Mapping[str, np.ndarray], signa
     n = len(next(iter(samples.values())))
     rows = [{k: v[i : i + 1] for k, v in samples.items()} for i in range(n)]
     try:
-        q = quantizer.Quantizer(bytearray(float_model), _mixed_recipe(()))
+        q = quantizer.Quantizer(bytearray(float_model), _mixed_recipe((), _tensorwise_gathers(float_model)))
         return q.calibrate({signature: rows}, num_threads=2)
     except Exception as exc:  # litert-quantizer raises ValueError, RuntimeError and its own types
         raise QuantizationError(f"litert-quantizer calibration failed: {_first_line(exc)}") from None
@@ -342,7 +359,7 @@ def mixed_quantize(float_model: bytes, calibration: Any, high_nodes: Sequence[st
     ``high_nodes``, int8 activations elsewhere; litert-quantizer inserts the requantizing QUANTIZE ops between them."""
     _, quantizer, _ = _litert_quantizer()
     try:
-        q = quantizer.Quantizer(bytearray(float_model), _mixed_recipe(high_nodes))
+        q = quantizer.Quantizer(bytearray(float_model), _mixed_recipe(high_nodes, _tensorwise_gathers(float_model)))
         return bytes(q.quantize(calibration, enable_progress_report=False).quantized_model)
     except Exception as exc:  # litert-quantizer raises ValueError, RuntimeError and its own types
         raise QuantizationError(f"litert-quantizer failed: {_first_line(exc)}") from None

@@ -31,16 +31,18 @@ _ALLOWED_PARAMS = {
     "fp32_guard": bool,
     "max_fp32_latency_ratio": float,
     "islands": str,
+    "plain_gather": bool,
 }
 # The params that respell litegate's BERT for integer quantization (litegate.quantize.build.int8_spelling): calibrated
 # recipes of one model with equal values share one calibration.
-SPELLING = ("smooth_residual", "mask_penalty", "integer_pooling")
+SPELLING = ("smooth_residual", "mask_penalty", "integer_pooling", "plain_gather")
 
 
-def spelling(recipe: Recipe) -> tuple[Any, Any, bool]:
-    """``recipe``'s int8 spelling: (smooth_residual, mask_penalty, integer_pooling), None where not set."""
-    target, penalty, pooling = (recipe.params.get(k) for k in SPELLING)
-    return target, penalty, bool(pooling)
+def spelling(recipe: Recipe) -> tuple[Any, Any, bool, bool]:
+    """``recipe``'s int8 spelling: (smooth_residual, mask_penalty, integer_pooling, plain_gather), None or False where
+    not set."""
+    target, penalty, pooling, gather = (recipe.params.get(k) for k in SPELLING)
+    return target, penalty, bool(pooling), bool(gather)
 # ``litert_quantizer``: the float model's weights rewritten by Google's litert-quantizer after the conversion
 # (:func:`litegate.quantize.ptq.litert_quantize`); key -> allowed values
 LITERT_QUANTIZER_SPEC: dict[str, tuple[Any, ...]] = {
