@@ -195,7 +195,9 @@ def _converted(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any
 
 
 def _auto_variant(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any], extra: dict[str, Any]) -> bytes:
-    """The ``auto`` recipe: the calibrated model with the most harmful op groups kept in float (:func:`_auto`)."""
+    """The ``auto`` recipes: full int8 with the most harmful op groups kept in float (TFLiteConverter's calibrated model,
+    denylisted), or with ``islands = "int16"`` (``auto-npu``) at 16-bit activations (litert-quantizer's mixes), and
+    for float islands the guard against fp32 (:func:`_auto`)."""
     serve = _prepared(child, model, recipe, extra)
     islands = str(recipe.params.get("islands", "float"))
     if islands == "int16":  # integer islands (an NPU target): litert-quantizer mixes 8- and 16-bit activations
@@ -397,7 +399,7 @@ def _auto(serve: Any, quantize: Callable[[Sequence[str]], bytes], groups: Mappin
             return classification_metrics(out, labels_arr)["accuracy"]
         return float(np.mean(cosine(out, target_ref)))
 
-    # Rank op groups by what quantizing each alone does to the outputs, on a subset of the data.
+    # Rank op groups by what quantizing (or, for int16 islands, raising) each alone does to the outputs, on a subset.
     k = min(n, int(recipe.params.get("rank_samples", 64)))
     subset = {name: arr[:k] for name, arr in inputs.items()}
     impact = ptq.group_impact(quantize, groups, lambda m: outputs(m, subset), ref[:k], raise_alone=islands == "int16")
