@@ -266,11 +266,7 @@ def litert_quantize(model: bytes, spec: Mapping[str, Any], recipe_name: str) -> 
     Raises:
         QuantizationError: litert-quantizer is not installed, or it refused or failed (one line).
     """
-    try:
-        from litert_quantizer import qtyping, quantizer, recipe_manager
-    except ImportError:
-        raise QuantizationError(f"recipe {recipe_name!r} needs litert-quantizer, which is not installed "
-                                f"({LITERT_QUANTIZER_EXTRA})") from None
+    qtyping, quantizer, recipe_manager = _litert_quantizer(f"recipe {recipe_name!r}")
     block = int(spec.get("block_size", 0))
     granularity = qtyping.QuantGranularity.CHANNELWISE if block == 0 else qtyping.QuantGranularity(f"BLOCKWISE_{block}")
     mode = str(spec.get("mode", "dynamic"))
@@ -301,54 +297,38 @@ def litert_quantize(model: bytes, spec: Mapping[str, Any], recipe_name: str) -> 
     return data, info
 
 
-def _litert_quantizer() -> Any:
-    """litert-quantizer's modules ``(qtyping, quantizer, recipe_manager)``, or a QuantizationError naming the extra."""
+def _litert_quantizer(needed_by: str) -> Any:
+    """litert-quantizer's modules ``(qtyping, quantizer, recipe_manager)``, or a QuantizationError saying that
+    ``needed_by`` needs it and naming the extra that installs it."""
     try:
         from litert_quantizer import qtyping, quantizer, recipe_manager
     except ImportError:
-        raise QuantizationError(f"16-bit islands need litert-quantizer, which is not installed ({LITERT_QUANTIZER_EXTRA})"
+        raise QuantizationError(f"{needed_by} needs litert-quantizer, which is not installed ({LITERT_QUANTIZER_EXTRA})"
                                 ) from None
     return qtyping, quantizer, recipe_manager
 
 
-def _mixed_recipe(high_nodes: Sequence[str], tensorwise: Sequence[str] = ()) -> Any:
+def _mixed_recipe(high_nodes: Sequence[str]) -> Any:
     """litert-quantizer's recipe: int8 weights everywhere, int8 activations except on the ops whose first output is in
-    ``high_nodes`` (int16 activations, symmetric, as LiteRT's 16x8 kernels take them); the ops named in
-    ``tensorwise`` (:func:`_tensorwise_gathers`) get one weight scale per tensor."""
-    qtyping, _, recipe_manager = _litert_quantizer()
+    ``high_nodes`` (int16 activations, symmetric, as LiteRT's 16x8 kernels take them)."""
+    qtyping, _, recipe_manager = _litert_quantizer("16-bit islands")
     manager = recipe_manager.RecipeManager()
-    every, gather = qtyping.TFLOperationName.ALL_SUPPORTED, qtyping.TFLOperationName.GATHER
-
-    def scope(nodes: Sequence[str]) -> str:  # an op's scope: its output tensor names, each followed by ";"
-        return "^(?:" + "|".join(re.escape(n) + ";" for n in nodes) + ")"
-
-    configs = [(".*", 8)] + ([(scope(high_nodes), 16)] if high_nodes else [])
-    for regex, bits in configs:  # the latest matching config wins
-        manager.add_static_config(regex=regex, operation_name=every, activation_num_bits=bits, weight_num_bits=8)
-    for node in tensorwise:
-        bits = 16 if node in set(high_nodes) else 8
-        manager.add_static_config(regex=scope([node]), operation_name=gather, activation_num_bits=bits,
-                                  weight_num_bits=8, weight_granularity=qtyping.QuantGranularity.TENSORWISE)
+    every = qtyping.TFLOperationName.ALL_SUPPORTED
+    manager.add_static_config(regex=".*", operation_name=every, activation_num_bits=8, weight_num_bits=8)
+    if high_nodes:  # an op's scope is its output tensor names, each followed by ";" (the latest matching config wins)
+        regex = "^(?:" + "|".join(re.escape(n) + ";" for n in high_nodes) + ")"
+        manager.add_static_config(regex=regex, operation_name=every, activation_num_bits=16, weight_num_bits=8)
     return manager.get_quantization_recipe()
-
-
-def _tensorwise_gathers(float_model: bytes) -> list[str]:
-    """The GATHERs (by first output) whose constant table has more than two dimensions: litert-quantizer 0.11 cannot
-    give those one scale per channel ("input operand has more dimensions than allowed by the axis remapping"), e.g.
-    the [1, vocab, hidden] table of litegate's delegate-friendly BERT."""
-    return [op.outputs[0].name for op in read_model(float_model).ops
-            if op.op == "GATHER" and op.inputs and op.inputs[0] is not None and len(op.inputs[0].shape) > 2
-            and op.outputs and op.outputs[0] is not None]
 
 
 def mixed_calibrate(float_model: bytes, samples: Mapping[str, np.ndarray], signature: str = "serving_default") -> Any:
     """litert-quantizer's calibration of ``float_model`` (min/max of every tensor) on ``samples``' rows, once: every
     mix of 8- and 16-bit activations (:func:`mixed_quantize`) reuses it."""
-    _, quantizer, _ = _litert_quantizer()
+    _, quantizer, _ = _litert_quantizer("16-bit islands")
     n = len(next(iter(samples.values())))
     rows = [{k: v[i : i + 1] for k, v in samples.items()} for i in range(n)]
     try:
-        q = quantizer.Quantizer(bytearray(float_model), _mixed_recipe((), _tensorwise_gathers(float_model)))
+        q = quantizer.Quantizer(bytearray(float_model), _mixed_recipe(()))
         return q.calibrate({signature: rows}, num_threads=2)
     except Exception as exc:  # litert-quantizer raises ValueError, RuntimeError and its own types
         raise QuantizationError(f"litert-quantizer calibration failed: {_first_line(exc)}") from None
@@ -357,9 +337,9 @@ def mixed_calibrate(float_model: bytes, samples: Mapping[str, np.ndarray], signa
 def mixed_quantize(float_model: bytes, calibration: Any, high_nodes: Sequence[str]) -> bytes:
     """``float_model`` fully integer: int8 weights, int16 activations on the ops named by their first output in
     ``high_nodes``, int8 activations elsewhere; litert-quantizer inserts the requantizing QUANTIZE ops between them."""
-    _, quantizer, _ = _litert_quantizer()
+    _, quantizer, _ = _litert_quantizer("16-bit islands")
     try:
-        q = quantizer.Quantizer(bytearray(float_model), _mixed_recipe(high_nodes, _tensorwise_gathers(float_model)))
+        q = quantizer.Quantizer(bytearray(float_model), _mixed_recipe(high_nodes))
         return bytes(q.quantize(calibration, enable_progress_report=False).quantized_model)
     except Exception as exc:  # litert-quantizer raises ValueError, RuntimeError and its own types
         raise QuantizationError(f"litert-quantizer failed: {_first_line(exc)}") from None
