@@ -152,7 +152,8 @@ def calibration(cfg: ReleaseConfig, source: Source, encoder: TextEncoder | None,
 
 
 def prune_data(cfg: ReleaseConfig, source: Source, work: Path) -> dict[str, Any]:
-    """Recovery data for pruned variants: labelled ``data.train`` if given, else calibration text (distillation)."""
+    """Recovery data for pruned variants and quantization-aware distillation (a recipe's ``qat``): labelled
+    ``data.train`` if given, else calibration text (distillation); ``data.train_samples`` rows."""
     if cfg.model.source.task is Task.TEXT_GENERATION:
         return {}
     encoder = TextEncoder(source.tokenizer, cfg.model.source.seq_len)

@@ -190,7 +190,8 @@ def _build_plan(cfg: ReleaseConfig, source: Source, encoder: TextEncoder | None,
                 work: Path) -> BuildPlan:
     """The convert stage's inputs: calibration and recovery data, and what ``auto`` variants score against."""
     calib_npz, calib_hash = calibration(cfg, source, encoder, work)
-    recovery = prune_data(cfg, source, work) if any(v.prune for v in cfg.variants) else {}
+    # pruning recovery and quantization-aware distillation train on the same data
+    recovery = prune_data(cfg, source, work) if any(v.prune or v.recipe.params.get("qat") for v in cfg.variants) else {}
     auto_eval: dict[str, Any] = {}
     auto = [v for v in cfg.variants if v.recipe.kind is RecipeKind.AUTO]
     if auto:

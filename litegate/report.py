@@ -186,6 +186,9 @@ def _quant_details(rep: Report) -> list[str]:
                          f"{pr.get('loss_last', float('nan')):.4g})"
                          + (f"; .tflite {tfl.get('bytes', 0) / 1e6:.2f} MB raw, {tfl.get('gzip_bytes', 0) / 1e6:.2f} MB gzip"
                             if tfl else ""))
+        qat = q.get("qat")
+        if qat:
+            lines.append(f"- `{v.name}`: {_qat_line(qat)}")
         a = q.get("auto")
         if a:
             islands = a.get("islands", "float")
@@ -226,6 +229,17 @@ def _quant_details(rep: Report) -> list[str]:
                 lines.append(f"| {name} | {r['op_name']} | `{r['tensor_name'][:70]}` | {r['rmse/scale']:.2f} |")
         lines += ["", "Full tables: `<variant>.layers.csv` next to the report.", "", "</details>", ""]
     return lines
+
+
+def _qat_line(qat: Mapping[str, Any]) -> str:
+    """A recipe's quantization-aware distillation: what it trained on, and the simulated int8 model's fidelity."""
+    def cos(key: str) -> str:
+        return " / ".join(f"{f.get('cosine_mean', float('nan')):.4f}" for f in qat.get(key, {}).values())
+
+    return (f"quantization-aware distillation, {qat.get('steps')} steps on {qat.get('samples')} rows (loss "
+            f"{qat.get('loss_first', float('nan')):.3g} → {qat.get('loss_last', float('nan')):.3g}); simulated int8 "
+            f"cosine to fp32 {cos('simulated_before')} → {cos('simulated_after')}, the fine-tuned float weights "
+            f"{cos('float_after')} (on its first {qat.get('stats_rows')} rows)")
 
 
 def _guard_line(guard: Mapping[str, Any]) -> str:

@@ -162,22 +162,30 @@ class LayerNorm(GammaBeta):
             seen = np.abs(np.asarray(x)).reshape(-1, x.shape[-1]).max(0)
             before = _MAXIMA[-1].get(self.smooth_key)
             _MAXIMA[-1][self.smooth_key] = seen if before is None else np.maximum(before, seen)
+        q = self.quantization_point
+        x = q(x)
         s = _smoothing_scale(self.smooth_key)
         if s is not None:
             d = float(s.shape[-1])
             mean = tf.reduce_mean(x, axis=-1, keepdims=True) + tf.matmul(x, tf.constant(((s - 1) / d)[:, None]))
-            centered = x - mean * tf.constant(1.0 / s)
-            sq = centered * centered
-            var = tf.reduce_mean(sq, axis=-1, keepdims=True) + tf.matmul(sq, tf.constant(((s * s - 1) / d)[:, None]))
-            if self.scale_first:
-                return centered * (self.gamma * tf.constant(s)) * tf.math.rsqrt(var + self.eps) + self.beta
-            return centered * tf.math.rsqrt(var + self.eps) * (self.gamma * tf.constant(s)) + self.beta
-        mean = tf.reduce_mean(x, axis=-1, keepdims=True)
-        centered = x - mean
-        var = tf.reduce_mean(centered * centered, axis=-1, keepdims=True)
+            centered = q(x - mean * tf.constant(1.0 / s))
+            sq = q(centered * centered)
+            var = q(tf.reduce_mean(sq, axis=-1, keepdims=True) + tf.matmul(sq, tf.constant(((s * s - 1) / d)[:, None])))
+            gamma = self.gamma * tf.constant(s)
+        else:
+            mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+            centered = q(x - mean)
+            var = q(tf.reduce_mean(q(centered * centered), axis=-1, keepdims=True))
+            gamma = self.gamma
+        inv = q(tf.math.rsqrt(var + self.eps))
         if self.scale_first:
-            return centered * self.gamma * tf.math.rsqrt(var + self.eps) + self.beta
-        return centered * tf.math.rsqrt(var + self.eps) * self.gamma + self.beta
+            return q(centered * gamma * inv + self.beta)
+        return q(centered * inv * gamma + self.beta)
+
+    def quantization_point(self, x: tf.Tensor) -> tf.Tensor:
+        """A tensor the int8 graph holds in 8 bits: the identity here; quantization-aware distillation
+        (:mod:`litegate.quantize.qat`) rounds it there."""
+        return x
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "eps": self.eps, "smooth_key": self.smooth_key, "scale_first": self.scale_first}

@@ -22,7 +22,7 @@ import hashlib
 import json
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from litegate.errors import LitegateError, OutputError, QuantizationError
 from litegate.quantize import ptq, recipes
 from litegate.quantize.calibration import check_calibration, generator_samples, model_samples
 from litegate.quantize.prune import apply_pruning, sparsity_report
+from litegate.quantize.qat import apply_qat
 from litegate.tasks import classification_metrics, cosine
 from litegate.types import ModelSource, Recipe, RecipeKind
 
@@ -58,6 +59,7 @@ class _Child:
     layer_stats: dict[bytes, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
     serve: Any = None  # the serving function the last variant was converted from (its int8 spelling)
     fp32: bytes | None = None  # the unpruned model's fp32 conversion, once ``auto``'s guard needs it
+    tuned: dict[tuple[int, str, Any], tuple[Loaded, dict[str, Any]]] = dataclasses.field(default_factory=dict)
 
 
 Builder = Callable[[_Child, Loaded, Recipe, Mapping[str, Any], dict[str, Any]], bytes]
@@ -174,6 +176,8 @@ def _debug_layers(child: _Child, calibrated: bytes, v: Mapping[str, Any], extra:
 def _converted(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any], extra: dict[str, Any]) -> bytes:
     """float, float16, dynamic-range, int16x8 and full-integer recipes: one converter run, or, with a
     denylist (selective quantization), the calibrated model quantized with those ops or nodes kept in float."""
+    if recipe.params.get("qat"):
+        model = _qat_tuned(child, model, recipe, extra)
     serve = _prepared(child, model, recipe, extra)
     selective = bool(recipe.params.get("denylisted_ops") or recipe.params.get("denylisted_nodes"))
     debug = bool(child.payload.get("debug")) and recipe.kind is RecipeKind.FULL_INTEGER
@@ -192,6 +196,26 @@ def _converted(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any
     if notes:
         extra["fallback"] = notes
     return data
+
+
+def _qat_tuned(child: _Child, model: Loaded, recipe: Recipe, extra: dict[str, Any]) -> Loaded:
+    """``model`` fine-tuned by quantization-aware distillation under ``recipe``'s int8 spelling (its ``qat`` param),
+    once per (model, qat settings, spelling) in a child, on the release's recovery data where the payload has it,
+    else on the calibration samples; the stats go to ``extra["qat"]``."""
+    key = (id(model), json.dumps(recipe.params["qat"], sort_keys=True), recipes.spelling(recipe))
+    if key not in child.tuned:
+        if id(model) not in child.checked:
+            check_calibration(model.serve, child.samples or {})
+            child.checked.add(id(model))
+        data = child.payload.get("prune_data") or {}
+        inputs = child.samples or {}
+        if data.get("npz"):  # a release's recovery data (data.train_samples rows), labels unused: distillation
+            with np.load(data["npz"]) as arrays:
+                inputs = {k: arrays[k] for k in arrays.files}
+        child.tuned[key] = apply_qat(model, recipe.params["qat"], inputs, lambda: _spelled(model, recipe, child.samples))
+    tuned, stats = child.tuned[key]
+    extra["qat"] = stats
+    return tuned
 
 
 def _auto_variant(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any], extra: dict[str, Any]) -> bytes:
@@ -309,13 +333,32 @@ def int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray]
     ``plain_gather``: the embedding lookup as one plain GATHER (:func:`litegate.converter.bert.plain_gather`).
     Other models are returned unchanged.
     """
-    target, penalty, pooling, gather = recipes.spelling(recipe)
-    if not (target or penalty or pooling or gather) or loaded.serve is None or not samples:
+    if not _respells(loaded, recipe, samples):
         return loaded.serve, {}
     import tensorflow as tf  # heavy: TensorFlow, in the build child only
 
+    try:
+        with contextlib.ExitStack() as stack:
+            info = _enter_spelling(loaded, recipe, samples or {}, stack)
+            serve = loaded.serve.retraced()
+    except (ValueError, TypeError, tf.errors.OpError) as exc:  # this variant fails, not the whole child
+        raise QuantizationError(f"recipe {recipe.name!r}: int8 spelling failed: {str(exc).splitlines()[0]}") from None
+    return serve, info
+
+
+def _respells(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> bool:
+    """Whether ``recipe`` respells ``loaded``: it sets a spelling param and ``loaded`` is litegate's BERT."""
+    if not any(recipes.spelling(recipe)) or loaded.serve is None or not samples:
+        return False
+    from litegate.converter.bert import MaskBias  # imports TensorFlow at module level
+
+    return any(isinstance(layer, MaskBias) for layer in getattr(loaded.keras_model, "layers", ()))
+
+
+def _enter_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray],
+                    stack: contextlib.ExitStack) -> dict[str, Any]:
+    """Enter ``recipe``'s spelling contexts of litegate's BERT into ``stack``; return what they are."""
     from litegate.converter.bert import (  # imports TensorFlow at module level
-        MaskBias,
         MeanPool,
         ffn_residual_maxima,
         integer_pooling,
@@ -325,32 +368,35 @@ def int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray]
         smoothing_scales,
     )
 
-    if not any(isinstance(layer, MaskBias) for layer in getattr(loaded.keras_model, "layers", ())):  # not litegate's
-        return loaded.serve, {}
+    target, penalty, pooling, gather = recipes.spelling(recipe)
     info: dict[str, Any] = {}
-    try:
-        with contextlib.ExitStack() as stack:
-            if target:
-                maxima = ffn_residual_maxima(loaded.keras_model, samples)
-                scales = smoothing_scales(maxima, float(target))
-                stack.enter_context(residual_smoothing(scales))
-                info["residual_smoothing"] = {
-                    "target": float(target), "samples": len(next(iter(samples.values()))),
-                    "blocks": {k: {"max_before": round(float(maxima[k].max()), 2), "channels_scaled": int((s > 1).sum()),
-                                   "max_scale": round(float(s.max()), 2)} for k, s in scales.items()}}
-            if penalty:
-                stack.enter_context(mask_penalty(float(penalty)))
-                info["mask_penalty"] = float(penalty)
-            if pooling and any(isinstance(layer, MeanPool) for layer in loaded.keras_model.layers):
-                stack.enter_context(integer_pooling())
-                info["integer_pooling"] = "softmax(mask) @ hidden, x · rsqrt(MEAN(x²)) / sqrt(H)"
-            if gather:
-                stack.enter_context(plain_gather())
-                info["plain_gather"] = "the word-embedding lookup as one GATHER of the [V, H] table"
-            serve = loaded.serve.retraced()
-    except (ValueError, TypeError, tf.errors.OpError) as exc:  # this variant fails, not the whole child
-        raise QuantizationError(f"recipe {recipe.name!r}: int8 spelling failed: {str(exc).splitlines()[0]}") from None
-    return serve, info
+    if target:
+        maxima = ffn_residual_maxima(loaded.keras_model, samples)
+        scales = smoothing_scales(maxima, float(target))
+        stack.enter_context(residual_smoothing(scales))
+        info["residual_smoothing"] = {
+            "target": float(target), "samples": len(next(iter(samples.values()))),
+            "blocks": {k: {"max_before": round(float(maxima[k].max()), 2), "channels_scaled": int((s > 1).sum()),
+                           "max_scale": round(float(s.max()), 2)} for k, s in scales.items()}}
+    if penalty:
+        stack.enter_context(mask_penalty(float(penalty)))
+        info["mask_penalty"] = float(penalty)
+    if pooling and any(isinstance(layer, MeanPool) for layer in loaded.keras_model.layers):
+        stack.enter_context(integer_pooling())
+        info["integer_pooling"] = "softmax(mask) @ hidden, x · rsqrt(MEAN(x²)) / sqrt(H)"
+    if gather:
+        stack.enter_context(plain_gather())
+        info["plain_gather"] = "the word-embedding lookup as one GATHER of the [V, H] table"
+    return info
+
+
+@contextlib.contextmanager
+def _spelled(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> Iterator[None]:
+    """``recipe``'s spelling of ``loaded`` active (nothing where it does not respell it)."""
+    with contextlib.ExitStack() as stack:
+        if _respells(loaded, recipe, samples):
+            _enter_spelling(loaded, recipe, samples or {}, stack)
+        yield
 
 
 def _auto(serve: Any, quantize: Callable[[Sequence[str]], bytes], groups: Mapping[str, Sequence[str]], recipe: Recipe,

@@ -304,17 +304,30 @@ def _loss_fn(mode: str, label_key: str | None) -> Callable[[dict[str, Any], Any]
 def _train(model: Any, wrappers: list[Any], s: PruneSettings, x: dict[str, np.ndarray], target: Any,
            call: Callable[[Any, bool], dict[str, Any]], loss: Callable[[dict[str, Any], Any], Any]) -> list[float]:
     """Fine-tune the wrapped layers for ``s.total_steps`` steps; return the loss of every step."""
-    import tensorflow as tf  # TensorFlow: build child only
-    import tf_keras  # TensorFlow: build child only
-
     for w in wrappers:  # what UpdatePruningStep.on_train_begin does
         w.pruning_step.assign(0)
     # The wrapped layers' own weights; of an embeddings layer only the pruned table (positions stay).
     variables = [v for w in wrappers for v in (w.layer.get_prunable_weights() if hasattr(w.layer, "get_prunable_weights")
                                                else w.layer.trainable_weights)]
-    opt = tf_keras.optimizers.Adam(learning_rate=s.learning_rate)
+    losses = fit(variables, x, target, call, loss, steps=s.total_steps, batch_size=s.batch_size,
+                 learning_rate=s.learning_rate, seed=s.seed)
+    for w in wrappers:  # what UpdatePruningStep.on_epoch_end does: leave the weights masked
+        w.pruning_obj.weight_mask_op()
+    return losses
+
+
+def fit(variables: list[Any], x: Mapping[str, np.ndarray], target: Any, call: Callable[[Any, bool], dict[str, Any]],
+        loss: Callable[[dict[str, Any], Any], Any], *, steps: int, batch_size: int, learning_rate: float,
+        seed: int) -> list[float]:
+    """``steps`` Adam steps on ``variables`` over shuffled minibatches of ``x`` (and ``target``, a dict of
+    per-sample arrays or one array); return the loss of every step. Pruning recovery and quantization-aware
+    distillation (:mod:`litegate.quantize.qat`) share it."""
+    import tensorflow as tf  # TensorFlow: build child only
+    import tf_keras  # TensorFlow: build child only
+
+    opt = tf_keras.optimizers.Adam(learning_rate=learning_rate)
     n = len(next(iter(x.values())))
-    bs = min(s.batch_size, n)
+    bs = min(batch_size, n)
 
     @tf.function
     def step(xb: Any, tb: Any) -> Any:
@@ -324,10 +337,10 @@ def _train(model: Any, wrappers: list[Any], s: PruneSettings, x: dict[str, np.nd
         opt.apply_gradients(zip(grads, variables, strict=True))
         return value
 
-    rng = np.random.default_rng(s.seed)
+    rng = np.random.default_rng(seed)
     order = np.empty(0, dtype=np.int64)
     losses: list[float] = []
-    for _ in range(s.total_steps):
+    for _ in range(steps):
         if len(order) < bs:
             order = np.concatenate([order, rng.permutation(n)])
         idx, order = order[:bs], order[bs:]
@@ -335,8 +348,6 @@ def _train(model: Any, wrappers: list[Any], s: PruneSettings, x: dict[str, np.nd
         tb = ({k: tf.constant(v[idx]) for k, v in target.items()} if isinstance(target, Mapping)
               else tf.constant(target[idx]))
         losses.append(float(step(xb, tb)))
-    for w in wrappers:  # what UpdatePruningStep.on_epoch_end does: leave the weights masked
-        w.pruning_obj.weight_mask_op()
     return losses
 
 
@@ -420,7 +431,6 @@ def apply_pruning(loaded: Loaded, recipe: Recipe, *, texts_inputs: dict[str, np.
 
 def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[str, np.ndarray],
                       labels: np.ndarray | None, mode: str) -> tuple[Loaded, dict[str, Any]]:
-    import tensorflow as tf  # TensorFlow: build child only
     import tensorflow_model_optimization as tfmot  # TensorFlow: build child only
     import tf_keras  # TensorFlow: build child only
 
@@ -429,18 +439,9 @@ def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[st
     x = _model_feed(in_names, texts_inputs)
     out_names = list(src.output_names)
 
-    def free_batch_inputs() -> list[Any]:  # a conversion-built model has batch 1
-        return [tf_keras.Input(shape=layer._batch_input_shape[1:], dtype=layer.dtype, name=layer.name)
-                for layer in src._input_layers]
-
     # The float model's outputs (distillation targets, fidelity), from a free-batch copy in batches of
     # TEACHER_BATCH: the batch-1 model one sample at a time took ~100 s of MiniLM's 2000 recovery samples.
-    with _quiet_lambda_warning():
-        plain = tf_keras.models.clone_model(src, input_tensors=free_batch_inputs(), clone_function=_fresh_copy)
-    for layer in src.layers:
-        if layer.weights:
-            plain.get_layer(layer.name).set_weights(layer.get_weights())
-    teacher = _batched(lambda xb: _numpy(_call(plain, in_names, out_names, xb)), x, TEACHER_BATCH)
+    teacher = float_outputs(src, x)
 
     # Clone with a free batch dimension and fresh variables; prunable layers come back wrapped.
     fresh: dict[str, Any] = {}
@@ -461,7 +462,7 @@ def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[st
 
     try:
         with _quiet_lambda_warning():
-            model = tf_keras.models.clone_model(src, input_tensors=free_batch_inputs(), clone_function=clone_fn)
+            model = tf_keras.models.clone_model(src, input_tensors=_free_batch_inputs(src), clone_function=clone_fn)
     except ValueError as exc:
         raise QuantizationError(f"cannot wrap the model for pruning: {str(exc).splitlines()[0]}") from None
     if not wrapped:
@@ -491,23 +492,63 @@ def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[st
     stats.update(_loss_stats(losses, mode, s))
     note = (f"pruned {len(wrapped)} layers to {stats['pruned_sparsity']:.1%} zeros "
             f"({stats['all_weights_sparsity']:.1%} of all weights), recovery by {mode}, {s.total_steps} steps")
-    result = Loaded(serve=None, owner=stripped, notes=[*loaded.notes, note], prunable=True, keras_model=stripped,
+    return trained_loaded(loaded, stripped, note), stats
+
+
+def trained_loaded(loaded: Loaded, model: Any, note: str) -> Loaded:
+    """``loaded`` with its tf_keras model replaced by ``model`` (a free-batch functional copy with the same inputs and
+    outputs, fine-tuned), served by a new serving function with ``loaded``'s static input specs (generators get
+    rebuilt ``signatures``) and ``note`` added to its notes."""
+    import tensorflow as tf  # TensorFlow: build child only
+
+    result = Loaded(serve=None, owner=model, notes=[*loaded.notes, note], prunable=True, keras_model=model,
                     dynamic=loaded.dynamic)
     if loaded.signatures:
         from litegate.converter.textgen import rnn_signatures  # imports TensorFlow: build child only
 
         prefill = loaded.signatures["prefill"].structured_input_signature[1]["tokens"]
-        result.signatures = rnn_signatures(stripped, int(prefill.shape[1]))
-    else:
-        specs = _serve_specs(loaded)
-        # serving names -> model input names (the loaders use the same names, in the same order)
-        rename = {k: k for k in specs} if set(specs) == set(in_names) else dict(zip(specs, in_names, strict=True))
+        result.signatures = rnn_signatures(model, int(prefill.shape[1]))
+        return result
+    in_names = [layer.name for layer in model._input_layers]
+    out_names = list(model.output_names)
+    specs = _serve_specs(loaded)
+    # serving names -> model input names (the loaders use the same names, in the same order)
+    rename = {k: k for k in specs} if set(specs) == set(in_names) else dict(zip(specs, in_names, strict=True))
 
-        def serve_call(**kw: Any) -> Any:
-            return _call(stripped, in_names, out_names, {rename[k]: v for k, v in kw.items()})
+    def serve_call(**kw: Any) -> Any:
+        return _call(model, in_names, out_names, {rename[k]: v for k, v in kw.items()})
 
-        result.serve = serving_function(serve_call, {k: tf.TensorSpec(v.shape, v.dtype) for k, v in specs.items()})
-    return result, stats
+    result.serve = serving_function(serve_call, {k: tf.TensorSpec(v.shape, v.dtype) for k, v in specs.items()})
+    return result
+
+
+def _free_batch_inputs(src: Any) -> list[Any]:
+    """New inputs like ``src``'s with a free batch dimension (a conversion-built model has batch 1)."""
+    import tf_keras  # TensorFlow: build child only
+
+    return [tf_keras.Input(shape=layer._batch_input_shape[1:], dtype=layer.dtype, name=layer.name)
+            for layer in src._input_layers]
+
+
+def free_batch_copy(src: Any, clone_function: Callable[[Any], Any] | None = None) -> Any:
+    """A functional copy of ``src`` with a free batch dimension, its layers made by ``clone_function`` (default: a new
+    layer of the same class) and every layer's weights copied from ``src`` by name."""
+    import tf_keras  # TensorFlow: build child only
+
+    with _quiet_lambda_warning():
+        copy = tf_keras.models.clone_model(src, input_tensors=_free_batch_inputs(src),
+                                           clone_function=clone_function or _fresh_copy)
+    for layer in src.layers:
+        if layer.weights:
+            copy.get_layer(layer.name).set_weights(layer.get_weights())
+    return copy
+
+
+def float_outputs(src: Any, x: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``src``'s outputs on ``x`` (inputs by name), by name, computed in batches of TEACHER_BATCH on a free-batch copy."""
+    plain = free_batch_copy(src)
+    in_names = [layer.name for layer in src._input_layers]
+    return _batched(lambda xb: _numpy(_call(plain, in_names, list(src.output_names), xb)), x, TEACHER_BATCH)
 
 
 @contextlib.contextmanager

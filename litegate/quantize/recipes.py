@@ -32,6 +32,7 @@ _ALLOWED_PARAMS = {
     "max_fp32_latency_ratio": float,
     "islands": str,
     "plain_gather": bool,
+    "qat": dict,
 }
 # The params that respell litegate's BERT for integer quantization (litegate.quantize.build.int8_spelling): calibrated
 # recipes of one model with equal values share one calibration.
@@ -88,6 +89,11 @@ def validate(data: Mapping[str, Any], where: str) -> Recipe:
         if key == "litert_quantizer":
             _check_litert_quantizer(value, where)
             continue
+        if key == "qat":
+            if data.get("kind") != RecipeKind.FULL_INTEGER.value:
+                raise ConfigError(f"{where}: qat (quantization-aware distillation) applies to full-integer recipes only")
+            params[key] = check_qat_params(value if isinstance(value, dict) else {}, where)
+            continue
         allowed = _ENUMS.get(key)
         for item in value if isinstance(value, list) else [value]:
             if allowed and item not in allowed:
@@ -98,6 +104,32 @@ def validate(data: Mapping[str, Any], where: str) -> Recipe:
                       description=str(data.get("description", "")))
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+_QAT_PARAMS: dict[str, type] = {"steps": int, "batch_size": int, "learning_rate": float, "seed": int}
+
+
+def check_qat_params(spec: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``qat = {steps, batch_size, learning_rate, seed}`` (:mod:`litegate.quantize.qat`): known keys, types, ranges.
+
+    Raises:
+        ConfigError: an unknown or mistyped key, or a value out of range.
+    """
+    out = dict(spec)
+    for key, value in out.items():
+        if key not in _QAT_PARAMS:
+            raise ConfigError(f"{where}: unknown qat key {key!r} (known: {', '.join(_QAT_PARAMS)})")
+        if _QAT_PARAMS[key] is float and isinstance(value, int) and not isinstance(value, bool):
+            value = out[key] = float(value)
+        if isinstance(value, bool) or not isinstance(value, _QAT_PARAMS[key]):
+            raise ConfigError(f"{where}: qat.{key} must be a{'n integer' if _QAT_PARAMS[key] is int else ' number'}, "
+                              f"got {value!r}")
+    for key in ("steps", "batch_size"):
+        if out.get(key, 1) < 1:
+            raise ConfigError(f"{where}: qat.{key} must be >= 1, got {out[key]}")
+    if out.get("learning_rate", 1.0) <= 0:
+        raise ConfigError(f"{where}: qat.learning_rate must be > 0, got {out['learning_rate']}")
+    return out
 
 
 def _check_litert_quantizer(spec: Any, where: str) -> None:

@@ -28,7 +28,7 @@ BUILD_PRELOAD = ("tensorflow",)  # imported lazily by the job; a memory cap unde
 class BuildPlan:
     """What the convert stage builds, and from what.
 
-    ``prune_data``: recovery inputs of pruned variants ({npz, labels, sha256}); ``auto_eval``: what ``auto``
+    ``prune_data``: recovery inputs of pruned variants and of recipes with ``qat`` ({npz, labels, sha256}); ``auto_eval``: what ``auto``
     variants score their candidates on ({npz, labels, name, sha256}); ``auto_budgets``: each ``auto`` variant's
     accuracy budget (points) against the reference; ``auto_guard``: the measured CPU backend and thread counts on
     which an ``auto`` variant may be neither slower nor larger than fp32 ({backend, threads}).
@@ -62,6 +62,7 @@ def convert_step_config(plan: BuildPlan, v: VariantConfig) -> dict[str, Any]:
                                  "guard": dict(plan.auto_guard)}
     if v.prune is not None:
         step_cfg["prune"] = v.prune.to_dict()
+    if v.prune is not None or v.recipe.params.get("qat"):
         step_cfg["prune_data"] = plan.prune_data.get("sha256")
     return step_cfg
 
@@ -170,7 +171,8 @@ def _built(plan: BuildPlan, v: VariantConfig, key: str, step_cfg: dict[str, Any]
 
 
 # Relative build cost of a recipe kind on a BERT encoder (measured on MiniLM, 2 cores: fp32 ~25 s, int8 ~50 s,
-# int16x8 ~230 s, auto's search several int8 conversions and evaluations); a pruned group adds its recovery.
+# int16x8 ~230 s, auto's search several int8 conversions and evaluations); a pruned group adds its recovery, and so
+# does a recipe's quantization-aware distillation (``qat``: 300 steps on MiniLM ~8 min).
 _COST = {RecipeKind.FLOAT: 1.0, RecipeKind.FLOAT16: 1.0, RecipeKind.DYNAMIC_RANGE: 1.0,
          RecipeKind.FULL_INTEGER: 2.0, RecipeKind.INT16X8: 8.0, RecipeKind.AUTO: 8.0}
 _RECOVERY_COST = 6.0
@@ -197,7 +199,8 @@ def _buckets(variants: list[VariantConfig], jobs: int) -> list[list[VariantConfi
     units.extend(groups.values())
 
     def cost(unit: list[VariantConfig]) -> float:
-        return sum(_COST.get(v.recipe.kind, 1.0) for v in unit) + (_RECOVERY_COST if unit[0].prune else 0.0)
+        return (sum(_COST.get(v.recipe.kind, 1.0) + (_RECOVERY_COST if v.recipe.params.get("qat") else 0.0) for v in unit)
+                + (_RECOVERY_COST if unit[0].prune else 0.0))
 
     buckets: list[list[VariantConfig]] = [[] for _ in range(min(jobs, len(units)))]
     loads = [0.0] * len(buckets)
