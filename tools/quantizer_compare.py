@@ -2,8 +2,8 @@
 
 ``make quantizer-compare`` (and ``make perf``, as ``quantizer_comparison`` in ``reports/perf.json``):
 
-* litegate's side is one ``litegate run examples/minilm-sst2/embeddings.toml`` (fp32, dynamic-int8, int8, int16x8,
-  auto; calibrated on the first 200 SST-2 train sentences; its output folder's cache makes a second run quick);
+* litegate's side is one ``litegate run examples/minilm-sst2/embeddings.toml`` (fp32, dynamic-int8, int8, int8-qat,
+  int16x8, auto; calibrated on the first 200 SST-2 train sentences; its output folder's cache makes a second run quick);
 * litert-quantizer quantizes that run's ``fp32.tflite`` with its ``dynamic_wi8_afp32``, ``static_wi8_ai8`` and
   ``static_wi8_ai16`` recipes, calibrated on the same 200 sentences, encoded by the same tokenizer;
 * every file's embeddings of the first 200 SST-2 dev sentences are compared with ``fp32.tflite``'s (cosine mean and
@@ -39,9 +39,10 @@ MINILM = ROOT / "models" / "all-MiniLM-L6-v2"
 RUN_DIR = ROOT / "reports" / "minilm-embeddings"  # embeddings.toml's [output] dir
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 SAMPLES = 200  # calibration sentences (embeddings.toml's calibration_samples) and evaluation sentences
-OURS = ("dynamic-int8", "int8", "int16x8", "auto")
+OURS = ("dynamic-int8", "int8", "int8-qat", "int16x8", "auto")
 THEIRS = ("dynamic_wi8_afp32", "static_wi8_ai8", "static_wi8_ai16")
-COUNTERPART = {"dynamic-int8": "dynamic_wi8_afp32", "int8": "static_wi8_ai8", "int16x8": "static_wi8_ai16"}
+COUNTERPART = {"dynamic-int8": "dynamic_wi8_afp32", "int8": "static_wi8_ai8", "int8-qat": "static_wi8_ai8",
+               "int16x8": "static_wi8_ai16"}
 PROTOCOL = PairedProtocol(rounds=9, block=5, warmup=1)
 REFERENCE = "dynamic-int8"
 

@@ -212,7 +212,14 @@ def _qat_tuned(child: _Child, model: Loaded, recipe: Recipe, extra: dict[str, An
         if data.get("npz"):  # a release's recovery data (data.train_samples rows), labels unused: distillation
             with np.load(data["npz"]) as arrays:
                 inputs = {k: arrays[k] for k in arrays.files}
-        child.tuned[key] = apply_qat(model, recipe.params["qat"], inputs, lambda: _spelled(model, recipe, child.samples))
+        import tensorflow as tf  # heavy: TensorFlow, in the build child only
+
+        try:
+            child.tuned[key] = apply_qat(model, recipe.params["qat"], inputs,
+                                         lambda: _spelled(model, recipe, child.samples))
+        except (ValueError, TypeError, KeyError, tf.errors.OpError) as exc:  # this variant fails, not the child
+            raise QuantizationError(f"recipe {recipe.name!r}: quantization-aware distillation failed: "
+                                    f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     tuned, stats = child.tuned[key]
     extra["qat"] = stats
     return tuned

@@ -31,7 +31,7 @@ from litegate.converter.sources import Loaded
 from litegate.errors import QuantizationError
 from litegate.quantize import prune, recipes
 
-QAT_DEFAULTS: dict[str, Any] = {"steps": 300, "batch_size": 8, "learning_rate": 3e-5, "seed": 0}
+QAT_DEFAULTS: dict[str, Any] = {"steps": 300, "batch_size": 8, "learning_rate": 3e-5, "seed": 0, "hidden_states": False}
 STATS_SAMPLES = 256  # the rows the report's before/after fidelity is measured on
 
 
@@ -43,12 +43,13 @@ class QatSettings:
     batch_size: int
     learning_rate: float
     seed: int
+    hidden_states: bool
 
     @classmethod
     def from_params(cls, spec: Mapping[str, Any]) -> QatSettings:
         p = {**QAT_DEFAULTS, **recipes.check_qat_params(spec, "qat")}
         return cls(steps=int(p["steps"]), batch_size=int(p["batch_size"]), learning_rate=float(p["learning_rate"]),
-                   seed=int(p["seed"]))
+                   seed=int(p["seed"]), hidden_states=bool(p["hidden_states"]))
 
 
 def _fake_quant(x: Any) -> Any:
@@ -108,6 +109,57 @@ def _simulating_copy(layer: Any) -> Any:
     return prune._fresh_copy(layer)
 
 
+def _student(model: Any, src: Any, in_names: list[str], out_names: list[str],
+             hidden_states: bool) -> tuple[Callable[[Any, bool], dict[str, Any]], list[str]]:
+    """The training call of the simulating ``model``: its outputs by name, and with ``hidden_states`` also every
+    (once-applied) litegate ``LayerNorm``'s output as ``hidden:NAME`` beside the float model's as ``teacher:NAME``
+    (computed in the same step, no gradient: a few thousand rows of MiniLM's 13 hidden states would not fit in
+    memory). Returns the call and the tapped layer names."""
+    import tensorflow as tf  # TensorFlow: build child only
+    import tf_keras  # TensorFlow: build child only
+
+    from litegate.converter.bert import LayerNorm  # imports TensorFlow at module level
+
+    taps = [layer.name for layer in src.layers if isinstance(layer, LayerNorm) and len(layer._inbound_nodes) == 1] \
+        if hidden_states else []
+    if not taps:
+        return (lambda xb, training: prune._call(model, in_names, out_names, xb, training=training)), []
+
+    def tapped(m: Any) -> Any:
+        return tf_keras.Model(m.inputs, [*m.outputs, *[m.get_layer(t).output for t in taps]])
+
+    student, teacher = tapped(model), tapped(prune.free_batch_copy(src))
+    n = len(out_names)
+
+    def call(xb: Any, training: bool) -> dict[str, Any]:
+        feed = [xb[name] for name in in_names]
+        outs, touts = student(feed, training=training), teacher(feed, training=False)
+        res = dict(zip(out_names, outs[:n], strict=True))
+        res.update({f"hidden:{t}": o for t, o in zip(taps, outs[n:], strict=True)})
+        res.update({f"teacher:{t}": tf.stop_gradient(o) for t, o in zip(taps, touts[n:], strict=True)})
+        return res
+
+    return call, taps
+
+
+def _loss(taps: list[str]) -> Callable[[dict[str, Any], Any], Any]:
+    """Distillation to the fp32 outputs (:func:`litegate.quantize.prune._loss_fn`), plus the mean over ``taps`` of each
+    hidden state's squared error relative to the float one's power."""
+    import tensorflow as tf  # TensorFlow: build child only
+
+    base = prune._loss_fn("distill", None)
+
+    def loss(student: dict[str, Any], target: Any) -> Any:
+        value = base(student, target)  # the outputs the target names; the hidden states are extra keys
+        for t in taps:
+            ref = student[f"teacher:{t}"]
+            value += tf.reduce_mean(tf.square(student[f"hidden:{t}"] - ref)) / (tf.reduce_mean(tf.square(ref)) + 1e-12) \
+                / len(taps)
+        return value
+
+    return loss
+
+
 def apply_qat(loaded: Loaded, spec: Mapping[str, Any], samples: Mapping[str, np.ndarray],
               spelled: Callable[[], Any]) -> tuple[Loaded, dict[str, Any]]:
     """Fine-tune ``loaded``'s tf_keras model under simulated int8 rounding to reproduce its fp32 outputs.
@@ -145,22 +197,21 @@ def apply_qat(loaded: Loaded, spec: Mapping[str, Any], samples: Mapping[str, np.
     teacher = prune.float_outputs(src, x)
     with spelled():
         model = prune.free_batch_copy(src, _simulating_copy)
-
-        def call(xb: Any, training: bool) -> dict[str, Any]:
-            return prune._call(model, in_names, out_names, xb, training=training)
+        call, taps = _student(model, src, in_names, out_names, s.hidden_states)
 
         probe = {k: v[:STATS_SAMPLES] for k, v in x.items()}  # fidelity before and after, on the first rows
         probe_teacher = {k: v[:STATS_SAMPLES] for k, v in teacher.items()}
 
         def simulated() -> dict[str, np.ndarray]:
-            return prune._batched(lambda xb: prune._numpy(call(xb, False)), probe, prune.TEACHER_BATCH)
+            return prune._batched(lambda xb: prune._numpy(prune._call(model, in_names, out_names, xb)), probe,
+                                  prune.TEACHER_BATCH)
 
         before = prune._fidelity(simulated(), probe_teacher)
         # Everything but embedding tables: a word table's Adam state would double MiniLM's memory for rows that a
         # few hundred sentences barely touch.
         variables = [v for layer in model.layers if layer.trainable_weights and "embedding" not in
                      type(layer).__name__.lower() for v in layer.trainable_weights]
-        losses = prune.fit(variables, x, teacher, call, prune._loss_fn("distill", None), steps=s.steps,
+        losses = prune.fit(variables, x, teacher, call, _loss(taps), steps=s.steps,
                            batch_size=s.batch_size, learning_rate=s.learning_rate, seed=s.seed)
         after = prune._fidelity(simulated(), probe_teacher)
     tuned = prune.free_batch_copy(src)  # the source's own layer classes ...
@@ -170,7 +221,7 @@ def apply_qat(loaded: Loaded, spec: Mapping[str, Any], samples: Mapping[str, np.
     float_after = prune._fidelity(prune.float_outputs(tuned, probe), probe_teacher)
     stats = {"steps": s.steps, "batch_size": s.batch_size, "learning_rate": s.learning_rate, "seed": s.seed,
              "samples": len(next(iter(x.values()))), "stats_rows": len(next(iter(probe.values()))),
-             "trained_variables": len(variables),
+             "trained_variables": len(variables), "hidden_states": len(taps),
              "loss_first": losses[0], "loss_last": losses[-1], "loss_curve": prune._curve(losses),
              "simulated_before": before, "simulated_after": after, "float_after": float_after}
     note = (f"quantization-aware distillation: {s.steps} steps on {stats['samples']} calibration samples, "
