@@ -1,13 +1,14 @@
 """Quantization-aware distillation: a full-integer recipe's ``qat`` param.
 
 Before a full-integer conversion, the float tf_keras model is fine-tuned, label-free, to reproduce its own fp32
-outputs on the calibration text while the int8 graph's rounding is simulated in the forward pass:
+outputs (a release's recovery rows, else the calibration text) while the int8 graph's rounding is simulated in the
+forward pass:
 
 - every ``Dense`` rounds its input and output to 8 bits per tensor (range: that batch's min/max, as calibration
   takes it), its kernel to 8 bits per output channel (symmetric, as TFLite's FULLY_CONNECTED holds it), and a
   non-linear activation's input too (GELU, then ``ffn_out``, are separate int8 ops in TFLite);
 - litegate's BERT ``LayerNorm`` rounds the tensors its int8 spelling holds in 8 bits: the residual sum it reads,
-  the centred rows, the variance, its reciprocal square root and the output
+  the centred rows, their squares, the variance, its reciprocal square root and the output
   (:meth:`litegate.converter.bert.LayerNorm.quantization_point`).
 
 Gradients pass the rounding straight through (TensorFlow's ``fake_quant_with_min_max_vars``). Only the fine-tuned
@@ -31,7 +32,7 @@ from litegate.converter.sources import Loaded
 from litegate.errors import QuantizationError
 from litegate.quantize import prune, recipes
 
-QAT_DEFAULTS: dict[str, Any] = {"steps": 300, "batch_size": 8, "learning_rate": 3e-5, "seed": 0, "hidden_states": False}
+QAT_DEFAULTS: dict[str, Any] = {"steps": 300, "batch_size": 8, "learning_rate": 3e-5, "seed": 0}
 STATS_SAMPLES = 256  # the rows the report's before/after fidelity is measured on
 
 
@@ -43,13 +44,12 @@ class QatSettings:
     batch_size: int
     learning_rate: float
     seed: int
-    hidden_states: bool
 
     @classmethod
     def from_params(cls, spec: Mapping[str, Any]) -> QatSettings:
         p = {**QAT_DEFAULTS, **recipes.check_qat_params(spec, "qat")}
         return cls(steps=int(p["steps"]), batch_size=int(p["batch_size"]), learning_rate=float(p["learning_rate"]),
-                   seed=int(p["seed"]), hidden_states=bool(p["hidden_states"]))
+                   seed=int(p["seed"]))
 
 
 def _fake_quant(x: Any) -> Any:
@@ -109,57 +109,6 @@ def _simulating_copy(layer: Any) -> Any:
     return prune._fresh_copy(layer)
 
 
-def _student(model: Any, src: Any, in_names: list[str], out_names: list[str],
-             hidden_states: bool) -> tuple[Callable[[Any, bool], dict[str, Any]], list[str]]:
-    """The training call of the simulating ``model``: its outputs by name, and with ``hidden_states`` also every
-    (once-applied) litegate ``LayerNorm``'s output as ``hidden:NAME`` beside the float model's as ``teacher:NAME``
-    (computed in the same step, no gradient: a few thousand rows of MiniLM's 13 hidden states would not fit in
-    memory). Returns the call and the tapped layer names."""
-    import tensorflow as tf  # TensorFlow: build child only
-    import tf_keras  # TensorFlow: build child only
-
-    from litegate.converter.bert import LayerNorm  # imports TensorFlow at module level
-
-    taps = [layer.name for layer in src.layers if isinstance(layer, LayerNorm) and len(layer._inbound_nodes) == 1] \
-        if hidden_states else []
-    if not taps:
-        return (lambda xb, training: prune._call(model, in_names, out_names, xb, training=training)), []
-
-    def tapped(m: Any) -> Any:
-        return tf_keras.Model(m.inputs, [*m.outputs, *[m.get_layer(t).output for t in taps]])
-
-    student, teacher = tapped(model), tapped(prune.free_batch_copy(src))
-    n = len(out_names)
-
-    def call(xb: Any, training: bool) -> dict[str, Any]:
-        feed = [xb[name] for name in in_names]
-        outs, touts = student(feed, training=training), teacher(feed, training=False)
-        res = dict(zip(out_names, outs[:n], strict=True))
-        res.update({f"hidden:{t}": o for t, o in zip(taps, outs[n:], strict=True)})
-        res.update({f"teacher:{t}": tf.stop_gradient(o) for t, o in zip(taps, touts[n:], strict=True)})
-        return res
-
-    return call, taps
-
-
-def _loss(taps: list[str]) -> Callable[[dict[str, Any], Any], Any]:
-    """Distillation to the fp32 outputs (:func:`litegate.quantize.prune._loss_fn`), plus the mean over ``taps`` of each
-    hidden state's squared error relative to the float one's power."""
-    import tensorflow as tf  # TensorFlow: build child only
-
-    base = prune._loss_fn("distill", None)
-
-    def loss(student: dict[str, Any], target: Any) -> Any:
-        value = base(student, target)  # the outputs the target names; the hidden states are extra keys
-        for t in taps:
-            ref = student[f"teacher:{t}"]
-            value += tf.reduce_mean(tf.square(student[f"hidden:{t}"] - ref)) / (tf.reduce_mean(tf.square(ref)) + 1e-12) \
-                / len(taps)
-        return value
-
-    return loss
-
-
 def apply_qat(loaded: Loaded, spec: Mapping[str, Any], samples: Mapping[str, np.ndarray],
               spelled: Callable[[], Any]) -> tuple[Loaded, dict[str, Any]]:
     """Fine-tune ``loaded``'s tf_keras model under simulated int8 rounding to reproduce its fp32 outputs.
@@ -175,8 +124,8 @@ def apply_qat(loaded: Loaded, spec: Mapping[str, Any], samples: Mapping[str, np.
         A new :class:`Loaded` with the fine-tuned float weights, and stats: ``steps``, ``loss_first``,
         ``loss_last``, ``loss_curve``, ``simulated_before`` / ``simulated_after`` (per output: cosine and max abs
         difference of the simulated-int8 model to fp32 on the first :data:`STATS_SAMPLES` training rows, before and
-        after),
-        ``float_after`` (the fine-tuned float model against fp32), ``trained_variables``, the settings.
+        after), ``float_after`` (the fine-tuned float model against fp32), ``samples``, ``stats_rows``,
+        ``trained_variables``, the settings.
 
     Raises:
         QuantizationError: not a functional tf_keras model, or no sample.
@@ -189,7 +138,7 @@ def apply_qat(loaded: Loaded, spec: Mapping[str, Any], samples: Mapping[str, np.
         raise QuantizationError("quantization-aware distillation (qat) needs a functional tf_keras encoder; this "
                                 "source is a SavedModel, a Keras 3 model, a subclassed model or a text generator")
     if not samples or not len(next(iter(samples.values()))):
-        raise QuantizationError("quantization-aware distillation (qat) needs calibration samples: none were given")
+        raise QuantizationError("quantization-aware distillation (qat) needs training rows: none were given")
     tf_keras.utils.set_random_seed(s.seed)
     in_names = [layer.name for layer in src._input_layers]
     out_names = list(src.output_names)
@@ -197,21 +146,22 @@ def apply_qat(loaded: Loaded, spec: Mapping[str, Any], samples: Mapping[str, np.
     teacher = prune.float_outputs(src, x)
     with spelled():
         model = prune.free_batch_copy(src, _simulating_copy)
-        call, taps = _student(model, src, in_names, out_names, s.hidden_states)
+
+        def call(xb: Any, training: bool) -> dict[str, Any]:
+            return prune._call(model, in_names, out_names, xb, training=training)
 
         probe = {k: v[:STATS_SAMPLES] for k, v in x.items()}  # fidelity before and after, on the first rows
         probe_teacher = {k: v[:STATS_SAMPLES] for k, v in teacher.items()}
 
         def simulated() -> dict[str, np.ndarray]:
-            return prune._batched(lambda xb: prune._numpy(prune._call(model, in_names, out_names, xb)), probe,
-                                  prune.TEACHER_BATCH)
+            return prune._batched(lambda xb: prune._numpy(call(xb, False)), probe, prune.TEACHER_BATCH)
 
         before = prune._fidelity(simulated(), probe_teacher)
         # Everything but embedding tables: a word table's Adam state would double MiniLM's memory for rows that a
         # few hundred sentences barely touch.
         variables = [v for layer in model.layers if layer.trainable_weights and "embedding" not in
                      type(layer).__name__.lower() for v in layer.trainable_weights]
-        losses = prune.fit(variables, x, teacher, call, _loss(taps), steps=s.steps,
+        losses = prune.fit(variables, x, teacher, call, prune._loss_fn("distill", None), steps=s.steps,
                            batch_size=s.batch_size, learning_rate=s.learning_rate, seed=s.seed)
         after = prune._fidelity(simulated(), probe_teacher)
     tuned = prune.free_batch_copy(src)  # the source's own layer classes ...
@@ -221,9 +171,9 @@ def apply_qat(loaded: Loaded, spec: Mapping[str, Any], samples: Mapping[str, np.
     float_after = prune._fidelity(prune.float_outputs(tuned, probe), probe_teacher)
     stats = {"steps": s.steps, "batch_size": s.batch_size, "learning_rate": s.learning_rate, "seed": s.seed,
              "samples": len(next(iter(x.values()))), "stats_rows": len(next(iter(probe.values()))),
-             "trained_variables": len(variables), "hidden_states": len(taps),
+             "trained_variables": len(variables),
              "loss_first": losses[0], "loss_last": losses[-1], "loss_curve": prune._curve(losses),
              "simulated_before": before, "simulated_after": after, "float_after": float_after}
-    note = (f"quantization-aware distillation: {s.steps} steps on {stats['samples']} calibration samples, "
+    note = (f"quantization-aware distillation: {s.steps} steps on {stats['samples']} rows, "
             f"loss {losses[0]:.3g} -> {losses[-1]:.3g}")
     return prune.trained_loaded(loaded, tuned, note), stats

@@ -106,13 +106,11 @@ def validate(data: Mapping[str, Any], where: str) -> Recipe:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-_QAT_PARAMS: dict[str, type] = {"steps": int, "batch_size": int, "learning_rate": float, "seed": int,
-                                 "hidden_states": bool}
+_QAT_PARAMS: dict[str, type] = {"steps": int, "batch_size": int, "learning_rate": float, "seed": int}
 
 
 def check_qat_params(spec: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """``qat = {steps, batch_size, learning_rate, seed, hidden_states}`` (:mod:`litegate.quantize.qat`): known keys,
-    types, ranges.
+    """``qat = {steps, batch_size, learning_rate, seed}`` (:mod:`litegate.quantize.qat`): known keys, types, ranges.
 
     Raises:
         ConfigError: an unknown or mistyped key, or a value out of range.
@@ -123,9 +121,9 @@ def check_qat_params(spec: Mapping[str, Any], where: str) -> dict[str, Any]:
             raise ConfigError(f"{where}: unknown qat key {key!r} (known: {', '.join(_QAT_PARAMS)})")
         if _QAT_PARAMS[key] is float and isinstance(value, int) and not isinstance(value, bool):
             value = out[key] = float(value)
-        if isinstance(value, bool) is not (_QAT_PARAMS[key] is bool) or not isinstance(value, _QAT_PARAMS[key]):
-            kind = {int: "n integer", float: " number", bool: " boolean"}[_QAT_PARAMS[key]]
-            raise ConfigError(f"{where}: qat.{key} must be a{kind}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, _QAT_PARAMS[key]):
+            raise ConfigError(f"{where}: qat.{key} must be a{'n integer' if _QAT_PARAMS[key] is int else ' number'}, "
+                              f"got {value!r}")
     for key in ("steps", "batch_size"):
         if out.get(key, 1) < 1:
             raise ConfigError(f"{where}: qat.{key} must be >= 1, got {out[key]}")
