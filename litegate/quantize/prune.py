@@ -234,7 +234,7 @@ def _as_dict(out: Any, names: list[str]) -> dict[str, Any]:
     return {names[0]: out}
 
 
-def _call(model: Any, in_names: list[str], out_names: list[str], x: Mapping[str, Any],
+def call_model(model: Any, in_names: list[str], out_names: list[str], x: Mapping[str, Any],
           training: bool = False) -> dict[str, Any]:
     """Call a functional model with inputs by name, whatever its input structure; outputs by name."""
     if isinstance(model.input, Mapping):
@@ -243,11 +243,11 @@ def _call(model: Any, in_names: list[str], out_names: list[str], x: Mapping[str,
     return _as_dict(model(args[0] if len(args) == 1 else args, training=training), out_names)
 
 
-def _numpy(out: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def as_numpy(out: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def _batched(fn: Callable[[dict[str, np.ndarray]], dict[str, Any]], x: Mapping[str, np.ndarray],
+def batched(fn: Callable[[dict[str, np.ndarray]], dict[str, Any]], x: Mapping[str, np.ndarray],
              batch: int) -> dict[str, np.ndarray]:
     n = len(next(iter(x.values())))
     parts: dict[str, list[np.ndarray]] = {}
@@ -258,7 +258,7 @@ def _batched(fn: Callable[[dict[str, np.ndarray]], dict[str, Any]], x: Mapping[s
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _fidelity(student: Mapping[str, np.ndarray], teacher: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+def fidelity(student: Mapping[str, np.ndarray], teacher: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
     out = {}
     for k, t in teacher.items():
         s = student[k].reshape(len(t), -1).astype(np.float64)
@@ -279,7 +279,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / np.sum(e, axis=-1, keepdims=True)
 
 
-def _loss_fn(mode: str, label_key: str | None) -> Callable[[dict[str, Any], Any], Any]:
+def loss_fn(mode: str, label_key: str | None) -> Callable[[dict[str, Any], Any], Any]:
     import tensorflow as tf  # TensorFlow: build child only
 
     def loss(student: dict[str, Any], target: Any) -> Any:
@@ -351,7 +351,7 @@ def fit(variables: list[Any], x: Mapping[str, np.ndarray], target: Any, call: Ca
     return losses
 
 
-def _curve(losses: list[float]) -> list[list[float]]:
+def loss_curve(losses: list[float]) -> list[list[float]]:
     if not losses:
         return []
     idx = sorted({int(round(i)) for i in np.linspace(0, len(losses) - 1, min(_CURVE_POINTS, len(losses)))})
@@ -362,7 +362,7 @@ def _serve_specs(loaded: Loaded) -> dict[str, Any]:
     return dict(loaded.serve.get_concrete_function().structured_input_signature[1])
 
 
-def _model_feed(names: list[str], texts_inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def model_feed(names: list[str], texts_inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     try:
         return feed_for(names, dict(texts_inputs))
     except Exception as exc:  # ModelLoadError: an input the text cannot feed
@@ -436,7 +436,7 @@ def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[st
 
     src = loaded.keras_model
     in_names = [layer.name for layer in src._input_layers]
-    x = _model_feed(in_names, texts_inputs)
+    x = model_feed(in_names, texts_inputs)
     out_names = list(src.output_names)
 
     # The float model's outputs (distillation targets, fidelity), from a free-batch copy in batches of
@@ -449,7 +449,7 @@ def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[st
     skipped: dict[str, str] = {}
 
     def clone_fn(layer: Any) -> Any:
-        copy = _fresh_copy(layer)
+        copy = fresh_copy(layer)
         fresh[layer.name] = copy
         if _is_prunable(layer, s):
             misfit = _block_misfit(layer, s)
@@ -474,21 +474,21 @@ def _prune_functional(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[st
     _check_copied(src, fresh)
 
     def call_new(xb: Any, training: bool) -> dict[str, Any]:
-        return _call(model, in_names, out_names, xb, training=training)
+        return call_model(model, in_names, out_names, xb, training=training)
 
     label_key = _label_key(out_names, teacher) if mode == "labels" else None
     if label_key is not None:
         _check_labels(labels, teacher[label_key].shape[-1])
     target: Any = np.asarray(labels) if mode == "labels" else teacher
-    losses = _train(model, list(wrapped.values()), s, x, target, call_new, _loss_fn(mode, label_key))
+    losses = _train(model, list(wrapped.values()), s, x, target, call_new, loss_fn(mode, label_key))
     with _quiet_lambda_warning():
         stripped = tfmot.sparsity.keras.strip_pruning(model)
     pruned_layers = {name: stripped.get_layer(name) for name in wrapped}
     stats = _sparsity_stats(stripped, pruned_layers)
     stats["skipped"] = skipped
 
-    after = _batched(lambda xb: _numpy(_call(stripped, in_names, out_names, xb)), x, TEACHER_BATCH)
-    stats["fidelity"] = _fidelity(after, teacher)
+    after = batched(lambda xb: as_numpy(call_model(stripped, in_names, out_names, xb)), x, TEACHER_BATCH)
+    stats["fidelity"] = fidelity(after, teacher)
     stats.update(_loss_stats(losses, mode, s))
     note = (f"pruned {len(wrapped)} layers to {stats['pruned_sparsity']:.1%} zeros "
             f"({stats['all_weights_sparsity']:.1%} of all weights), recovery by {mode}, {s.total_steps} steps")
@@ -516,7 +516,7 @@ def trained_loaded(loaded: Loaded, model: Any, note: str) -> Loaded:
     rename = {k: k for k in specs} if set(specs) == set(in_names) else dict(zip(specs, in_names, strict=True))
 
     def serve_call(**kw: Any) -> Any:
-        return _call(model, in_names, out_names, {rename[k]: v for k, v in kw.items()})
+        return call_model(model, in_names, out_names, {rename[k]: v for k, v in kw.items()})
 
     result.serve = serving_function(serve_call, {k: tf.TensorSpec(v.shape, v.dtype) for k, v in specs.items()})
     return result
@@ -537,7 +537,7 @@ def free_batch_copy(src: Any, clone_function: Callable[[Any], Any] | None = None
 
     with _quiet_lambda_warning():
         copy = tf_keras.models.clone_model(src, input_tensors=_free_batch_inputs(src),
-                                           clone_function=clone_function or _fresh_copy)
+                                           clone_function=clone_function or fresh_copy)
     for layer in src.layers:
         if layer.weights:
             copy.get_layer(layer.name).set_weights(layer.get_weights())
@@ -548,7 +548,7 @@ def float_outputs(src: Any, x: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
     """``src``'s outputs on ``x`` (inputs by name), by name, computed in batches of TEACHER_BATCH on a free-batch copy."""
     plain = free_batch_copy(src)
     in_names = [layer.name for layer in src._input_layers]
-    return _batched(lambda xb: _numpy(_call(plain, in_names, list(src.output_names), xb)), x, TEACHER_BATCH)
+    return batched(lambda xb: as_numpy(call_model(plain, in_names, list(src.output_names), xb)), x, TEACHER_BATCH)
 
 
 @contextlib.contextmanager
@@ -559,7 +559,7 @@ def _quiet_lambda_warning() -> Iterator[None]:
         yield
 
 
-def _fresh_copy(layer: Any) -> Any:
+def fresh_copy(layer: Any) -> Any:
     """A new, unbuilt layer like ``layer``; Python-callable activations (a lambda) carried over."""
     config = layer.get_config()
     try:
@@ -596,7 +596,7 @@ def _check_labels(labels: np.ndarray | None, classes: int) -> None:
 def _loss_stats(losses: list[float], mode: str, s: PruneSettings) -> dict[str, Any]:
     return {"mode": mode, "steps": len(losses), "pruning_steps": s.end_step, "recovery_steps": s.recovery_steps,
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-            "loss_curve": _curve(losses)}
+            "loss_curve": loss_curve(losses)}
 
 
 def _check_copied(src: Any, fresh: Mapping[str, Any]) -> None:
@@ -623,8 +623,8 @@ def _prune_gpt2(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[str, np.
     )
 
     src = loaded.keras_model
-    x = _model_feed(["tokens"], texts_inputs)
-    teacher = _batched(lambda xb: {"logits": src(tf.constant(xb["tokens"])).numpy()}, x, s.batch_size)
+    x = model_feed(["tokens"], texts_inputs)
+    teacher = batched(lambda xb: {"logits": src(tf.constant(xb["tokens"])).numpy()}, x, s.batch_size)
     model = GPT2(src.cfg)
     model.build_all()
     if len(model.weights) != len(src.weights):
@@ -654,13 +654,13 @@ def _prune_gpt2(loaded: Loaded, s: PruneSettings, texts_inputs: Mapping[str, np.
     if mode == "labels":
         _check_labels(labels, teacher["logits"].shape[-1])
     target: Any = np.asarray(labels) if mode == "labels" else teacher
-    losses = _train(model, list(wrappers.values()), s, x, target, call, _loss_fn(mode, "logits"))
+    losses = _train(model, list(wrappers.values()), s, x, target, call, loss_fn(mode, "logits"))
     for name, (block, key, layer) in dense.items():  # strip: put the (masked) Dense layers back
         block[key] = layer
         setattr(model, name, layer)
     stats = _sparsity_stats(model, {name: layer for name, (_, _, layer) in dense.items()})
     stats["skipped"] = skipped
-    stats["fidelity"] = _fidelity(_batched(lambda xb: {"logits": model(tf.constant(xb["tokens"])).numpy()}, x,
+    stats["fidelity"] = fidelity(batched(lambda xb: {"logits": model(tf.constant(xb["tokens"])).numpy()}, x,
                                            s.batch_size), teacher)
     stats.update(_loss_stats(losses, mode, s))
     prefill = loaded.signatures["prefill"].structured_input_signature[1]["tokens"]

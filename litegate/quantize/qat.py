@@ -106,7 +106,7 @@ def _simulating_copy(layer: Any) -> Any:
         return copy
     if type(layer) is LayerNorm:
         return norm.from_config(layer.get_config())
-    return prune._fresh_copy(layer)
+    return prune.fresh_copy(layer)
 
 
 def apply_qat(loaded: Loaded, spec: Mapping[str, Any], samples: Mapping[str, np.ndarray],
@@ -142,37 +142,37 @@ def apply_qat(loaded: Loaded, spec: Mapping[str, Any], samples: Mapping[str, np.
     tf_keras.utils.set_random_seed(s.seed)
     in_names = [layer.name for layer in src._input_layers]
     out_names = list(src.output_names)
-    x = prune._model_feed(in_names, samples)
+    x = prune.model_feed(in_names, samples)
     teacher = prune.float_outputs(src, x)
     with spelled():
         model = prune.free_batch_copy(src, _simulating_copy)
 
         def call(xb: Any, training: bool) -> dict[str, Any]:
-            return prune._call(model, in_names, out_names, xb, training=training)
+            return prune.call_model(model, in_names, out_names, xb, training=training)
 
         probe = {k: v[:STATS_SAMPLES] for k, v in x.items()}  # fidelity before and after, on the first rows
         probe_teacher = {k: v[:STATS_SAMPLES] for k, v in teacher.items()}
 
         def simulated() -> dict[str, np.ndarray]:
-            return prune._batched(lambda xb: prune._numpy(call(xb, False)), probe, prune.TEACHER_BATCH)
+            return prune.batched(lambda xb: prune.as_numpy(call(xb, False)), probe, prune.TEACHER_BATCH)
 
-        before = prune._fidelity(simulated(), probe_teacher)
+        before = prune.fidelity(simulated(), probe_teacher)
         # Everything but embedding tables: a word table's Adam state would double MiniLM's memory for rows that a
         # few hundred sentences barely touch.
         variables = [v for layer in model.layers if layer.trainable_weights and "embedding" not in
                      type(layer).__name__.lower() for v in layer.trainable_weights]
-        losses = prune.fit(variables, x, teacher, call, prune._loss_fn("distill", None), steps=s.steps,
+        losses = prune.fit(variables, x, teacher, call, prune.loss_fn("distill", None), steps=s.steps,
                            batch_size=s.batch_size, learning_rate=s.learning_rate, seed=s.seed)
-        after = prune._fidelity(simulated(), probe_teacher)
+        after = prune.fidelity(simulated(), probe_teacher)
     tuned = prune.free_batch_copy(src)  # the source's own layer classes ...
     for layer in model.layers:  # ... with the fine-tuned weights
         if layer.weights:
             tuned.get_layer(layer.name).set_weights(layer.get_weights())
-    float_after = prune._fidelity(prune.float_outputs(tuned, probe), probe_teacher)
+    float_after = prune.fidelity(prune.float_outputs(tuned, probe), probe_teacher)
     stats = {"steps": s.steps, "batch_size": s.batch_size, "learning_rate": s.learning_rate, "seed": s.seed,
              "samples": len(next(iter(x.values()))), "stats_rows": len(next(iter(probe.values()))),
              "trained_variables": len(variables),
-             "loss_first": losses[0], "loss_last": losses[-1], "loss_curve": prune._curve(losses),
+             "loss_first": losses[0], "loss_last": losses[-1], "loss_curve": prune.loss_curve(losses),
              "simulated_before": before, "simulated_after": after, "float_after": float_after}
     note = (f"quantization-aware distillation: {s.steps} steps on {stats['samples']} rows, "
             f"loss {losses[0]:.3g} -> {losses[-1]:.3g}")
