@@ -427,6 +427,9 @@ def test_qat_fine_tunes_under_simulated_int8_and_ships_a_closer_int8(tmp_path, t
     assert real / 3 < cos_err(q["simulated_before"]) < real * 3, (real, q["simulated_before"])
     assert cos_err(q["simulated_after"]) < cos_err(q["simulated_before"])
     assert q["steps"] == 100 and q["samples"] == 40 and q["loss_last"] < q["loss_first"]
+    # observed ranges: per layer 5 linear Dense x (input, output) and ffn_in x (input, GELU input, output); 6 tensors
+    # of each of the 5 layer norms (the embeddings' and 2 per layer)
+    assert q["quantization_points"] == 2 * (5 * 2 + 3) + 5 * 6
     assert cos_err(q["float_after"]) > 0  # the float weights did move
     assert nmse(out["qat"]) < nmse(out["int8"]), (nmse(out["qat"]), nmse(out["int8"]))
     ops = {name: [op.op for op in load_model(tmp_path / f"{name}.tflite").ops] for name in ("int8", "qat")}
