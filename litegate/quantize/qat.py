@@ -115,9 +115,12 @@ def _layer_classes() -> tuple[Any, Any]:
     from litegate.converter.bert import LayerNorm  # imports TensorFlow at module level
 
     class SimulatedDense(tf_keras.layers.Dense):  # type: ignore[misc]
+        keep: Any = None  # a pruned kernel's non-zeros (1.0) mask: its zeros stay exactly zero while it trains
+
         def call(self, inputs: Any) -> Any:
             self._q_next = 0
-            y = tf.tensordot(_point(self, inputs), _fake_quant_kernel(self.kernel), [[inputs.shape.rank - 1], [0]])
+            kernel = self.kernel if self.keep is None else self.kernel * self.keep
+            y = tf.tensordot(_point(self, inputs), _fake_quant_kernel(kernel), [[inputs.shape.rank - 1], [0]])
             if self.use_bias:
                 y = y + self.bias
             if self.activation not in (None, tf_keras.activations.linear):
@@ -181,6 +184,7 @@ def apply_qat(loaded: Loaded, spec: Mapping[str, Any], samples: Mapping[str, np.
     Raises:
         QuantizationError: not a functional tf_keras model, or no sample.
     """
+    import tensorflow as tf  # TensorFlow: build child only
     import tf_keras  # TensorFlow: build child only
 
     s = QatSettings.from_params(spec)
@@ -198,6 +202,10 @@ def apply_qat(loaded: Loaded, spec: Mapping[str, Any], samples: Mapping[str, np.
     ranges = _Ranges()
     with spelled(), _observed(ranges):
         model = prune.free_batch_copy(src, _simulating_copy)
+        dense, _ = _layer_classes()
+        for layer in model.layers:  # a pruned model stays pruned: Adam never moves a weight whose gradient is 0
+            if isinstance(layer, dense) and not np.all(kernel := layer.kernel.numpy()):
+                layer.keep = tf.constant((kernel != 0).astype(np.float32))
 
         def call(xb: Any, training: bool) -> dict[str, Any]:
             return prune.call_model(model, in_names, out_names, xb, training=training)
@@ -227,6 +235,7 @@ def apply_qat(loaded: Loaded, spec: Mapping[str, Any], samples: Mapping[str, np.
     stats = {"steps": s.steps, "batch_size": s.batch_size, "learning_rate": s.learning_rate, "seed": s.seed,
              "samples": len(next(iter(x.values()))), "stats_rows": len(next(iter(probe.values()))),
              "trained_variables": len(variables), "quantization_points": len(ranges.seen),
+             "zeros_kept": sum(1 for layer in model.layers if getattr(layer, "keep", None) is not None),
              "loss_first": losses[0], "loss_last": losses[-1], "loss_curve": prune.loss_curve(losses),
              "simulated_before": before, "simulated_after": after, "float_after": float_after}
     note = (f"quantization-aware distillation: {s.steps} steps on {stats['samples']} rows, "
