@@ -118,8 +118,11 @@ def test_auto_int16x8_and_debug_in_one_run(tmp_path):
     if pa["met"]:
         assert v["pruned-50+auto"]["accuracy"][0]["delta"] >= -2.0
         assert r.returncode == 0, r.stderr
-    else:  # pruning alone can spend the budget; the search says so and the gate fails that variant only
-        assert "no candidate reached the target" in pa["reason"]
+    else:  # pruning alone can spend the budget: the search finds no candidate, or the model the fp32 guard ships
+        # instead of the search's (when that one measures slower than fp32 here) falls under the target; either way
+        # the gate fails that variant only
+        assert "no candidate reached the target" in pa["reason"] or (
+            "replaced the search's" in pa["reason"] and "under the target" in pa["reason"]), pa["reason"]
         assert r.returncode == 1 and "pruned-50+auto" in r.stdout, r.stdout
 
 
