@@ -153,9 +153,8 @@ def _calibrated(child: _Child, model: Loaded, serve: Any, spelled_as: Any) -> by
 
 def _prepared(child: _Child, model: Loaded, recipe: Recipe, extra: dict[str, Any]) -> Any:
     """The serving function to convert: calibration data checked once per model, the recipe's int8 spelling."""
-    if recipe.needs_calibration and id(model) not in child.checked:
-        check_calibration(model.serve, child.samples or {})
-        child.checked.add(id(model))
+    if recipe.needs_calibration:
+        _check_calibration_once(child, model)
     serve, spelling = int8_spelling(model, recipe, child.samples)
     extra.update(spelling)
     child.serve = serve
@@ -198,20 +197,32 @@ def _converted(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any
     return data
 
 
+def _check_calibration_once(child: _Child, model: Loaded) -> None:
+    """The calibration samples checked against ``model``'s inputs, once per model in a child."""
+    if id(model) not in child.checked:
+        check_calibration(model.serve, child.samples or {})
+        child.checked.add(id(model))
+
+
+def _recovery_inputs(child: _Child) -> tuple[dict[str, np.ndarray], np.ndarray | None] | None:
+    """The payload's recovery rows (inputs, labels or None), or None where the release has none."""
+    data = child.payload.get("prune_data") or {}
+    if not data.get("npz"):
+        return None
+    with np.load(data["npz"]) as arrays:
+        inputs = {k: arrays[k] for k in arrays.files}
+    return inputs, np.asarray(data["labels"]) if data.get("labels") is not None else None
+
+
 def _qat_tuned(child: _Child, model: Loaded, recipe: Recipe, extra: dict[str, Any]) -> Loaded:
     """``model`` fine-tuned by quantization-aware distillation under ``recipe``'s int8 spelling (its ``qat`` param),
     once per (model, qat settings, spelling) in a child, on the release's recovery data where the payload has it,
     else on the calibration samples; the stats go to ``extra["qat"]``."""
     key = (id(model), json.dumps(recipe.params["qat"], sort_keys=True), recipes.spelling(recipe))
     if key not in child.tuned:
-        if id(model) not in child.checked:
-            check_calibration(model.serve, child.samples or {})
-            child.checked.add(id(model))
-        data = child.payload.get("prune_data") or {}
-        inputs = child.samples or {}
-        if data.get("npz"):  # a release's recovery data (data.train_samples rows), labels unused: distillation
-            with np.load(data["npz"]) as arrays:
-                inputs = {k: arrays[k] for k in arrays.files}
+        _check_calibration_once(child, model)
+        recovery = _recovery_inputs(child)  # a release's recovery rows, labels unused: distillation
+        inputs = recovery[0] if recovery else child.samples or {}
         import tensorflow as tf  # heavy: TensorFlow, in the build child only
 
         try:
@@ -502,14 +513,12 @@ def _guarded(searched: bytes, info: dict[str, Any], guard: _Guard, score: Callab
 
 def _pruned(child: _Child, prune: Recipe) -> tuple[Loaded, dict[str, Any]]:
     """Prune (with recovery) once per pruning recipe; later variants reuse the pruned model."""
-    data = child.payload.get("prune_data") or {}
     key = json.dumps(prune.to_dict(), sort_keys=True)
     if key not in child.pruned:
-        if not data.get("npz"):
+        recovery = _recovery_inputs(child)
+        if recovery is None:
             raise QuantizationError(f"pruning recipe {prune.name!r} needs recovery data (data.train or data.calibration)")
-        with np.load(data["npz"]) as arrays:
-            inputs = {k: arrays[k] for k in arrays.files}
-        labels = np.asarray(data["labels"]) if data.get("labels") is not None else None
+        inputs, labels = recovery
         new, stats = apply_pruning(child.base, prune, texts_inputs=inputs, labels=labels)
         stats = {k: v for k, v in stats.items() if k != "loss_curve"} | {"loss_curve": stats.get("loss_curve", [])[-20:]}
         child.pruned[key] = (new, stats)
