@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -40,14 +41,38 @@ _TOOLS = ("litegate", "tensorflow", "tf-keras", "ai-edge-litert", "numpy", "toke
 
 
 def tool_versions() -> dict[str, str]:
-    """Versions of the libraries that decide a step's output (read from metadata, no imports)."""
+    """Versions of the libraries that decide a step's output (read from metadata, no imports), and
+    ``litegate-source``: a digest of litegate's own code and recipes (:func:`source_digest`)."""
     versions = {}
     for name in _TOOLS:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
+    versions["litegate-source"] = source_digest()
     return versions
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """sha256 (16 hex digits) of litegate's installed ``.py`` and ``.json`` files, names and contents.
+
+    Cached steps are keyed on it as well as on the package version: a checkout that changes how a model is
+    spelled or quantized without a release (the version stays the same) must not be served the conversions its
+    previous code made (a GPT-2 ``int16x8`` built before a recipe fix came back from the cache unchanged).
+    """
+    return code_digest(Path(__file__).resolve().parent)
+
+
+def code_digest(root: Path) -> str:
+    """sha256 (16 hex digits) of the ``.py`` and ``.json`` files under ``root`` (relative names and contents);
+    compiled caches and other files do not count."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.suffix in (".py", ".json") and "__pycache__" not in q.parts):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(p.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -117,15 +117,26 @@ def build_job(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _generator(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any], extra: dict[str, Any]) -> bytes:
-    """A multi-signature text generator: every signature converted together, calibrated on a float rollout."""
+    """A multi-signature text generator: every signature converted together, calibrated on a float rollout.
+
+    With ``generator_quantizer = "litert-quantizer"`` the signatures are converted in float and litert-quantizer makes
+    the whole model integer (:func:`litegate.quantize.ptq.quantize_signatures`), each signature calibrated on its own
+    calls."""
     payload = child.payload
     gen_samples = None
     if recipe.needs_calibration and payload.get("calibration_npz"):
         with np.load(payload["calibration_npz"]) as cal:
             gen_samples = generator_samples(model.signatures, cal["tokens"], child.source.seq_len)
     notes: list[str] = []
+    by_litert = recipe.params.get("generator_quantizer") == "litert-quantizer"
+    if by_litert and not gen_samples:
+        raise QuantizationError(f"recipe {recipe.name!r} needs calibration windows (data.calibration) for a text generator")
     with tempfile.TemporaryDirectory(prefix="litegate-sig-") as tmp:
-        data = convert_signatures(model.signatures, model.owner, recipe, Path(tmp), gen_samples, notes)
+        converted_as = Recipe(name=recipe.name, kind=RecipeKind.FLOAT, params={}) if by_litert else recipe
+        data = convert_signatures(model.signatures, model.owner, converted_as, Path(tmp), gen_samples, notes)
+    if by_litert:
+        bits = 16 if recipe.kind is RecipeKind.INT16X8 else 8
+        data, extra["litert_quantizer"] = ptq.quantize_signatures(data, gen_samples or [], bits, recipe.name)
     if notes:
         extra["fallback"] = notes
     return data

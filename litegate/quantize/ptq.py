@@ -286,11 +286,7 @@ def litert_quantize(model: bytes, spec: Mapping[str, Any], recipe_name: str) -> 
     except Exception as exc:  # litert-quantizer raises ValueError, RuntimeError and its own types
         raise QuantizationError(f"recipe {recipe_name!r}: litert-quantizer failed: {_first_line(exc)}") from None
     data = bytes(out.quantized_model)
-    try:
-        version = importlib.metadata.version("litert-quantizer")
-    except importlib.metadata.PackageNotFoundError:  # imported from a source tree
-        version = "unknown"
-    info = {"tool": "litert-quantizer", "version": version, "mode": mode, "bits": int(spec["bits"]),
+    info = {"tool": "litert-quantizer", "version": _litert_quantizer_version(), "mode": mode, "bits": int(spec["bits"]),
             "granularity": granularity.value.lower(), "ops": ops, "float_bytes": len(model), "bytes": len(data)}
     if uneven:
         info["channelwise_fallback"] = {"ops": len(uneven), "why": f"input dimension not a multiple of {block}"}
@@ -343,6 +339,70 @@ def mixed_quantize(float_model: bytes, calibration: Any, high_nodes: Sequence[st
         return bytes(q.quantize(calibration, enable_progress_report=False).quantized_model)
     except Exception as exc:  # litert-quantizer raises ValueError, RuntimeError and its own types
         raise QuantizationError(f"litert-quantizer failed: {_first_line(exc)}") from None
+
+
+def quantize_signatures(model: bytes, samples: Sequence[tuple[str, Mapping[str, np.ndarray]]], activation_bits: int,
+                        recipe_name: str) -> tuple[bytes, dict[str, Any]]:
+    """``model`` (a float .tflite with several signatures: a generator's ``prefill`` and ``decode``) fully integer by
+    litert-quantizer: int8 weights, one scale per output channel; ``activation_bits`` (8 or 16) activations; every
+    signature calibrated on its own calls in ``samples`` (``(signature, inputs)`` pairs, as
+    :func:`litegate.quantize.calibration.generator_samples` records them); float inputs and outputs, so the KV
+    cache ``prefill`` returns goes into ``decode`` as it is.
+
+    TFLiteConverter's 16x8 quantizer cannot do this: it quantizes a constant the signatures share (the token table,
+    ``ln_f``'s bias) once per signature, the second time from the first one's integers, and the file it writes aborts
+    LiteRT (``QuantizeMultiplierSmallerThanOneExp`` in ADD's Prepare; docs/quantization.md).
+
+    Raises:
+        QuantizationError: litert-quantizer is not installed, or it refused or failed (one line).
+    """
+    qtyping, quantizer, recipe_manager = _litert_quantizer(f"recipe {recipe_name!r}")
+    calibration: dict[str, list[dict[str, np.ndarray]]] = {}
+    for signature, feed in samples:
+        calibration.setdefault(signature, []).append(dict(feed))
+    manager = recipe_manager.RecipeManager()
+    try:
+        manager.add_static_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                  activation_num_bits=int(activation_bits), weight_num_bits=8)
+        for io in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):  # float I/O
+            manager.add_quantization_config(regex=".*", operation_name=io,
+                                            algorithm_key=recipe_manager.AlgorithmName.NO_QUANTIZE)
+        q = quantizer.Quantizer(bytearray(model), manager.get_quantization_recipe())
+        out = q.quantize(q.calibrate(calibration, num_threads=2), enable_progress_report=False)
+    except Exception as exc:  # litert-quantizer raises ValueError, RuntimeError and its own types
+        raise QuantizationError(f"recipe {recipe_name!r}: litert-quantizer failed: {_first_line(exc)}") from None
+    data = bytes(out.quantized_model)
+    _check_signatures_run(data, calibration, recipe_name)
+    info = {"tool": "litert-quantizer", "version": _litert_quantizer_version(), "mode": "static",
+            "activation_bits": int(activation_bits), "weight_bits": 8, "granularity": "channelwise",
+            "calibration_calls": {k: len(v) for k, v in calibration.items()}, "float_bytes": len(model),
+            "bytes": len(data)}
+    return data, info
+
+
+def _check_signatures_run(model: bytes, calibration: Mapping[str, Sequence[Mapping[str, np.ndarray]]],
+                          recipe_name: str) -> None:
+    """Run every signature of ``model`` once, on its first calibration call, in LiteRT.
+
+    litert-quantizer 0.11 can write a model one signature of which no kernel prepares: the char LSTM's ``step`` got a
+    FULLY_CONNECTED with a float input and an int16 output ("output->type != kTfLiteFloat32"), while ``prefill``
+    ran. Such a model fails here, as this variant's reason, instead of in the benchmarks or on a phone.
+    """
+    from ai_edge_litert.interpreter import Interpreter  # LiteRT runtime: build child only
+
+    for signature, calls in calibration.items():
+        try:
+            Interpreter(model_content=model).get_signature_runner(signature)(**calls[0])
+        except (RuntimeError, ValueError) as exc:
+            raise QuantizationError(f"recipe {recipe_name!r}: litert-quantizer wrote a model whose {signature!r} "
+                                    f"signature LiteRT cannot run: {_first_line(exc)}") from None
+
+
+def _litert_quantizer_version() -> str:
+    try:
+        return importlib.metadata.version("litert-quantizer")
+    except importlib.metadata.PackageNotFoundError:  # imported from a source tree
+        return "unknown"
 
 
 def _first_line(exc: Exception) -> str:

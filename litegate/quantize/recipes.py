@@ -33,6 +33,7 @@ _ALLOWED_PARAMS = {
     "islands": str,
     "plain_gather": bool,
     "qat": dict,
+    "generator_quantizer": str,
 }
 # The params that respell litegate's BERT for integer quantization (litegate.quantize.build.int8_spelling): calibrated
 # recipes of one model with equal values share one calibration.
@@ -60,6 +61,9 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "inference_input_type": ("float32", "int8", "uint8", "int16"),
     "inference_output_type": ("float32", "int8", "uint8", "int16"),
     "islands": ("float", "int16"),
+    # who quantizes a multi-signature text generator (prefill + decode/step): TFLiteConverter, or litert-quantizer
+    # (:func:`litegate.quantize.ptq.quantize_signatures`) on the converted float model
+    "generator_quantizer": ("tflite-converter", "litert-quantizer"),
 }
 
 
@@ -89,6 +93,9 @@ def validate(data: Mapping[str, Any], where: str) -> Recipe:
         if key == "litert_quantizer":
             _check_litert_quantizer(value, where)
             continue
+        if key == "generator_quantizer" and data.get("kind") not in (RecipeKind.FULL_INTEGER.value,
+                                                                    RecipeKind.INT16X8.value):
+            raise ConfigError(f"{where}: generator_quantizer applies to full-integer and int16x8 recipes only")
         if key == "qat":
             if data.get("kind") != RecipeKind.FULL_INTEGER.value:
                 raise ConfigError(f"{where}: qat (quantization-aware distillation) applies to full-integer recipes only")
