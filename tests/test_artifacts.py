@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -8,9 +9,11 @@ from litegate.artifacts import (
     StepCache,
     atomic_path,
     atomic_write_bytes,
+    code_digest,
     make_artifact,
     sha256_file,
     sha256_tree,
+    tool_versions,
 )
 
 
@@ -38,6 +41,27 @@ def test_sha256_tree_depends_on_names_and_contents(tmp_path):
     h1 = sha256_tree(tmp_path / "d")
     (tmp_path / "d" / "a").rename(tmp_path / "d" / "b")
     assert sha256_tree(tmp_path / "d") != h1
+
+
+def test_cached_steps_are_keyed_on_litegate_s_own_code(tmp_path):
+    """The version stays 0.1.0 between commits: a cached conversion must still not outlive the code that made it."""
+    import litegate
+
+    pkg = tmp_path / "pkg"
+    (pkg / "quantize" / "__pycache__").mkdir(parents=True)
+    (pkg / "quantize" / "build.py").write_text("x = 1\n")
+    (pkg / "quantize" / "recipes.json").write_text("{}")
+    before = code_digest(pkg)
+    (pkg / "quantize" / "__pycache__" / "build.cpython-311.pyc").write_bytes(b"\0")
+    (pkg / "notes.txt").write_text("not code")
+    assert code_digest(pkg) == before  # compiled caches and other files do not count
+    (pkg / "quantize" / "recipes.json").write_text('{"qat": {}}')
+    assert code_digest(pkg) != before  # a recipe is code
+    (pkg / "quantize" / "recipes.json").write_text("{}")
+    assert code_digest(pkg) == before
+    (pkg / "quantize" / "build.py").write_text("x = 2\n")
+    assert code_digest(pkg) != before
+    assert tool_versions()["litegate-source"] == code_digest(Path(litegate.__file__).parent)
 
 
 def test_cache_returns_verified_entry_and_discards_corrupted(tmp_path):

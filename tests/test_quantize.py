@@ -382,6 +382,41 @@ def test_qat_params_are_checked(tmp_path):
     assert recipes.load("int8-qat").params["qat"]["steps"] >= 1
 
 
+def test_generator_quantizer_is_checked(tmp_path):
+    bad = tmp_path / "r.json"
+    bad.write_text(json.dumps({"name": "x", "kind": "int16x8", "params": {"generator_quantizer": "ai-edge"}}))
+    with pytest.raises(ConfigError, match="generator_quantizer value 'ai-edge' is not one of tflite-converter, "
+                                         "litert-quantizer"):
+        recipes.load(str(bad))
+    bad.write_text(json.dumps({"name": "x", "kind": "dynamic-range", "params": {"generator_quantizer": "litert-quantizer"}}))
+    with pytest.raises(ConfigError, match="full-integer and int16x8 recipes only"):
+        recipes.load(str(bad))
+    assert recipes.load("int16x8").params["generator_quantizer"] == "litert-quantizer"
+    assert "generator_quantizer" not in recipes.load("int8").params
+
+
+def test_calibration_ranges_are_shared_only_between_the_same_op_of_the_same_block():
+    """decode's ranges widen to prefill's for an op inside a block (same code, same name up to the signature's
+    scope) and never for an op numbered in tracing order directly in the signature's scope."""
+    from litegate.quantize.ptq import share_layer_ranges
+
+    def r(lo, hi):
+        return {"min": np.array([[lo]], np.float32), "max": np.array([[hi]], np.float32)}
+
+    ranges = {"prefill/h0/MatMul_1": r(-3, 3), "decode/h0/MatMul_1": r(-1, 2),
+              "prefill/h0/h0_ln_2/mul_2;prefill/h0/h0_c_fc/BiasAdd": r(-5, 4),
+              "decode/h0/h0_ln_2/mul_2;decode/h0/h0_c_fc/BiasAdd": r(-2, 6),
+              "prefill/add_3": r(-40, 0), "decode/add_3": r(0, 1),  # different ops that share a number
+              "decode/h0/cache/mul": r(-2, 2), "prefill/h1/MatMul_1": r(-9, 9)}
+    assert share_layer_ranges(ranges, ["prefill", "decode"]) == 3
+    assert float(ranges["decode/h0/MatMul_1"]["min"][0, 0]) == -3 and float(ranges["decode/h0/MatMul_1"]["max"][0, 0]) == 3
+    assert ranges["prefill/h0/MatMul_1"]["max"].shape == (1, 1)
+    fused = ranges["decode/h0/h0_ln_2/mul_2;decode/h0/h0_c_fc/BiasAdd"]
+    assert (float(fused["min"][0, 0]), float(fused["max"][0, 0])) == (-5, 6)
+    assert float(ranges["decode/add_3"]["min"][0, 0]) == 0 and float(ranges["prefill/add_3"]["max"][0, 0]) == 0
+    assert float(ranges["decode/h0/cache/mul"]["max"][0, 0]) == 2
+
+
 def test_qat_fine_tunes_under_simulated_int8_and_ships_a_closer_int8(tmp_path, tiny_checkpoint):
     """int8-qat on a tiny BERT with outliers where int8 loses (a 60-wide feed-forward output channel, which residual
     smoothing takes, and a GELU input pushed to +30, which nothing else does): the simulated int8 model's error to fp32

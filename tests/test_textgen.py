@@ -173,15 +173,14 @@ def test_generator_samples_calibrate_prefill_then_decode_from_its_cache(tmp_path
     assert not np.allclose(samples[2][1]["k_cache_0"], samples[1][1]["k_cache_0"])  # decode wrote position 8
 
 
-@pytest.mark.parametrize("name", ["char-gpt2", "char-lstm", "char-gru"])
-def test_shipped_generators_quantize_to_int8_with_calibrated_signatures(tmp_path, name):
-    """int8 for a multi-signature generator: every signature calibrated on its own inputs, or the recorded reason."""
+def _generator_release(tmp_path: Path, name: str, variants: list[str]) -> tuple[int, dict]:
+    """``litegate run`` of a shipped generator on the demo text (32-token windows); (exit code, variants by name)."""
     folder = TEXTGEN / name
     path = folder if name == "char-gpt2" else folder / "model.keras"
     text = ROOT / "examples" / "demo" / "calibration.txt"
     cfg = tmp_path / "release.toml"
-    cfg.write_text(f'''name = "{name}-int8"
-variants = ["fp32", "int8"]
+    cfg.write_text(f'''name = "{name}-{variants[-1]}"
+variants = {json.dumps(variants)}
 [model]
 source = "{'hf-gpt2' if name == 'char-gpt2' else 'keras'}"
 path = "{path}"
@@ -206,7 +205,13 @@ require = "any"
 ''')
     r = run_cli("run", str(cfg), "-q")
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
-    v = {x["name"]: x for x in rep["variants"]}
+    return r.returncode, {x["name"]: x for x in rep["variants"]}
+
+
+@pytest.mark.parametrize("name", ["char-gpt2", "char-lstm", "char-gru"])
+def test_shipped_generators_quantize_to_int8_with_calibrated_signatures(tmp_path, name):
+    """int8 for a multi-signature generator: every signature calibrated on its own inputs, or the recorded reason."""
+    code, v = _generator_release(tmp_path, name, ["fp32", "int8"])
     assert v["fp32"]["status"] == "ok", v["fp32"]["reason"]
     if name == "char-gru":
         # TF 2.21's calibrator segfaults on the GRU generator: only that variant fails, in a child of its own.
@@ -220,4 +225,98 @@ require = "any"
     assert any(t["dtype"] == np.int8 for t in interp.get_tensor_details())
     acc = v["int8"]["accuracy"][0]
     assert acc["extra"]["top1_agreement"] >= 80.0, acc
-    assert r.returncode == 0, r.stdout
+    assert code == 0
+
+
+@pytest.mark.parametrize("name", ["char-gpt2", "char-lstm"])
+def test_shipped_generators_int16x8_by_litert_quantizer(tmp_path, name):
+    """int16x8 for a multi-signature generator. TFLiteConverter's 16x8 quantizer cannot build GPT-2 (it asks for
+    ranges of the int32 decode position, and quantizes the constants both signatures share twice); litert-quantizer
+    builds it: float I/O, each signature calibrated on its own calls, fp32's next-token choices kept, and the KV cache
+    prefill returns decodes on. A model one of whose signatures no kernel prepares (litert-quantizer 0.11 on the
+    LSTM's step) fails its variant with that reason instead of shipping."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from litegate.generate import tflite_generator
+
+    code, v = _generator_release(tmp_path, name, ["fp32", "int16x8"])
+    assert v["fp32"]["status"] == "ok", v["fp32"]["reason"]
+    if name == "char-lstm":
+        assert v["int16x8"]["status"] == "failed"
+        assert "'step' signature LiteRT cannot run" in v["int16x8"]["reason"], v["int16x8"]["reason"]
+        assert not (tmp_path / "out" / "int16x8.tflite").exists()
+        return
+    assert v["int16x8"]["status"] == "ok", v["int16x8"]["reason"]
+    info = v["int16x8"]["quant"]["litert_quantizer"]
+    assert (info["activation_bits"], info["weight_bits"]) == (16, 8)
+    assert info["calibration_calls"]["prefill"] > 0 and info["calibration_calls"]["decode"] > 0
+    path = tmp_path / "out" / "int16x8.tflite"
+    interp = Interpreter(model_path=str(path))
+    for key in ("prefill", "decode"):
+        r = interp.get_signature_runner(key)
+        io = [*r.get_input_details().values(), *r.get_output_details().values()]
+        assert {d["dtype"] for d in io} <= {np.float32, np.int32}, key  # float I/O: the cache passes as it is
+    assert sum(t["dtype"] == np.int16 for t in interp.get_tensor_details()) > 50
+    acc, ref = v["int16x8"]["accuracy"][0], v["fp32"]["accuracy"][0]
+    assert acc["extra"]["top1_agreement"] >= 95.0, acc
+    assert acc["value"] <= 1.03 * ref["value"], (acc["value"], ref["value"])
+    assert info["tied_ranges"]["layer_ops"] > 50 and info["tied_ranges"]["signature_io"] > 0, info
+    tok = load_tokenizer(TEXTGEN / name / "tokenizer.json")
+    assert len(tflite_generator(path).generate(tok.encode(PROMPT).ids, 40)) == 40  # prefill's cache decodes on
+    # decode, teacher-forced on text after the calibration windows, at positions 32..99 (calibrated: 32..39)
+    ids = np.array(tok.encode((ROOT / "examples" / "demo" / "calibration.txt").read_text()).ids, np.int32)
+    windows = np.stack([ids[4000 + i * 300:4000 + i * 300 + 100] for i in range(8)])
+    assert _decode_agreement(path, tmp_path / "out" / "fp32.tflite", windows, 32) >= 0.9
+    assert code == 0
+
+
+def _decode_agreement(model: Path, reference: Path, windows: np.ndarray, prefill: int) -> float:
+    """Top-1 agreement of ``model``'s decode with ``reference``'s, teacher-forced after a reference prefill."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    got, ref = Interpreter(model_path=str(model)), Interpreter(model_path=str(reference))
+    same = []
+    for w in windows:
+        out = ref.get_signature_runner("prefill")(tokens=w[None, :prefill])
+        caches = {k: x for k, x in out.items() if "cache" in k}
+        for j in range(prefill, len(w)):
+            feed = {"token": w[None, j:j + 1], "pos": np.array([j], np.int32), **caches}
+            a, b = got.get_signature_runner("decode")(**feed), ref.get_signature_runner("decode")(**feed)
+            same.append(int(np.argmax(a["logits"])) == int(np.argmax(b["logits"])))
+            caches = {k: x for k, x in b.items() if "cache" in k}
+    return float(np.mean(same))
+
+
+def test_decode_calibration_ranges_tied_to_prefill_keep_int16x8_decoding_faithful(tmp_path, monkeypatch):
+    """decode computes one token per call, so its own calibrated ranges clip what held-out text reaches (the
+    logits, the new k/v rows, the attention output); litegate ties them to prefill's. On the shipped char GPT-2,
+    calibrated on the first half of the demo text and scored on the rest, decode's agreement with fp32 must stay high
+    with the ties and fall well below that without them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from litegate.quantize import ptq
+
+    code, v = _generator_release(tmp_path, "char-gpt2", ["fp32"])
+    fp32 = tmp_path / "out" / "fp32.tflite"
+    vocab = load_tokenizer(TEXTGEN / "char-gpt2" / "tokenizer.json")
+    ids = np.array(vocab.encode((ROOT / "examples" / "demo" / "calibration.txt").read_text()).ids, np.int32)
+    head, tail = ids[:2400], ids[4000:]
+    interp = Interpreter(model_path=str(fp32))
+    calls: list[tuple[str, dict[str, np.ndarray]]] = []
+    for w in (head[i * 40:i * 40 + 40] for i in range(60)):  # prefill 32 tokens, then 8 decode steps on its cache
+        calls.append(("prefill", {"tokens": w[None, :32]}))
+        caches = {k: x for k, x in interp.get_signature_runner("prefill")(tokens=w[None, :32]).items() if "cache" in k}
+        for j in range(32, 40):
+            feed = {"token": w[None, j:j + 1], "pos": np.array([j], np.int32), **caches}
+            calls.append(("decode", feed))
+            caches = {k: x for k, x in interp.get_signature_runner("decode")(**feed).items() if "cache" in k}
+    held_out = np.stack([tail[i * 120:i * 120 + 44] for i in range(30)])
+    data, info = ptq.quantize_signatures(fp32.read_bytes(), calls, 16, "int16x8")
+    assert min(info["tied_ranges"].values()) > 0, info
+    (tmp_path / "tied.tflite").write_bytes(data)
+    monkeypatch.setattr(ptq, "tie_ranges", lambda ranges, model, signatures: {})
+    untied, _ = ptq.quantize_signatures(fp32.read_bytes(), calls, 16, "int16x8")
+    (tmp_path / "untied.tflite").write_bytes(untied)
+    tied_agree = _decode_agreement(tmp_path / "tied.tflite", fp32, held_out, 32)
+    untied_agree = _decode_agreement(tmp_path / "untied.tflite", fp32, held_out, 32)
+    assert tied_agree >= 0.95 and tied_agree >= untied_agree + 0.05, (tied_agree, untied_agree)

@@ -114,39 +114,49 @@ class GPT2(CachedDecoder, tf_keras.Model):
     def forward(self, tokens: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor], list[tf.Tensor]]:
         """Causal forward over ``tokens`` [B, T]: logits [B, T, V] and per-layer k, v [B, H, T, D]."""
         T = tf.shape(tokens)[1]
-        x = gather_rows(self.wte, tokens) if self.gpu_friendly else tf.gather(self.wte, tokens)
-        x = x + self.wpe[tf.newaxis, :T, :]
+        with tf.name_scope("embed"):
+            x = gather_rows(self.wte, tokens) if self.gpu_friendly else tf.gather(self.wte, tokens)
+            x = x + self.wpe[tf.newaxis, :T, :]
         causal = tf.linalg.band_part(tf.ones([T, T]), -1, 0)
         bias = ((causal - 1.0) * MASK_PENALTY)[tf.newaxis, tf.newaxis]
         ks, vs = [], []
-        for b in self.blocks:
-            q, k, v = self._attend(b, x, bias)
-            probs = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) + bias, axis=-1)
-            x = self._finish(b, x, tf.matmul(probs, v))
+        for i, b in enumerate(self.blocks):
+            with tf.name_scope(f"h{i}"):  # the same op names as decode's block (see decode)
+                q, k, v = self._attend(b, x, bias)
+                probs = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) + bias, axis=-1)
+                x = self._finish(b, x, tf.matmul(probs, v))
             ks.append(k)
             vs.append(v)
-        return self._logits(x), ks, vs
+        with tf.name_scope("head"):
+            return self._logits(x), ks, vs
 
     def decode(self, token: tf.Tensor, pos: tf.Tensor, caches: dict[str, tf.Tensor], max_len: int) -> dict[str, tf.Tensor]:
         positions = tf.range(max_len, dtype=tf.int32)
-        if self.gpu_friendly:  # 1-D gathers and reshapes, no shrink-mask slices (same values)
-            x = gather_rows(self.wte, token) + gather_rows(self.wpe, pos[:, tf.newaxis])  # [1, 1, E]
-            at = pos  # [1]: broadcasts against positions [T]
-        else:
-            x = tf.gather(self.wte, token) + tf.gather(self.wpe, pos)[:, tf.newaxis, :]  # [1, 1, E]
-            at = pos[0]
+        with tf.name_scope("embed"):
+            if self.gpu_friendly:  # 1-D gathers and reshapes, no shrink-mask slices (same values)
+                x = gather_rows(self.wte, token) + gather_rows(self.wpe, pos[:, tf.newaxis])  # [1, 1, E]
+            else:
+                x = tf.gather(self.wte, token) + tf.gather(self.wpe, pos)[:, tf.newaxis, :]  # [1, 1, E]
+        at = pos if self.gpu_friendly else pos[0]  # gpu_friendly: [1] broadcasts against positions [T]
         hot = tf.cast(tf.equal(positions, at), tf.float32)[tf.newaxis, tf.newaxis, :, tf.newaxis]  # [1,1,T,1]
         visible = tf.cast(positions <= at, tf.float32)
         bias = ((visible - 1.0) * MASK_PENALTY)[tf.newaxis, tf.newaxis, tf.newaxis, :]  # [1,1,1,T]
         out: dict[str, tf.Tensor] = {}
         for i, b in enumerate(self.blocks):
-            q, k, v = self._attend(b, x, bias)  # [1, H, 1, D]
-            K = caches[f"k_cache_{i}"] * (1.0 - hot) + k * hot
-            V = caches[f"v_cache_{i}"] * (1.0 - hot) + v * hot
-            probs = tf.nn.softmax(tf.matmul(q, K, transpose_b=True) + bias, axis=-1)
-            x = self._finish(b, x, tf.matmul(probs, V))
+            # Each block in a name scope, the cache write in one nested in it: every other op of the block is named
+            # as the same op of prefill's block (``h0/MatMul_1``), the names calibration shares ranges by
+            # (:func:`litegate.quantize.ptq.share_layer_ranges`).
+            with tf.name_scope(f"h{i}"):
+                q, k, v = self._attend(b, x, bias)  # [1, H, 1, D]
+                with tf.name_scope("cache"):
+                    K = caches[f"k_cache_{i}"] * (1.0 - hot) + k * hot
+                    V = caches[f"v_cache_{i}"] * (1.0 - hot) + v * hot
+                probs = tf.nn.softmax(tf.matmul(q, K, transpose_b=True) + bias, axis=-1)
+                x = self._finish(b, x, tf.matmul(probs, V))
             out[f"k_cache_{i}"], out[f"v_cache_{i}"] = K, V
-        out["logits"] = take_position(self._logits(x), 0, gpu_friendly=self.gpu_friendly)
+        with tf.name_scope("head"):
+            logits = self._logits(x)
+        out["logits"] = take_position(logits, 0, gpu_friendly=self.gpu_friendly)
         return out
 
     def build_all(self) -> None:
@@ -219,17 +229,23 @@ def signatures(model: GPT2, prefill_len: int, max_len: int, *, gpu_friendly: boo
 def traced_signatures(model: Any, prefill_len: int, max_len: int, *, layers: int, kv_heads: int,
                       head_size: int) -> dict[str, Any]:
     """``prefill(tokens [1, prefill_len])`` and ``decode(token [1, 1], pos [1], k_cache_<i>, v_cache_<i> ...)`` of a
-    :class:`CachedDecoder` with a ``decode`` method, as concrete functions (GPT-2 and the Llama family alike)."""
+    :class:`CachedDecoder` with a ``decode`` method, as concrete functions (GPT-2 and the Llama family alike).
+
+    Each is traced under a name scope of its own signature's name, so a layer's ops are ``prefill/h0_ln_1/mul`` in one
+    and ``decode/h0_ln_1/mul`` in the other: the same op of the same layer, named alike up to the scope, which
+    calibration uses to give both one range (:func:`litegate.quantize.ptq.quantize_signatures`)."""
     cache_spec = {f"{kind}_cache_{i}": tf.TensorSpec([1, kv_heads, max_len, head_size], tf.float32)
                   for i in range(layers) for kind in ("k", "v")}
 
     @tf.function
     def prefill(**kw: tf.Tensor) -> dict[str, tf.Tensor]:
-        return model.prefill(kw["tokens"], max_len)
+        with tf.name_scope("prefill"):
+            return model.prefill(kw["tokens"], max_len)
 
     @tf.function
     def decode(**kw: tf.Tensor) -> dict[str, tf.Tensor]:
-        return model.decode(kw["token"], kw["pos"], {k: kw[k] for k in cache_spec}, max_len)
+        with tf.name_scope("decode"):
+            return model.decode(kw["token"], kw["pos"], {k: kw[k] for k in cache_spec}, max_len)
 
     decode_cf = decode.get_concrete_function(token=tf.TensorSpec([1, 1], tf.int32, name="token"),
                                              pos=tf.TensorSpec([1], tf.int32, name="pos"),

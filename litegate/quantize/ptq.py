@@ -368,16 +368,149 @@ def quantize_signatures(model: bytes, samples: Sequence[tuple[str, Mapping[str, 
             manager.add_quantization_config(regex=".*", operation_name=io,
                                             algorithm_key=recipe_manager.AlgorithmName.NO_QUANTIZE)
         q = quantizer.Quantizer(bytearray(model), manager.get_quantization_recipe())
-        out = q.quantize(q.calibrate(calibration, num_threads=2), enable_progress_report=False)
+        ranges = q.calibrate(calibration, num_threads=2)
+        tied = tie_ranges(ranges, model, list(calibration))
+        out = q.quantize(ranges, enable_progress_report=False)
     except Exception as exc:  # litert-quantizer raises ValueError, RuntimeError and its own types
         raise QuantizationError(f"recipe {recipe_name!r}: litert-quantizer failed: {_first_line(exc)}") from None
     data = bytes(out.quantized_model)
     _check_signatures_run(data, calibration, recipe_name)
     info = {"tool": "litert-quantizer", "version": _litert_quantizer_version(), "mode": "static",
             "activation_bits": int(activation_bits), "weight_bits": 8, "granularity": "channelwise",
-            "calibration_calls": {k: len(v) for k, v in calibration.items()}, "float_bytes": len(model),
-            "bytes": len(data)}
+            "calibration_calls": {k: len(v) for k, v in calibration.items()}, "tied_ranges": tied,
+            "float_bytes": len(model), "bytes": len(data)}
     return data, info
+
+
+def tie_ranges(ranges: dict[str, Any], model: bytes, signatures: Sequence[str]) -> dict[str, int]:
+    """Calibration ranges of a generator's signatures made to agree where they hold the same values; ``ranges``
+    (litert-quantizer's calibration result: tensor name -> ``{"min", "max"}``) changed in place.
+
+    ``decode`` computes one token per call, so its own ranges are the extremes of a few thousand tokens where
+    ``prefill``'s cover every position of every window. Left alone, int16 clipped decode's embedding sum, its
+    attention output, the new k and v rows and the logits (at 6.5 where held-out text reaches 10): on the char GPT-2
+    its next-token agreement with fp32 was 71% on held-out text, prefill's 98% (docs/quantization.md). Three ties,
+    each only ever widening a range:
+
+    * ``layer_ops`` (:func:`share_layer_ranges`): the same op of the same block, by name;
+    * ``signature_io``: the tensors an app passes between signatures under one name (prefill's ``k_cache_0`` output,
+      decode's input and output; both ``logits``), with the tensor each output only reshapes;
+    * ``masked_products`` (:func:`widen_masked_products`): ``k * hot`` at least as wide as k.
+
+    Returns how many tensors each tie widened.
+    """
+    info = read_model(model)
+    return {"layer_ops": share_layer_ranges(ranges, signatures), "signature_io": _share_io_ranges(ranges, info),
+            "masked_products": widen_masked_products(ranges, info)}
+
+
+def share_layer_ranges(ranges: dict[str, Any], signatures: Sequence[str]) -> int:
+    """Give every op that several signatures compute in the same block one range, the union of theirs.
+
+    A generator's signatures are traced under name scopes of their own names, each block in a scope of its own
+    (:func:`litegate.converter.gpt2.traced_signatures`), so the same op is ``prefill/h0/MatMul_1`` in one and
+    ``decode/h0/MatMul_1`` in the other (a fused tensor joins such names with ``;``); decode's cache write is nested
+    apart (``decode/h0/cache/...``) and names nothing prefill has. Only names nested below the signature's scope are
+    matched: an op directly in it is numbered in tracing order, which differs between signatures. Returns the number
+    of tensors widened.
+    """
+    groups: dict[str, list[str]] = {}
+    for name in ranges:
+        for sig in signatures:
+            parts = [p for p in name.split(";") if p]
+            if parts and all(p.startswith(f"{sig}/") and "/" in p[len(sig) + 1:] for p in parts):
+                groups.setdefault(";".join(p[len(sig) + 1:] for p in parts), []).append(name)
+    return sum(_union(ranges, names) for names in groups.values() if len(names) > 1)
+
+
+def _share_io_ranges(ranges: dict[str, Any], info: Any) -> int:
+    """The ``signature_io`` tie of :func:`tie_ranges`."""
+    groups: dict[str, list[str]] = {}
+    for sig in info.signatures:
+        tensors = info.subgraph_tensors[sig.subgraph]
+        producer = _producers(info.subgraph_ops(sig.subgraph))
+        for key, index in (*sig.inputs, *sig.outputs):
+            t = tensors[index]
+            groups.setdefault(key, []).extend({t.name, _source(t, producer).name})
+    return sum(_union(ranges, [n for n in names if n in ranges]) for names in groups.values())
+
+
+_SHAPE_OPS = frozenset({"RESHAPE", "STRIDED_SLICE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE", "BROADCAST_TO"})
+
+
+def widen_masked_products(ranges: dict[str, Any], info: Any) -> int:
+    """Give every product of a tensor and a 0/1 mask at least the range of that tensor (``info``: the float model,
+    :func:`litegate.tflite.flatbuffer.read_model`).
+
+    A mask here is a comparison cast to float (``CAST`` of a ``BOOL``), or one minus it, seen through ops that only
+    move elements; the tensor's range is its own and, where it only moves another's elements (a head of a SPLIT of
+    the fused q/k/v projection, transposed), that tensor's. A generator's decode writes the step's k and v into the
+    KV cache as ``cache * (1 - hot) + k * hot``: ``k * hot`` holds one token's k per call, while k's range is shared
+    with prefill's; int16 clipped the char GPT-2's new v rows at 2.4 where they reach 3.1. The product can never
+    leave its operand's range, so widening it to that range costs no saturation anywhere. Returns the number of
+    products widened.
+    """
+    widened = 0
+    for s in range(len(info.subgraph_tensors)):
+        ops = info.subgraph_ops(s)
+        producer = _producers(ops)
+
+        def is_mask(t: Any, producer: dict[int, Any] = producer) -> bool:
+            op = producer.get(t.index)
+            while op is not None and (op.op in _SHAPE_OPS or (op.op == "SUB" and op.inputs[0] is not None
+                                                              and op.inputs[0].is_const)):
+                t = op.inputs[1] if op.op == "SUB" else op.inputs[0]
+                op = producer.get(t.index) if t is not None else None
+            return op is not None and op.op == "CAST" and op.inputs[0] is not None and op.inputs[0].type == "BOOL"
+
+        for op in ops:
+            if op.op != "MUL" or len(op.inputs) != 2 or None in op.inputs:
+                continue
+            a, b = op.inputs
+            operand = a if is_mask(b) else b if is_mask(a) else None
+            out = op.outputs[0].name
+            if operand is None or out not in ranges:
+                continue
+            names = [n for n in (operand.name, _source(operand, producer).name) if n in ranges]
+            if names:
+                lo = min(np.min(ranges[n]["min"]) for n in (out, *names))
+                hi = max(np.max(ranges[n]["max"]) for n in (out, *names))
+                widened += _set_range(ranges, out, lo, hi)
+    return widened
+
+
+def _producers(ops: Sequence[Any]) -> dict[int, Any]:
+    """Tensor index -> the op of ``ops`` that writes it."""
+    return {t.index: op for op in ops for t in op.outputs}
+
+
+def _source(t: Any, producer: Mapping[int, Any]) -> Any:
+    """``t`` followed back through ops that only move elements (SPLIT too): the tensor whose range the quantized ops
+    between keep (litert-quantizer gives their outputs their input's scale)."""
+    op = producer.get(t.index)
+    while op is not None and op.op in _SHAPE_OPS | {"SPLIT"}:
+        nxt = op.inputs[1] if op.op == "SPLIT" else op.inputs[0]
+        if nxt is None:
+            break
+        t, op = nxt, producer.get(nxt.index)
+    return t
+
+
+def _union(ranges: dict[str, Any], names: Sequence[str]) -> int:
+    """Set every one of ``names`` to the union of their ranges; return how many changed."""
+    if len(names) < 2:
+        return 0
+    lo = min(np.min(ranges[n]["min"]) for n in names)
+    hi = max(np.max(ranges[n]["max"]) for n in names)
+    return sum(_set_range(ranges, n, lo, hi) for n in names)
+
+
+def _set_range(ranges: dict[str, Any], name: str, lo: float, hi: float) -> int:
+    """Set ``name``'s range to ``[lo, hi]`` (arrays keep their shape); 1 if it changed, else 0."""
+    before = (np.min(ranges[name]["min"]), np.max(ranges[name]["max"]))
+    ranges[name]["min"] = np.full_like(np.asarray(ranges[name]["min"]), lo)
+    ranges[name]["max"] = np.full_like(np.asarray(ranges[name]["max"]), hi)
+    return int(before != (lo, hi))
 
 
 def _check_signatures_run(model: bytes, calibration: Mapping[str, Sequence[Mapping[str, np.ndarray]]],
