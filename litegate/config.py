@@ -157,6 +157,7 @@ class Budget:
     min_cosine: float | None = None  # sentence-embedding: mean cosine to the reference variant
     max_perplexity_ratio: float | None = None  # text-generation: perplexity / reference perplexity
     min_agreement: float | None = None  # % of predictions (class, next token, nearest neighbour) equal to the reference
+    # (a KV-cache generator: the lower of its prefill and decode agreement)
     max_instructions_m: float | None = None  # millions of instructions per inference on an emulated CPU (arm64-emu)
     max_cold_start_ms: float | None = None  # model load + first inference, per measured cell
     min_delegated_ops_pct: Mapping[str, float] | None = None  # compatibility target -> % of ops it must take

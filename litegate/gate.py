@@ -149,6 +149,8 @@ def quality_verdicts(acc: AccuracyResult, variant: str, budget: Budget) -> list[
     if budget.min_agreement is not None:
         agree = next((acc.extra[k] for k in ("agreement_with_reference", "top1_agreement", "nn_agreement")
                       if k in acc.extra), None)
+        if agree is not None and "decode_top1_agreement" in acc.extra:  # a generator: the worse of prefill and decode
+            agree = min(agree, acc.extra["decode_top1_agreement"])
         if agree is not None:
             out.append(_limit("agreement with reference", variant, agree, budget.min_agreement, "%", upper=False))
     return out

@@ -115,7 +115,8 @@ def _acc_text(v: VariantResult) -> tuple[str, str, str]:
     if "agreement_with_reference" in e:
         fid = f"{e['agreement_with_reference']:.1f}% agree"
     elif "top1_agreement" in e:
-        fid = f"{e['top1_agreement']:.1f}% top-1 agree"
+        fid = f"{e['top1_agreement']:.1f}% top-1 agree" + (
+            f" (decode {e['decode_top1_agreement']:.1f}%)" if "decode_top1_agreement" in e else "")
     elif "cosine_min" in e:
         fid = f"cos min {e['cosine_min']:.4f}"
     else:

@@ -212,6 +212,30 @@ def test_cold_start_budget_judges_load_plus_first_inference_and_fails_when_unmea
     assert not none.passed and "cold start not measured" in none.message
 
 
+def test_a_generator_s_agreement_budget_judges_the_worse_of_prefill_and_decode():
+    """A text generator's app runs decode for every generated token: an agreement budget met by prefill's logits
+    alone must still fail when decode's steps disagree; the report shows both."""
+    import dataclasses
+
+    from litegate.config import Budget
+    from litegate.gate import quality_verdicts
+    from litegate.report import to_markdown
+
+    acc = AccuracyResult(task="text-generation", metric="perplexity", value=6.8, backend="xnnpack", n_samples=32,
+                         reference=6.77, delta=0.03, extra={"top1_agreement": 98.4, "decode_top1_agreement": 71.9,
+                                                            "decode_steps": 256})
+    (v,) = quality_verdicts(acc, "int16x8", Budget(min_agreement=97.0))
+    assert not v.passed and v.value == 71.9, v
+    (ok,) = quality_verdicts(dataclasses.replace(acc, extra={**acc.extra, "decode_top1_agreement": 97.7}),
+                             "int16x8", Budget(min_agreement=97.0))
+    assert ok.passed and ok.value == 97.7
+    (prefill_only,) = quality_verdicts(dataclasses.replace(acc, extra={"top1_agreement": 98.4}), "int16x8",
+                                       Budget(min_agreement=97.0))
+    assert prefill_only.passed and prefill_only.value == 98.4
+    variant = dataclasses.replace(_variant("int16x8", [1.0, 1.1]), accuracy=(acc,))
+    assert "98.4% top-1 agree (decode 71.9%)" in to_markdown(_report([variant]))
+
+
 def test_coverage_budgets_judge_each_targets_share_of_ops_and_fail_an_unjudged_target(tmp_path):
     import dataclasses
 

@@ -5,7 +5,8 @@
 * sentence-embedding: label-free fidelity to the reference variant: mean and min cosine of the
   embeddings, and nearest-neighbour agreement (does each sentence keep its nearest neighbour).
 * text-generation: perplexity of next-token prediction over held-out windows, and top-1
-  next-token agreement with the reference variant.
+  next-token agreement with the reference variant: of ``prefill``'s logits, and, for a KV-cache
+  generator, of its ``decode`` steps too (what an app runs for every generated token).
 """
 
 from __future__ import annotations
@@ -50,10 +51,13 @@ def embedding_metrics(emb: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     return out
 
 
-def lm_metrics(logits: np.ndarray, windows: np.ndarray, ref_logits: np.ndarray | None = None) -> dict[str, float]:
+def lm_metrics(logits: np.ndarray, windows: np.ndarray, ref_logits: np.ndarray | None = None, *,
+               decode: np.ndarray | None = None, ref_decode: np.ndarray | None = None) -> dict[str, float]:
     """Perplexity of next-token prediction, and top-1 agreement with reference logits.
 
-    logits: [N, P, V] for token windows [N, P]; position t predicts token t + 1.
+    logits: [N, P, V] for token windows [N, P]; position t predicts token t + 1. ``decode`` and ``ref_decode``
+    ([N, K, V], :func:`lm_eval_job`): the decode steps' logits of both models, scored as
+    ``decode_top1_agreement``.
 
     Raises:
         ModelLoadError: the logits are not [N, P, V] over a vocabulary holding every token of ``windows``.
@@ -71,7 +75,34 @@ def lm_metrics(logits: np.ndarray, windows: np.ndarray, ref_logits: np.ndarray |
            "top1_accuracy": float(np.mean(np.argmax(z, -1) == target) * 100.0)}
     if ref_logits is not None:
         out["top1_agreement"] = float(np.mean(np.argmax(logits, -1) == np.argmax(ref_logits, -1)) * 100.0)
+    if decode is not None and ref_decode is not None and decode.shape == ref_decode.shape and decode.size:
+        out["decode_top1_agreement"] = float(np.mean(np.argmax(decode, -1) == np.argmax(ref_decode, -1)) * 100.0)
+        out["decode_steps"] = int(decode.shape[0] * decode.shape[1])
     return out
+
+
+DECODE_STEPS = 8  # teacher-forced decode steps scored per window (at most a quarter of the window)
+
+
+def decode_logits(prefill: Runner, decode: Runner, window: np.ndarray) -> np.ndarray:
+    """[K, V] logits of the last K = min(DECODE_STEPS, P // 4) teacher-forced ``decode`` steps of ``window`` [P]:
+    ``prefill`` on its first P - K tokens (padded at the end, as an app pads a short prompt; causal attention keeps
+    the padding out), then ``decode`` of tokens P - K .. P - 2, each at its position, on the cache the step before
+    returned. Step j's logits predict token j + 1, as ``prefill``'s position j does."""
+    p = len(window)
+    k = min(DECODE_STEPS, p // 4)
+    if k < 1:
+        return np.zeros((0, 0), np.float32)
+    first = np.zeros_like(window)
+    first[: p - k] = window[: p - k]
+    out = prefill({"tokens": first[None]})
+    caches = {n: x for n, x in out.items() if n in decode.inputs}
+    steps = []
+    for j in range(p - k - 1, p - 1):
+        res = decode({"token": window[None, j:j + 1], "pos": np.array([j], np.int32), **caches})
+        steps.append(np.asarray(res["logits"]).reshape(-1))
+        caches = {n: x for n, x in res.items() if n in decode.inputs}
+    return np.stack(steps).astype(np.float32)
 
 
 def classification_scores(logits: np.ndarray, labels: np.ndarray, ref: np.ndarray | None) -> dict[str, float]:
@@ -90,7 +121,12 @@ def lm_eval_job(payload: dict[str, Any]) -> dict[str, Any]:
     runner = Runner(payload["path"], backend=payload["backend"], threads=int(payload["threads"]), signature="prefill")
     zeros = {k: np.zeros(d["shape"], d["dtype"]) for k, d in runner.inputs.items() if k != "tokens"}
     out = [runner({"tokens": w[None], **zeros})["logits"][0] for w in windows]
-    save_npz(payload["out_npz"], {"logits": np.stack(out)})
+    arrays = {"logits": np.stack(out)}
+    if "decode" in runner.interpreter.get_signature_list():  # a KV-cache generator: score its decode steps too
+        decode = Runner(payload["path"], backend=payload["backend"], threads=int(payload["threads"]), signature="decode")
+        if {"token", "pos"} <= set(decode.inputs) and len(windows):
+            arrays["decode_logits"] = np.stack([decode_logits(runner, decode, w) for w in windows])
+    save_npz(payload["out_npz"], arrays)
     return {"n": len(windows)}
 
 
@@ -147,7 +183,8 @@ def summarize_task(task: str, outputs: Mapping[str, np.ndarray], ref: Mapping[st
         m = embedding_metrics(out, r if r is not None else out)
         return "cosine_to_reference", m["cosine_mean"], m
     assert windows is not None
-    m = lm_metrics(out, windows, r)
+    m = lm_metrics(out, windows, r, decode=outputs.get("decode_logits"),
+                   ref_decode=None if ref is None else ref.get("decode_logits"))
     return "perplexity", m["perplexity"], m
 
 
