@@ -262,6 +262,11 @@ def test_shipped_generators_int16x8_by_litert_quantizer(tmp_path, name):
         io = [*r.get_input_details().values(), *r.get_output_details().values()]
         assert {d["dtype"] for d in io} <= {np.float32, np.int32}, key  # float I/O: the cache passes as it is
     assert sum(t["dtype"] == np.int16 for t in interp.get_tensor_details()) > 50
+    from litegate.backends import qnn as htp
+
+    if htp.why_not_available() is None:  # an NPU takes it whole: no rank-0 position slice in the integer decode
+        r = run_cli("check", str(path), "--delegate", "qnn:SM8650")
+        assert r.returncode == 0 and "ops delegated (100.0%)" in r.stdout, r.stdout + r.stderr
     acc, ref = v["int16x8"]["accuracy"][0], v["fp32"]["accuracy"][0]
     assert acc["extra"]["top1_agreement"] >= 95.0 and acc["extra"]["decode_top1_agreement"] >= 90.0, acc
     assert acc["value"] <= 1.03 * ref["value"], (acc["value"], ref["value"])

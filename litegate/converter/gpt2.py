@@ -22,6 +22,7 @@ logits are reshaped to ``[1, V]`` instead of sliced with ``[:, 0, :]``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,34 @@ def _gelu(name: str) -> Any:
     if name == "relu":
         return tf.nn.relu
     return lambda x: tf.nn.gelu(x, approximate=name == "gelu_new")
+
+
+_COMPARED_POSITION: list[bool] = []  # decode compares the [1] position as it is (see integer_signatures)
+_TRACED_WITH: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()  # traced_signatures' args
+
+
+def compared_position() -> bool:
+    """Whether decode is being traced with its ``[1]`` position compared as it is (:func:`integer_signatures`)."""
+    return bool(_COMPARED_POSITION)
+
+
+def integer_signatures(model: Any) -> dict[str, Any] | None:
+    """``model``'s signatures traced again for an integer variant, or None if ``model`` is no :class:`CachedDecoder`
+    traced by :func:`traced_signatures`.
+
+    decode compares the cache positions with ``pos`` as the ``[1]`` tensor it is instead of ``pos[0]``: the same
+    values, without the rank-0 STRIDED_SLICE Qualcomm's HTP compiler refuses ("Output[0] has incorrect Rank 1"), so
+    an NPU takes the char GPT-2's int16x8 whole (SM8650: 366 of 366 ops, against 366 of 367). Float graphs keep
+    ``pos[0]``: there the comparison spelling cut the GPU delegate's partition (estimate 97.9% -> 92.5%).
+    """
+    args = _TRACED_WITH.get(model)
+    if args is None:
+        return None
+    _COMPARED_POSITION.append(True)
+    try:
+        return traced_signatures(model, **args)
+    finally:
+        _COMPARED_POSITION.pop()
 
 
 class CachedDecoder:
@@ -137,7 +166,7 @@ class GPT2(CachedDecoder, tf_keras.Model):
                 x = gather_rows(self.wte, token) + gather_rows(self.wpe, pos[:, tf.newaxis])  # [1, 1, E]
             else:
                 x = tf.gather(self.wte, token) + tf.gather(self.wpe, pos)[:, tf.newaxis, :]  # [1, 1, E]
-        at = pos if self.gpu_friendly else pos[0]  # gpu_friendly: [1] broadcasts against positions [T]
+        at = pos if self.gpu_friendly or compared_position() else pos[0]  # [1] broadcasts against positions [T]
         hot = tf.cast(tf.equal(positions, at), tf.float32)[tf.newaxis, tf.newaxis, :, tf.newaxis]  # [1,1,T,1]
         visible = tf.cast(positions <= at, tf.float32)
         bias = ((visible - 1.0) * MASK_PENALTY)[tf.newaxis, tf.newaxis, tf.newaxis, :]  # [1,1,1,T]
@@ -234,6 +263,8 @@ def traced_signatures(model: Any, prefill_len: int, max_len: int, *, layers: int
     Each is traced under a name scope of its own signature's name, so a layer's ops are ``prefill/h0_ln_1/mul`` in one
     and ``decode/h0_ln_1/mul`` in the other: the same op of the same layer, named alike up to the scope, which
     calibration uses to give both one range (:func:`litegate.quantize.ptq.quantize_signatures`)."""
+    _TRACED_WITH[model] = {"prefill_len": prefill_len, "max_len": max_len, "layers": layers, "kv_heads": kv_heads,
+                           "head_size": head_size}  # integer_signatures traces again with these
     cache_spec = {f"{kind}_cache_{i}": tf.TensorSpec([1, kv_heads, max_len, head_size], tf.float32)
                   for i in range(layers) for kind in ("k", "v")}
 

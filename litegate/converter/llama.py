@@ -30,7 +30,7 @@ import tensorflow as tf
 import tf_keras
 
 from litegate.converter.bert import gather_rows, take_position
-from litegate.converter.gpt2 import CachedDecoder, traced_signatures
+from litegate.converter.gpt2 import CachedDecoder, compared_position, traced_signatures
 from litegate.converter.hf_llama import LlamaConfig, checked_tensors, tensor_shapes
 from litegate.errors import ModelLoadError
 
@@ -167,7 +167,7 @@ class Llama(CachedDecoder, tf_keras.Model):
             at = pos
         else:
             cos, sin = tf.gather(cos_t, pos), tf.gather(sin_t, pos)  # [1, D]
-            at = pos[0]
+            at = pos if compared_position() else pos[0]  # integer variants: see gpt2.integer_signatures
         x = self._embed(token)  # [1, 1, H]
         hot = tf.cast(tf.equal(positions, at), tf.float32)[tf.newaxis, tf.newaxis, :, tf.newaxis]  # [1,1,T,1]
         visible = tf.cast(positions <= at, tf.float32)

@@ -131,9 +131,14 @@ def _generator(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any
     by_litert = recipe.params.get("generator_quantizer") == "litert-quantizer"
     if by_litert and not gen_samples:
         raise QuantizationError(f"recipe {recipe.name!r} needs calibration windows (data.calibration) for a text generator")
+    signatures = model.signatures
+    if recipe.kind in (RecipeKind.FULL_INTEGER, RecipeKind.INT16X8):  # for an NPU: no rank-0 position slice
+        from litegate.converter.gpt2 import integer_signatures  # TensorFlow: build child only
+
+        signatures = integer_signatures(model.owner) or signatures
     with tempfile.TemporaryDirectory(prefix="litegate-sig-") as tmp:
         converted_as = Recipe(name=recipe.name, kind=RecipeKind.FLOAT, params={}) if by_litert else recipe
-        data = convert_signatures(model.signatures, model.owner, converted_as, Path(tmp), gen_samples, notes)
+        data = convert_signatures(signatures, model.owner, converted_as, Path(tmp), gen_samples, notes)
     if by_litert:
         bits = 16 if recipe.kind is RecipeKind.INT16X8 else 8
         data, extra["litert_quantizer"] = ptq.quantize_signatures(data, gen_samples or [], bits, recipe.name)
