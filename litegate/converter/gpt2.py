@@ -260,9 +260,10 @@ def traced_signatures(model: Any, prefill_len: int, max_len: int, *, layers: int
     """``prefill(tokens [1, prefill_len])`` and ``decode(token [1, 1], pos [1], k_cache_<i>, v_cache_<i> ...)`` of a
     :class:`CachedDecoder` with a ``decode`` method, as concrete functions (GPT-2 and the Llama family alike).
 
-    Each is traced under a name scope of its own signature's name, so a layer's ops are ``prefill/h0_ln_1/mul`` in one
-    and ``decode/h0_ln_1/mul`` in the other: the same op of the same layer, named alike up to the scope, which
-    calibration uses to give both one range (:func:`litegate.quantize.ptq.quantize_signatures`)."""
+    Each is traced under a name scope of its own signature's name, so an op inside a layer or a block is
+    ``prefill/h0/h0_ln_1/mul`` in one and ``decode/h0/h0_ln_1/mul`` in the other (GPT-2 scopes its blocks): the same
+    op, named alike up to the signature's scope, which calibration uses to give both one range
+    (:func:`litegate.quantize.ptq.share_layer_ranges`)."""
     _TRACED_WITH[model] = {"prefill_len": prefill_len, "max_len": max_len, "layers": layers, "kv_heads": kv_heads,
                            "head_size": head_size}  # integer_signatures traces again with these
     cache_spec = {f"{kind}_cache_{i}": tf.TensorSpec([1, kv_heads, max_len, head_size], tf.float32)
