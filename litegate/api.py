@@ -119,7 +119,7 @@ def convert_model(source: ModelSource, out: Path, *, recipe: str = "fp32",
     encoder = TextEncoder(tok, source.seq_len) if tok else None
     with tempfile.TemporaryDirectory(prefix="litegate-convert-") as tmp:
         calib_npz = None
-        if rec.needs_calibration:
+        if rec.needs_calibration or (rec.reads_calibration and calibration is not None and encoder is not None):
             if calibration is None:
                 raise QuantizationError(f"recipe {rec.name!r} needs calibration text")
             if encoder is None:
@@ -205,7 +205,7 @@ def prune_model(source: ModelSource, out: Path, *, recipe: str, then: str | None
             save_npz(inputs_npz, encoder.encode(texts, source=labels or calibration))
             if labelled is not None:
                 label_array = np.asarray(labelled.labels, dtype=np.int64)
-        if then_rec.needs_calibration and not generator:
+        if then_rec.reads_calibration and not generator:
             calib_texts = read_texts(calibration, limit=samples) if calibration else texts
             save_npz(calib_npz, encoder.encode(calib_texts, source=calibration or labels))
         prune_data = {"npz": str(inputs_npz), "labels": None if label_array is None else label_array.tolist()}

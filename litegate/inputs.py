@@ -132,10 +132,12 @@ def calibration(cfg: ReleaseConfig, source: Source, encoder: TextEncoder | None,
     decode/step) so every signature is calibrated on the inputs it gets in an app (see
     ``litegate.quantize.calibration.generator_samples``).
     """
-    if not any(v.recipe.needs_calibration for v in cfg.variants):
+    if not any(v.recipe.reads_calibration for v in cfg.variants):
         return None, None
     if cfg.data.calibration is None:
         names = [v.name for v in cfg.variants if v.recipe.needs_calibration]
+        if not names:  # only variants that use calibration where given (GPTQ rounding): they round to nearest
+            return None, None
         raise DataError(f"variants {', '.join(names)} need calibration text: set data.calibration")
     texts = read_texts(cfg.data.calibration, limit=cfg.data.calibration_samples)
     key = sha256_tree(cfg.data.calibration) + f":{len(texts)}"

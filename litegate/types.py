@@ -173,7 +173,14 @@ class Recipe(_Record):
 
     @property
     def needs_calibration(self) -> bool:
+        """The converter calibrates this recipe's activations: it cannot be built without calibration data."""
         return self.kind in CALIBRATED_KINDS
+
+    @property
+    def reads_calibration(self) -> bool:
+        """Calibration data changes this recipe's model: it needs it, or uses it where given (GPTQ weight rounding,
+        which falls back to rounding to nearest without it)."""
+        return self.needs_calibration or self.params.get("weight_rounding") == "gptq"
 
     @property
     def prunes(self) -> bool:

@@ -35,9 +35,9 @@ from litegate.backends.runtime import Runner
 from litegate.converter.convert import convert, convert_signatures, input_names
 from litegate.converter.sources import Loaded, load
 from litegate.errors import LitegateError, OutputError, QuantizationError
-from litegate.quantize import ptq, recipes
+from litegate.quantize import gptq, ptq, recipes
 from litegate.quantize.calibration import check_calibration, generator_samples, model_samples
-from litegate.quantize.prune import apply_pruning, sparsity_report
+from litegate.quantize.prune import apply_pruning, free_batch_copy, sparsity_report, trained_loaded
 from litegate.quantize.qat import apply_qat
 from litegate.tasks import classification_metrics, cosine
 from litegate.types import ModelSource, Recipe, RecipeKind
@@ -60,6 +60,7 @@ class _Child:
     serve: Any = None  # the serving function the last variant was converted from (its int8 spelling)
     fp32: bytes | None = None  # the unpruned model's fp32 conversion, once ``auto``'s guard needs it
     tuned: dict[tuple[int, str, Any], tuple[Loaded, dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    rounded: dict[tuple[int, Any], tuple[Loaded, dict[str, Any]]] = dataclasses.field(default_factory=dict)
 
 
 Builder = Callable[[_Child, Loaded, Recipe, Mapping[str, Any], dict[str, Any]], bytes]
@@ -144,6 +145,8 @@ def _generator(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any
         data, extra["litert_quantizer"] = ptq.quantize_signatures(data, gen_samples or [], bits, recipe.name)
     if notes:
         extra["fallback"] = notes
+    if recipe.params.get("weight_rounding") == "gptq":
+        extra["weight_rounding"] = {"method": "nearest", "why": "GPTQ rounding is not applied to text generators"}
     return data
 
 
@@ -193,6 +196,8 @@ def _converted(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any
     denylist (selective quantization), the calibrated model quantized with those ops or nodes kept in float."""
     if recipe.params.get("qat"):
         model = _qat_tuned(child, model, recipe, extra)
+    if recipe.params.get("weight_rounding") == "gptq":
+        model = _weight_rounded(child, model, recipe, extra)
     serve = _prepared(child, model, recipe, extra)
     selective = bool(recipe.params.get("denylisted_ops") or recipe.params.get("denylisted_nodes"))
     debug = bool(child.payload.get("debug")) and recipe.kind is RecipeKind.FULL_INTEGER
@@ -250,6 +255,53 @@ def _qat_tuned(child: _Child, model: Loaded, recipe: Recipe, extra: dict[str, An
     tuned, stats = child.tuned[key]
     extra["qat"] = stats
     return tuned
+
+
+def _weight_rounded(child: _Child, model: Loaded, recipe: Recipe, extra: dict[str, Any]) -> Loaded:
+    """``model`` with every ``Dense`` kernel rounded by GPTQ onto the int8 grid the converter will use for the recipe's
+    spelling (``weight_rounding = "gptq"``, :mod:`litegate.quantize.gptq`), once per (model, spelling) in a child, on
+    the calibration samples; the stats go to ``extra["weight_rounding"]``. A model that is not a functional tf_keras
+    model keeps round-to-nearest, and the stats say why."""
+    key = (id(model), recipes.spelling(recipe))
+    if key not in child.rounded:
+        src = model.keras_model
+        if src is None or not getattr(src, "_is_graph_network", False):
+            child.rounded[key] = (model, {"method": "nearest", "why": "GPTQ rounding needs a functional tf_keras model "
+                                          "(litegate's BERT family); this source keeps the converter's rounding"})
+        elif not child.samples:
+            child.rounded[key] = (model, {"method": "nearest", "why": "no calibration data (data.calibration) to round "
+                                          "on; the converter's rounding to nearest is kept"})
+        else:
+            import tensorflow as tf  # heavy: TensorFlow, in the build child only
+            import tf_keras  # TensorFlow: build child only
+
+            _check_calibration_once(child, model)
+            t0 = time.monotonic()
+            try:
+                serve, _ = int8_spelling(model, recipe, child.samples)
+                float_model = convert(serve, model.owner, recipes.load("fp32"), None)
+                kernels = {layer.name: layer.kernel.numpy() for layer in src.layers
+                           if isinstance(layer, tf_keras.layers.Dense)}
+                new, stats = gptq.rounded_kernels(float_model, kernels, child.samples or {})
+            except (ValueError, np.linalg.LinAlgError, tf.errors.OpError) as exc:  # this variant fails, not the child
+                raise QuantizationError(f"recipe {recipe.name!r}: GPTQ weight rounding failed: {type(exc).__name__}: "
+                                        f"{str(exc).splitlines()[0]}") from None
+            copy = free_batch_copy(src)
+            for name, kernel in new.items():
+                copy.get_layer(name).kernel.assign(kernel)
+            note = f"weight rounding: GPTQ on {stats['matched']} of {stats['fully_connected_ops']} FULLY_CONNECTED ops"
+            rounded = trained_loaded(model, copy, note)
+            # the converter must find the weights on its grid already, or it would round them again
+            serve, _ = int8_spelling(rounded, recipe, child.samples)
+            total, off = gptq.off_grid(convert(serve, rounded.owner, recipes.load("fp32"), None))
+            stats["on_grid"] = total - len(off)
+            if off:
+                stats["off_grid"] = off[:20]
+            stats["seconds"] = round(time.monotonic() - t0, 2)
+            child.rounded[key] = (rounded, stats)
+    rounded, stats = child.rounded[key]
+    extra["weight_rounding"] = dict(stats)
+    return rounded
 
 
 def _auto_variant(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any], extra: dict[str, Any]) -> bytes:

@@ -34,6 +34,7 @@ _ALLOWED_PARAMS = {
     "plain_gather": bool,
     "qat": dict,
     "generator_quantizer": str,
+    "weight_rounding": str,
 }
 # The params that respell litegate's BERT for integer quantization (litegate.quantize.build.int8_spelling): calibrated
 # recipes of one model with equal values share one calibration.
@@ -64,6 +65,9 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     # who quantizes a multi-signature text generator (prefill + decode/step): TFLiteConverter, or litert-quantizer
     # (:func:`litegate.quantize.ptq.quantize_signatures`) on the converted float model
     "generator_quantizer": ("tflite-converter", "litert-quantizer"),
+    # how int8 weights are rounded: to nearest (the converter), or by GPTQ on calibration data
+    # (:mod:`litegate.quantize.gptq`) onto the same grid
+    "weight_rounding": ("nearest", "gptq"),
 }
 
 
@@ -96,6 +100,9 @@ def validate(data: Mapping[str, Any], where: str) -> Recipe:
         if key == "generator_quantizer" and data.get("kind") not in (RecipeKind.FULL_INTEGER.value,
                                                                     RecipeKind.INT16X8.value):
             raise ConfigError(f"{where}: generator_quantizer applies to full-integer and int16x8 recipes only")
+        if key == "weight_rounding" and value != "nearest" and data.get("kind") not in (
+                RecipeKind.DYNAMIC_RANGE.value, RecipeKind.INT16X8.value, RecipeKind.FULL_INTEGER.value):
+            raise ConfigError(f"{where}: weight_rounding applies to dynamic-range, int16x8 and full-integer recipes only")
         if key == "qat":
             if data.get("kind") != RecipeKind.FULL_INTEGER.value:
                 raise ConfigError(f"{where}: qat (quantization-aware distillation) applies to full-integer recipes only")

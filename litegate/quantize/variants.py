@@ -55,7 +55,7 @@ def convert_step_config(plan: BuildPlan, v: VariantConfig) -> dict[str, Any]:
     step_cfg: dict[str, Any] = {
         "recipe": v.recipe.to_dict(), "seq_len": plan.source.seq_len, "source": plan.source.kind.value,
         "options": dict(plan.source.options),
-        "calibration": plan.calibration_hash if v.recipe.needs_calibration else None,
+        "calibration": plan.calibration_hash if v.recipe.reads_calibration else None,
         "debug": plan.debug and v.recipe.kind in (RecipeKind.FULL_INTEGER, RecipeKind.AUTO)}
     if v.recipe.kind is RecipeKind.AUTO:
         step_cfg["auto_eval"] = {"data": plan.auto_eval.get("sha256"), "budget": plan.auto_budgets[v.name],
