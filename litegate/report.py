@@ -190,6 +190,9 @@ def _quant_details(rep: Report) -> list[str]:
         qat = q.get("qat")
         if qat:
             lines.append(f"- `{v.name}`: {_qat_line(qat)}")
+        rounding = q.get("weight_rounding")
+        if rounding:
+            lines.append(f"- `{v.name}`: {_rounding_line(rounding)}")
         a = q.get("auto")
         if a:
             islands = a.get("islands", "float")
@@ -230,6 +233,18 @@ def _quant_details(rep: Report) -> list[str]:
                 lines.append(f"| {name} | {r['op_name']} | `{r['tensor_name'][:70]}` | {r['rmse/scale']:.2f} |")
         lines += ["", "Full tables: `<variant>.layers.csv` next to the report.", "", "</details>", ""]
     return lines
+
+
+def _rounding_line(wr: Mapping[str, Any]) -> str:
+    """How a recipe's int8 weights were rounded (``weight_rounding``): GPTQ's reach and what it bought, or why not."""
+    if wr.get("method") != "gptq":
+        return f"int8 weights rounded to nearest: {wr.get('why', '')}"
+    err = wr.get("output_error") or {}
+    off = f" ({len(wr['off_grid'])} off it: rounded again by the converter)" if wr.get("off_grid") else ""
+    return (f"int8 weights rounded by GPTQ on {wr.get('rows')} calibration rows, {wr.get('matched')} of "
+            f"{wr.get('fully_connected_ops')} FULLY_CONNECTED ops, {wr.get('on_grid')} on the converter's grid after "
+            f"conversion{off}; their mean relative output error on those rows {err.get('nearest_mean', float('nan')):.3g} "
+            f"(rounded to nearest) → {err.get('gptq_mean', float('nan')):.3g}")
 
 
 def _qat_line(qat: Mapping[str, Any]) -> str:

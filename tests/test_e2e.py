@@ -42,6 +42,11 @@ def test_run_on_embedded_default_reports_every_variant_measured(demo_runs):
     assert md.startswith("## ✅ litegate: PASS")
     for name in names:
         assert f"| **{name}** |" in md
+    # dynamic-int8's weights are rounded by GPTQ on the calibration text, every one onto the converter's grid
+    wr = next(v for v in rep["variants"] if v["name"] == "dynamic-int8")["quant"]["weight_rounding"]
+    assert wr["method"] == "gptq" and wr["fully_connected_ops"] == wr["matched"] == wr["on_grid"] > 0, wr
+    assert wr["output_error"]["gptq_mean"] < wr["output_error"]["nearest_mean"]
+    assert f"- `dynamic-int8`: int8 weights rounded by GPTQ on {wr['rows']} calibration rows" in md
     assert rep["schema_version"] == "1.0" and rep["run"]["machine"]["cores_available"] >= 1
     load_report(out / "report.json")  # parses back into the typed report
     for name in ("report.html", "junit.xml", "tokenizer.json", "model.json"):

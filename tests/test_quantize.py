@@ -563,3 +563,22 @@ def test_gptq_weight_rounding_lands_on_the_converters_grid_and_lowers_the_output
             np.testing.assert_allclose(scales, theirs[name][1], rtol=1e-6)  # the grid is the converter's
             changed += int(np.sum(q != theirs[name][0]))
         assert changed > 0
+    # without calibration text the converter's rounding stays, and the variant says why
+    bare = convert_model(source, tmp_path / "bare.tflite", recipe="dynamic-int8")
+    assert bare["extra"]["weight_rounding"]["method"] == "nearest"
+    assert "no calibration data" in bare["extra"]["weight_rounding"]["why"]
+
+
+def test_weight_rounding_is_checked(tmp_path):
+    """``weight_rounding``: nearest or gptq, on recipes with int8 weights; GPTQ makes a recipe read calibration data
+    without needing it (dynamic-int8 still builds without)."""
+    bad = tmp_path / "r.json"
+    bad.write_text(json.dumps({"name": "x", "kind": "dynamic-range", "params": {"weight_rounding": "adaround"}}))
+    with pytest.raises(ConfigError, match="weight_rounding value 'adaround' is not one of nearest, gptq"):
+        recipes.load(str(bad))
+    bad.write_text(json.dumps({"name": "x", "kind": "float16", "params": {"weight_rounding": "gptq"}}))
+    with pytest.raises(ConfigError, match="weight_rounding applies to dynamic-range, int16x8 and full-integer"):
+        recipes.load(str(bad))
+    dynamic = recipes.load("dynamic-int8")
+    assert dynamic.reads_calibration and not dynamic.needs_calibration
+    assert not recipes.load("fp16").reads_calibration and recipes.load("int16x8").reads_calibration

@@ -30,6 +30,8 @@ from litegate.tasks import feed_for, role_of
 
 QMAX = 127  # symmetric narrow-range int8, as TFLite holds FULLY_CONNECTED weights
 DAMP = 0.01  # H's diagonal is raised by this fraction of its mean (GPTQ's dampening)
+GRAM_BATCH = 2048  # rows gathered per FULLY_CONNECTED input before they are added to its Gram matrix
+BLOCK = 128  # GPTQ's lazy batch: columns rounded together before the rest of the matrix is updated
 RANK1_TOLERANCE = 1e-4  # largest deviation of log|ratio| from a row-times-column rescaling still called one
 
 
@@ -82,6 +84,13 @@ def input_grams(float_model: bytes, samples: Mapping[str, np.ndarray]) -> tuple[
     feed = feed_for([d["name"] for d in inputs], dict(samples))
     mask_name = next((d["name"] for d in inputs if role_of(d["name"]) == "attention_mask"), None)
     grams = [np.zeros((op.weight.shape[1],) * 2) for op in ops]
+    pending: list[list[np.ndarray]] = [[] for _ in ops]  # rows not yet in their Gram matrix
+
+    def flush(k: int) -> None:
+        x = np.concatenate(pending[k])
+        grams[k] += (x.T @ x).astype(np.float64)  # float32 products of up to GRAM_BATCH rows, summed in float64
+        pending[k].clear()
+
     rows = 0
     for i in range(len(next(iter(feed.values())))):
         for d in inputs:
@@ -90,12 +99,15 @@ def input_grams(float_model: bytes, samples: Mapping[str, np.ndarray]) -> tuple[
         keep = None
         if mask_name is not None:
             keep = np.asarray(feed[mask_name][i]).reshape(-1) != 0
-        for op, gram in zip(ops, grams, strict=True):
-            x = np.asarray(interp.get_tensor(op.input_tensor), np.float64).reshape(-1, op.weight.shape[1])
-            if keep is not None and len(x) == len(keep):
-                x = x[keep]
-            gram += x.T @ x
+        for k, op in enumerate(ops):
+            x = np.asarray(interp.get_tensor(op.input_tensor), np.float32).reshape(-1, op.weight.shape[1])
+            pending[k].append(x[keep] if keep is not None and len(x) == len(keep) else x)
+            if sum(len(p) for p in pending[k]) >= GRAM_BATCH:
+                flush(k)
         rows += int(keep.sum()) if keep is not None else 1
+    for k in range(len(ops)):
+        if pending[k]:
+            flush(k)
     return ops, grams, rows
 
 
@@ -140,12 +152,16 @@ def gptq(weight: np.ndarray, gram: np.ndarray, damp: float = DAMP) -> np.ndarray
     h += damp * float(np.mean(np.diag(h))) * np.eye(len(h))
     hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper triangular
     q = np.zeros_like(w)
-    for i in range(w.shape[1]):
-        col = w[:, i]
-        qc = np.where(zero[:, i], 0.0, np.clip(np.round(col / scale), -QMAX, QMAX) * scale)
-        q[:, i] = qc
-        err = (col - qc) / hinv[i, i]
-        w[:, i + 1 :] -= np.outer(err, hinv[i, i + 1 :])
+    for b0 in range(0, w.shape[1], BLOCK):  # within a block column by column; the rest once per block
+        b1 = min(b0 + BLOCK, w.shape[1])
+        block, errors = w[:, b0:b1].copy(), np.zeros((len(w), b1 - b0))
+        for j in range(b1 - b0):
+            col = block[:, j]
+            qc = np.where(zero[:, b0 + j], 0.0, np.clip(np.round(col / scale), -QMAX, QMAX) * scale)
+            q[:, b0 + j] = qc
+            errors[:, j] = (col - qc) / hinv[b0 + j, b0 + j]
+            block[:, j + 1 :] -= np.outer(errors[:, j], hinv[b0 + j, b0 + j + 1 : b1])
+        w[:, b1:] -= errors @ hinv[b0:b1, b1:]
     top = np.abs(weight).argmax(axis=1)
     rows = np.arange(len(q))
     lost = np.abs(q).max(axis=1) < QMAX * scale * (1 - 1e-6)  # the channel's maximum must stay, or its scale moves
