@@ -510,10 +510,10 @@ def test_gptq_weight_rounding_lands_on_the_converters_grid_and_lowers_the_output
     converter's grid afterwards, so the shipped int8 weights are GPTQ's: the same per-channel scales as rounding to
     nearest, other integers. The calibration rows' output error falls, and so does the error to fp32 on held-out
     sentences; ``nearest`` keeps the converter's rounding."""
-    from litegate.api import convert_model
-    from litegate.backends.runtime import Runner
     from ai_edge_litert.interpreter import Interpreter
 
+    from litegate.api import convert_model
+    from litegate.backends.runtime import Runner
     from litegate.tasks import TextEncoder
     from litegate.types import ModelSource
 
@@ -582,3 +582,32 @@ def test_weight_rounding_is_checked(tmp_path):
     dynamic = recipes.load("dynamic-int8")
     assert dynamic.reads_calibration and not dynamic.needs_calibration
     assert not recipes.load("fp16").reads_calibration and recipes.load("int16x8").reads_calibration
+
+
+def test_gptq_keeps_the_grid_the_zeros_and_each_channel_s_scale_and_beats_rounding_to_nearest():
+    """:func:`litegate.quantize.gptq.gptq` on correlated inputs with a pruned (zeroed) weight block: every weight is an
+    integer number of its channel's steps within ±127, the channel's largest weight keeps ±127 steps (so the converter
+    derives the same scale), zeros stay zero, the lazy block updates give the column-by-column result, and the output
+    error is below rounding to nearest's."""
+    from litegate.quantize import gptq
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(40, 300))
+    w[:, :30] = 0.0
+    w[3, 100] = 5.0  # an outlier that sets channel 3's scale
+    x = rng.normal(size=(600, 300)) @ rng.normal(size=(300, 300)) * 0.1
+    h = x.T @ x
+    q = gptq.gptq(w, h)
+    scale = np.abs(w).max(axis=1) / 127
+    steps = q / scale[:, None]
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-9)
+    assert np.abs(steps).max() <= 127 + 1e-9
+    np.testing.assert_allclose(np.abs(q).max(axis=1), np.abs(w).max(axis=1))
+    assert q[3, 100] == pytest.approx(5.0) and np.all(q[:, :30] == 0)
+    nearest = gptq.round_to_grid(w)
+    assert gptq.output_error(w, q, h) < 0.6 * gptq.output_error(w, nearest, h)
+    old, gptq.BLOCK = gptq.BLOCK, 10**6
+    try:
+        np.testing.assert_array_equal(gptq.gptq(w, h), q)
+    finally:
+        gptq.BLOCK = old

@@ -43,6 +43,9 @@ class Loaded:
     keras_model: Any = None
     dynamic: bool = False
     signatures: dict[str, Any] = dataclasses.field(default_factory=dict)  # name -> concrete function
+    # the model whose float statistics set this one's int8 spelling (residual smoothing's scales): a copy with its
+    # weights rounded by GPTQ keeps its source's, so the folded weights stay on the grid they were rounded to
+    spelling_source: Any = None
     _tmp: Any = None  # keeps a temporary export alive
 
 

@@ -291,10 +291,11 @@ def _weight_rounded(child: _Child, model: Loaded, recipe: Recipe, extra: dict[st
                 copy.get_layer(name).kernel.assign(kernel)
             note = f"weight rounding: GPTQ on {stats['matched']} of {stats['fully_connected_ops']} FULLY_CONNECTED ops"
             rounded = trained_loaded(model, copy, note)
+            rounded.spelling_source = model.spelling_source or model
             # the converter must find the weights on its grid already, or it would round them again
             serve, _ = int8_spelling(rounded, recipe, child.samples)
-            total, off = gptq.off_grid(convert(serve, rounded.owner, recipes.load("fp32"), None))
-            stats["on_grid"] = total - len(off)
+            on, off = gptq.on_grid(convert(serve, rounded.owner, recipes.load("fp32"), None), new)
+            stats["on_grid"] = on
             if off:
                 stats["off_grid"] = off[:20]
             stats["seconds"] = round(time.monotonic() - t0, 2)
@@ -331,7 +332,7 @@ def _auto_variant(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, 
         where = child.payload.get("auto_guard") or DEFAULT_GUARD
         guard = _Guard(backend=str(where["backend"]), threads=tuple(int(t) for t in where["threads"]),
                        max_ratio=float(recipe.params.get("max_fp32_latency_ratio", 1.0)),
-                       fp32=lambda: _fp32_model(child), fallback=lambda: _dynamic_range_model(model))
+                       fp32=lambda: _fp32_model(child), fallback=lambda: _dynamic_range_model(child, model, v))
     # The budget is against the fp32 variant: a pruned model is scored against the unpruned one.
     data, extra["auto"] = _auto(serve, quantize, groups, recipe, auto_eval,
                                 reference_serve=child.base.serve if v.get("prune") else None, guard=guard, islands=islands)
@@ -366,9 +367,14 @@ def _fp32_model(child: _Child) -> bytes:
     return child.fp32
 
 
-def _dynamic_range_model(model: Loaded) -> bytes:
-    """``model`` (pruned or not, in its plain float spelling) with dynamic-range int8 weights."""
-    return convert(model.serve, model.owner, recipes.load("dynamic-int8"), None)
+def _dynamic_range_model(child: _Child, model: Loaded, v: Mapping[str, Any]) -> bytes:
+    """``model`` (pruned or not, in its plain float spelling) built as the ``dynamic-int8`` variant would be (its
+    weights rounded by GPTQ where the child has calibration samples)."""
+    serve = child.serve
+    try:
+        return _converted(child, model, recipes.load("dynamic-int8"), v, {})
+    finally:
+        child.serve = serve
 
 
 def _against_fp32(candidate: bytes, fp32: bytes, rows: Mapping[str, np.ndarray], guard: _Guard) -> dict[str, Any]:
@@ -457,7 +463,7 @@ def _enter_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarra
     target, penalty, pooling, gather = recipes.spelling(recipe)
     info: dict[str, Any] = {}
     if target:
-        maxima = ffn_residual_maxima(loaded.keras_model, samples)
+        maxima = ffn_residual_maxima((loaded.spelling_source or loaded).keras_model, samples)
         scales = smoothing_scales(maxima, float(target))
         stack.enter_context(residual_smoothing(scales))
         info["residual_smoothing"] = {

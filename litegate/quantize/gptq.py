@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,9 @@ def input_grams(float_model: bytes, samples: Mapping[str, np.ndarray]) -> tuple[
     """The FULLY_CONNECTED ops of ``float_model`` and, per op, ``XᵀX`` of the rows it reads over ``samples``.
 
     Where the model has an attention-mask input, only real tokens' rows count (a padded position's activations reach
-    no output). Returns the ops, their Gram matrices (float64) and the number of rows each summed.
+    no output). Ops that read the same tensor (a block's query, key and value) share one matrix, kept in float32 (sums
+    of float32 products of up to :data:`GRAM_BATCH` rows): BERT-base's come to about 0.5 GB. Returns the ops, their
+    Gram matrices and the number of token rows summed (of the op that read the most).
     """
     from ai_edge_litert.interpreter import Interpreter  # LiteRT runtime: build child only
 
@@ -83,15 +86,17 @@ def input_grams(float_model: bytes, samples: Mapping[str, np.ndarray]) -> tuple[
     inputs = interp.get_input_details()
     feed = feed_for([d["name"] for d in inputs], dict(samples))
     mask_name = next((d["name"] for d in inputs if role_of(d["name"]) == "attention_mask"), None)
-    grams = [np.zeros((op.weight.shape[1],) * 2) for op in ops]
-    pending: list[list[np.ndarray]] = [[] for _ in ops]  # rows not yet in their Gram matrix
+    read = sorted({op.input_tensor for op in ops})
+    grams = {t: np.zeros((ops[[o.input_tensor for o in ops].index(t)].weight.shape[1],) * 2, np.float32) for t in read}
+    pending: dict[int, list[np.ndarray]] = {t: [] for t in read}  # rows not yet in their Gram matrix
+    counted = dict.fromkeys(read, 0)
 
-    def flush(k: int) -> None:
-        x = np.concatenate(pending[k])
-        grams[k] += (x.T @ x).astype(np.float64)  # float32 products of up to GRAM_BATCH rows, summed in float64
-        pending[k].clear()
+    def flush(t: int) -> None:
+        x = np.concatenate(pending[t])
+        grams[t] += x.T @ x
+        counted[t] += len(x)
+        pending[t].clear()
 
-    rows = 0
     for i in range(len(next(iter(feed.values())))):
         for d in inputs:
             interp.set_tensor(d["index"], np.asarray(feed[d["name"]][i : i + 1]).astype(d["dtype"]).reshape(d["shape"]))
@@ -99,33 +104,36 @@ def input_grams(float_model: bytes, samples: Mapping[str, np.ndarray]) -> tuple[
         keep = None
         if mask_name is not None:
             keep = np.asarray(feed[mask_name][i]).reshape(-1) != 0
-        for k, op in enumerate(ops):
-            x = np.asarray(interp.get_tensor(op.input_tensor), np.float32).reshape(-1, op.weight.shape[1])
-            pending[k].append(x[keep] if keep is not None and len(x) == len(keep) else x)
-            if sum(len(p) for p in pending[k]) >= GRAM_BATCH:
-                flush(k)
-        rows += int(keep.sum()) if keep is not None else 1
-    for k in range(len(ops)):
-        if pending[k]:
-            flush(k)
-    return ops, grams, rows
+        for t in read:
+            x = np.asarray(interp.get_tensor(t), np.float32)
+            x = x.reshape(-1, x.shape[-1])
+            pending[t].append(x[keep] if keep is not None and len(x) == len(keep) else x)
+            if sum(len(p) for p in pending[t]) >= GRAM_BATCH:
+                flush(t)
+    for t in read:
+        if pending[t]:
+            flush(t)
+    return ops, [grams[op.input_tensor] for op in ops], max(counted.values(), default=0)
 
 
-def off_grid(float_model: bytes, tolerance: float = 1e-3) -> tuple[int, list[str]]:
-    """The FULLY_CONNECTED ops of ``float_model`` and the names of those whose weights are not on their int8 grid (some
-    weight more than ``tolerance`` steps from it): the converter would round those again."""
+def on_grid(float_model: bytes, kernels: Mapping[str, np.ndarray], tolerance: float = 1e-3) -> tuple[int, list[str]]:
+    """How many FULLY_CONNECTED weights of ``float_model`` folded from ``kernels`` (the rounded ones) lie on their int8
+    grid, and the names of those that do not (some weight more than ``tolerance`` steps off): the converter would round
+    those again."""
     from ai_edge_litert.interpreter import Interpreter  # LiteRT runtime: build child only
 
     with tempfile.TemporaryDirectory(prefix="litegate-gptq-") as tmp:
         path = Path(tmp) / "float.tflite"
         path.write_bytes(float_model)
         ops = fully_connected_ops(Interpreter(model_path=str(path)))
-    off = []
-    for op in ops:
-        steps = op.weight / _scales(op.weight)[:, None]
+    on, off = 0, []
+    for i in match_kernels(ops, kernels, tolerance=1e-3):
+        steps = ops[i].weight / _scales(ops[i].weight)[:, None]
         if np.abs(steps - np.round(steps)).max() > tolerance:
-            off.append(op.name)
-    return len(ops), off
+            off.append(ops[i].name)
+        else:
+            on += 1
+    return on, off
 
 
 def round_to_grid(weight: np.ndarray) -> np.ndarray:
@@ -146,7 +154,7 @@ def gptq(weight: np.ndarray, gram: np.ndarray, damp: float = DAMP) -> np.ndarray
     w = np.array(weight, np.float64)
     scale = _scales(w)
     zero = w == 0
-    h = np.array(gram, np.float64)
+    h = np.array(gram, np.float64)  # a copy: a Gram matrix may be shared between ops
     dead = np.diag(h) <= 0  # an input column never non-zero on the calibration rows: its weights cost nothing
     h[dead, dead] = 1.0
     h += damp * float(np.mean(np.diag(h))) * np.eye(len(h))
@@ -177,19 +185,20 @@ def output_error(weight: np.ndarray, rounded: np.ndarray, gram: np.ndarray) -> f
     return float(np.sum((e @ gram) * e)) / den if den > 0 else 0.0
 
 
-def match_kernels(ops: list[FcOp], kernels: Mapping[str, np.ndarray]) -> dict[int, str]:
+def match_kernels(ops: list[FcOp], kernels: Mapping[str, np.ndarray], tolerance: float = RANK1_TOLERANCE,
+                  ) -> dict[int, str]:
     """Which tf_keras kernel (``[in, out]``, by layer name) each FULLY_CONNECTED weight was folded from.
 
     A folded weight is the kernel transposed, times a per-input-row and a per-output-column factor (gamma, 1/sqrt(d),
     smoothing): ``log|Wᵀ / K|`` is then a row term plus a column term, with one sign pattern. Each op is matched to the
-    unclaimed kernel of its shape for which that holds within :data:`RANK1_TOLERANCE`; ops without one are left out.
+    unclaimed kernel of its shape for which that holds within ``tolerance``; ops without one are left out.
     """
     out: dict[int, str] = {}
     claimed: set[str] = set()
     for i, op in enumerate(ops):
         folded = op.weight.T
         for name, kernel in kernels.items():
-            if name in claimed or kernel.shape != folded.shape or not _rescaled(folded, kernel):
+            if name in claimed or kernel.shape != folded.shape or not _rescaled(folded, kernel, tolerance):
                 continue
             out[i] = name
             claimed.add(name)
@@ -197,18 +206,18 @@ def match_kernels(ops: list[FcOp], kernels: Mapping[str, np.ndarray]) -> dict[in
     return out
 
 
-def _rescaled(folded: np.ndarray, kernel: np.ndarray) -> bool:
+def _rescaled(folded: np.ndarray, kernel: np.ndarray, tolerance: float) -> bool:
     """Whether ``folded == diag(r) @ kernel @ diag(c)`` for some non-zero ``r``, ``c`` (zeros in the same places)."""
     nz = kernel != 0
     if not np.array_equal(nz, folded != 0) or not nz.any():
         return False
     ratio = np.where(nz, folded / np.where(nz, kernel, 1.0), np.nan)
     log = np.log(np.abs(ratio))
-    row = np.nanmedian(log, axis=1, keepdims=True)
-    col = np.nanmedian(log - row, axis=0, keepdims=True)
-    if not np.all(np.isfinite(row)) or not np.all(np.isfinite(col)):
-        return False
-    if np.nanmax(np.abs(log - row - col)) > RANK1_TOLERANCE:
+    with warnings.catch_warnings():  # a row or column of zeros (pruned) has no factor: any will do
+        warnings.simplefilter("ignore", RuntimeWarning)
+        row = np.nan_to_num(np.nanmedian(log, axis=1, keepdims=True))
+        col = np.nan_to_num(np.nanmedian(log - row, axis=0, keepdims=True))
+    if np.nanmax(np.abs(log - row - col)) > tolerance:
         return False
     sign = np.sign(ratio)
     row_sign = np.sign(np.nansum(sign, axis=1, keepdims=True))
