@@ -261,7 +261,8 @@ def _weight_rounded(child: _Child, model: Loaded, recipe: Recipe, extra: dict[st
     """``model`` with every ``Dense`` kernel rounded by GPTQ onto the int8 grid the converter will use for the recipe's
     spelling (``weight_rounding = "gptq"``, :mod:`litegate.quantize.gptq`), once per (model, spelling) in a child, on
     the calibration samples; the stats go to ``extra["weight_rounding"]``. A model that is not a functional tf_keras
-    model keeps round-to-nearest, and the stats say why."""
+    model, a child without calibration samples, or a rounding that fails keeps the converter's rounding to nearest, and
+    the stats say why: GPTQ improves a variant, it never stops one from building."""
     key = (id(model), recipes.spelling(recipe))
     if key not in child.rounded:
         src = model.keras_model
@@ -283,23 +284,27 @@ def _weight_rounded(child: _Child, model: Loaded, recipe: Recipe, extra: dict[st
                 kernels = {layer.name: layer.kernel.numpy() for layer in src.layers
                            if isinstance(layer, tf_keras.layers.Dense)}
                 new, stats = gptq.rounded_kernels(float_model, kernels, child.samples or {})
-            except (ValueError, np.linalg.LinAlgError, tf.errors.OpError) as exc:  # this variant fails, not the child
-                raise QuantizationError(f"recipe {recipe.name!r}: GPTQ weight rounding failed: {type(exc).__name__}: "
-                                        f"{str(exc).splitlines()[0]}") from None
-            copy = free_batch_copy(src)
-            for name, kernel in new.items():
-                copy.get_layer(name).kernel.assign(kernel)
-            note = f"weight rounding: GPTQ on {stats['matched']} of {stats['fully_connected_ops']} FULLY_CONNECTED ops"
-            rounded = trained_loaded(model, copy, note)
-            rounded.spelling_source = model.spelling_source or model
-            # the converter must find the weights on its grid already, or it would round them again
-            serve, _ = int8_spelling(rounded, recipe, child.samples)
-            on, off = gptq.on_grid(convert(serve, rounded.owner, recipes.load("fp32"), None), new)
-            stats["on_grid"] = on
-            if off:
-                stats["off_grid"] = off[:20]
-            stats["seconds"] = round(time.monotonic() - t0, 2)
-            child.rounded[key] = (rounded, stats)
+                copy = free_batch_copy(src)
+                for name, kernel in new.items():
+                    copy.get_layer(name).kernel.assign(kernel)
+                note = f"weight rounding: GPTQ on {stats['matched']} of {stats['fully_connected_ops']} FULLY_CONNECTED ops"
+                rounded = trained_loaded(model, copy, note)
+                rounded.spelling_source = model.spelling_source or model
+                # the converter must find the weights on its grid already, or it would round them again
+                serve, _ = int8_spelling(rounded, recipe, child.samples)
+                on, off = gptq.on_grid(convert(serve, rounded.owner, recipes.load("fp32"), None), new)
+            except (LitegateError, ValueError, RuntimeError, np.linalg.LinAlgError, tf.errors.OpError) as exc:
+                if isinstance(exc, OutputError):
+                    raise  # a full disk stops the run
+                why = exc.message if isinstance(exc, LitegateError) else f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+                child.rounded[key] = (model, {"method": "nearest", "why": f"GPTQ rounding failed ({why}); the "
+                                              "converter's rounding to nearest is kept"})
+            else:
+                stats["on_grid"] = on
+                if off:
+                    stats["off_grid"] = off[:20]
+                stats["seconds"] = round(time.monotonic() - t0, 2)
+                child.rounded[key] = (rounded, stats)
     rounded, stats = child.rounded[key]
     extra["weight_rounding"] = dict(stats)
     return rounded

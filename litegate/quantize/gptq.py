@@ -86,8 +86,9 @@ def input_grams(float_model: bytes, samples: Mapping[str, np.ndarray]) -> tuple[
     inputs = interp.get_input_details()
     feed = feed_for([d["name"] for d in inputs], dict(samples))
     mask_name = next((d["name"] for d in inputs if role_of(d["name"]) == "attention_mask"), None)
-    read = sorted({op.input_tensor for op in ops})
-    grams = {t: np.zeros((ops[[o.input_tensor for o in ops].index(t)].weight.shape[1],) * 2, np.float32) for t in read}
+    width = {op.input_tensor: op.weight.shape[1] for op in ops}  # the columns an op reads its input as
+    read = sorted(width)
+    grams = {t: np.zeros((width[t], width[t]), np.float32) for t in read}
     pending: dict[int, list[np.ndarray]] = {t: [] for t in read}  # rows not yet in their Gram matrix
     counted = dict.fromkeys(read, 0)
 
@@ -105,8 +106,7 @@ def input_grams(float_model: bytes, samples: Mapping[str, np.ndarray]) -> tuple[
         if mask_name is not None:
             keep = np.asarray(feed[mask_name][i]).reshape(-1) != 0
         for t in read:
-            x = np.asarray(interp.get_tensor(t), np.float32)
-            x = x.reshape(-1, x.shape[-1])
+            x = np.asarray(interp.get_tensor(t), np.float32).reshape(-1, width[t])
             pending[t].append(x[keep] if keep is not None and len(x) == len(keep) else x)
             if sum(len(p) for p in pending[t]) >= GRAM_BATCH:
                 flush(t)
