@@ -19,10 +19,8 @@ converter derives the same scale.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,9 +38,7 @@ RANK1_TOLERANCE = 1e-4  # largest deviation of log|ratio| from a row-times-colum
 class FcOp:
     """One FULLY_CONNECTED of a float .tflite: its weight (``[out, in]``) and the tensor it reads."""
 
-    op: int
     input_tensor: int
-    weight_tensor: int
     name: str
     weight: np.ndarray
 
@@ -62,8 +58,7 @@ def fully_connected_ops(interpreter: Any) -> list[FcOp]:
             weight = np.array(interpreter.get_tensor(w_index), np.float64)
         except ValueError:  # not a constant
             continue
-        out.append(FcOp(op=int(op["index"]), input_tensor=int(op["inputs"][0]), weight_tensor=w_index,
-                        name=str(d["name"]), weight=weight))
+        out.append(FcOp(input_tensor=int(op["inputs"][0]), name=str(d["name"]), weight=weight))
     return out
 
 
@@ -77,10 +72,7 @@ def input_grams(float_model: bytes, samples: Mapping[str, np.ndarray]) -> tuple[
     """
     from ai_edge_litert.interpreter import Interpreter  # LiteRT runtime: build child only
 
-    with tempfile.TemporaryDirectory(prefix="litegate-gptq-") as tmp:
-        path = Path(tmp) / "float.tflite"
-        path.write_bytes(float_model)
-        interp = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True, num_threads=2)
+    interp = Interpreter(model_content=float_model, experimental_preserve_all_tensors=True, num_threads=2)
     interp.allocate_tensors()
     ops = fully_connected_ops(interp)
     inputs = interp.get_input_details()
@@ -122,10 +114,7 @@ def on_grid(float_model: bytes, kernels: Mapping[str, np.ndarray], tolerance: fl
     those again."""
     from ai_edge_litert.interpreter import Interpreter  # LiteRT runtime: build child only
 
-    with tempfile.TemporaryDirectory(prefix="litegate-gptq-") as tmp:
-        path = Path(tmp) / "float.tflite"
-        path.write_bytes(float_model)
-        ops = fully_connected_ops(Interpreter(model_path=str(path)))
+    ops = fully_connected_ops(Interpreter(model_content=float_model))
     on, off = 0, []
     for i in match_kernels(ops, kernels, tolerance=1e-3):
         steps = ops[i].weight / _scales(ops[i].weight)[:, None]
