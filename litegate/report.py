@@ -193,6 +193,9 @@ def _quant_details(rep: Report) -> list[str]:
         rounding = q.get("weight_rounding")
         if rounding:
             lines.append(f"- `{v.name}`: {_rounding_line(rounding)}")
+        operands = q.get("matmul_operands")
+        if operands and operands.get("batch_matmuls"):
+            lines.append(f"- `{v.name}`: {_operands_line(operands)}")
         a = q.get("auto")
         if a:
             islands = a.get("islands", "float")
@@ -245,6 +248,15 @@ def _rounding_line(wr: Mapping[str, Any]) -> str:
             f"{wr.get('fully_connected_ops')} FULLY_CONNECTED ops, {wr.get('on_grid')} on the converter's grid after "
             f"conversion{off}; their mean relative output error on those rows {err.get('nearest_mean', float('nan')):.3g} "
             f"(rounded to nearest) → {err.get('gptq_mean', float('nan')):.3g}")
+
+
+def _operands_line(mo: Mapping[str, Any]) -> str:
+    """``symmetric_matmul_operands``: how many int8 BATCH_MATMULs now read a zero-point-0 right-hand operand."""
+    skipped = mo.get("skipped") or []
+    why = f"; {len(skipped)} left alone ({skipped[0].get('why', '')})" if skipped else ""
+    return (f"{mo.get('rewritten', 0) + mo.get('symmetric', 0)} of {mo.get('batch_matmuls')} int8 BATCH_MATMULs read a "
+            f"zero-point-0 right-hand operand, which XNNPACK runs ({mo.get('rewritten', 0)} given one here, its int8 "
+            f"step at most {mo.get('max_scale_growth', 1.0):.3g}× wider; {mo.get('symmetric', 0)} calibrated so){why}")
 
 
 def _qat_line(qat: Mapping[str, Any]) -> str:

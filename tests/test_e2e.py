@@ -47,6 +47,10 @@ def test_run_on_embedded_default_reports_every_variant_measured(demo_runs):
     assert wr["method"] == "gptq" and wr["fully_connected_ops"] == wr["matched"] == wr["on_grid"] > 0, wr
     assert wr["output_error"]["gptq_mean"] < wr["output_error"]["nearest_mean"]
     assert f"- `dynamic-int8`: int8 weights rounded by GPTQ on {wr['rows']} calibration rows" in md
+    # int8's attention matmuls were given zero-point-0 right-hand operands, so XNNPACK runs them
+    mo = next(v for v in rep["variants"] if v["name"] == "int8")["quant"]["matmul_operands"]
+    assert mo["batch_matmuls"] == mo["rewritten"] + mo["symmetric"] > 0 and not mo["skipped"], mo
+    assert f"- `int8`: {mo['batch_matmuls']} of {mo['batch_matmuls']} int8 BATCH_MATMULs read a zero-point-0" in md
     assert rep["schema_version"] == "1.0" and rep["run"]["machine"]["cores_available"] >= 1
     load_report(out / "report.json")  # parses back into the typed report
     for name in ("report.html", "junit.xml", "tokenizer.json", "model.json"):

@@ -45,6 +45,11 @@ def test_quantizing_twice_gives_identical_bytes(tmp_path, tiny_checkpoint):
         assert r.returncode == 0, r.stderr
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
+    # int8's attention matmuls read zero-point-0 right-hand operands (symmetric_matmul_operands), which XNNPACK runs
+    from litegate.tflite.verify import verify_bytes
+
+    rhs = [op.inputs[1] for op in verify_bytes(outs[0]).ops if op.op == "BATCH_MATMUL" and op.inputs[0].type == "INT8"]
+    assert len(rhs) >= 4 and all(t.zero_point == 0 for t in rhs), [t.zero_point for t in rhs]
 
 
 @pytest.mark.slow

@@ -36,6 +36,7 @@ from litegate.converter.convert import convert, convert_signatures, input_names
 from litegate.converter.sources import Loaded, load
 from litegate.errors import LitegateError, OutputError, QuantizationError
 from litegate.quantize import gptq, ptq, recipes
+from litegate.quantize.operands import symmetric_matmul_operands
 from litegate.quantize.calibration import check_calibration, generator_samples, model_samples
 from litegate.quantize.prune import apply_pruning, free_batch_copy, sparsity_report, trained_loaded
 from litegate.quantize.qat import apply_qat
@@ -100,6 +101,7 @@ def build_job(payload: dict[str, Any]) -> dict[str, Any]:
             builder = _generator if model.signatures else BUILDERS[recipe.kind]
             data = builder(child, model, recipe, v, extra)
             data = _litert_quantized(recipe, data, extra)
+            data = _symmetric_operands(recipe, data, extra)
             if v.get("prune"):
                 extra["pruning"]["tflite"] = sparsity_report(data)
             if payload.get("check_determinism") and not model.signatures and not v.get("prune"):
@@ -160,6 +162,16 @@ def _litert_quantized(recipe: Recipe, data: bytes, extra: dict[str, Any] | None 
     if extra is not None:
         extra["litert_quantizer"] = info
     return out
+
+
+def _symmetric_operands(recipe: Recipe, data: bytes, extra: dict[str, Any]) -> bytes:
+    """``symmetric_matmul_operands``: every int8 BATCH_MATMUL's activation right-hand operand at zero point 0, so
+    XNNPACK runs it (:mod:`litegate.quantize.operands`); else ``data`` unchanged. ``auto`` is rewritten after its
+    search and guard, which timed the model before the rewrite: the rewrite only moves matmuls into XNNPACK."""
+    if not recipe.params.get("symmetric_matmul_operands"):
+        return data
+    data, extra["matmul_operands"] = symmetric_matmul_operands(data)
+    return data
 
 
 def _calibrated(child: _Child, model: Loaded, serve: Any, spelled_as: Any) -> bytes:

@@ -35,6 +35,7 @@ _ALLOWED_PARAMS = {
     "qat": dict,
     "generator_quantizer": str,
     "weight_rounding": str,
+    "symmetric_matmul_operands": bool,
 }
 # The params that respell litegate's BERT for integer quantization (litegate.quantize.build.int8_spelling): calibrated
 # recipes of one model with equal values share one calibration.
@@ -103,6 +104,9 @@ def validate(data: Mapping[str, Any], where: str) -> Recipe:
         if key == "weight_rounding" and value != "nearest" and data.get("kind") not in (
                 RecipeKind.DYNAMIC_RANGE.value, RecipeKind.INT16X8.value, RecipeKind.FULL_INTEGER.value):
             raise ConfigError(f"{where}: weight_rounding applies to dynamic-range, int16x8 and full-integer recipes only")
+        if key == "symmetric_matmul_operands" and value and data.get("kind") not in (
+                RecipeKind.FULL_INTEGER.value, RecipeKind.AUTO.value):
+            raise ConfigError(f"{where}: symmetric_matmul_operands applies to full-integer and auto recipes only")
         if key == "qat":
             if data.get("kind") != RecipeKind.FULL_INTEGER.value:
                 raise ConfigError(f"{where}: qat (quantization-aware distillation) applies to full-integer recipes only")
