@@ -36,8 +36,8 @@ from litegate.converter.convert import convert, convert_signatures, input_names
 from litegate.converter.sources import Loaded, load
 from litegate.errors import LitegateError, OutputError, QuantizationError
 from litegate.quantize import gptq, ptq, recipes
-from litegate.quantize.operands import symmetric_matmul_operands
 from litegate.quantize.calibration import check_calibration, generator_samples, model_samples
+from litegate.quantize.operands import symmetric_matmul_operands
 from litegate.quantize.prune import apply_pruning, free_batch_copy, sparsity_report, trained_loaded
 from litegate.quantize.qat import apply_qat
 from litegate.tasks import classification_metrics, cosine
