@@ -226,6 +226,10 @@ def test_shipped_generators_quantize_to_int8_with_calibrated_signatures(tmp_path
     acc = v["int8"]["accuracy"][0]
     assert acc["extra"]["top1_agreement"] >= 80.0, acc
     if name == "char-gpt2":  # a KV-cache generator: its decode steps are scored too (8 windows x 8 steps)
+        # the KV caches are signature inputs and outputs that prefill and decode share: their parameters stay
+        mo = v["int8"]["quant"]["matmul_operands"]
+        assert mo["batch_matmuls"] == mo["symmetric"] + mo["rewritten"] + len(mo["skipped"]), mo
+        assert "a tensor of its chain is a graph input or output" in {s["why"] for s in mo["skipped"]}, mo
         assert acc["extra"]["decode_steps"] == 64 and acc["extra"]["decode_top1_agreement"] >= 80.0, acc
         assert v["fp32"]["accuracy"][0]["extra"]["decode_top1_agreement"] == 100.0
     else:
