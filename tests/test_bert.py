@@ -163,87 +163,6 @@ def test_residual_smoothing_keeps_the_function_and_shrinks_the_int8_ranges(tmp_p
     assert err["int8"] < err[str(plain)]
 
 
-def test_ffn_split_keeps_the_function_and_gives_the_small_channels_their_own_int8_scale(tmp_path, tiny_checkpoint):
-    """A 30-wide GELU output channel in layer 0's feed-forward (like MiniLM's 14-25 in layers 0-3, where 99% of the
-    channels stay under 5): traced with :func:`ffn_split`, the float function is unchanged, and int8 with
-    ``ffn_split`` gives the GELU outputs of the other channels their own tensor, with a scale >5x finer than the one
-    they shared with the outlier, and logits closer to fp32."""
-    import shutil
-
-    from ai_edge_litert.interpreter import Interpreter
-
-    from litegate.api import convert_model
-    from litegate.backends.runtime import Runner
-    from litegate.converter.bert import (
-        ffn_activation_maxima,
-        ffn_residual_maxima,
-        ffn_split,
-        ffn_split_groups,
-        residual_smoothing,
-        smoothing_scales,
-    )
-    from litegate.converter.sources import load
-    from litegate.types import ModelSource
-
-    ck = tmp_path / "outlier"
-    shutil.copytree(tiny_checkpoint, ck)
-    weights = load_file(str(ck / "model.safetensors"))
-    weights["bert.encoder.layer.0.intermediate.dense.bias"][3] = 30.0
-    save_file(weights, str(ck / "model.safetensors"))
-    texts = [t.split("\t")[0] for t in (DEMO / "eval.tsv").read_text().splitlines()[1:41]]
-    source = ModelSource(kind="hf-bert", path=str(ck), task="text-classification", seq_len=24)
-    x = _inputs(ck, n=40)
-
-    loaded = load(source)
-    maxima = ffn_activation_maxima(loaded.keras_model, x)
-    assert set(maxima) == {"l0_ffn", "l1_ffn"} and maxima["l0_ffn"].argmax() == 3 and maxima["l0_ffn"].max() > 25
-    groups = ffn_split_groups(maxima, 2.0)
-    assert sorted(np.concatenate(groups["l0_ffn"]).tolist()) == list(range(maxima["l0_ffn"].size))  # a partition
-    assert len(groups["l0_ffn"]) >= 2 and [3] in [g.tolist() for g in groups["l0_ffn"]]
-    calls = [vars(layer).get("call") for layer in loaded.keras_model.layers]
-    with ffn_split(loaded.keras_model, groups):
-        split = loaded.serve.retraced()
-    # with the feed-forward residuals smoothed too (every channel above 0.5 scaled): their 1 / s moves into each group
-    scales = smoothing_scales(ffn_residual_maxima(loaded.keras_model, x), 0.5)
-    assert max(float(v.max()) for v in scales.values()) > 2
-    with residual_smoothing(scales), ffn_split(loaded.keras_model, groups):
-        both = loaded.serve.retraced()
-    for j in range(6):
-        feed = {k: v[j : j + 1] for k, v in x.items()}
-        ref = loaded.serve(**feed)["logits"].numpy()
-        assert np.max(np.abs(split(**feed)["logits"].numpy() - ref)) < 1e-4
-        assert np.max(np.abs(both(**feed)["logits"].numpy() - ref)) < 1e-4
-    assert [vars(layer).get("call") for layer in loaded.keras_model.layers] == calls  # the layers are themselves again
-
-    calib = tmp_path / "calib.txt"
-    calib.write_text("\n".join(texts) + "\n")
-    recipe = tmp_path / "int8-split.json"
-    recipe.write_text(json.dumps({"name": "int8-split", "kind": "full-integer", "params": {
-        **recipes_load("int8").params, "ffn_split": 2.0}}))
-    logits, gelu_scales = {}, {}
-    for name in ("fp32", "int8", str(recipe)):
-        out = tmp_path / f"{Path(name).stem}.tflite"
-        info = convert_model(source, out, recipe=name, calibration=calib, samples=40)
-        logits[name] = Runner(out).run_batch(x)["logits"]
-        it = Interpreter(model_path=str(out))
-        details = {d["index"]: d for d in it.get_tensor_details()}
-        gelu_scales[name] = sorted(details[op["outputs"][0]]["quantization"][0]
-                                   for op in it._get_ops_details() if op["op_name"] == "GELU")
-        if name == str(recipe):
-            blocks = info["extra"]["ffn_split"]["blocks"]
-            assert blocks["l0_ffn"]["max"] > 25 and len(blocks["l0_ffn"]["groups"]) >= 2
-    assert len(gelu_scales["int8"]) == 2 and len(gelu_scales[str(recipe)]) > 2
-    assert gelu_scales[str(recipe)][0] < max(gelu_scales["int8"]) / 5
-    err = {r: float(np.abs(logits[r] - logits["fp32"]).mean()) for r in ("int8", str(recipe))}
-    assert err[str(recipe)] < err["int8"], err
-
-
-def recipes_load(name: str):
-    from litegate.quantize import recipes
-
-    return recipes.load(name)
-
-
 def test_mask_penalty_is_traced_only_inside_its_block():
     from litegate.converter.bert import MASK_PENALTY, MaskBias, mask_penalty
 
@@ -259,7 +178,7 @@ def test_int8_spelling_parameters_must_be_positive():
     from litegate.errors import ConfigError
     from litegate.quantize import recipes
 
-    for key in ("smooth_residual", "mask_penalty", "max_fp32_latency_ratio", "ffn_split"):
+    for key in ("smooth_residual", "mask_penalty", "max_fp32_latency_ratio"):
         with pytest.raises(ConfigError, match=key):
             recipes.validate({"name": "x", "kind": "full-integer", "params": {key: 0}}, "x.json")
 

@@ -45,7 +45,7 @@ networks, trigram embeddings, ``NoNorm``) has its own builder and weight map in 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -115,109 +115,6 @@ def ffn_residual_maxima(model: tf_keras.Model, samples: Mapping[str, np.ndarray]
         return dict(_MAXIMA[-1])
     finally:
         _MAXIMA.pop()
-
-
-@contextlib.contextmanager
-def ffn_split(model: tf_keras.Model, groups: Mapping[str, Sequence[np.ndarray]]) -> Iterator[None]:
-    """Trace the feed-forward blocks of ``model`` named in ``groups`` as one feed-forward per channel group.
-
-    ``groups[f"l{j}_ffn"]`` partitions the intermediate channels of block ``j``. Inside the context each such block
-    is traced as ``sum_k act(x @ W_in[:, G_k] + b_in[G_k]) @ W_out[G_k] + b_out``: the same function in float (a sum
-    over a partition of the channels), but every group's activation output is its own tensor, with its own
-    per-tensor int8 scale. On all-MiniLM-L6-v2 one or two of the 1536 GELU outputs of layers 0-3 reach 14-25
-    while 99% of the channels stay under 4-5, so one scale for all of them gives the many small channels steps
-    of ~0.1. The ``ffn_in`` and ``ffn_out`` layers of ``model`` are traced by this function instead of their
-    own ``call`` (their weights read once here, as constants); the unused original path is dead code the
-    converter drops. Under :func:`residual_smoothing` the block's ``1 / s`` is folded into every group's
-    ``ffn_out`` weights and bias, and its ``_out_scale`` layer traced as the identity. Groups come from
-    :func:`ffn_split_groups`.
-    """
-    stash: dict[str, tf.Tensor] = {}
-    replaced: list[tuple[Any, Any]] = []
-    for key, parts in groups.items():
-        if len(parts) < 2:
-            continue
-        inner, outer = model.get_layer(f"{key}_in"), model.get_layer(f"{key}_out")
-        w_in, b_in = (np.asarray(w) for w in (inner.kernel, inner.bias))
-        w_out, b_out = np.asarray(outer.kernel), np.asarray(outer.bias)
-        pieces = [(w_in[:, g], b_in[g], w_out[g]) for g in parts]
-
-        def call_in(x: tf.Tensor, *a: Any, _key: str = key, _orig: Any = inner.call, **k: Any) -> tf.Tensor:
-            stash[_key] = x
-            return _orig(x, *a, **k)
-
-        def call_out(_g: tf.Tensor, *a: Any, _key: str = key, _act: Any = inner.activation,
-                     _pieces: Any = pieces, _bias: np.ndarray = b_out, **k: Any) -> tf.Tensor:
-            x = stash.pop(_key)
-            # residual_smoothing's 1 / s goes into every group's weights here (the converter folds a MUL into
-            # one FULLY_CONNECTED, not through the ADD of several), and ``<key>_out_scale`` is the identity
-            s = _smoothing_scale(_key)
-            col = np.ones_like(_bias) if s is None else (1.0 / s).astype(np.float32)
-            out = None
-            for wi, bi, wo in _pieces:
-                h = _act(tf.tensordot(x, tf.constant(wi), [[x.shape.rank - 1], [0]]) + tf.constant(bi))
-                y = tf.tensordot(h, tf.constant(wo * col), [[x.shape.rank - 1], [0]])
-                out = y if out is None else out + y
-            return out + tf.constant(_bias * col)
-
-        def identity(t: tf.Tensor, *a: Any, **k: Any) -> tf.Tensor:
-            return t
-
-        replaced += [(inner, call_in), (outer, call_out), (model.get_layer(f"{key}_out_scale"), identity)]
-    with _calls_replaced(replaced):
-        yield
-
-
-def ffn_activation_maxima(model: tf_keras.Model, samples: Mapping[str, np.ndarray],
-                          batch: int = 25) -> dict[str, np.ndarray]:
-    """Per feed-forward block ``l<i>_ffn`` of litegate's BERT, each intermediate channel's largest ``|act(h)|``
-    (the output of ``l<i>_ffn_in``) over ``samples`` (keyed by the model's input names), run eagerly."""
-    names = list(model.input_names)
-    seen: dict[str, np.ndarray] = {}
-
-    def recorder(layer: Any) -> Any:
-        def call(x: tf.Tensor, *a: Any, _orig: Any = layer.call, _key: str = layer.name[: -len("_in")],
-                 **k: Any) -> tf.Tensor:
-            y = _orig(x, *a, **k)
-            m = np.abs(np.asarray(y)).reshape(-1, y.shape[-1]).max(0)
-            seen[_key] = m if _key not in seen else np.maximum(seen[_key], m)
-            return y
-        return call
-
-    with _calls_replaced([(layer, recorder(layer)) for layer in model.layers if layer.name.endswith("_ffn_in")]):
-        n = len(next(iter(samples.values())))
-        for b in range(0, n, batch):
-            model({name: tf.constant(samples[name][b : b + batch]) for name in names})
-    return seen
-
-
-@contextlib.contextmanager
-def _calls_replaced(replacements: Sequence[tuple[Any, Any]]) -> Iterator[None]:
-    """Each layer's ``call`` replaced by its function while inside (an instance attribute), then restored."""
-    before = [(layer, vars(layer).get("call")) for layer, _ in replacements]
-    try:
-        for layer, fn in replacements:
-            layer.call = fn
-        yield
-    finally:
-        for layer, old in reversed(before):
-            if old is None:
-                del layer.call
-            else:
-                layer.call = old
-
-
-def ffn_split_groups(maxima: Mapping[str, np.ndarray], target: float, max_groups: int = 4) -> dict[str, list[np.ndarray]]:
-    """Per block, its channels grouped by calibration maximum: ``<= target``, then one group per doubling above it
-    (``(target, 2 target]``, ``(2 target, 4 target]`` ...), the top ones merged to at most ``max_groups``; empty
-    groups dropped. A block whose channels all fit in one group keeps one (no split)."""
-    out: dict[str, list[np.ndarray]] = {}
-    for key, m in maxima.items():
-        m = np.asarray(m, np.float64)
-        band = np.where(m <= target, 0, np.ceil(np.log2(np.maximum(m, target) / target))).astype(int)
-        band = np.minimum(band, max_groups - 1)
-        out[key] = [np.flatnonzero(band == b) for b in range(max_groups) if (band == b).any()]
-    return out
 
 
 class ResidualScale(tf_keras.layers.Layer):

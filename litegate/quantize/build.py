@@ -469,10 +469,7 @@ def _enter_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarra
     """Enter ``recipe``'s spelling contexts of litegate's BERT into ``stack``; return what they are."""
     from litegate.converter.bert import (  # imports TensorFlow at module level
         MeanPool,
-        ffn_activation_maxima,
         ffn_residual_maxima,
-        ffn_split,
-        ffn_split_groups,
         integer_pooling,
         mask_penalty,
         plain_gather,
@@ -480,7 +477,7 @@ def _enter_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarra
         smoothing_scales,
     )
 
-    target, penalty, pooling, gather, split = recipes.spelling(recipe)
+    target, penalty, pooling, gather = recipes.spelling(recipe)
     info: dict[str, Any] = {}
     if target:
         maxima = ffn_residual_maxima((loaded.spelling_source or loaded).keras_model, samples)
@@ -496,14 +493,6 @@ def _enter_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarra
     if pooling and any(isinstance(layer, MeanPool) for layer in loaded.keras_model.layers):
         stack.enter_context(integer_pooling())
         info["integer_pooling"] = "softmax(mask) @ hidden, x · rsqrt(MEAN(x²)) / sqrt(H)"
-    if split:
-        acts = ffn_activation_maxima((loaded.spelling_source or loaded).keras_model, samples)
-        groups = ffn_split_groups(acts, float(split))
-        stack.enter_context(ffn_split(loaded.keras_model, groups))
-        info["ffn_split"] = {
-            "target": float(split), "samples": len(next(iter(samples.values()))),
-            "blocks": {k: {"max": round(float(acts[k].max()), 2), "groups": [int(len(g)) for g in gs],
-                           "group_max": [round(float(acts[k][g].max()), 2) for g in gs]} for k, gs in groups.items()}}
     if gather:
         stack.enter_context(plain_gather())
         info["plain_gather"] = "the word-embedding lookup as one GATHER of the [V, H] table"

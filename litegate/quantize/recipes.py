@@ -36,18 +36,17 @@ _ALLOWED_PARAMS = {
     "generator_quantizer": str,
     "weight_rounding": str,
     "symmetric_matmul_operands": bool,
-    "ffn_split": float,
 }
 # The params that respell litegate's BERT for integer quantization (litegate.quantize.build.int8_spelling): calibrated
 # recipes of one model with equal values share one calibration.
-SPELLING = ("smooth_residual", "mask_penalty", "integer_pooling", "plain_gather", "ffn_split")
+SPELLING = ("smooth_residual", "mask_penalty", "integer_pooling", "plain_gather")
 
 
-def spelling(recipe: Recipe) -> tuple[Any, Any, bool, bool, Any]:
-    """``recipe``'s int8 spelling: (smooth_residual, mask_penalty, integer_pooling, plain_gather, ffn_split), None or
-    False where not set."""
-    target, penalty, pooling, gather, split = (recipe.params.get(k) for k in SPELLING)
-    return target, penalty, bool(pooling), bool(gather), split
+def spelling(recipe: Recipe) -> tuple[Any, Any, bool, bool]:
+    """``recipe``'s int8 spelling: (smooth_residual, mask_penalty, integer_pooling, plain_gather), None or False where
+    not set."""
+    target, penalty, pooling, gather = (recipe.params.get(k) for k in SPELLING)
+    return target, penalty, bool(pooling), bool(gather)
 # ``litert_quantizer``: the float model's weights rewritten by Google's litert-quantizer after the conversion
 # (:func:`litegate.quantize.ptq.litert_quantize`); key -> allowed values
 LITERT_QUANTIZER_SPEC: dict[str, tuple[Any, ...]] = {
@@ -94,7 +93,7 @@ def validate(data: Mapping[str, Any], where: str) -> Recipe:
             value = params[key] = float(value)
         if not isinstance(value, _ALLOWED_PARAMS[key]):
             raise ConfigError(f"{where}: recipe parameter {key!r} must be a {_ALLOWED_PARAMS[key].__name__}")
-        if key in ("smooth_residual", "mask_penalty", "max_fp32_latency_ratio", "ffn_split") and not (isinstance(value, float) and value > 0):
+        if key in ("smooth_residual", "mask_penalty", "max_fp32_latency_ratio") and not (isinstance(value, float) and value > 0):
             raise ConfigError(f"{where}: recipe parameter {key!r} must be > 0")
         if key == "litert_quantizer":
             _check_litert_quantizer(value, where)
