@@ -194,7 +194,7 @@ def _quant_details(rep: Report) -> list[str]:
         if rounding:
             lines.append(f"- `{v.name}`: {_rounding_line(rounding)}")
         operands = q.get("matmul_operands")
-        if operands and operands.get("batch_matmuls"):
+        if operands and (operands.get("batch_matmuls") or operands.get("skipped")):
             lines.append(f"- `{v.name}`: {_operands_line(operands)}")
         a = q.get("auto")
         if a:
@@ -253,6 +253,8 @@ def _rounding_line(wr: Mapping[str, Any]) -> str:
 def _operands_line(mo: Mapping[str, Any]) -> str:
     """``symmetric_matmul_operands``: how many int8 BATCH_MATMULs now read a zero-point-0 right-hand operand."""
     skipped = mo.get("skipped") or []
+    if not mo.get("batch_matmuls"):
+        return f"int8 BATCH_MATMUL operands not rewritten: {skipped[0].get('why', '')}"
     why = f"; {len(skipped)} left alone ({skipped[0].get('why', '')})" if skipped else ""
     return (f"{mo.get('rewritten', 0) + mo.get('symmetric', 0)} of {mo.get('batch_matmuls')} int8 BATCH_MATMULs read a "
             f"zero-point-0 right-hand operand, which XNNPACK runs ({mo.get('rewritten', 0)} given one here, its int8 "

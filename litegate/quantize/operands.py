@@ -49,6 +49,9 @@ def symmetric_matmul_operands(data: bytes) -> tuple[bytes, dict[str, Any]]:
         model = schema.ModelT.InitFromPackedBuf(data, 0)
     except Exception as exc:  # noqa: BLE001 - a malformed flatbuffer raises anything from struct to IndexError
         raise ModelLoadError(f"not a TFLite flatbuffer: {exc}") from None
+    if any((b.offset or 0) > 1 for b in model.buffers or []):  # data after the flatbuffer (> 2 GB): Pack drops it
+        return data, {"batch_matmuls": 0, "symmetric": 0, "rewritten": 0, "tensors": 0, "max_scale_growth": 1.0,
+                      "skipped": [{"op": -1, "why": "the model keeps its buffers outside the flatbuffer (> 2 GB)"}]}
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     int8 = schema.TensorType.INT8
     stats: dict[str, Any] = {"batch_matmuls": 0, "symmetric": 0, "rewritten": 0, "tensors": 0,
