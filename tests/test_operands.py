@@ -117,6 +117,17 @@ def test_an_operand_also_read_by_an_op_that_may_assume_its_parameters_is_left_al
                         stats["skipped"][0]["why"]), stats
     zps = [t.zero_point for t in _rhs(out)]
     assert sorted(z == 0 for z in zps) == [False, True]
+    # a model whose buffers live after the flatbuffer (> 2 GB) is returned as it is: repacking would drop them
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(data, 0)
+    model.buffers[-1].offset, model.buffers[-1].size = 1 << 20, 4
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    external = bytes(builder.Output())
+    same, stats = symmetric_matmul_operands(external)
+    assert same is external and stats["skipped"][0]["why"].endswith("outside the flatbuffer (> 2 GB)")
 
 
 def test_symmetric_matmul_operands_is_checked(tmp_path):
