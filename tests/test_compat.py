@@ -585,12 +585,17 @@ def test_xnnpack_refuses_int8_batch_matmul_with_nonzero_rhs_zero_point_as_the_ru
 
     from litegate.api import convert_model
     from litegate.benchmarks.profile import run_profile
+    from litegate.quantize import recipes
     from litegate.types import ModelSource
 
     ckpt = make_checkpoint(tmp_path / "ckpt")
+    source = ModelSource(kind="hf-bert", path=str(ckpt), task="text-classification", seq_len=16)
+    # int8 as calibrated, without the rewrite that gives the shipped recipe zero-point-0 operands
+    asym = tmp_path / "int8-asym.json"
+    asym.write_text(json.dumps({"name": "int8-asym", "kind": "full-integer", "params": {
+        **recipes.load("int8").params, "symmetric_matmul_operands": False}}))
     out = tmp_path / "int8.tflite"
-    convert_model(ModelSource(kind="hf-bert", path=str(ckpt), task="text-classification", seq_len=16), out,
-                  recipe="int8", calibration=DEMO / "calibration.txt", samples=20)
+    convert_model(source, out, recipe=str(asym), calibration=DEMO / "calibration.txt", samples=20)
     model = load_model(out)
     (xnnpack,) = check_model(out, ["xnnpack"])
     bmm = {o.index for o in model.ops if o.op == "BATCH_MATMUL"}
@@ -603,7 +608,14 @@ def test_xnnpack_refuses_int8_batch_matmul_with_nonzero_rhs_zero_point_as_the_ru
     prof = run_profile(out, threads=1, backend="xnnpack", runs=2)
     builtin = {name: count for name, count, _, _ in prof["by_type"]}
     assert builtin.get("BATCH_MATMUL", 0) == len(refused)
+    # the shipped int8 recipe: every BATCH_MATMUL delegated, by the rule table and by the runtime's own profile
+    shipped = tmp_path / "int8-shipped.tflite"
+    convert_model(source, shipped, recipe="int8", calibration=DEMO / "calibration.txt", samples=20)
+    (sx,) = check_model(shipped, ["xnnpack"])
+    assert all(o.delegated for o in sx.ops if o.op == "BATCH_MATMUL")
+    prof = run_profile(shipped, threads=1, backend="xnnpack", runs=2)
+    assert "BATCH_MATMUL" not in {name for name, _, _, _ in prof["by_type"]}
     fp32 = tmp_path / "fp32.tflite"
-    convert_model(ModelSource(kind="hf-bert", path=str(ckpt), task="text-classification", seq_len=16), fp32)
+    convert_model(source, fp32)
     (fx,) = check_model(fp32, ["xnnpack"])
     assert all(o.delegated for o in fx.ops if o.op == "BATCH_MATMUL")  # float: zero points do not apply
