@@ -619,7 +619,7 @@ def _pruned(child: _Child, prune: Recipe) -> tuple[Loaded, dict[str, Any]]:
 
 def _determinism(data: bytes, serve: Any, model: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
     """Convert again: identical bytes, or (when TensorFlow makes that impossible) how far the outputs differ."""
-    again = _litert_quantized(recipe, convert(serve, model, recipe, samples))
+    again = _symmetric_operands(recipe, _litert_quantized(recipe, convert(serve, model, recipe, samples)), {})
     same = again == data
     out: dict[str, Any] = {"identical_bytes": same, "sha256": [hashlib.sha256(data).hexdigest(),
                                                               hashlib.sha256(again).hexdigest()]}
