@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from litegate.errors import ModelLoadError
+from litegate.tflite.flatbuffer import BUILTIN_NAMES
 
 # int8 ops that copy bytes: their input and output must hold the same quantization parameters
 PASS_THROUGH = frozenset({"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS"})
@@ -52,14 +53,13 @@ def symmetric_matmul_operands(data: bytes) -> tuple[bytes, dict[str, Any]]:
     if any((b.offset or 0) > 1 for b in model.buffers or []):  # data after the flatbuffer (> 2 GB): Pack drops it
         return data, {"batch_matmuls": 0, "symmetric": 0, "rewritten": 0, "tensors": 0, "max_scale_growth": 1.0,
                       "skipped": [{"op": -1, "why": "the model keeps its buffers outside the flatbuffer (> 2 GB)"}]}
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     int8 = schema.TensorType.INT8
     stats: dict[str, Any] = {"batch_matmuls": 0, "symmetric": 0, "rewritten": 0, "tensors": 0,
                              "max_scale_growth": 1.0, "skipped": []}
     changed = False
     for g in model.subgraphs or []:
         ops = list(g.operators or [])
-        kinds = [names.get(_builtin(model.operatorCodes[op.opcodeIndex]), "?") for op in ops]
+        kinds = [BUILTIN_NAMES.get(_builtin(model.operatorCodes[op.opcodeIndex]), "?") for op in ops]
         producer: dict[int, int] = {}
         consumers: dict[int, list[int]] = {}
         for i, op in enumerate(ops):
