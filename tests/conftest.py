@@ -17,6 +17,20 @@ import litegate  # noqa: F401  (its __init__ selects tf_keras before any test to
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup), then the `serial` tests alone. Each test
+# file goes to one worker whole, so its module fixtures are built once; test_e2e and test_shard share the session-wide
+# `demo_runs` and go together.
+SHARED_SESSION_FIXTURES = {"test_e2e": "demo", "test_shard": "demo"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        module = item.path.stem
+        item.add_marker(pytest.mark.xdist_group(SHARED_SESSION_FIXTURES.get(module, module)))
+
+
 # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across exec: the interrupt
 # tests (which send SIGINT to litegate, or to this process) would then test nothing. They need Python's default.
 signal.signal(signal.SIGINT, signal.default_int_handler)

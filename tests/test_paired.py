@@ -100,6 +100,7 @@ def small_model(tmp_path_factory, tiny_checkpoint) -> Path:
     return out
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_paired_child_reads_a_copy_as_unchanged_and_a_slower_candidate_as_slower(tmp_path, small_model):
     copy = tmp_path / "baseline" / "fp32.tflite"

@@ -157,6 +157,7 @@ def _reference(x: np.ndarray, params: list[np.ndarray]) -> np.ndarray:
     return x
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("backend", ["xnnpack", "cpu"])
 def test_op_profile_ops_sum_to_the_invoke_time_and_outputs_are_right(tmp_path, backend):
     rows = 512  # ~2.4 ms of GEMM per run on XNNPACK: a scheduler hiccup between operators stays a small share

@@ -86,6 +86,7 @@ def test_debug_ranks_layers_and_writes_csv(tmp_path, tiny_checkpoint):
     assert r.returncode == 6 and "not calibrated" in r.stderr
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_auto_int16x8_and_debug_in_one_run(tmp_path):
     cfg = write_config(tmp_path, model=DEMO / "model", seq_len=64, variants=("fp32", "int16x8", "auto", "pruned-50+auto"),

@@ -157,6 +157,7 @@ def _chromium_check(page: Path, tmp: Path) -> None:
     assert not console_errors, console_errors
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_gate_fails_a_25pct_slower_model_and_passes_five_identical_reruns(tmp_path):
     base_cfg = write_config(tmp_path / "base", model=DEMO / "model", seq_len=64, cache_dir=tmp_path / "cache",
