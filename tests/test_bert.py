@@ -163,65 +163,6 @@ def test_residual_smoothing_keeps_the_function_and_shrinks_the_int8_ranges(tmp_p
     assert err["int8"] < err[str(plain)]
 
 
-def test_dot_variance_keeps_the_function_and_rounds_the_int8_variance_once(tiny_checkpoint):
-    """:func:`dot_variance`: the tiny BERT's float function is unchanged (plain and with residual smoothing), and an
-    int8 layer norm over a row with a 40x outlier channel (like a transformer's residual stream), converted by
-    TFLiteConverter, is closer to float when its variance is one BATCH_MATMUL (int32 sums, rounded once) than as the
-    MEAN of int8 squares, most of which round to 0 on the grid the outlier's square sets."""
-    import contextlib
-
-    import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
-
-    from litegate.converter.bert import LayerNorm, dot_variance, ffn_residual_maxima, residual_smoothing, smoothing_scales
-    from litegate.converter.sources import load
-    from litegate.types import ModelSource
-
-    loaded = load(ModelSource(kind="hf-bert", path=str(tiny_checkpoint), task="text-classification", seq_len=16))
-    x = _inputs(tiny_checkpoint, n=4, seq_len=16)
-    scales = smoothing_scales(ffn_residual_maxima(loaded.keras_model, x), 0.5)
-    assert any((s > 1).any() for s in scales.values())
-    with dot_variance():
-        dot = loaded.serve.retraced()
-    with residual_smoothing(scales), dot_variance():
-        smooth_dot = loaded.serve.retraced()
-    for j in range(4):
-        feed = {k: v[j : j + 1] for k, v in x.items()}
-        ref = loaded.serve(**feed)["logits"].numpy()
-        for fn in (dot, smooth_dot):
-            assert np.max(np.abs(fn(**feed)["logits"].numpy() - ref)) < 1e-4
-
-    seq, width = 32, 64
-    rng = np.random.default_rng(0)
-    rows = rng.standard_normal((48, 1, seq, width)).astype(np.float32)
-    rows[..., 3] *= 40.0
-    calibration, held_out = rows[:40], rows[40:]
-    norm = LayerNorm(1e-12)
-    norm.build((1, seq, width))
-    norm.gamma.assign(1 + 0.1 * rng.standard_normal(width).astype(np.float32))
-    errors, ops = {}, {}
-    for spelled in (False, True):
-        with dot_variance() if spelled else contextlib.nullcontext():
-            fn = tf.function(lambda t: norm(t), input_signature=[tf.TensorSpec([1, seq, width], tf.float32)])
-            concrete = fn.get_concrete_function()
-        conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], fn)
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = lambda: ([r] for r in calibration)
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        it = Interpreter(model_content=conv.convert())
-        it.allocate_tensors()
-        ops[spelled] = {o["op_name"] for o in it._get_ops_details()}
-        err = []
-        for r in held_out:
-            it.set_tensor(it.get_input_details()[0]["index"], r)
-            it.invoke()
-            got = it.get_tensor(it.get_output_details()[0]["index"])
-            err.append(np.abs(got - norm(r).numpy())[..., np.arange(width) != 3].mean())
-        errors[spelled] = float(np.mean(err))
-    assert "BATCH_MATMUL" in ops[True] and "BATCH_MATMUL" not in ops[False]
-    assert errors[True] < 0.85 * errors[False], errors
-
-
 def test_mask_penalty_is_traced_only_inside_its_block():
     from litegate.converter.bert import MASK_PENALTY, MaskBias, mask_penalty
 

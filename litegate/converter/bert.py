@@ -165,8 +165,6 @@ class LayerNorm(GammaBeta):
         q = self.quantization_point
         x = q(x)
         s = _smoothing_scale(self.smooth_key)
-        if _DOT_VARIANCE:
-            return self._dot(x, s)
         if s is not None:
             d = float(s.shape[-1])
             mean = tf.reduce_mean(x, axis=-1, keepdims=True) + tf.matmul(x, tf.constant(((s - 1) / d)[:, None]))
@@ -180,31 +178,6 @@ class LayerNorm(GammaBeta):
             var = q(tf.reduce_mean(q(centered * centered), axis=-1, keepdims=True))
             gamma = self.gamma
         inv = q(tf.math.rsqrt(var + self.eps))
-        if self.scale_first:
-            return q(centered * gamma * inv + self.beta)
-        return q(centered * inv * gamma + self.beta)
-
-    def _dot(self, x: tf.Tensor, s: np.ndarray | None) -> tf.Tensor:
-        """The same function with the variance as a dot product (:func:`dot_variance`): ``d·var`` is
-        ``centered · (centered·s²)``, one BATCH_MATMUL per token whose int8 products add up in int32, and the
-        ``1/d`` goes into the constant ``sqrt(d)`` folded with gamma."""
-        q = self.quantization_point
-        d = float(x.shape[-1])
-
-        def dot(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-            return tf.squeeze(tf.matmul(tf.expand_dims(a, -2), tf.expand_dims(b, -2), transpose_b=True), axis=-1)
-
-        if s is not None:  # d·var = Σ centered²·s²: the scaled channels' extra in a second dot (0 elsewhere, exactly)
-            mean = tf.reduce_mean(x, axis=-1, keepdims=True) + tf.matmul(x, tf.constant(((s - 1) / d)[:, None]))
-            centered = q(x - mean * tf.constant(1.0 / s))
-            total = q(q(dot(centered, centered)) + q(dot(centered, q(centered * tf.constant(s * s - 1)))))
-            gamma = self.gamma * tf.constant(s * d**0.5)
-        else:
-            mean = tf.reduce_mean(x, axis=-1, keepdims=True)
-            centered = q(x - mean)
-            total = q(dot(centered, centered))
-            gamma = self.gamma * d**0.5
-        inv = q(tf.math.rsqrt(total + self.eps * d))
         if self.scale_first:
             return q(centered * gamma * inv + self.beta)
         return q(centered * inv * gamma + self.beta)
@@ -308,23 +281,6 @@ class AttentionCore(tf_keras.layers.Layer):
 
 
 _PENALTY: list[float] = []  # a mask penalty traced instead of MASK_PENALTY (see mask_penalty)
-_DOT_VARIANCE: list[bool] = []  # layer norms traced with their variance as a dot product (see dot_variance)
-
-
-@contextlib.contextmanager
-def dot_variance() -> Iterator[None]:
-    """Trace every :class:`LayerNorm` with its variance as a dot product of the centred row with itself.
-
-    For full-integer graphs: ``MEAN(centered²)`` rounds each square to the int8 grid of the largest square of the
-    tensor (all tokens, all channels), so the many squares below half a step round to 0 and the variance comes out
-    low, systematically (MiniLM: QuantizationDebugger put the attention layer norms' MEANs 25-42 steps low). As a
-    BATCH_MATMUL the int8 products accumulate in int32 and only the sum is rounded.
-    """
-    _DOT_VARIANCE.append(True)
-    try:
-        yield
-    finally:
-        _DOT_VARIANCE.pop()
 _PLAIN_GATHER: list[bool] = []  # the word-embedding lookup traced as one plain GATHER (see plain_gather)
 
 

@@ -440,7 +440,6 @@ def int8_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarray]
     ``mask_penalty``: the attention mask's penalty (:func:`litegate.converter.bert.mask_penalty`);
     ``integer_pooling``: the mean-pooling head's integer spelling (:func:`litegate.converter.bert.integer_pooling`).
     ``plain_gather``: the embedding lookup as one plain GATHER (:func:`litegate.converter.bert.plain_gather`).
-    ``dot_variance``: every layer norm's variance as a dot product (:func:`litegate.converter.bert.dot_variance`).
     Other models are returned unchanged.
     """
     if not _respells(loaded, recipe, samples):
@@ -470,7 +469,6 @@ def _enter_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarra
     """Enter ``recipe``'s spelling contexts of litegate's BERT into ``stack``; return what they are."""
     from litegate.converter.bert import (  # imports TensorFlow at module level
         MeanPool,
-        dot_variance,
         ffn_residual_maxima,
         integer_pooling,
         mask_penalty,
@@ -479,7 +477,7 @@ def _enter_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarra
         smoothing_scales,
     )
 
-    target, penalty, pooling, gather, dot = recipes.spelling(recipe)
+    target, penalty, pooling, gather = recipes.spelling(recipe)
     info: dict[str, Any] = {}
     if target:
         maxima = ffn_residual_maxima((loaded.spelling_source or loaded).keras_model, samples)
@@ -498,9 +496,6 @@ def _enter_spelling(loaded: Any, recipe: Recipe, samples: Mapping[str, np.ndarra
     if gather:
         stack.enter_context(plain_gather())
         info["plain_gather"] = "the word-embedding lookup as one GATHER of the [V, H] table"
-    if dot:
-        stack.enter_context(dot_variance())
-        info["dot_variance"] = "layer-norm variance as BATCH_MATMUL(centered, centered) / d"
     return info
 
 

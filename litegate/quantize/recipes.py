@@ -32,7 +32,6 @@ _ALLOWED_PARAMS = {
     "max_fp32_latency_ratio": float,
     "islands": str,
     "plain_gather": bool,
-    "dot_variance": bool,
     "qat": dict,
     "generator_quantizer": str,
     "weight_rounding": str,
@@ -40,14 +39,14 @@ _ALLOWED_PARAMS = {
 }
 # The params that respell litegate's BERT for integer quantization (litegate.quantize.build.int8_spelling): calibrated
 # recipes of one model with equal values share one calibration.
-SPELLING = ("smooth_residual", "mask_penalty", "integer_pooling", "plain_gather", "dot_variance")
+SPELLING = ("smooth_residual", "mask_penalty", "integer_pooling", "plain_gather")
 
 
-def spelling(recipe: Recipe) -> tuple[Any, Any, bool, bool, bool]:
-    """``recipe``'s int8 spelling: (smooth_residual, mask_penalty, integer_pooling, plain_gather, dot_variance), None
-    or False where not set."""
-    target, penalty, pooling, gather, dot = (recipe.params.get(k) for k in SPELLING)
-    return target, penalty, bool(pooling), bool(gather), bool(dot)
+def spelling(recipe: Recipe) -> tuple[Any, Any, bool, bool]:
+    """``recipe``'s int8 spelling: (smooth_residual, mask_penalty, integer_pooling, plain_gather), None or False where
+    not set."""
+    target, penalty, pooling, gather = (recipe.params.get(k) for k in SPELLING)
+    return target, penalty, bool(pooling), bool(gather)
 # ``litert_quantizer``: the float model's weights rewritten by Google's litert-quantizer after the conversion
 # (:func:`litegate.quantize.ptq.litert_quantize`); key -> allowed values
 LITERT_QUANTIZER_SPEC: dict[str, tuple[Any, ...]] = {
