@@ -100,8 +100,7 @@ def build_job(payload: dict[str, Any]) -> dict[str, Any]:
             child.serve = None
             builder = _generator if model.signatures else BUILDERS[recipe.kind]
             data = builder(child, model, recipe, v, extra)
-            data = _litert_quantized(recipe, data, extra)
-            data = _symmetric_operands(recipe, data, extra)
+            data = _rewritten(recipe, data, extra)
             if v.get("prune"):
                 extra["pruning"]["tflite"] = sparsity_report(data)
             if payload.get("check_determinism") and not model.signatures and not v.get("prune"):
@@ -150,6 +149,12 @@ def _generator(child: _Child, model: Loaded, recipe: Recipe, v: Mapping[str, Any
     if recipe.params.get("weight_rounding") == "gptq":
         extra["weight_rounding"] = {"method": "nearest", "why": "GPTQ rounding is not applied to text generators"}
     return data
+
+
+def _rewritten(recipe: Recipe, data: bytes, extra: dict[str, Any]) -> bytes:
+    """A builder's model with the recipe's rewrites of the converted file applied, in order: the shipped bytes (the
+    determinism check rebuilds them through here too)."""
+    return _symmetric_operands(recipe, _litert_quantized(recipe, data, extra), extra)
 
 
 def _litert_quantized(recipe: Recipe, data: bytes, extra: dict[str, Any] | None = None) -> bytes:
@@ -619,7 +624,7 @@ def _pruned(child: _Child, prune: Recipe) -> tuple[Loaded, dict[str, Any]]:
 
 def _determinism(data: bytes, serve: Any, model: Any, recipe: Recipe, samples: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
     """Convert again: identical bytes, or (when TensorFlow makes that impossible) how far the outputs differ."""
-    again = _symmetric_operands(recipe, _litert_quantized(recipe, convert(serve, model, recipe, samples)), {})
+    again = _rewritten(recipe, convert(serve, model, recipe, samples), {})
     same = again == data
     out: dict[str, Any] = {"identical_bytes": same, "sha256": [hashlib.sha256(data).hexdigest(),
                                                               hashlib.sha256(again).hexdigest()]}
